@@ -1,0 +1,117 @@
+//! The command-line program: `--once` and the daemon, and how their endings map to exit
+//! codes. Everything a user sees on stderr when the program cannot go on is one line that
+//! names the cause.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, ProcessEnv, Settings};
+use crate::ledger::{Outcome, Trigger};
+use crate::reconcile::{PassReport, Reconciler};
+
+/// Reconciles UnivaPay konbini charges into a SQLite ledger.
+///
+/// Without --once it runs as a daemon, reconciling on the `[schedule] cron` until SIGTERM
+/// or SIGINT.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    /// Path of the config file.
+    #[arg(long, value_name = "PATH", env = config::env::CONFIG, default_value = config::DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    /// Run one pass over the due charges, print a summary and exit.
+    #[arg(long)]
+    pub once: bool,
+}
+
+/// The documented exit statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    /// The pass completed and flagged no new amount mismatch (or the daemon stopped cleanly).
+    Clean = 0,
+    /// Fatal: bad config, database trouble, credentials rejected, API unreachable.
+    Fatal = 1,
+    /// The pass completed and flagged at least one new amount mismatch.
+    Mismatch = 2,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> Self {
+        ExitCode::from(e as u8)
+    }
+}
+
+/// Prints the one-line fatal error.
+pub fn report_fatal(message: impl std::fmt::Display) {
+    eprintln!("konbini-reconciler: error: {message}");
+}
+
+/// Entry point behind `main`.
+pub fn main(cli: Cli) -> ExitCode {
+    let settings = match Settings::load(&cli.config, &ProcessEnv) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            report_fatal(e);
+            return Exit::Fatal.into();
+        }
+    };
+    crate::telemetry::init(settings.log.format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            report_fatal(format_args!("cannot start the async runtime: {e}"));
+            return Exit::Fatal.into();
+        }
+    };
+    let exit = runtime.block_on(async move {
+        let shutdown = crate::shutdown::on_signal();
+        if cli.once {
+            run_once(settings, shutdown).await
+        } else {
+            report_fatal("daemon mode is not available in this build; use --once");
+            Exit::Fatal
+        }
+    });
+    exit.into()
+}
+
+/// `--once`: one pass, a summary line on stdout, and the exit status.
+pub async fn run_once(settings: Arc<Settings>, shutdown: CancellationToken) -> Exit {
+    let reconciler = match Reconciler::new(settings) {
+        Ok(r) => r,
+        Err(e) => {
+            report_fatal(format_args!("{e:#}"));
+            return Exit::Fatal;
+        }
+    };
+    match reconciler.run_pass(Trigger::Once, shutdown).await {
+        Ok(report) => {
+            println!("{}", report.summary_line());
+            exit_for(&report)
+        }
+        Err(e) => {
+            report_fatal(e);
+            Exit::Fatal
+        }
+    }
+}
+
+/// Maps a finished pass to the contract's exit status, printing the cause of a fatal one.
+pub fn exit_for(report: &PassReport) -> Exit {
+    match report.outcome {
+        Outcome::AuthFailed | Outcome::Unreachable | Outcome::Failed => {
+            report_fatal(report.detail.as_deref().unwrap_or(report.outcome.as_str()));
+            Exit::Fatal
+        }
+        Outcome::Ok | Outcome::Interrupted if report.counts.mismatches > 0 => Exit::Mismatch,
+        Outcome::Ok | Outcome::Interrupted => Exit::Clean,
+    }
+}

@@ -1,0 +1,532 @@
+//! The SQLite ledger: opening and migrating the database, streaming due charges, and
+//! writing check results, each charge's change in one transaction.
+//!
+//! Everything here is blocking (rusqlite); the pass calls it from dedicated threads, never
+//! from async tasks.
+
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+
+use crate::domain::{ChargeId, Currency, State, StoreId};
+use crate::reconcile::rules::{Decision, NewEvent, Requested, Tracked};
+
+pub use schema::NOW_SQL;
+
+/// Formats a timestamp the way every ledger column stores it.
+pub fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Failures to open or prepare the database. Each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("cannot open database {path}: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error("cannot migrate database {path}: {message}")]
+    Migrate { path: PathBuf, message: String },
+    #[error("database {path}: {message}")]
+    Sqlite { path: PathBuf, message: String },
+}
+
+fn sqlite_message(e: &rusqlite::Error) -> String {
+    match e {
+        rusqlite::Error::SqliteFailure(f, Some(msg)) => format!("{msg} ({:?})", f.code),
+        other => other.to_string(),
+    }
+}
+
+/// How a pass was started (`runs.trigger`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Once,
+    Schedule,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Once => "once",
+            Trigger::Schedule => "schedule",
+        }
+    }
+}
+
+/// How a pass ended (`runs.outcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Interrupted,
+    AuthFailed,
+    Unreachable,
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Interrupted => "interrupted",
+            Outcome::AuthFailed => "auth_failed",
+            Outcome::Unreachable => "unreachable",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// Counters of one pass, as stored in `runs`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub checked: u64,
+    pub transitions: u64,
+    pub mismatches: u64,
+    pub errors: u64,
+}
+
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, o: Counts) {
+        self.checked += o.checked;
+        self.transitions += o.transitions;
+        self.mismatches += o.mismatches;
+        self.errors += o.errors;
+    }
+}
+
+/// A due charge as read from the ledger.
+#[derive(Debug, Clone)]
+pub struct DueCharge {
+    pub charge_id: ChargeId,
+    pub store_id: StoreId,
+    pub requested: Requested,
+    pub tracked: Tracked,
+    /// Where the keyset scan continues from.
+    pub next_check_at: String,
+    /// The row version; a result is written only if the row is still at this version.
+    pub updated_at: String,
+}
+
+/// A due row that cannot be checked because a value in it is unusable.
+#[derive(Debug, Clone)]
+pub struct BadRow {
+    pub charge_id: String,
+    pub next_check_at: String,
+    pub problem: String,
+}
+
+/// One item of the due stream.
+pub type DueRow = Result<DueCharge, BadRow>;
+
+/// One decided check, ready to be written.
+#[derive(Debug, Clone)]
+pub struct CheckResult {
+    pub charge: DueCharge,
+    pub decision: Decision,
+    pub checked_at: DateTime<Utc>,
+}
+
+/// A connection to the ledger.
+pub struct Ledger {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger").field("path", &self.path).finish()
+    }
+}
+
+impl Ledger {
+    /// Opens (creating if needed) and migrates the database.
+    pub fn open(path: &Path, busy_timeout: Duration) -> Result<Ledger, LedgerError> {
+        let ledger = Self::connect(path, busy_timeout, true)?;
+        let mut conn = ledger.conn;
+        schema::migrations()
+            .to_latest(&mut conn)
+            .map_err(|e| LedgerError::Migrate {
+                path: path.to_owned(),
+                message: match &e {
+                    rusqlite_migration::Error::RusqliteError { err, .. } => sqlite_message(err),
+                    other => other.to_string(),
+                },
+            })?;
+        Ok(Ledger {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Opens an already migrated database without touching its schema (for readers that
+    /// run beside a writer of the same process).
+    pub fn open_existing(path: &Path, busy_timeout: Duration) -> Result<Ledger, LedgerError> {
+        Self::connect(path, busy_timeout, false)
+    }
+
+    fn connect(path: &Path, busy_timeout: Duration, create: bool) -> Result<Ledger, LedgerError> {
+        let open_err = |message: String| LedgerError::Open {
+            path: path.to_owned(),
+            message,
+        };
+        if let Some(parent) = path.parent()
+            && !parent.as_os_str().is_empty()
+            && !parent.is_dir()
+        {
+            return Err(open_err(format!(
+                "directory {} does not exist",
+                parent.display()
+            )));
+        }
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        if create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let conn =
+            Connection::open_with_flags(path, flags).map_err(|e| open_err(sqlite_message(&e)))?;
+        conn.busy_timeout(busy_timeout)
+            .map_err(|e| open_err(sqlite_message(&e)))?;
+        // The first statement that reads the file: a file that is not SQLite fails here.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(|e| open_err(sqlite_message(&e)))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(open_err(format!(
+                "cannot switch to WAL mode (journal_mode is {mode})"
+            )));
+        }
+        // NORMAL in WAL mode survives a killed process intact; a power cut may lose the
+        // last commits, which the next pass simply redoes (every check is re-runnable).
+        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+            .map_err(|e| open_err(sqlite_message(&e)))?;
+        Ok(Ledger {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The connection, for tests and inspection.
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    fn err(&self, e: rusqlite::Error) -> LedgerError {
+        LedgerError::Sqlite {
+            path: self.path.clone(),
+            message: sqlite_message(&e),
+        }
+    }
+
+    /// Marks runs left `running` by a process that died as `interrupted`. Call only while
+    /// holding the pass lock, when no other pass can be running.
+    pub fn close_abandoned_runs(&self) -> Result<usize, LedgerError> {
+        self.conn
+            .execute(
+                "UPDATE runs SET outcome = 'interrupted',
+                        detail = coalesce(detail || '; ', '') || 'process ended before the pass finished'
+                 WHERE outcome = 'running'",
+                [],
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    /// Inserts the `runs` row for a new pass.
+    pub fn begin_run(&self, trigger: Trigger, now: DateTime<Utc>) -> Result<i64, LedgerError> {
+        self.conn
+            .execute(
+                "INSERT INTO runs (trigger, started_at, pid) VALUES (?1, ?2, ?3)",
+                params![trigger.as_str(), ts(now), std::process::id()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Records how a pass ended.
+    pub fn finish_run(
+        &self,
+        run_id: i64,
+        outcome: Outcome,
+        counts: Counts,
+        detail: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<(), LedgerError> {
+        self.conn
+            .execute(
+                "UPDATE runs SET outcome = ?2, finished_at = ?3, checked = ?4, transitions = ?5,
+                        mismatches = ?6, errors = ?7, detail = ?8
+                 WHERE id = ?1",
+                params![
+                    run_id,
+                    outcome.as_str(),
+                    ts(now),
+                    counts.checked,
+                    counts.transitions,
+                    counts.mismatches,
+                    counts.errors,
+                    detail
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Up to `limit` charges due at or before `cutoff`, in (`next_check_at`, `charge_id`)
+    /// order, strictly after the keyset position `after`.
+    pub fn due_batch(
+        &self,
+        cutoff: &str,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<DueRow>, LedgerError> {
+        let (after_at, after_id) = after.unwrap_or(("", ""));
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT charge_id, store_id, requested_amount, requested_currency, state,
+                        provider_status, charged_amount, charged_currency, amount_mismatch,
+                        mismatch_detail, payment_number, payment_url, last_error,
+                        consecutive_errors, not_found_count, next_check_at, updated_at
+                 FROM charges
+                 WHERE next_check_at <= ?1 AND (next_check_at, charge_id) > (?2, ?3)
+                 ORDER BY next_check_at, charge_id
+                 LIMIT ?4",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(
+                params![cutoff, after_at, after_id, limit as i64],
+                row_to_due,
+            )
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Writes a group of results in one transaction, each charge inside its own savepoint:
+    /// a crash leaves every charge wholly before or wholly after its check, and one charge
+    /// that cannot be written does not hold back the others. Also advances the run's
+    /// counters, so an interrupted run shows how far it got.
+    pub fn apply(&mut self, run_id: i64, results: &[CheckResult]) -> Result<Applied, LedgerError> {
+        let path = self.path.clone();
+        let err = |e: rusqlite::Error| LedgerError::Sqlite {
+            path: path.clone(),
+            message: sqlite_message(&e),
+        };
+        let mut applied = Applied::default();
+        let mut tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        for r in results {
+            let sp = tx.savepoint().map_err(err)?;
+            match write_one(&sp, run_id, r) {
+                Ok(true) => {
+                    sp.commit().map_err(err)?;
+                    applied.counts.checked += 1;
+                    if r.decision.transition().is_some() {
+                        applied.counts.transitions += 1;
+                    }
+                    if r.decision.new_mismatch() {
+                        applied.counts.mismatches += 1;
+                    }
+                    if r.decision.after.last_error.is_some() {
+                        applied.counts.errors += 1;
+                    }
+                    applied.written.push(true);
+                }
+                Ok(false) => {
+                    // Changed by someone else since we read it: the result is stale.
+                    drop(sp);
+                    applied.stale += 1;
+                    applied.written.push(false);
+                }
+                Err(e) => {
+                    drop(sp);
+                    tracing::warn!(charge_id = %r.charge.charge_id, error = %sqlite_message(&e), "cannot write check result");
+                    applied.counts.errors += 1;
+                    applied.written.push(false);
+                }
+            }
+        }
+        tx.execute(
+            "UPDATE runs SET checked = checked + ?2, transitions = transitions + ?3,
+                    mismatches = mismatches + ?4, errors = errors + ?5
+             WHERE id = ?1",
+            params![
+                run_id,
+                applied.counts.checked,
+                applied.counts.transitions,
+                applied.counts.mismatches,
+                applied.counts.errors
+            ],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(applied)
+    }
+
+    /// Records that a due row could not be checked, without touching the row itself.
+    pub fn record_bad_row(
+        &self,
+        run_id: i64,
+        bad: &BadRow,
+        now: DateTime<Utc>,
+    ) -> Result<(), LedgerError> {
+        self.conn
+            .execute(
+                "INSERT INTO charge_events (charge_id, at, kind, detail, run_id)
+                 VALUES (?1, ?2, 'invalid_row', ?3, ?4)",
+                params![bad.charge_id, ts(now), bad.problem, run_id],
+            )
+            .map_err(|e| self.err(e))?;
+        self.conn
+            .execute(
+                "UPDATE runs SET errors = errors + 1 WHERE id = ?1",
+                params![run_id],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The current state of one charge, if it is in the ledger.
+    pub fn state_of(&self, charge_id: &str) -> Result<Option<State>, LedgerError> {
+        let s: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT state FROM charges WHERE charge_id = ?1",
+                [charge_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(s.as_deref().and_then(State::parse))
+    }
+}
+
+/// What [`Ledger::apply`] did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub counts: Counts,
+    /// Results skipped because the row changed since it was read.
+    pub stale: u64,
+    /// Per input result: whether it was written.
+    pub written: Vec<bool>,
+}
+
+fn row_to_due(r: &rusqlite::Row<'_>) -> rusqlite::Result<DueRow> {
+    let charge_id: String = r.get(0)?;
+    let next_check_at: String = r.get(15)?;
+    let bad = |problem: String| BadRow {
+        charge_id: charge_id.clone(),
+        next_check_at: next_check_at.clone(),
+        problem,
+    };
+    // Constraints keep bad values out; this guards against rows written with them off.
+    let parsed = (|| -> Result<DueCharge, String> {
+        let id = ChargeId::parse(charge_id.clone()).map_err(|e| format!("charge_id {e}"))?;
+        let store: String = r.get(1).map_err(|e| format!("store_id: {e}"))?;
+        let store_id = StoreId::parse(store).map_err(|e| format!("store_id {e}"))?;
+        let amount: i64 = r.get(2).map_err(|e| format!("requested_amount: {e}"))?;
+        if amount < 0 {
+            return Err(format!("requested_amount {amount} is negative"));
+        }
+        let cur: String = r.get(3).map_err(|e| format!("requested_currency: {e}"))?;
+        let currency = Currency::parse(&cur)
+            .ok_or_else(|| format!("requested_currency {cur:?} is not a currency code"))?;
+        let st: String = r.get(4).map_err(|e| format!("state: {e}"))?;
+        let state = State::parse(&st).ok_or_else(|| format!("unknown state {st:?}"))?;
+        let get_u32 = |i: usize| -> Result<u32, String> {
+            let v: i64 = r.get(i).map_err(|e| e.to_string())?;
+            Ok(u32::try_from(v).unwrap_or(0))
+        };
+        let tracked = Tracked {
+            state,
+            provider_status: r.get(5).map_err(|e| e.to_string())?,
+            charged_amount: r.get(6).map_err(|e| e.to_string())?,
+            charged_currency: r.get(7).map_err(|e| e.to_string())?,
+            amount_mismatch: r.get::<_, i64>(8).map_err(|e| e.to_string())? != 0,
+            mismatch_detail: r.get(9).map_err(|e| e.to_string())?,
+            payment_number: r.get(10).map_err(|e| e.to_string())?,
+            payment_url: r.get(11).map_err(|e| e.to_string())?,
+            last_error: r.get(12).map_err(|e| e.to_string())?,
+            consecutive_errors: get_u32(13)?,
+            not_found_count: get_u32(14)?,
+        };
+        Ok(DueCharge {
+            charge_id: id,
+            store_id,
+            requested: Requested { amount, currency },
+            tracked,
+            next_check_at: next_check_at.clone(),
+            updated_at: r.get(16).map_err(|e| e.to_string())?,
+        })
+    })();
+    Ok(parsed.map_err(bad))
+}
+
+/// Writes one result. `Ok(false)` when the row moved on since it was read.
+fn write_one(conn: &Connection, run_id: i64, r: &CheckResult) -> rusqlite::Result<bool> {
+    let t = &r.decision.after;
+    let now = ts(r.checked_at);
+    let changed = conn
+        .prepare_cached(
+            "UPDATE charges SET state = ?1, provider_status = ?2, charged_amount = ?3,
+                    charged_currency = ?4, amount_mismatch = ?5, mismatch_detail = ?6,
+                    payment_number = ?7, payment_url = ?8, next_check_at = ?9,
+                    last_checked_at = ?10, last_error = ?11, consecutive_errors = ?12,
+                    not_found_count = ?13, updated_at = ?10
+             WHERE charge_id = ?14 AND state = ?15 AND updated_at = ?16",
+        )?
+        .execute(params![
+            t.state.as_str(),
+            t.provider_status,
+            t.charged_amount,
+            t.charged_currency,
+            t.amount_mismatch as i64,
+            t.mismatch_detail,
+            t.payment_number,
+            t.payment_url,
+            r.decision.next_check_at.map(ts),
+            now,
+            t.last_error,
+            t.consecutive_errors,
+            t.not_found_count,
+            r.charge.charge_id.as_str(),
+            r.charge.tracked.state.as_str(),
+            r.charge.updated_at,
+        ])?;
+    if changed == 0 {
+        return Ok(false);
+    }
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO charge_events (charge_id, at, kind, from_state, to_state, provider_status, detail, run_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    for NewEvent {
+        kind,
+        from_state,
+        to_state,
+        provider_status,
+        detail,
+    } in &r.decision.events
+    {
+        insert.execute(params![
+            r.charge.charge_id.as_str(),
+            now,
+            kind.as_str(),
+            from_state.map(State::as_str),
+            to_state.map(State::as_str),
+            provider_status,
+            detail,
+            run_id
+        ])?;
+    }
+    Ok(true)
+}

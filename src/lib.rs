@@ -1,0 +1,26 @@
+//! konbini-reconciler keeps a SQLite ledger of UnivaPay konbini (convenience-store) charges
+//! and reconciles it against UnivaPay's charge GET: which orders are paid, which are dead,
+//! and whether exactly what was asked for was charged.
+//!
+//! The map of the crate:
+//! - [`config`]: `config.toml` and environment overrides into typed, validated [`Settings`].
+//! - [`domain`]: ids, currencies, our states and UnivaPay's statuses as types.
+//! - [`univapay`]: the HTTP client, the lenient charge model, and error classification.
+//! - [`ledger`]: SQLite (schema, migrations, due-charge streaming, transactional writes).
+//! - [`reconcile`]: the pure decision rules ([`reconcile::rules`]) and one pass
+//!   ([`reconcile::pass`]).
+//! - [`app`]: the command-line entry points (`--once`, the daemon) and exit codes.
+//! - [`telemetry`]: tracing setup.
+//!
+//! `main.rs` only parses the command line and hands over to [`app::main`].
+
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod ledger;
+pub mod reconcile;
+pub mod shutdown;
+pub mod telemetry;
+pub mod univapay;
+
+pub use config::Settings;

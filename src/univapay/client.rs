@@ -1,0 +1,295 @@
+//! The charge GET over one pooled `reqwest` client.
+
+use std::time::Duration;
+
+use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue, RETRY_AFTER};
+use reqwest::{StatusCode, Url, redirect};
+use secrecy::ExposeSecret;
+
+use super::{ApiError, ProviderCharge};
+use crate::config::ApiSettings;
+use crate::domain::{ChargeId, StoreId};
+
+/// A charge answer is a few KiB; anything past this is not a charge and is not read.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The rate-limit headers UnivaPay sends on every response (absent ones are `None`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Requests left in the bucket for this exact URL.
+    pub remaining_exact: Option<u64>,
+    /// Requests left in the bucket for the route pattern (all charge GETs).
+    pub remaining_route: Option<u64>,
+    pub per_minute_exact: Option<u64>,
+    pub per_minute_route: Option<u64>,
+}
+
+impl RateLimit {
+    fn from_headers(h: &HeaderMap) -> Self {
+        let num = |name: &str| {
+            h.get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        RateLimit {
+            remaining_exact: num("x-remaining-requests-exact"),
+            remaining_route: num("x-remaining-requests-route"),
+            per_minute_exact: num("x-requests-per-minute-exact"),
+            per_minute_route: num("x-requests-per-minute-route"),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == RateLimit::default()
+    }
+}
+
+/// The outcome of one GET: the charge or the error, plus whatever rate-limit headers came.
+#[derive(Debug)]
+pub struct Fetched {
+    pub result: Result<ProviderCharge, ApiError>,
+    pub rate_limit: RateLimit,
+}
+
+/// UnivaPay API client. Cheap to clone; clones share the connection pool.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base_url: Url,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base_url", &self.base_url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    pub fn new(api: &ApiSettings) -> anyhow::Result<Self> {
+        let mut auth = HeaderValue::try_from(format!(
+            "Bearer {}.{}",
+            api.secret.expose_secret(),
+            api.app_token.expose_secret()
+        ))
+        .map_err(|_| {
+            anyhow::anyhow!("api.secret or api.app_token cannot be sent in an HTTP header")
+        })?;
+        // Keeps the value out of reqwest's and our own Debug output.
+        auth.set_sensitive(true);
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, auth);
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .user_agent(concat!("konbini-reconciler/", env!("CARGO_PKG_VERSION")))
+            .timeout(api.timeout)
+            .connect_timeout(api.timeout.min(Duration::from_secs(10)))
+            // A redirect is never followed: the Authorization header must not travel to
+            // another host, and the charge GET has no reason to redirect.
+            .redirect(redirect::Policy::none())
+            .pool_max_idle_per_host(api.concurrency)
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(Client {
+            http,
+            base_url: api.base_url.clone(),
+            timeout: api.timeout,
+        })
+    }
+
+    fn charge_url(&self, store: &StoreId, charge: &ChargeId) -> Url {
+        let mut url = self.base_url.clone();
+        // Ids are checked to be path-safe, so pushing them as segments cannot escape.
+        if let Ok(mut segs) = url.path_segments_mut() {
+            segs.pop_if_empty()
+                .extend(["stores", store.as_str(), "charges", charge.as_str()]);
+        }
+        url
+    }
+
+    /// `GET /stores/{store}/charges/{charge}`, checked to be an answer about that charge.
+    pub async fn get_charge(&self, store: &StoreId, charge: &ChargeId) -> Fetched {
+        let url = self.charge_url(store, charge);
+        let resp = match self.http.get(url).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                return Fetched {
+                    result: Err(self.transport_error(e)),
+                    rate_limit: RateLimit::default(),
+                };
+            }
+        };
+        let rate_limit = RateLimit::from_headers(resp.headers());
+        let result = self.interpret(resp, store, charge).await;
+        Fetched { result, rate_limit }
+    }
+
+    async fn interpret(
+        &self,
+        resp: reqwest::Response,
+        store: &StoreId,
+        charge: &ChargeId,
+    ) -> Result<ProviderCharge, ApiError> {
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let body = self.read_capped(resp).await;
+        match status {
+            s if s.is_success() => {
+                let body = body?;
+                let c = ProviderCharge::from_json(&body).map_err(ApiError::Malformed)?;
+                if c.id != *charge {
+                    return Err(ApiError::Malformed(format!(
+                        "answer is for charge {}, not {charge}",
+                        c.id
+                    )));
+                }
+                if let Some(s) = &c.store_id
+                    && s != store
+                {
+                    return Err(ApiError::Malformed(format!(
+                        "answer is for store {s}, not {store}"
+                    )));
+                }
+                Ok(c)
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(ApiError::Auth {
+                status: status.as_u16(),
+                code: body.ok().and_then(|b| error_code(&b)),
+            }),
+            StatusCode::NOT_FOUND => Err(ApiError::NotFound),
+            StatusCode::TOO_MANY_REQUESTS => Err(ApiError::RateLimited { retry_after }),
+            s if s.is_server_error() => Err(ApiError::Server(s.as_u16())),
+            s => Err(ApiError::Rejected {
+                status: s.as_u16(),
+                code: body.ok().and_then(|b| error_code(&b)),
+            }),
+        }
+    }
+
+    async fn read_capped(&self, mut resp: reqwest::Response) -> Result<Vec<u8>, ApiError> {
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_BODY_BYTES as u64)
+        {
+            return Err(ApiError::Malformed(format!(
+                "body larger than {MAX_BODY_BYTES} bytes"
+            )));
+        }
+        let mut body = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > MAX_BODY_BYTES {
+                        return Err(ApiError::Malformed(format!(
+                            "body larger than {MAX_BODY_BYTES} bytes"
+                        )));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(body),
+                Err(e) => return Err(self.transport_error(e)),
+            }
+        }
+    }
+
+    fn transport_error(&self, e: reqwest::Error) -> ApiError {
+        let e = e.without_url();
+        if e.is_timeout() {
+            ApiError::Timeout(self.timeout)
+        } else {
+            // Connection refused or reset, TLS failure, a body cut short: all worth a retry.
+            ApiError::Connect(error_chain(&e))
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let msg = inner.to_string();
+        if !s.contains(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        src = inner.source();
+    }
+    s
+}
+
+/// The `code` of UnivaPay's error body, e.g. `INVALID_APP_TOKEN`.
+fn error_code(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let code = v.get("code")?.as_str()?;
+    // Only a short upper-snake word is worth repeating; never echo arbitrary text.
+    (code.len() <= 64
+        && code
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit()))
+    .then(|| code.to_owned())
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date.
+pub(crate) fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs.min(3600)));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let delta = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    Some(
+        delta
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .min(Duration::from_secs(3600)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after(" 0 "), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn error_code_is_only_a_code() {
+        assert_eq!(
+            error_code(br#"{"status":"error","code":"INVALID_APP_TOKEN","errors":[]}"#).as_deref(),
+            Some("INVALID_APP_TOKEN")
+        );
+        assert_eq!(error_code(br#"{"code":"secret.token leaked"}"#), None);
+        assert_eq!(error_code(b""), None);
+    }
+
+    #[test]
+    fn rate_limit_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("X-Remaining-Requests-Exact", HeaderValue::from_static("19"));
+        h.insert("X-Remaining-Requests-Route", HeaderValue::from_static("7"));
+        h.insert(
+            "X-Requests-Per-Minute-Route",
+            HeaderValue::from_static("120"),
+        );
+        let r = RateLimit::from_headers(&h);
+        assert_eq!(r.remaining_exact, Some(19));
+        assert_eq!(r.remaining_route, Some(7));
+        assert_eq!(r.per_minute_exact, None);
+        assert_eq!(r.per_minute_route, Some(120));
+    }
+}

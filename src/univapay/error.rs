@@ -1,0 +1,72 @@
+//! What can go wrong with one charge GET, sorted into the kinds the pass acts on.
+
+use std::time::Duration;
+
+/// One failed charge GET. Messages never contain credentials: the request URL holds only
+/// the store and charge ids, and the Authorization header is never formatted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    #[error("cannot connect to UnivaPay: {0}")]
+    Connect(String),
+    #[error("no complete answer from UnivaPay within {0:?}")]
+    Timeout(Duration),
+    #[error("rate limited by UnivaPay (429)")]
+    RateLimited { retry_after: Option<Duration> },
+    #[error("UnivaPay server error {0}")]
+    Server(u16),
+    #[error("credentials rejected by UnivaPay ({status}{})", code_suffix(.code))]
+    Auth { status: u16, code: Option<String> },
+    #[error("charge not found at UnivaPay (404)")]
+    NotFound,
+    #[error("malformed answer from UnivaPay: {0}")]
+    Malformed(String),
+    #[error("request refused by UnivaPay ({status}{})", code_suffix(.code))]
+    Rejected { status: u16, code: Option<String> },
+}
+
+fn code_suffix(code: &Option<String>) -> String {
+    code.as_deref().map(|c| format!(" {c}")).unwrap_or_default()
+}
+
+/// The decision-relevant kind of an [`ApiError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Try again later with backoff: connect, timeout, 429, 5xx.
+    Transient,
+    /// 401/403: the whole pass stops.
+    Auth,
+    /// 404: counted; after `not_found_limit` in a row the charge is no longer checked.
+    NotFound,
+    /// The answer could not be used (unparseable, wrong id or store).
+    Malformed,
+    /// Any other 4xx or an unexpected redirect.
+    Rejected,
+}
+
+impl ApiError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ApiError::Connect(_)
+            | ApiError::Timeout(_)
+            | ApiError::RateLimited { .. }
+            | ApiError::Server(_) => ErrorClass::Transient,
+            ApiError::Auth { .. } => ErrorClass::Auth,
+            ApiError::NotFound => ErrorClass::NotFound,
+            ApiError::Malformed(_) => ErrorClass::Malformed,
+            ApiError::Rejected { .. } => ErrorClass::Rejected,
+        }
+    }
+
+    /// True when the request never got an HTTP answer (the API could not be reached).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, ApiError::Connect(_) | ApiError::Timeout(_))
+    }
+
+    /// The server's `Retry-After`, when it sent one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::RateLimited { retry_after } => *retry_after,
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! The charge object as UnivaPay sends it, read leniently, then checked into
+//! [`ProviderCharge`], the only shape the rest of the crate sees.
+//!
+//! Lenient means: unknown fields are ignored, `error` may be null, missing, `{}` or an
+//! object, `charged_*` may be null, `fee_amount_formatted` may be a number or a string and
+//! `metadata` values may be of any JSON type. Checked means: the id is there and is an id,
+//! the status is a string, amounts are whole numbers in a sane range and currencies are
+//! three letters. Anything else is a malformed answer.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::domain::{ChargeId, Currency, ProviderStatus, StoreId};
+
+/// Larger than any konbini payment could be (the chains cap a payment at 300,000 yen), and
+/// well inside i64; anything above is a broken answer rather than a real charge.
+pub const MAX_AMOUNT: i64 = 1_000_000_000_000;
+
+/// The wire shape. Every field optional so that a missing one is reported by name.
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct ChargeJson {
+    pub id: Option<String>,
+    pub store_id: Option<String>,
+    pub status: Option<String>,
+    pub requested_amount: Option<i64>,
+    pub requested_currency: Option<String>,
+    pub charged_amount: Option<i64>,
+    pub charged_currency: Option<String>,
+    pub fee_amount: Option<i64>,
+    pub fee_currency: Option<String>,
+    /// A number in some SDKs, a string in another: kept as whatever arrived.
+    pub fee_amount_formatted: Option<Value>,
+    pub error: Option<Value>,
+    pub metadata: Option<Value>,
+    pub mode: Option<String>,
+    pub created_on: Option<Value>,
+}
+
+/// A payment failure reported inside a 200 charge (e.g. code 323, payment code expired).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderError {
+    pub code: Option<String>,
+    pub message: Option<String>,
+}
+
+/// A checked charge answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderCharge {
+    pub id: ChargeId,
+    pub store_id: Option<StoreId>,
+    pub status: ProviderStatus,
+    pub requested_amount: Option<i64>,
+    pub requested_currency: Option<Currency>,
+    pub charged_amount: Option<i64>,
+    pub charged_currency: Option<Currency>,
+    pub error: Option<ProviderError>,
+    pub metadata: Map<String, Value>,
+    pub mode: Option<String>,
+}
+
+impl ProviderCharge {
+    /// Parses a response body. The message of an `Err` is safe to store and log.
+    pub fn from_json(body: &[u8]) -> Result<Self, String> {
+        let json: ChargeJson = serde_json::from_slice(body).map_err(|e| {
+            if body.iter().all(u8::is_ascii_whitespace) {
+                "empty body".to_owned()
+            } else {
+                format!("body is not a charge object ({e})")
+            }
+        })?;
+        Self::try_from(json)
+    }
+
+    /// The konbini payment number, once the charge is awaiting payment.
+    pub fn payment_number(&self) -> Option<String> {
+        match self.metadata.get("internal_convenience_payment_number")? {
+            Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+
+    /// The payment slip URL (Seven-Eleven only).
+    pub fn payment_url(&self) -> Option<String> {
+        match self.metadata.get("internal_convenience_payment_url")? {
+            Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+            _ => None,
+        }
+    }
+}
+
+fn amount(field: &str, v: Option<i64>) -> Result<Option<i64>, String> {
+    match v {
+        Some(a) if !(0..=MAX_AMOUNT).contains(&a) => {
+            Err(format!("{field} {a} is outside 0..={MAX_AMOUNT}"))
+        }
+        other => Ok(other),
+    }
+}
+
+fn currency(field: &str, v: Option<String>) -> Result<Option<Currency>, String> {
+    match v {
+        None => Ok(None),
+        Some(s) => Currency::parse(&s).map(Some).ok_or_else(|| {
+            format!(
+                "{field} {:?} is not a three-letter currency code",
+                truncate(&s)
+            )
+        }),
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(16).collect()
+}
+
+impl TryFrom<ChargeJson> for ProviderCharge {
+    type Error = String;
+
+    fn try_from(j: ChargeJson) -> Result<Self, String> {
+        let id = j.id.ok_or("charge has no id")?;
+        let id = ChargeId::parse(id.clone())
+            .map_err(|e| format!("charge id {:?} {e}", truncate(&id)))?;
+        let store_id = match j.store_id {
+            None => None,
+            Some(s) => Some(
+                StoreId::parse(s.clone())
+                    .map_err(|e| format!("store_id {:?} {e}", truncate(&s)))?,
+            ),
+        };
+        let status = match j.status {
+            Some(s) if !s.is_empty() && s.len() <= 64 => ProviderStatus::parse(&s),
+            Some(_) => return Err("status is empty or too long".into()),
+            None => return Err("charge has no status".into()),
+        };
+        let error = match j.error {
+            Some(Value::Object(o)) if !o.is_empty() => Some(ProviderError {
+                code: o.get("code").and_then(scalar_text),
+                message: o.get("message").and_then(scalar_text),
+            }),
+            _ => None,
+        };
+        let metadata = match j.metadata {
+            Some(Value::Object(m)) => m,
+            None | Some(Value::Null) => Map::new(),
+            Some(_) => return Err("metadata is not an object".into()),
+        };
+        Ok(ProviderCharge {
+            id,
+            store_id,
+            status,
+            requested_amount: amount("requested_amount", j.requested_amount)?,
+            requested_currency: currency("requested_currency", j.requested_currency)?,
+            charged_amount: amount("charged_amount", j.charged_amount)?,
+            charged_currency: currency("charged_currency", j.charged_currency)?,
+            error,
+            metadata,
+            mode: j.mode,
+        })
+    }
+}
+
+fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"{
+        "id": "11efa3b2-6c2d-4e8e-9f3a-0242ac120002",
+        "store_id": "11ef0000-0000-0000-0000-000000000001",
+        "transaction_token_id": "11ef0000-0000-0000-0000-0000000000aa",
+        "transaction_token_type": "one_time",
+        "subscription_id": null,
+        "merchant_transaction_id": null,
+        "requested_amount": 1500,
+        "requested_currency": "JPY",
+        "requested_amount_formatted": 1500,
+        "charged_amount": null,
+        "charged_currency": null,
+        "charged_amount_formatted": null,
+        "fee_amount": null, "fee_currency": null, "fee_amount_formatted": "12.5",
+        "only_direct_currency": false,
+        "capture_at": null,
+        "descriptor": null,
+        "status": "awaiting",
+        "error": null,
+        "metadata": {"orderid": 123456, "internal_convenience_payment_number": "1234-5678",
+                     "internal_convenience_payment_url": "https://example.test/slip"},
+        "mode": "test",
+        "created_on": "2026-11-27T16:55:22.123456Z",
+        "three_ds": {"whatever": true}
+    }"#;
+
+    #[test]
+    fn parses_a_real_shaped_charge() {
+        let c = ProviderCharge::from_json(FULL.as_bytes()).unwrap();
+        assert_eq!(c.status, ProviderStatus::Awaiting);
+        assert_eq!(c.requested_amount, Some(1500));
+        assert_eq!(c.charged_amount, None);
+        assert_eq!(c.payment_number().as_deref(), Some("1234-5678"));
+        assert_eq!(
+            c.payment_url().as_deref(),
+            Some("https://example.test/slip")
+        );
+        assert_eq!(c.metadata["orderid"], 123456);
+    }
+
+    #[test]
+    fn error_field_shapes() {
+        for (err, expect) in [
+            (r#""error": null,"#, None),
+            (r#""error": {},"#, None),
+            ("", None),
+            (
+                r#""error": {"code": 323, "message": "payment code expired", "details": "x"},"#,
+                Some(ProviderError {
+                    code: Some("323".into()),
+                    message: Some("payment code expired".into()),
+                }),
+            ),
+        ] {
+            let body =
+                format!(r#"{{{err} "id": "c1", "status": "failed", "fee_amount_formatted": 3}}"#);
+            let c = ProviderCharge::from_json(body.as_bytes()).unwrap();
+            assert_eq!(c.error, expect, "{body}");
+        }
+    }
+
+    #[test]
+    fn refuses_broken_answers() {
+        for body in [
+            "",
+            "not json",
+            "[]",
+            r#"{"status": "awaiting"}"#,
+            r#"{"id": "", "status": "awaiting"}"#,
+            r#"{"id": "c1"}"#,
+            r#"{"id": "c1", "status": "successful", "charged_amount": -5}"#,
+            r#"{"id": "c1", "status": "successful", "charged_amount": 1e20}"#,
+            r#"{"id": "c1", "status": "successful", "charged_amount": 100, "charged_currency": "YEN!"}"#,
+            r#"{"id": "c1", "status": "successful", "requested_amount": "100"}"#,
+            r#"{"id": "c1", "status": "successful", "metadata": [1]}"#,
+        ] {
+            assert!(
+                ProviderCharge::from_json(body.as_bytes()).is_err(),
+                "{body}"
+            );
+        }
+        assert_eq!(ProviderCharge::from_json(b"  ").unwrap_err(), "empty body");
+    }
+
+    #[test]
+    fn numeric_payment_number_is_kept_as_text() {
+        let c = ProviderCharge::from_json(
+            br#"{"id": "c1", "status": "awaiting", "metadata": {"internal_convenience_payment_number": 98765}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.payment_number().as_deref(), Some("98765"));
+        assert_eq!(c.payment_url(), None);
+    }
+}
