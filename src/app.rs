@@ -46,6 +46,30 @@ impl From<Exit> for ExitCode {
     }
 }
 
+/// Parses the command line. `--help` and `--version` print and exit 0; a usage error is
+/// one line on stderr and exit status 1 (clap's usual 2 means "mismatch" here).
+pub fn parse_args<I, T>(args: I) -> Result<Cli, ExitCode>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::error::ErrorKind;
+    match Cli::try_parse_from(args) {
+        Ok(cli) => Ok(cli),
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            Err(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            report_fatal(format_args!("{first} (see --help)"));
+            Err(Exit::Fatal.into())
+        }
+    }
+}
+
 /// Prints the one-line fatal error.
 pub fn report_fatal(message: impl std::fmt::Display) {
     eprintln!("konbini-reconciler: error: {message}");

@@ -2,8 +2,9 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    konbini_reconciler::app::main(konbini_reconciler::app::Cli::parse())
+    match konbini_reconciler::app::parse_args(std::env::args_os()) {
+        Ok(cli) => konbini_reconciler::app::main(cli),
+        Err(code) => code,
+    }
 }
