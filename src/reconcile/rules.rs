@@ -318,3 +318,306 @@ pub fn decide(
         events,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ChargeId;
+    use proptest::prelude::*;
+    use serde_json::Map;
+
+    const POLICY: Policy = Policy {
+        recheck_interval: Duration::from_secs(300),
+        retry_backoff: Duration::from_secs(30),
+        retry_backoff_max: Duration::from_secs(3600),
+        not_found_limit: 3,
+    };
+    const YEN_1000: Requested = Requested {
+        amount: 1000,
+        currency: Currency::JPY,
+    };
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-27T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn answer(status: &str) -> ProviderCharge {
+        ProviderCharge {
+            id: ChargeId::parse("c1").unwrap(),
+            store_id: None,
+            status: ProviderStatus::parse(status),
+            requested_amount: Some(1000),
+            requested_currency: Some(Currency::JPY),
+            charged_amount: None,
+            charged_currency: None,
+            error: None,
+            metadata: Map::new(),
+            mode: None,
+        }
+    }
+
+    fn charged(status: &str, amount: i64, currency: &str) -> ProviderCharge {
+        ProviderCharge {
+            charged_amount: Some(amount),
+            charged_currency: Currency::parse(currency),
+            ..answer(status)
+        }
+    }
+
+    fn at(state: State) -> Tracked {
+        Tracked {
+            state,
+            ..Tracked::new()
+        }
+    }
+
+    #[test]
+    fn every_status_maps_as_the_design_says() {
+        let cases = [
+            ("pending", Some(State::Pending)),
+            ("awaiting", Some(State::Awaiting)),
+            ("authorized", Some(State::Awaiting)),
+            ("successful", Some(State::Successful)),
+            ("failed", Some(State::Failed)),
+            ("error", Some(State::Failed)),
+            ("canceled", Some(State::Failed)),
+            ("expired", None),
+            ("cancelled", None),
+            ("", None),
+        ];
+        for (word, expect) in cases {
+            assert_eq!(map_status(&ProviderStatus::parse(word)), expect, "{word:?}");
+        }
+    }
+
+    #[test]
+    fn mismatch_kinds() {
+        assert_eq!(
+            mismatch(&YEN_1000, &answer("successful")),
+            None,
+            "no charged amount yet"
+        );
+        assert_eq!(
+            mismatch(&YEN_1000, &charged("successful", 1000, "JPY")),
+            None
+        );
+        assert_eq!(
+            mismatch(&YEN_1000, &charged("successful", 1000, "jpy")),
+            None
+        );
+        assert_eq!(
+            mismatch(&YEN_1000, &charged("successful", 900, "JPY")).as_deref(),
+            Some("charged 900 JPY, requested 1000 JPY")
+        );
+        assert_eq!(
+            mismatch(&YEN_1000, &charged("successful", 1000, "USD")).as_deref(),
+            Some("charged 1000 USD, requested 1000 JPY")
+        );
+        let theirs = ProviderCharge {
+            requested_amount: Some(1100),
+            ..charged("successful", 1000, "JPY")
+        };
+        assert_eq!(
+            mismatch(&YEN_1000, &theirs).as_deref(),
+            Some("UnivaPay's requested_amount is 1100, ours is 1000")
+        );
+        // Their requested_amount alone, with nothing charged, is not yet a mismatch.
+        let uncharged = ProviderCharge {
+            requested_amount: Some(1100),
+            ..answer("awaiting")
+        };
+        assert_eq!(mismatch(&YEN_1000, &uncharged), None);
+        // A null charged currency is compared as ours.
+        let no_currency = ProviderCharge {
+            charged_currency: None,
+            ..charged("successful", 1000, "JPY")
+        };
+        assert_eq!(mismatch(&YEN_1000, &no_currency), None);
+    }
+
+    #[test]
+    fn decide_moves_state_and_sets_next_check() {
+        let d = decide(
+            &at(State::Pending),
+            &YEN_1000,
+            Ok(&answer("awaiting")),
+            now(),
+            &POLICY,
+            0.5,
+        );
+        assert_eq!(d.after.state, State::Awaiting);
+        assert_eq!(d.transition(), Some((State::Pending, State::Awaiting)));
+        assert_eq!(
+            d.next_check_at,
+            Some(now() + chrono::Duration::seconds(300))
+        );
+
+        let d = decide(
+            &at(State::Awaiting),
+            &YEN_1000,
+            Ok(&charged("successful", 1000, "JPY")),
+            now(),
+            &POLICY,
+            0.5,
+        );
+        assert_eq!(d.after.state, State::Successful);
+        assert_eq!(d.next_check_at, None, "final: never again");
+        assert!(!d.new_mismatch());
+
+        let d = decide(
+            &at(State::Awaiting),
+            &YEN_1000,
+            Ok(&answer("awaiting")),
+            now(),
+            &POLICY,
+            0.5,
+        );
+        assert!(d.events.is_empty(), "nothing changed, nothing recorded");
+    }
+
+    #[test]
+    fn decide_on_errors_backs_off_and_keeps_state() {
+        let before = at(State::Awaiting);
+        let err = ApiError::Server(503);
+        let d = decide(&before, &YEN_1000, Err(&err), now(), &POLICY, 0.0);
+        assert_eq!(d.after.state, State::Awaiting);
+        assert_eq!(d.after.consecutive_errors, 1);
+        assert_eq!(d.next_check_at, Some(now() + chrono::Duration::seconds(15)));
+        assert_eq!(d.events.len(), 1);
+        assert_eq!(d.events[0].kind, EventKind::Error);
+
+        let rl = ApiError::RateLimited {
+            retry_after: Some(Duration::from_secs(600)),
+        };
+        let d = decide(&before, &YEN_1000, Err(&rl), now(), &POLICY, 0.0);
+        assert_eq!(
+            d.next_check_at,
+            Some(now() + chrono::Duration::seconds(600))
+        );
+    }
+
+    #[test]
+    fn not_found_gives_up_at_the_limit() {
+        let mut t = at(State::Pending);
+        for n in 1..=3 {
+            let d = decide(&t, &YEN_1000, Err(&ApiError::NotFound), now(), &POLICY, 0.5);
+            assert_eq!(d.after.not_found_count, n);
+            let gave_up = d.events.iter().any(|e| e.kind == EventKind::GaveUp);
+            assert_eq!(gave_up, n == 3);
+            assert_eq!(d.next_check_at.is_none(), n == 3);
+            t = d.after;
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_within_bounds() {
+        let b = |n, j| backoff(n, Duration::from_secs(30), Duration::from_secs(3600), j);
+        assert_eq!(b(1, 1.0), Duration::from_secs(30));
+        assert_eq!(b(2, 1.0), Duration::from_secs(60));
+        assert_eq!(b(3, 0.0), Duration::from_secs(60));
+        assert_eq!(b(20, 1.0), Duration::from_secs(3600));
+        assert_eq!(b(u32::MAX, 1.0), Duration::from_secs(3600));
+    }
+
+    fn status_word() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("pending".to_owned()),
+            Just("awaiting".to_owned()),
+            Just("authorized".to_owned()),
+            Just("successful".to_owned()),
+            Just("failed".to_owned()),
+            Just("error".to_owned()),
+            Just("canceled".to_owned()),
+            "[a-z_]{1,12}",
+        ]
+    }
+
+    fn observation() -> impl Strategy<Value = Result<ProviderCharge, ApiError>> {
+        prop_oneof![
+            4 => (status_word(), proptest::option::of(0i64..2000), prop_oneof![Just("JPY"), Just("USD")])
+                .prop_map(|(s, amount, cur)| Ok(ProviderCharge {
+                    charged_amount: amount,
+                    charged_currency: amount.and(Currency::parse(cur)),
+                    ..answer(&s)
+                })),
+            1 => prop_oneof![
+                Just(ApiError::Server(500)),
+                Just(ApiError::NotFound),
+                Just(ApiError::Timeout(Duration::from_secs(1))),
+                Just(ApiError::Malformed("x".into())),
+                Just(ApiError::RateLimited { retry_after: None }),
+            ]
+            .prop_map(Err),
+        ]
+    }
+
+    proptest! {
+        /// Over any sequence of observations: one transition event per state change and
+        /// never two in one check; transitions chain (each from is the previous to); once
+        /// final, the state never moves and no next check is scheduled; the mismatch flag
+        /// never clears and its event is written at most once.
+        #[test]
+        fn observation_sequences_keep_the_invariants(
+            obs in proptest::collection::vec(observation(), 1..40),
+            jitter in 0.0f64..1.0,
+        ) {
+            let mut t = Tracked::new();
+            let mut chain_end = State::Pending;
+            let mut mismatch_events = 0;
+            let mut final_at: Option<State> = None;
+            for o in &obs {
+                let d = decide(&t, &YEN_1000, o.as_ref(), now(), &POLICY, jitter);
+                let transitions: Vec<_> = d.events.iter().filter(|e| e.kind == EventKind::Transition).collect();
+                prop_assert!(transitions.len() <= 1);
+                prop_assert_eq!(transitions.len() == 1, d.after.state != t.state);
+                if let Some(e) = transitions.first() {
+                    prop_assert_eq!(e.from_state, Some(chain_end));
+                    chain_end = e.to_state.unwrap();
+                }
+                if let Some(f) = final_at {
+                    prop_assert_eq!(d.after.state, f);
+                    prop_assert!(d.next_check_at.is_none());
+                }
+                if d.after.state.is_final() {
+                    final_at.get_or_insert(d.after.state);
+                    prop_assert!(d.next_check_at.is_none());
+                } else if d.after.not_found_count < POLICY.not_found_limit {
+                    prop_assert!(d.next_check_at.is_some_and(|n| n > now()));
+                }
+                prop_assert!(!t.amount_mismatch || d.after.amount_mismatch, "sticky");
+                mismatch_events += d.events.iter().filter(|e| e.kind == EventKind::Mismatch).count();
+                prop_assert!(mismatch_events <= 1);
+                if let Ok(a) = o {
+                    if map_status(&a.status).is_none() {
+                        prop_assert_eq!(d.after.state, t.state, "unknown status changes no state");
+                    }
+                } else {
+                    prop_assert_eq!(d.after.state, t.state, "errors change no state");
+                }
+                t = d.after;
+            }
+            prop_assert_eq!(chain_end, t.state);
+        }
+
+        /// Applying the same answer twice: the second changes nothing and records nothing.
+        #[test]
+        fn the_same_answer_twice_is_a_no_op(o in observation().prop_filter("answers", Result::is_ok)) {
+            let a = o.unwrap();
+            let first = decide(&Tracked::new(), &YEN_1000, Ok(&a), now(), &POLICY, 0.5);
+            let second = decide(&first.after, &YEN_1000, Ok(&a), now(), &POLICY, 0.5);
+            prop_assert!(second.events.is_empty());
+            prop_assert_eq!(second.after, first.after);
+        }
+
+        #[test]
+        fn backoff_stays_within_half_and_full_cap(n in 1u32..100, jitter in 0.0f64..1.0) {
+            let base = Duration::from_secs(30);
+            let max = Duration::from_secs(3600);
+            let d = backoff(n, base, max, jitter);
+            let full = base.saturating_mul(1u32 << (n - 1).min(30)).min(max);
+            prop_assert!(d >= full / 2 && d <= full);
+        }
+    }
+}
