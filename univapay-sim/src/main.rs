@@ -1,0 +1,190 @@
+//! `univapay-sim`: the simulator as a standalone process on 127.0.0.1, for the benchmark
+//! and for trying konbini-reconciler by hand.
+//!
+//! On start it prints one line, `univapay-sim listening on http://127.0.0.1:PORT`, to
+//! stdout, so a parent process can read the address. `GET /_sim/counters` reports the
+//! counters as JSON at any time; on SIGINT/SIGTERM they are printed as JSON and the process
+//! exits 0.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use univapay_sim::{Credentials, Faults, Limit, Mix, Population, RateLimitConfig, Sim, SimConfig};
+
+/// A fake UnivaPay charge API with konbini lifecycles, rate limits, latency and faults.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on (loopback only); port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// The secret requests must present (`Authorization: Bearer {secret}.{app_token}`).
+    #[arg(long, default_value_t = Credentials::default().secret)]
+    secret: String,
+    /// The app token requests must present.
+    #[arg(long, default_value_t = Credentials::default().app_token)]
+    app_token: String,
+
+    /// How many charges to seed.
+    #[arg(long, default_value_t = 0)]
+    charges: u64,
+    /// Seed of the population: the same seed and count give the same charges.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Number of stores the charges are spread over.
+    #[arg(long, default_value_t = 3)]
+    stores: u32,
+    /// Outcome weights, e.g. `paid=70,expired=20,canceled=7,underpaid=2,foreign=1`.
+    #[arg(
+        long,
+        default_value = "paid=70,expired=20,canceled=7,underpaid=2,foreign=1"
+    )]
+    mix: Mix,
+    /// Simulated seconds per real second (0 stops simulated time).
+    #[arg(long, default_value_t = 1.0)]
+    time_scale: f64,
+
+    /// Route bucket refill in requests per minute; 0 turns rate limiting (and its headers)
+    /// off.
+    #[arg(long, default_value_t = 0)]
+    rate_per_minute: u32,
+    /// Route bucket size (the burst).
+    #[arg(long, default_value_t = 60)]
+    burst: u32,
+    /// Per-URL bucket refill per minute (default: as the route's).
+    #[arg(long)]
+    exact_rate_per_minute: Option<u32>,
+    /// Per-URL bucket size (default: as the route's).
+    #[arg(long)]
+    exact_burst: Option<u32>,
+    /// Send `Retry-After` with 429s.
+    #[arg(long)]
+    retry_after: bool,
+
+    /// Latency added to every answer, e.g. `20ms`.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    latency: Duration,
+    /// Random extra latency of up to this much.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    latency_jitter: Duration,
+
+    /// Share of requests answered 500/502/503/504.
+    #[arg(long, default_value_t = 0.0)]
+    fault_5xx: f64,
+    /// Share of requests answered only after `--slow-delay` (past a client's timeout).
+    #[arg(long, default_value_t = 0.0)]
+    fault_slow: f64,
+    /// Share of requests whose connection is cut mid-answer.
+    #[arg(long, default_value_t = 0.0)]
+    fault_reset: f64,
+    /// Share of requests answered 200 with a malformed body.
+    #[arg(long, default_value_t = 0.0)]
+    fault_malformed: f64,
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    slow_delay: Duration,
+}
+
+impl Args {
+    fn config(&self) -> Result<SimConfig, String> {
+        let shares = [
+            self.fault_5xx,
+            self.fault_slow,
+            self.fault_reset,
+            self.fault_malformed,
+        ];
+        if shares.iter().any(|s| !(0.0..=1.0).contains(s)) || shares.iter().sum::<f64>() > 1.0 {
+            return Err("fault shares must each be in 0..=1 and sum to at most 1".into());
+        }
+        let rate_limit = (self.rate_per_minute > 0).then(|| RateLimitConfig {
+            route: Limit::new(self.burst, self.rate_per_minute),
+            exact: Limit::new(
+                self.exact_burst.unwrap_or(self.burst),
+                self.exact_rate_per_minute.unwrap_or(self.rate_per_minute),
+            ),
+            retry_after: self.retry_after,
+        });
+        Ok(SimConfig {
+            latency: self.latency,
+            latency_jitter: self.latency_jitter,
+            rate_limit,
+            faults: Faults {
+                server_error: self.fault_5xx,
+                slow: self.fault_slow,
+                reset: self.fault_reset,
+                malformed: self.fault_malformed,
+                slow_delay: self.slow_delay,
+            },
+            count_per_charge: false,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match args.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("univapay-sim: error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("univapay-sim: error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let sim = Sim::with_config(
+            Credentials {
+                secret: args.secret.clone(),
+                app_token: args.app_token.clone(),
+            },
+            config,
+        );
+        sim.clock().set_scale(args.time_scale);
+        if args.charges > 0 {
+            let mut p = Population::new(args.charges, args.seed);
+            p.stores = args.stores;
+            p.mix = args.mix;
+            sim.seed(p);
+        }
+        let running = match sim.serve(args.listen).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("univapay-sim: error: cannot listen on {}: {e}", args.listen);
+                return ExitCode::from(1);
+            }
+        };
+        println!("univapay-sim listening on {}", running.base_url());
+        let _ = std::io::stdout().flush();
+        wait_for_signal().await;
+        println!(
+            "{}",
+            serde_json::to_string(&running.counters()).unwrap_or_default()
+        );
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
