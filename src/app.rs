@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, ProcessEnv, Settings};
 use crate::ledger::{Outcome, Trigger};
+use crate::lock::{Acquired, PassLock};
 use crate::reconcile::{PassReport, Reconciler};
 
 /// Reconciles UnivaPay konbini charges into a SQLite ledger.
@@ -38,6 +39,9 @@ pub enum Exit {
     Fatal = 1,
     /// The pass completed and flagged at least one new amount mismatch.
     Mismatch = 2,
+    /// `--once` only: another pass (the daemon's or another `--once`) still held the pass
+    /// lock when `schedule.lock_wait` ran out; no pass was run.
+    Locked = 3,
 }
 
 impl From<Exit> for ExitCode {
@@ -100,15 +104,14 @@ pub fn main(cli: Cli) -> ExitCode {
         if cli.once {
             run_once(settings, shutdown).await
         } else {
-            report_fatal("daemon mode is not available in this build; use --once");
-            Exit::Fatal
+            run_daemon(settings, shutdown).await
         }
     });
     exit.into()
 }
 
-/// `--once`: one pass, a summary line on stdout, and the exit status.
-pub async fn run_once(settings: Arc<Settings>, shutdown: CancellationToken) -> Exit {
+/// The daemon: passes on the schedule until `shutdown`; 0 on a clean stop.
+pub async fn run_daemon(settings: Arc<Settings>, shutdown: CancellationToken) -> Exit {
     let reconciler = match Reconciler::new(settings) {
         Ok(r) => r,
         Err(e) => {
@@ -116,7 +119,51 @@ pub async fn run_once(settings: Arc<Settings>, shutdown: CancellationToken) -> E
             return Exit::Fatal;
         }
     };
-    match reconciler.run_pass(Trigger::Once, shutdown).await {
+    match crate::daemon::run(reconciler, crate::notify::Notifier::from_env(), shutdown).await {
+        Ok(_) => Exit::Clean,
+        Err(e) => {
+            report_fatal(e);
+            Exit::Fatal
+        }
+    }
+}
+
+/// `--once`: one pass under the pass lock, a summary line on stdout, and the exit status.
+/// Waits up to `schedule.lock_wait` for a pass that is already running, then gives up with
+/// [`Exit::Locked`].
+pub async fn run_once(settings: Arc<Settings>, shutdown: CancellationToken) -> Exit {
+    let lock_wait = settings.schedule.lock_wait;
+    let lock = PassLock::for_database(&settings.database.path);
+    let reconciler = match Reconciler::new(settings) {
+        Ok(r) => r,
+        Err(e) => {
+            report_fatal(format_args!("{e:#}"));
+            return Exit::Fatal;
+        }
+    };
+    let guard = match lock.acquire_within(lock_wait, &shutdown).await {
+        Ok(Acquired::Held(guard)) => guard,
+        Ok(Acquired::Busy(busy)) => {
+            let holder = busy
+                .holder
+                .map_or_else(String::new, |pid| format!(" by pid {pid}"));
+            report_fatal(format_args!(
+                "another pass is running (pass lock {} held{holder}); gave up after {} (schedule.lock_wait)",
+                lock.path().display(),
+                humantime::format_duration(lock_wait)
+            ));
+            return Exit::Locked;
+        }
+        Ok(Acquired::Cancelled) => {
+            tracing::info!("shutdown requested while waiting for the pass lock; no pass run");
+            return Exit::Clean;
+        }
+        Err(e) => {
+            report_fatal(e);
+            return Exit::Fatal;
+        }
+    };
+    match guard.run_pass(&reconciler, Trigger::Once, shutdown).await {
         Ok(report) => {
             println!("{}", report.summary_line());
             exit_for(&report)

@@ -9,6 +9,10 @@
 //! - [`ledger`]: SQLite (schema, migrations, due-charge streaming, transactional writes).
 //! - [`reconcile`]: the pure decision rules ([`reconcile::rules`]) and one pass
 //!   ([`reconcile::pass`]).
+//! - [`lock`]: the pass lock, one pass at a time across processes.
+//! - [`daemon`]: passes on the cron schedule, never overlapping, until shutdown.
+//! - [`notify`]: systemd readiness, status, watchdog and stopping notifications.
+//! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token passed down.
 //! - [`app`]: the command-line entry points (`--once`, the daemon) and exit codes.
 //! - [`telemetry`]: tracing setup.
 //!
@@ -16,8 +20,11 @@
 
 pub mod app;
 pub mod config;
+pub mod daemon;
 pub mod domain;
 pub mod ledger;
+pub mod lock;
+pub mod notify;
 pub mod reconcile;
 pub mod shutdown;
 pub mod telemetry;

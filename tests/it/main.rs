@@ -2,6 +2,8 @@
 //! UnivaPay on 127.0.0.1:0 and its own temporary database (see `helpers`).
 
 mod binary;
+mod daemon;
 mod errors;
 mod helpers;
 mod lifecycle;
+mod processes;

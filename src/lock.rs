@@ -1,0 +1,280 @@
+//! One pass at a time, across processes: the pass lock.
+//!
+//! The daemon and any number of manual `--once` runs may share one ledger. Two passes at
+//! once would fetch the same due charges twice and race on their rows, so a process takes
+//! an exclusive lock on a file beside the database (`<database.path>.lock`) before a pass
+//! and keeps it until the pass's `runs` row is finished. Only the holder of a
+//! [`PassGuard`] can start a pass through this module.
+//!
+//! Why an OS file lock (`flock(2)`, through `fs4`) and not a lease row in SQLite: the
+//! kernel drops a `flock` when the last descriptor of the open file goes away, and that
+//! includes the holder being killed (SIGKILL, OOM killer, a crash). A lock left behind by
+//! a dead process therefore cannot exist, and nothing needs an expiry, a heartbeat or a
+//! fencing token. A lease would need all three, and a lease that expires under a holder
+//! that is only paused (stopped, swapping, a long GC-like stall) is exactly the double
+//! pass it was meant to prevent. While a process holds the lock it is alive, and only it
+//! runs a pass, so fencing adds nothing here.
+//!
+//! The costs, accepted: the lock is advisory (only konbini-reconciler honours it), and it
+//! must live on a local file system, which SQLite's WAL mode already demands of the
+//! database beside it. `flock` locks belong to an open file description, not a process,
+//! so two acquisitions inside one process exclude each other as well (the tests rely on
+//! that).
+//!
+//! The file is created on first use and never deleted: removing it while it is held would
+//! let the next process lock a new file of the same name while the old holder runs on.
+//! It holds the holder's process id, for the operator and for the "lock held" message.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fs4::fs_std::FileExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::ledger::{self, Ledger, Trigger};
+use crate::reconcile::{PassReport, Reconciler};
+
+/// The lock file could not be created, opened or locked (not "someone else holds it").
+#[derive(Debug, thiserror::Error)]
+#[error("pass lock {path}: {source}")]
+pub struct LockError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// The lock shared by every process that runs passes over one database.
+#[derive(Debug, Clone)]
+pub struct PassLock {
+    path: PathBuf,
+}
+
+/// The lock is held by someone else; `holder` is the process id it wrote, when readable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Busy {
+    pub holder: Option<u32>,
+}
+
+/// How [`PassLock::acquire_within`] ended.
+#[derive(Debug)]
+pub enum Acquired {
+    Held(PassGuard),
+    /// Still held by another pass when the wait ran out.
+    Busy(Busy),
+    /// Shutdown was requested while waiting.
+    Cancelled,
+}
+
+/// How often a waiting `--once` tries the lock again. `flock` cannot wait with a timeout,
+/// and a blocking wait on a pool thread could not be abandoned on shutdown.
+const RETRY_EVERY: Duration = Duration::from_millis(50);
+
+impl PassLock {
+    /// The lock for the database at `database`: the file `<database>.lock` beside it.
+    pub fn for_database(database: &Path) -> PassLock {
+        let mut name = database.as_os_str().to_owned();
+        name.push(".lock");
+        PassLock {
+            path: PathBuf::from(name),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Creates the lock file if needed, so that a directory the service cannot write to is
+    /// a fatal error at start rather than a failed pass at every tick.
+    pub fn ensure_file(&self) -> Result<(), LockError> {
+        self.open().map(drop)
+    }
+
+    fn open(&self) -> Result<File, LockError> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&self.path)
+            .map_err(|source| self.err(source))
+    }
+
+    fn err(&self, source: std::io::Error) -> LockError {
+        LockError {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Takes the lock if it is free, without waiting.
+    ///
+    /// A fresh open file each time: `flock` on a descriptor that already holds the lock
+    /// would succeed again, and the guard must own the only way to release it.
+    pub fn try_acquire(&self) -> Result<Result<PassGuard, Busy>, LockError> {
+        let mut file = self.open()?;
+        if !file.try_lock_exclusive().map_err(|e| self.err(e))? {
+            return Ok(Err(Busy {
+                holder: read_pid(&mut file),
+            }));
+        }
+        // Best effort: the pid only informs people, the lock itself is the flock.
+        let _ = file
+            .set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| writeln!(file, "{}", std::process::id()));
+        Ok(Ok(PassGuard {
+            _file: file,
+            path: self.path.clone(),
+        }))
+    }
+
+    /// Takes the lock, retrying for up to `wait` while another pass holds it, and giving up
+    /// early when `shutdown` is cancelled. A zero `wait` tries exactly once.
+    pub async fn acquire_within(
+        &self,
+        wait: Duration,
+        shutdown: &CancellationToken,
+    ) -> Result<Acquired, LockError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let busy = match self.try_acquire()? {
+                Ok(guard) => return Ok(Acquired::Held(guard)),
+                Err(busy) => busy,
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(Acquired::Busy(busy));
+            }
+            tokio::select! {
+                () = tokio::time::sleep(left.min(RETRY_EVERY)) => {}
+                () = shutdown.cancelled() => return Ok(Acquired::Cancelled),
+            }
+        }
+    }
+}
+
+fn read_pid(file: &mut File) -> Option<u32> {
+    let mut text = String::new();
+    file.rewind().ok()?;
+    file.take(32).read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
+}
+
+/// Proof that this process holds the pass lock; dropping it releases the lock.
+#[derive(Debug)]
+pub struct PassGuard {
+    /// The locked open file. Closing it (on drop) is what releases the lock.
+    _file: File,
+    path: PathBuf,
+}
+
+impl PassGuard {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs one pass under this lock. First marks `runs` rows still `running` as
+    /// `interrupted`: with the lock held no other pass can be running, so such a row was
+    /// left by a process that died mid-pass.
+    pub async fn run_pass(
+        &self,
+        reconciler: &Reconciler,
+        trigger: Trigger,
+        shutdown: CancellationToken,
+    ) -> Result<PassReport, ledger::LedgerError> {
+        let db = reconciler.settings().database.clone();
+        let path = db.path.clone();
+        let closed = tokio::task::spawn_blocking(move || {
+            Ledger::open(&db.path, db.busy_timeout)?.close_abandoned_runs()
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(ledger::LedgerError::Sqlite {
+                path,
+                message: format!("database worker stopped unexpectedly: {e}"),
+            })
+        })?;
+        if closed > 0 {
+            tracing::warn!(
+                runs = closed,
+                "marked runs left unfinished by a process that ended as interrupted"
+            );
+        }
+        reconciler.run_pass(trigger, shutdown).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_file_sits_beside_the_database() {
+        let lock = PassLock::for_database(Path::new("/var/lib/k/ledger.db"));
+        assert_eq!(lock.path(), Path::new("/var/lib/k/ledger.db.lock"));
+    }
+
+    #[test]
+    fn one_holder_at_a_time_and_release_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = PassLock::for_database(&dir.path().join("l.db"));
+        let held = lock.try_acquire().unwrap().expect("free at first");
+        let busy = lock.try_acquire().unwrap().expect_err("held");
+        assert_eq!(busy.holder, Some(std::process::id()));
+        // Another handle on the same file, as a second process would have.
+        let other = PassLock::for_database(&dir.path().join("l.db"));
+        assert!(other.try_acquire().unwrap().is_err());
+        drop(held);
+        assert!(other.try_acquire().unwrap().is_ok(), "released on drop");
+    }
+
+    #[tokio::test]
+    async fn waiting_gives_up_at_the_deadline_or_on_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = PassLock::for_database(&dir.path().join("l.db"));
+        let _held = lock.try_acquire().unwrap().unwrap();
+        let started = Instant::now();
+        let r = lock
+            .acquire_within(Duration::from_millis(200), &CancellationToken::new())
+            .await
+            .unwrap();
+        assert!(matches!(r, Acquired::Busy(_)), "{r:?}");
+        assert!(started.elapsed() >= Duration::from_millis(200));
+
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let r = lock
+            .acquire_within(Duration::from_secs(60), &stop)
+            .await
+            .unwrap();
+        assert!(matches!(r, Acquired::Cancelled), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn waiting_gets_the_lock_once_it_is_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = PassLock::for_database(&dir.path().join("l.db"));
+        let held = lock.try_acquire().unwrap().unwrap();
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            drop(held);
+        });
+        let started = Instant::now();
+        let r = lock
+            .acquire_within(Duration::from_secs(10), &CancellationToken::new())
+            .await
+            .unwrap();
+        assert!(matches!(r, Acquired::Held(_)), "{r:?}");
+        assert!(started.elapsed() >= Duration::from_millis(150));
+        release.await.unwrap();
+    }
+
+    #[test]
+    fn an_unwritable_place_is_an_error_naming_the_file() {
+        let lock = PassLock::for_database(Path::new("/nonexistent-dir/l.db"));
+        let e = lock.ensure_file().unwrap_err();
+        assert!(e.to_string().contains("/nonexistent-dir/l.db.lock"), "{e}");
+    }
+}

@@ -1,0 +1,457 @@
+//! The real binary the way systemd and operators run it: the notify protocol, signals, and
+//! several processes sharing one database through the pass lock.
+
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use konbini_reconciler::lock::PassLock;
+use tokio::net::UnixDatagram;
+use tokio::process::{Child, Command};
+use univapay_sim::{Reply, SimCharge};
+
+use crate::daemon::{Run, assert_runs_never_overlapped, configure, runs, wait_until};
+use crate::helpers::TestApp;
+
+/// The binary with the test's config, in the test's directory, with a clean environment.
+fn konbini(app: &TestApp) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_konbini-reconciler"));
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .current_dir(app.dir.path())
+        .arg("--config")
+        .arg(&app.config_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+fn once(app: &TestApp) -> Child {
+    konbini(app).arg("--once").spawn().unwrap()
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    let pid = child.id().expect("still running") as libc::pid_t;
+    // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped yet.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill({pid}, {sig})");
+}
+
+async fn finish(child: Child, limit: Duration) -> Output {
+    tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("still running after {limit:?}"))
+        .unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// No process ever hit SQLite's busy timeout or another database error.
+fn assert_no_database_trouble(out: &Output) {
+    let err = stderr(out);
+    for bad in [
+        "database is locked",
+        "SQLITE_BUSY",
+        "DatabaseBusy",
+        "panicked",
+    ] {
+        assert!(!err.contains(bad), "{bad}: {err}");
+    }
+}
+
+/// Receives notify datagrams into `seen` until one satisfies `want`.
+async fn recv_until(
+    sock: &UnixDatagram,
+    seen: &mut Vec<String>,
+    limit: Duration,
+    want: impl Fn(&str) -> bool,
+) {
+    let deadline = Instant::now() + limit;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, sock.recv(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no matching notification within {limit:?}: {seen:#?}"))
+            .unwrap();
+        let msg = String::from_utf8_lossy(&buf[..n]).trim_end().to_owned();
+        let hit = want(&msg);
+        seen.push(msg);
+        if hit {
+            return;
+        }
+    }
+}
+
+fn last_run(app: &TestApp) -> Run {
+    runs(app).pop().expect("a run")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plays_systemd_ready_status_watchdog_stopping() {
+    let mut app = TestApp::spawn().await;
+    // A database that does not exist yet: READY must come after it was created.
+    app.db_path = app.dir.path().join("fresh.db");
+    configure(
+        &mut app,
+        "20s",
+        "[schedule]\ncron = \"* * * * * *\"\nrun_on_start = false\ndrain_timeout = \"1s\"\n",
+    );
+    let sock_path = app.dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let daemon = konbini(&app)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "300000")
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+
+    recv_until(&sock, &mut seen, Duration::from_secs(10), |m| {
+        m.lines().any(|l| l == "READY=1")
+    })
+    .await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM runs"),
+        0,
+        "migrated at READY"
+    );
+    app.create("paid", 1500);
+    app.sim.update("paid", SimCharge::paid);
+
+    recv_until(&sock, &mut seen, Duration::from_secs(5), |m| {
+        m.contains("STATUS=pass") && m.contains("checked 1, transitions 1")
+    })
+    .await;
+    assert_eq!(app.row("paid").state, "successful");
+    let ready_at = seen.iter().position(|m| m.contains("READY=1")).unwrap();
+    let first_status = seen.iter().position(|m| m.contains("STATUS=pass")).unwrap();
+    assert!(ready_at < first_status, "{seen:#?}");
+    let pings = seen.iter().filter(|m| *m == "WATCHDOG=1").count();
+    assert!(pings >= 2, "a keep-alive every 150 ms: {seen:#?}");
+
+    // Shut down in the middle of a pass.
+    app.create("stuck", 100);
+    app.sim
+        .push_reply("stuck", Reply::Delay(Duration::from_secs(30)));
+    wait_until(Duration::from_secs(5), "stuck is being fetched", || {
+        app.sim.requests_for("stuck") == 1
+    })
+    .await;
+    let t = Instant::now();
+    signal(&daemon, libc::SIGTERM);
+    recv_until(&sock, &mut seen, Duration::from_secs(5), |m| {
+        m.lines().any(|l| l == "STOPPING=1")
+    })
+    .await;
+    let out = finish(daemon, Duration::from_secs(5)).await;
+    let took = t.elapsed();
+    eprintln!("notify messages seen: {seen:#?}");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        took < Duration::from_secs(3),
+        "drain_timeout 1 s, took {took:?}"
+    );
+    assert_no_database_trouble(&out);
+    let run = last_run(&app);
+    assert_eq!(run.4, "interrupted", "{run:?}");
+    assert_eq!(
+        app.row("stuck").last_checked_at,
+        None,
+        "abandoned, untouched"
+    );
+    assert_runs_never_overlapped(&runs(&app));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_once_gives_up_with_exit_3_while_a_pass_runs() {
+    let mut app = TestApp::spawn().await;
+    configure(&mut app, "20s", "[schedule]\nlock_wait = \"0s\"\n");
+    for i in 0..4 {
+        let id = format!("c{i}");
+        app.create(&id, 100);
+        app.sim
+            .push_reply(&id, Reply::Delay(Duration::from_millis(1500)));
+    }
+    let first = once(&app);
+    wait_until(
+        Duration::from_secs(10),
+        "the first pass is fetching",
+        || app.sim.counters().requests >= 1,
+    )
+    .await;
+    let second = finish(once(&app), Duration::from_secs(5)).await;
+    let first = finish(first, Duration::from_secs(10)).await;
+
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    assert_eq!(second.status.code(), Some(3), "{}", stderr(&second));
+    let err = stderr(&second);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let lock = PassLock::for_database(&app.db_path);
+    for part in [
+        "another pass is running",
+        &lock.path().display().to_string(),
+        "schedule.lock_wait",
+    ] {
+        assert!(err.contains(part), "{part}: {err}");
+    }
+    assert!(second.stdout.is_empty(), "no pass, no summary");
+    for i in 0..4 {
+        assert_eq!(app.sim.requests_for(&format!("c{i}")), 1);
+    }
+    assert_eq!(runs(&app).len(), 1);
+    assert_no_database_trouble(&first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_once_runs_after_the_holder_and_fetches_nothing_twice() {
+    let mut app = TestApp::spawn().await;
+    configure(&mut app, "20s", "[schedule]\nlock_wait = \"10s\"\n");
+    for i in 0..4 {
+        let id = format!("c{i}");
+        app.create(&id, 100);
+        app.sim.update(&id, SimCharge::paid);
+        app.sim
+            .push_reply(&id, Reply::Delay(Duration::from_millis(1200)));
+    }
+    let first = once(&app);
+    wait_until(
+        Duration::from_secs(10),
+        "the first pass is fetching",
+        || app.sim.counters().requests >= 1,
+    )
+    .await;
+    let second = once(&app);
+    let (first, second) = (
+        finish(first, Duration::from_secs(10)).await,
+        finish(second, Duration::from_secs(10)).await,
+    );
+
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    assert_eq!(second.status.code(), Some(0), "{}", stderr(&second));
+    assert!(String::from_utf8_lossy(&first.stdout).contains("checked 4"));
+    assert!(String::from_utf8_lossy(&second.stdout).contains("checked 0"));
+    for i in 0..4 {
+        assert_eq!(app.sim.requests_for(&format!("c{i}")), 1);
+    }
+    let runs = runs(&app);
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_runs_never_overlapped(&runs);
+    assert_no_database_trouble(&first);
+    assert_no_database_trouble(&second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_and_once_take_turns_on_one_database() {
+    let mut app = TestApp::spawn().await;
+    configure(
+        &mut app,
+        "20s",
+        "[schedule]\ncron = \"* * * * * *\"\nrun_on_start = true\nlock_wait = \"0s\"\n",
+    );
+    for i in 0..4 {
+        let id = format!("c{i}");
+        app.create(&id, 100);
+        app.sim
+            .push_reply(&id, Reply::Delay(Duration::from_millis(1500)));
+    }
+    // A manual pass holds the lock when the daemon starts.
+    let manual = once(&app);
+    wait_until(
+        Duration::from_secs(10),
+        "the manual pass is fetching",
+        || app.sim.counters().requests >= 1,
+    )
+    .await;
+    let daemon = konbini(&app).spawn().unwrap();
+    let manual = finish(manual, Duration::from_secs(10)).await;
+    assert_eq!(manual.status.code(), Some(0), "{}", stderr(&manual));
+    wait_until(Duration::from_secs(5), "the daemon's own pass", || {
+        runs(&app).len() >= 2
+    })
+    .await;
+
+    // Now the daemon is the one mid-pass, and a manual pass must give up.
+    app.create("late", 100);
+    app.sim
+        .push_reply("late", Reply::Delay(Duration::from_millis(2500)));
+    wait_until(
+        Duration::from_secs(5),
+        "the daemon is fetching late",
+        || app.sim.requests_for("late") == 1,
+    )
+    .await;
+    let refused = finish(once(&app), Duration::from_secs(5)).await;
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    wait_until(Duration::from_secs(5), "late was written", || {
+        app.row("late").last_checked_at.is_some()
+    })
+    .await;
+
+    signal(&daemon, libc::SIGINT);
+    let daemon = finish(daemon, Duration::from_secs(5)).await;
+    let log = stderr(&daemon);
+    eprintln!("daemon log:\n{log}");
+    assert_eq!(daemon.status.code(), Some(0), "{log}");
+    assert!(
+        log.contains("tick skipped: another process holds the pass lock"),
+        "{log}"
+    );
+    assert!(
+        log.contains("tick skipped: previous pass still running"),
+        "{log}"
+    );
+    for id in ["c0", "c1", "c2", "c3", "late"] {
+        assert_eq!(app.sim.requests_for(id), 1, "{id} fetched once");
+    }
+    let runs = runs(&app);
+    assert_eq!(runs[0].1, "once", "{runs:?}");
+    assert!(runs[1..].iter().all(|r| r.1 == "schedule"), "{runs:?}");
+    assert_runs_never_overlapped(&runs);
+    assert_no_database_trouble(&daemon);
+    assert_no_database_trouble(&manual);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_pass_never_blocks_the_next_and_its_run_is_closed() {
+    let mut app = TestApp::spawn().await;
+    configure(&mut app, "20s", "[schedule]\nlock_wait = \"0s\"\n");
+    app.create("stuck", 100);
+    app.sim
+        .push_reply("stuck", Reply::Delay(Duration::from_secs(30)));
+    let mut victim = once(&app);
+    wait_until(Duration::from_secs(10), "stuck is being fetched", || {
+        app.sim.requests_for("stuck") == 1
+    })
+    .await;
+    victim.kill().await.unwrap(); // SIGKILL: no chance to clean up
+    assert_eq!(
+        last_run(&app).4,
+        "running",
+        "left behind by the dead process"
+    );
+
+    let next = finish(once(&app), Duration::from_secs(10)).await;
+    assert_eq!(next.status.code(), Some(0), "{}", stderr(&next));
+    let runs = runs(&app);
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(runs[0].4, "interrupted", "{runs:?}");
+    assert!(
+        runs[0]
+            .6
+            .as_deref()
+            .unwrap_or("")
+            .contains("process ended before the pass finished"),
+        "{runs:?}"
+    );
+    assert_eq!(runs[1].4, "ok", "{runs:?}");
+    // The dead pass never wrote it, so it was still due and checked now.
+    assert_eq!(app.sim.requests_for("stuck"), 2);
+    assert!(app.row("stuck").last_checked_at.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_waits_up_to_lock_wait() {
+    let mut app = TestApp::spawn().await;
+    app.create("a", 100);
+    let lock = PassLock::for_database(&app.db_path);
+    let held = lock.try_acquire().unwrap().expect("free");
+
+    configure(&mut app, "20s", "[schedule]\nlock_wait = \"400ms\"\n");
+    let t = Instant::now();
+    let out = finish(once(&app), Duration::from_secs(5)).await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("by pid {}", std::process::id())),
+        "{err}"
+    );
+    assert!(
+        err.contains("gave up after 400ms (schedule.lock_wait)"),
+        "{err}"
+    );
+    assert_eq!(app.sim.requests_for("a"), 0);
+    assert_eq!(app.count("SELECT count(*) FROM runs"), 0);
+
+    // Released while the --once waits: it runs.
+    configure(&mut app, "20s", "[schedule]\nlock_wait = \"10s\"\n");
+    let mut waiting = once(&app);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(waiting.try_wait().unwrap().is_none(), "still waiting");
+    drop(held);
+    let out = finish(waiting, Duration::from_secs(5)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(app.sim.requests_for("a"), 1);
+}
+
+/// The unit files are checked by `.ci/run` with systemd-analyze; here only what that
+/// cannot know: that they match this program's command line and config.
+#[test]
+fn unit_files_match_the_program() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    let service = std::fs::read_to_string(dir.join("konbini-reconciler.service")).unwrap();
+    let oneshot = std::fs::read_to_string(dir.join("konbini-reconciler-once.service")).unwrap();
+    let timer = std::fs::read_to_string(dir.join("konbini-reconciler-once.timer")).unwrap();
+    for line in [
+        "Type=notify",
+        "DynamicUser=yes",
+        "StateDirectory=konbini-reconciler",
+        "Restart=on-failure",
+        "NotifyAccess=main",
+    ] {
+        assert!(service.lines().any(|l| l == line), "service lacks {line}");
+    }
+    assert!(service.lines().any(|l| l.starts_with("WatchdogSec=")));
+    assert!(
+        service
+            .lines()
+            .any(|l| l.starts_with("LoadCredential=univapay-secret:"))
+    );
+    for unit in [&service, &oneshot] {
+        let exec = unit
+            .lines()
+            .find(|l| l.starts_with("ExecStart="))
+            .expect("ExecStart");
+        assert!(
+            exec.contains("--config /etc/konbini-reconciler/config.toml"),
+            "{exec}"
+        );
+    }
+    assert!(oneshot.lines().any(|l| l == "Type=oneshot"));
+    assert!(
+        oneshot
+            .lines()
+            .find(|l| l.starts_with("ExecStart="))
+            .unwrap()
+            .ends_with(" --once")
+    );
+    // A mismatch (exit 2) must fail the oneshot unit so OnFailure= alerting fires, but
+    // "another pass holds the lock" (exit 3) is not a failure of the timer run.
+    assert!(oneshot.lines().any(|l| l == "SuccessExitStatus=3"));
+    assert!(timer.lines().any(|l| l == "Persistent=true"));
+    // The drain deadline in the shipped config stays well inside the stop timeout.
+    let stop = service
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .expect("TimeoutStopSec");
+    let stop = humantime::parse_duration(stop).unwrap();
+    let config =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml")).unwrap();
+    let drain = config
+        .lines()
+        .find_map(|l| l.strip_prefix("drain_timeout = "))
+        .map(|v| humantime::parse_duration(v.trim_matches('"')).unwrap())
+        .expect("drain_timeout in config.toml");
+    assert!(
+        drain * 2 <= stop,
+        "drain {drain:?} vs TimeoutStopSec {stop:?}"
+    );
+}
