@@ -266,29 +266,37 @@ impl Settings {
         let api = {
             let f = file.api;
             let base_url = parse_base_url(&f.base_url).map_err(|m| invalid("api.base_url", m))?;
-            let app_token = match env.var(env::APP_TOKEN) {
-                Some(v) => SecretString::from(v),
-                None => f.app_token.ok_or_else(|| {
-                    invalid(
-                        "api.app_token",
-                        format!("missing (set it in the file or in ${})", env::APP_TOKEN),
-                    )
-                })?,
+            // Errors about a credential name where its value came from, so that the
+            // operator looks in the right place.
+            const APP_TOKEN_ENV: &str = "$UNIVAPAY_APP_TOKEN";
+            const SECRET_ENV: &str = "$UNIVAPAY_SECRET";
+            let (app_token, app_token_key) = match env.var(env::APP_TOKEN) {
+                Some(v) => (SecretString::from(v), APP_TOKEN_ENV),
+                None => (
+                    f.app_token.ok_or_else(|| {
+                        invalid(
+                            "api.app_token",
+                            format!("missing (set it in the file or in ${})", env::APP_TOKEN),
+                        )
+                    })?,
+                    "api.app_token",
+                ),
             };
-            check_secret_text(app_token.expose_secret())
-                .map_err(|m| invalid("api.app_token", m))?;
-            let secret = match (env.var(env::SECRET), f.secret, f.secret_file) {
-                (Some(v), _, _) => SecretString::from(v),
+            check_secret_text(app_token.expose_secret()).map_err(|m| invalid(app_token_key, m))?;
+            let (secret, secret_key) = match (env.var(env::SECRET), f.secret, f.secret_file) {
+                (Some(v), _, _) => (SecretString::from(v), SECRET_ENV),
                 (None, Some(_), Some(_)) => {
                     return Err(invalid(
                         "api.secret_file",
                         "set either api.secret or api.secret_file, not both".into(),
                     ));
                 }
-                (None, Some(s), None) => s,
-                (None, None, Some(file)) => {
-                    read_secret_file(&file, path, env).map_err(|m| invalid("api.secret_file", m))?
-                }
+                (None, Some(s), None) => (s, "api.secret"),
+                (None, None, Some(file)) => (
+                    read_secret_file(&file, path, env)
+                        .map_err(|m| invalid("api.secret_file", m))?,
+                    "api.secret_file",
+                ),
                 (None, None, None) => {
                     return Err(invalid(
                         "api.secret",
@@ -299,7 +307,7 @@ impl Settings {
                     ));
                 }
             };
-            check_secret_text(secret.expose_secret()).map_err(|m| invalid("api.secret", m))?;
+            check_secret_text(secret.expose_secret()).map_err(|m| invalid(secret_key, m))?;
             if f.timeout.is_zero() {
                 return Err(invalid("api.timeout", "must be greater than 0".into()));
             }
@@ -335,6 +343,9 @@ impl Settings {
             if f.path.as_os_str().is_empty() {
                 return Err(invalid("database.path", "must not be empty".into()));
             }
+            // SQLite takes the busy timeout in milliseconds as a C int (about 24 days).
+            check_at_most(f.busy_timeout, MAX_BUSY_TIMEOUT)
+                .map_err(|m| invalid("database.busy_timeout", m))?;
             DatabaseSettings {
                 path: f.path,
                 busy_timeout: f.busy_timeout,
@@ -380,6 +391,8 @@ impl Settings {
                 if d.is_zero() {
                     return Err(invalid(key, "must be greater than 0".into()));
                 }
+                // Added to timestamps, where an absurd value overflows (and means nothing).
+                check_at_most(d, MAX_RECONCILE_INTERVAL).map_err(|m| invalid(key, m))?;
             }
             if f.retry_backoff_max < f.retry_backoff {
                 return Err(invalid(
@@ -418,6 +431,23 @@ impl Settings {
             },
         })
     }
+}
+
+/// Ceiling of `database.busy_timeout`.
+const MAX_BUSY_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+/// Ceiling of the `[reconcile]` intervals: a (Julian) year, far beyond any konbini
+/// payment deadline.
+const MAX_RECONCILE_INTERVAL: Duration = Duration::from_secs(31_557_600);
+
+fn check_at_most(d: Duration, max: Duration) -> Result<(), String> {
+    if d > max {
+        return Err(format!(
+            "must be at most {}, got {}",
+            humantime::format_duration(max),
+            humantime::format_duration(d)
+        ));
+    }
+    Ok(())
 }
 
 /// Deserializes, returning the dotted key path at fault and a one-line message.
@@ -683,6 +713,49 @@ mod tests {
         assert!(e.contains("api.secret") && !e.contains("424242"), "{e}");
         let e = err("[api]\napp_token = \"t\"\nsecret = \"has space-SECRET\"\n");
         assert!(!e.contains("SECRET"), "{e}");
+    }
+
+    #[test]
+    fn absurd_durations_are_refused_before_they_overflow() {
+        // Each of these used to panic at run time (a timestamp overflow, or rusqlite's
+        // "too big" for the busy timeout) instead of being refused here.
+        for (text, key) in [
+            (
+                "[reconcile]\nrecheck_interval = \"1000000years\"\n",
+                "reconcile.recheck_interval",
+            ),
+            (
+                "[reconcile]\nretry_backoff_max = \"2years\"\n",
+                "reconcile.retry_backoff_max",
+            ),
+            (
+                "[database]\nbusy_timeout = \"30days\"\n",
+                "database.busy_timeout",
+            ),
+        ] {
+            let e = err(&format!("{MINIMAL}{text}"));
+            assert!(e.contains(key) && e.contains("must be at most"), "{e}");
+        }
+        load(&format!(
+            "{MINIMAL}[reconcile]\nrecheck_interval = \"1year\"\nretry_backoff_max = \"1year\"\n"
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn credential_errors_name_where_the_value_came_from() {
+        let env = [("UNIVAPAY_SECRET", "a b"), ("UNIVAPAY_APP_TOKEN", "t")];
+        let e = Settings::from_toml(MINIMAL, Path::new("c.toml"), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("$UNIVAPAY_SECRET: contains whitespace"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("s"), "\n").unwrap();
+        let text = "[api]\napp_token = \"t\"\nsecret_file = \"s\"\n";
+        let e = Settings::from_toml(text, &dir.path().join("c.toml"), &SECRETS)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("api.secret_file: is empty"), "{e}");
     }
 
     #[test]
