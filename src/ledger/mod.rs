@@ -33,11 +33,34 @@ pub enum LedgerError {
     Sqlite { path: PathBuf, message: String },
 }
 
+/// Fatal errors are printed on one line.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 fn sqlite_message(e: &rusqlite::Error) -> String {
-    match e {
-        rusqlite::Error::SqliteFailure(f, Some(msg)) => format!("{msg} ({:?})", f.code),
-        other => other.to_string(),
+    use rusqlite::ErrorCode;
+    let (code, msg) = match e {
+        rusqlite::Error::SqliteFailure(f, Some(msg)) => (f.code, msg.as_str()),
+        // Its Display quotes the whole statement (a migration is pages of SQL); the
+        // message alone says what went wrong, on one line.
+        rusqlite::Error::SqlInputError { error, msg, .. } => (error.code, msg.as_str()),
+        other => return one_line(&other.to_string()),
+    };
+    let hint = match code {
+        ErrorCode::DatabaseBusy => {
+            ": another connection held the write lock for longer than database.busy_timeout"
+        }
+        ErrorCode::DiskFull | ErrorCode::SystemIoFailure => {
+            ": writing failed (is the disk full, a file size limit reached, or the disk failing?)"
+        }
+        _ => "",
+    };
+    if code == ErrorCode::Unknown {
+        // SQLITE_ERROR, the generic code: the message says it all.
+        return format!("{msg}{hint}");
     }
+    format!("{msg} ({code:?}){hint}")
 }
 
 /// How a pass was started (`runs.trigger`).
@@ -151,7 +174,12 @@ impl Ledger {
                 path: path.to_owned(),
                 message: match &e {
                     rusqlite_migration::Error::RusqliteError { err, .. } => sqlite_message(err),
-                    other => other.to_string(),
+                    rusqlite_migration::Error::MigrationDefinition(
+                        rusqlite_migration::MigrationDefinitionError::DatabaseTooFarAhead,
+                    ) => "its schema is newer than this version of konbini-reconciler knows \
+                          (PRAGMA user_version); run the newer version"
+                        .to_owned(),
+                    other => one_line(&other.to_string()),
                 },
             })?;
         Ok(Ledger {
