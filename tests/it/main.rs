@@ -1,9 +1,14 @@
 //! Integration tests: one binary, one module per area. Each test gets its own fake
 //! UnivaPay on 127.0.0.1:0 and its own temporary database (see `helpers`).
 
+mod bad_input;
 mod binary;
 mod daemon;
+mod database;
 mod errors;
 mod helpers;
+mod hostile;
 mod lifecycle;
 mod processes;
+mod sandbox;
+mod secrets;

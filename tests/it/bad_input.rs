@@ -1,0 +1,735 @@
+//! Bad input from operators (config files, environment) and from the merchant's own code
+//! (rows written straight into the ledger).
+//!
+//! A bad config must be one stderr line naming the key, exit status 1, and must neither
+//! create a database nor change an existing one. A bad row must be refused at insert by the
+//! schema, or, when it got past the constraints anyway, be skipped with an `invalid_row`
+//! event while the rest of the pass goes on.
+
+use std::path::{Path, PathBuf};
+
+use konbini_reconciler::ledger::{Ledger, Outcome};
+use rusqlite::{Connection, ErrorCode, params};
+use univapay_sim::{Credentials, Sim, SimCharge};
+
+use crate::helpers::{STORE, TestApp};
+use crate::sandbox::{self, chmod};
+
+const TOKEN: &str = "tok.en.jwt";
+const SECRET: &str = "s3cret-value";
+
+/// A config case: the file (with `@DB@` for the database path), extra environment, and
+/// the text the error line must contain.
+struct Case {
+    name: &'static str,
+    text: String,
+    env: Vec<(&'static str, String)>,
+    needle: String,
+    /// Run as an unprivileged user (for a secret file root could read anyway).
+    unprivileged: bool,
+}
+
+fn case(name: &'static str, text: impl Into<String>, needle: impl Into<String>) -> Case {
+    Case {
+        name,
+        text: text.into(),
+        env: Vec::new(),
+        needle: needle.into(),
+        unprivileged: false,
+    }
+}
+
+/// `[api]` with the given lines (no credentials added), then `[database]`, then `rest`.
+fn file(api: &str, rest: &str) -> String {
+    format!("[api]\nbase_url = \"@BASE@\"\n{api}\n[database]\npath = \"@DB@\"\n{rest}\n")
+}
+
+/// A valid file with `api` lines added to `[api]` and `rest` after `[database]`.
+fn with(api: &str, rest: &str) -> String {
+    file(
+        &format!("app_token = \"{TOKEN}\"\nsecret = \"{SECRET}\"\n{api}"),
+        rest,
+    )
+}
+
+fn cases(etc: &Path) -> Vec<Case> {
+    let creds = format!("app_token = \"{TOKEN}\"\n");
+    let mut v = vec![
+        case("empty file", "", "api.app_token"),
+        case(
+            "missing secret",
+            file(&creds, ""),
+            "api.secret: missing (set api.secret or api.secret_file, or $UNIVAPAY_SECRET)",
+        ),
+        case(
+            "missing app token",
+            file(&format!("secret = \"{SECRET}\""), ""),
+            "api.app_token: missing",
+        ),
+        case(
+            "empty secret",
+            file(&format!("{creds}secret = \"\""), ""),
+            "api.secret: is empty",
+        ),
+        case(
+            "secret with a space",
+            file(&format!("{creds}secret = \"two words\""), ""),
+            "api.secret: contains whitespace",
+        ),
+        case(
+            "app token with a newline",
+            file(&format!("app_token = \"a\\nb\"\nsecret = \"{SECRET}\""), ""),
+            "api.app_token: contains whitespace",
+        ),
+        case(
+            "bad duration",
+            with("", "[reconcile]\nrecheck_interval = \"5 minutes later\""),
+            "reconcile.recheck_interval",
+        ),
+        case("zero timeout", with("timeout = \"0s\"", ""), "api.timeout"),
+        case(
+            "negative duration",
+            with("", "busy_timeout = \"-1s\""),
+            "database.busy_timeout",
+        ),
+        case(
+            "duration as a number",
+            with("timeout = 30", ""),
+            "api.timeout",
+        ),
+        case(
+            "absurd duration",
+            with("", "[reconcile]\nrecheck_interval = \"1000000years\""),
+            "reconcile.recheck_interval",
+        ),
+        case(
+            "absurd busy timeout",
+            with("", "busy_timeout = \"30days\""),
+            "database.busy_timeout",
+        ),
+        case(
+            "absurd backoff",
+            with(
+                "",
+                "[reconcile]\nretry_backoff = \"500000years\"\nretry_backoff_max = \"500000years\"",
+            ),
+            "reconcile.retry_backoff",
+        ),
+        case(
+            "cron with five fields",
+            with("", "[schedule]\ncron = \"*/5 * * * *\""),
+            "schedule.cron",
+        ),
+        case(
+            "cron out of range",
+            with("", "[schedule]\ncron = \"0 99 * * * *\""),
+            "schedule.cron",
+        ),
+        case(
+            "cron in words",
+            with("", "[schedule]\ncron = \"every five minutes\""),
+            "schedule.cron",
+        ),
+        case(
+            "unknown key",
+            with("secrt = \"x\"", ""),
+            "unknown field `secrt`",
+        ),
+        case(
+            "unknown section",
+            with("", "[databse]\npath = \"x.db\""),
+            "unknown field `databse`",
+        ),
+        case(
+            "unknown top-level key",
+            format!("verbose = true\n{}", with("", "")),
+            "unknown field `verbose`",
+        ),
+        case(
+            "non-https remote URL",
+            with("", "").replace("@BASE@", "http://api.univapay.com"),
+            "api.base_url: http:// is only allowed for loopback hosts",
+        ),
+        case(
+            "ftp URL",
+            with("", "").replace("@BASE@", "ftp://127.0.0.1"),
+            "api.base_url",
+        ),
+        case(
+            "URL with credentials",
+            with("", "").replace("@BASE@", "https://user:pw@api.univapay.com"),
+            "api.base_url: must not carry credentials",
+        ),
+        case(
+            "not a URL",
+            with("", "").replace("@BASE@", "api dot univapay"),
+            "api.base_url: not a URL",
+        ),
+        case(
+            "URL as a number",
+            with("", "").replace("\"@BASE@\"", "443"),
+            "api.base_url",
+        ),
+        case(
+            "concurrency 0",
+            with("concurrency = 0", ""),
+            "api.concurrency",
+        ),
+        case(
+            "concurrency negative",
+            with("concurrency = -3", ""),
+            "api.concurrency",
+        ),
+        case(
+            "concurrency huge",
+            with("concurrency = 100000", ""),
+            "api.concurrency",
+        ),
+        case(
+            "concurrency as text",
+            with("concurrency = \"8\"", ""),
+            "api.concurrency",
+        ),
+        case(
+            "requests per minute 0",
+            with("max_requests_per_minute = 0", ""),
+            "api.max_requests_per_minute",
+        ),
+        case(
+            "missing secret_file",
+            file(&format!("{creds}secret_file = \"no-such-file\""), ""),
+            "api.secret_file: cannot read",
+        ),
+        case(
+            "secret_file is a directory",
+            file(&format!("{creds}secret_file = \"secrets.d\""), ""),
+            "api.secret_file: cannot read",
+        ),
+        case(
+            "empty secret_file",
+            file(&format!("{creds}secret_file = \"empty-secret\""), ""),
+            "api.secret_file: is empty",
+        ),
+        case(
+            "secret_file needs CREDENTIALS_DIRECTORY",
+            file(
+                &format!("{creds}secret_file = \"${{CREDENTIALS_DIRECTORY}}/s\""),
+                "",
+            ),
+            "api.secret_file: uses ${CREDENTIALS_DIRECTORY} but $CREDENTIALS_DIRECTORY is not set",
+        ),
+        case(
+            "secret and secret_file",
+            with("secret_file = \"locked-secret\"", ""),
+            "api.secret_file: set either api.secret or api.secret_file, not both",
+        ),
+        case(
+            "bad timezone",
+            with("", "[schedule]\ntimezone = \"Asia/Osaka\""),
+            "schedule.timezone",
+        ),
+        case("TOML syntax error", "[api\n", "line 1"),
+        case(
+            "unterminated string",
+            with("", "").replace("@DB@\"", "@DB@"),
+            "line 7",
+        ),
+        case(
+            "duplicate key",
+            with("timeout = \"1s\"\ntimeout = \"2s\"", ""),
+            "line 6",
+        ),
+        case(
+            "boolean as text",
+            with("", "[schedule]\nrun_on_start = \"yes\""),
+            "schedule.run_on_start",
+        ),
+        case(
+            "path as a number",
+            with("", "").replace("\"@DB@\"", "3"),
+            "database.path",
+        ),
+        case(
+            "empty database path",
+            with("", "").replace("@DB@", ""),
+            "database.path: must not be empty",
+        ),
+        case(
+            "section as a value",
+            format!("schedule = 5\n{}", with("", "")),
+            "schedule",
+        ),
+        case(
+            "secret as a number",
+            file(&format!("{creds}secret = 424242"), ""),
+            "api.secret: must be a string",
+        ),
+        case(
+            "backoff max below backoff",
+            with(
+                "",
+                "[reconcile]\nretry_backoff = \"10m\"\nretry_backoff_max = \"1m\"",
+            ),
+            "reconcile.retry_backoff_max",
+        ),
+        case(
+            "not_found_limit 0",
+            with("", "[reconcile]\nnot_found_limit = 0"),
+            "reconcile.not_found_limit",
+        ),
+        case(
+            "batch_size 0",
+            with("", "[reconcile]\nbatch_size = 0"),
+            "reconcile.batch_size",
+        ),
+        case(
+            "drain_timeout 0",
+            with("", "[schedule]\ndrain_timeout = \"0s\""),
+            "schedule.drain_timeout",
+        ),
+        case(
+            "unknown log format",
+            with("", "[log]\nformat = \"xml\""),
+            "log.format",
+        ),
+    ];
+    let mut env_secret = case(
+        "secret from the environment with a space",
+        with("", ""),
+        "$UNIVAPAY_SECRET: contains whitespace",
+    );
+    env_secret.env = vec![("UNIVAPAY_SECRET", "two words".to_owned())];
+    v.push(env_secret);
+    let mut env_token = case(
+        "app token from the environment with a tab",
+        with("", ""),
+        "$UNIVAPAY_APP_TOKEN: contains whitespace",
+    );
+    env_token.env = vec![("UNIVAPAY_APP_TOKEN", "a\tb".to_owned())];
+    v.push(env_token);
+    let mut locked = case(
+        "unreadable secret_file",
+        file(&format!("{creds}secret_file = \"locked-secret\""), ""),
+        "api.secret_file: cannot read",
+    );
+    locked.unprivileged = true;
+    v.push(locked);
+    let mut creds_dir = case(
+        "CREDENTIALS_DIRECTORY without the file",
+        file(
+            &format!("{creds}secret_file = \"${{CREDENTIALS_DIRECTORY}}/univapay-secret\""),
+            "",
+        ),
+        "api.secret_file: cannot read",
+    );
+    creds_dir.env = vec![(
+        "CREDENTIALS_DIRECTORY",
+        etc.join("creds").display().to_string(),
+    )];
+    v.push(creds_dir);
+    v
+}
+
+/// Runs the binary on `text` (its `@DB@` set to `db`) and checks the one-line refusal.
+fn refuse(c: &Case, etc: &Path, base: &str, db: &Path) {
+    let cfg = etc.join("config.toml");
+    let text = c
+        .text
+        .replace("@DB@", &db.display().to_string())
+        .replace("@BASE@", base);
+    std::fs::write(&cfg, text).unwrap();
+    chmod(&cfg, 0o644);
+    let mut cmd = sandbox::once(etc, &cfg);
+    cmd.envs(c.env.iter().map(|(k, v)| (k, v)));
+    if c.unprivileged {
+        sandbox::unprivileged(&mut cmd);
+    }
+    let out = sandbox::run(&mut cmd);
+    let err = sandbox::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{}: {err}", c.name);
+    assert_eq!(err.lines().count(), 1, "{}: one line: {err}", c.name);
+    let line = sandbox::assert_fatal(&out, &["invalid config", &c.needle]);
+    assert!(
+        line.contains("config.toml"),
+        "{}: names the file: {line}",
+        c.name
+    );
+    assert!(
+        !line.contains(SECRET) && !line.contains("two words") && !line.contains("424242"),
+        "{}: a secret echoed: {line}",
+        c.name
+    );
+    assert!(sandbox::stdout(&out).is_empty(), "{}", c.name);
+}
+
+/// `data/ledger.db` with one charge, writable by anyone so an unprivileged run could
+/// change it if it got that far; `etc/` with the secret files the cases refer to.
+fn layout() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let root = tempfile::tempdir().unwrap();
+    let (data, etc) = (root.path().join("data"), root.path().join("etc"));
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(etc.join("secrets.d")).unwrap();
+    std::fs::create_dir_all(etc.join("creds")).unwrap();
+    std::fs::write(etc.join("empty-secret"), "").unwrap();
+    std::fs::write(etc.join("locked-secret"), "locked").unwrap();
+    chmod(&etc.join("locked-secret"), 0o000);
+    let db = data.join("ledger.db");
+    let ledger = Ledger::open(&db, std::time::Duration::from_secs(1)).unwrap();
+    ledger
+        .conn()
+        .execute(
+            "INSERT INTO charges (charge_id, store_id, requested_amount) VALUES ('c1', ?1, 100)",
+            [STORE],
+        )
+        .unwrap();
+    drop(ledger);
+    sandbox::open_up(root.path());
+    for d in [&data, &etc] {
+        chmod(d, 0o777);
+    }
+    for f in sandbox::snapshot(&data).keys() {
+        chmod(f, 0o666);
+    }
+    (root, data, etc)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_configs_are_one_line_naming_the_key_and_touch_no_database() {
+    let sim = Sim::start(Credentials {
+        secret: SECRET.into(),
+        app_token: TOKEN.into(),
+    })
+    .await
+    .unwrap();
+    let (_root, data, etc) = layout();
+    let existing = data.join("ledger.db");
+    let fresh = data.join("fresh.db");
+    let before = sandbox::snapshot(&data);
+
+    // The control: the same files with nothing wrong do create and change databases, as
+    // the unprivileged user too, so "nothing was written" below is not for want of access.
+    for unprivileged in [false, true] {
+        let good = case("good", with("", ""), "");
+        let cfg = etc.join("config.toml");
+        std::fs::write(
+            &cfg,
+            good.text
+                .replace("@DB@", &fresh.display().to_string())
+                .replace("@BASE@", &sim.base_url()),
+        )
+        .unwrap();
+        chmod(&cfg, 0o644);
+        let mut cmd = sandbox::once(&etc, &cfg);
+        if unprivileged {
+            sandbox::unprivileged(&mut cmd);
+        }
+        let out = sandbox::run(&mut cmd);
+        assert_eq!(out.status.code(), Some(0), "{}", sandbox::stderr(&out));
+        assert!(fresh.exists(), "the control run created its database");
+        for suffix in ["", "-wal", "-shm", ".lock"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", fresh.display()));
+        }
+    }
+
+    let all = cases(&etc);
+    for c in &all {
+        for db in [&existing, &fresh] {
+            refuse(c, &etc, &sim.base_url(), db);
+            assert!(!fresh.exists(), "{}: a database was created", c.name);
+        }
+    }
+    sandbox::assert_same(&before, &sandbox::snapshot(&data));
+    assert_eq!(
+        sim.counters().requests,
+        0,
+        "no run got as far as asking UnivaPay"
+    );
+    eprintln!("bad configs tried: {}", all.len());
+
+    let mut cmd = sandbox::once(&etc, &etc.join("missing.toml"));
+    let out = sandbox::run(&mut cmd);
+    sandbox::assert_fatal(&out, &["cannot read config file", "missing.toml"]);
+    let mut cmd = sandbox::once(&etc, &etc.join("secrets.d"));
+    let out = sandbox::run(&mut cmd);
+    sandbox::assert_fatal(&out, &["cannot read config file", "secrets.d"]);
+    std::fs::write(etc.join("latin1.toml"), b"[api]\napp_token = \"\xe9\"\n").unwrap();
+    let mut cmd = sandbox::once(&etc, &etc.join("latin1.toml"));
+    let out = sandbox::run(&mut cmd);
+    sandbox::assert_fatal(&out, &["cannot read config file", "latin1.toml", "UTF-8"]);
+    sandbox::assert_same(&before, &sandbox::snapshot(&data));
+}
+
+// ---- rows written by other programs ---------------------------------------------------
+
+fn is_constraint(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation)
+}
+
+#[tokio::test]
+async fn bad_rows_are_refused_at_insert() {
+    let app = TestApp::spawn().await;
+    app.register("taken", 100);
+    let db = app.db();
+    let insert = |id: &str, store: &str, amount: rusqlite::types::Value, extra: &str| {
+        let (cols, vals) = match extra.split_once('=') {
+            Some((c, v)) => (format!(", {c}"), format!(", {v}")),
+            None => (String::new(), String::new()),
+        };
+        db.execute(
+            &format!(
+                "INSERT INTO charges (charge_id, store_id, requested_amount{cols})
+                 VALUES (?1, ?2, ?3{vals})"
+            ),
+            params![id, store, amount],
+        )
+    };
+    use rusqlite::types::Value::{Integer, Null, Real, Text};
+    let cases: Vec<(&str, &str, &str, rusqlite::types::Value, &str)> = vec![
+        ("negative amount", "neg", STORE, Integer(-1), ""),
+        (
+            "amount past the ceiling",
+            "big",
+            STORE,
+            Integer(1_000_000_000_001),
+            "",
+        ),
+        (
+            "amount as words",
+            "words",
+            STORE,
+            Text("one hundred".into()),
+            "",
+        ),
+        ("fractional amount", "frac", STORE, Real(100.5), ""),
+        ("no amount", "none", STORE, Null, ""),
+        ("empty charge id", "", STORE, Integer(100), ""),
+        ("empty store id", "e-store", "", Integer(100), ""),
+        ("charge id with '/'", "a/b", STORE, Integer(100), ""),
+        ("store id with '/'", "s-slash", "x/../y", Integer(100), ""),
+        ("charge id with a space", "a b", STORE, Integer(100), ""),
+        ("charge id with a query", "a?b=1", STORE, Integer(100), ""),
+        (
+            "lowercase currency",
+            "lower",
+            STORE,
+            Integer(100),
+            "requested_currency='jpy'",
+        ),
+        (
+            "two-letter currency",
+            "two",
+            STORE,
+            Integer(100),
+            "requested_currency='JP'",
+        ),
+        (
+            "currency sign",
+            "yen",
+            STORE,
+            Integer(100),
+            "requested_currency='¥¥¥'",
+        ),
+        ("unknown state", "paid", STORE, Integer(100), "state='paid'"),
+        (
+            "final state still due",
+            "final",
+            STORE,
+            Integer(100),
+            "state='successful'",
+        ),
+        (
+            "mismatch flag 2",
+            "flag",
+            STORE,
+            Integer(100),
+            "amount_mismatch=2",
+        ),
+        ("the same charge twice", "taken", STORE, Integer(200), ""),
+    ];
+    for (name, id, store, amount, extra) in &cases {
+        let e = insert(id, store, amount.clone(), extra)
+            .expect_err(&format!("{name}: the schema accepted it"));
+        assert!(is_constraint(&e), "{name}: {e}");
+    }
+    assert_eq!(app.count("SELECT count(*) FROM charges"), 1);
+    assert_eq!(
+        app.count("SELECT requested_amount FROM charges WHERE charge_id = 'taken'"),
+        100,
+        "the first registration stands"
+    );
+    // History cannot be rewritten either.
+    app.sim.upsert(SimCharge::new("taken", STORE, 100).paid());
+    app.pass().await;
+    let e = db
+        .execute("UPDATE charge_events SET to_state = 'failed'", [])
+        .unwrap_err();
+    assert!(e.to_string().contains("append-only"), "{e}");
+    eprintln!("bad inserts tried: {}", cases.len() + 1);
+}
+
+#[tokio::test]
+async fn rows_slipped_past_the_constraints_are_skipped_with_an_event() {
+    let app = TestApp::spawn().await;
+    app.create("good", 100);
+    app.sim.update("good", SimCharge::paid);
+    let db = app.db();
+    db.execute_batch("PRAGMA ignore_check_constraints = ON")
+        .unwrap();
+    let slipped: [(&str, &str, i64, &str, &str, &str); 8] = [
+        // (charge_id, store_id, amount, currency, state, what the event says)
+        (
+            "neg",
+            STORE,
+            -100,
+            "JPY",
+            "pending",
+            "requested_amount -100 is negative",
+        ),
+        ("", STORE, 100, "JPY", "pending", "charge_id is empty"),
+        (
+            "a/b",
+            STORE,
+            100,
+            "JPY",
+            "pending",
+            "charge_id contains a character",
+        ),
+        (
+            "dots",
+            "..",
+            100,
+            "JPY",
+            "pending",
+            "store_id contains a character",
+        ),
+        ("nostore", "", 100, "JPY", "pending", "store_id is empty"),
+        (
+            "yen",
+            STORE,
+            100,
+            "¥",
+            "pending",
+            "requested_currency \"¥\"",
+        ),
+        ("paid", STORE, 100, "JPY", "paid", "unknown state \"paid\""),
+        (
+            "cash",
+            STORE,
+            100,
+            "JPY",
+            "Pending",
+            "unknown state \"Pending\"",
+        ),
+    ];
+    for (id, store, amount, cur, state, _) in &slipped {
+        db.execute(
+            "INSERT INTO charges (charge_id, store_id, requested_amount, requested_currency, state)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, store, amount, cur, state],
+        )
+        .unwrap();
+        // A fake charge of the same id that would move the row if it were ever fetched.
+        if !id.is_empty() && !id.contains('/') {
+            app.sim.upsert(SimCharge::new(*id, STORE, 100).paid());
+        }
+    }
+    // '..' passes the schema's character check but can never be a path segment.
+    db.execute_batch("PRAGMA ignore_check_constraints = OFF")
+        .unwrap();
+    db.execute(
+        "INSERT INTO charges (charge_id, store_id, requested_amount) VALUES ('..', ?1, 100)",
+        [STORE],
+    )
+    .unwrap();
+    let rows_before: Vec<String> = row_dumps(&db);
+
+    let r = app.pass().await;
+    assert_eq!(r.outcome, Outcome::Ok, "{:?}", r.detail);
+    assert_eq!(app.row("good").state, "successful", "the pass went on");
+    assert_eq!(r.counts.checked, 1);
+    assert_eq!(r.counts.errors, slipped.len() as u64 + 1);
+    let mut expected: Vec<(&str, &str)> = slipped.iter().map(|s| (s.0, s.5)).collect();
+    expected.push(("..", "charge_id contains a character"));
+    for (id, detail) in &expected {
+        let events = app.events(id);
+        assert_eq!(events.len(), 1, "{id:?}: {events:?}");
+        assert_eq!(events[0].0, "invalid_row", "{id:?}");
+        let d = events[0].4.clone().unwrap_or_default();
+        assert!(d.contains(detail), "{id:?}: {d:?} lacks {detail:?}");
+        if !id.is_empty() && !id.contains('/') && *id != ".." {
+            assert_eq!(app.sim.requests_for(id), 0, "{id:?} was never fetched");
+        }
+    }
+    assert_eq!(
+        app.sim.counters().requests,
+        1,
+        "only the good charge was fetched"
+    );
+    // The bad rows themselves are left exactly as they were, for a human to fix.
+    let good_now: Vec<String> = row_dumps(&db)
+        .into_iter()
+        .filter(|r| !r.starts_with("good|"))
+        .collect();
+    let good_before: Vec<String> = rows_before
+        .into_iter()
+        .filter(|r| !r.starts_with("good|"))
+        .collect();
+    assert_eq!(good_now, good_before);
+    assert_eq!(
+        app.count("SELECT errors FROM runs ORDER BY id DESC LIMIT 1"),
+        slipped.len() as i64 + 1
+    );
+}
+
+/// Every charges row as one `|`-joined line, in charge_id order.
+fn row_dumps(db: &Connection) -> Vec<String> {
+    let mut stmt = db
+        .prepare(
+            "SELECT charge_id || '|' || store_id || '|' || requested_amount || '|' ||
+                    requested_currency || '|' || state || '|' || coalesce(next_check_at, '-') ||
+                    '|' || coalesce(last_error, '-') || '|' || updated_at
+             FROM charges ORDER BY charge_id",
+        )
+        .unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[tokio::test]
+async fn slipped_rows_that_can_still_be_read_are_reconciled_safely() {
+    let app = TestApp::spawn().await;
+    let db = app.db();
+    db.execute_batch("PRAGMA ignore_check_constraints = ON")
+        .unwrap();
+    // A lowercase currency means the same currency (the mismatch rule ignores case).
+    db.execute(
+        "INSERT INTO charges (charge_id, store_id, requested_amount, requested_currency)
+         VALUES ('lower', ?1, 100, 'jpy')",
+        [STORE],
+    )
+    .unwrap();
+    // A final charge made due again by hand: checked once more, then final again.
+    db.execute(
+        "INSERT INTO charges (charge_id, store_id, requested_amount, state, provider_status)
+         VALUES ('final', ?1, 100, 'successful', 'successful')",
+        [STORE],
+    )
+    .unwrap();
+    db.execute_batch("PRAGMA ignore_check_constraints = OFF")
+        .unwrap();
+    app.sim.upsert(SimCharge::new("lower", STORE, 100).paid());
+    app.sim.upsert(SimCharge::new("final", STORE, 100).paid());
+    let r = app.pass().await;
+    assert_eq!(r.outcome, Outcome::Ok, "{:?}", r.detail);
+    let lower = app.row("lower");
+    assert_eq!(lower.state, "successful");
+    assert_eq!(lower.amount_mismatch, 0, "{:?}", lower.mismatch_detail);
+    let fin = app.row("final");
+    assert_eq!(fin.state, "successful");
+    assert_eq!(fin.next_check_at, None, "final again, no longer due");
+    assert_eq!(app.transitions("final"), Vec::<(String, String)>::new());
+    app.after_backoff();
+    assert_eq!(app.pass().await.counts.checked, 0);
+}
