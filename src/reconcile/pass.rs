@@ -205,8 +205,14 @@ impl Reconciler {
                     let msg = match row {
                         Err(bad) => ToWriter::Bad(bad),
                         Ok(charge) => {
+                            // A charge still waiting for the rate-limit budget when the
+                            // pass stops is not sent at all; it stays due, untouched.
+                            let ticket = tokio::select! {
+                                t = self.client.pace() => t,
+                                () = stop.cancelled() => return,
+                            };
                             let fetched = tokio::select! {
-                                f = self.client.get_charge(&charge.store_id, &charge.charge_id) => f,
+                                f = self.client.get_charge_paced(ticket, &charge.store_id, &charge.charge_id) => f,
                                 () = abandon.cancelled() => return,
                             };
                             let result = fetched.result;

@@ -6,6 +6,7 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue, RETRY_AFTER
 use reqwest::{StatusCode, Url, redirect};
 use secrecy::ExposeSecret;
 
+use super::pacer::{Answer, Pacer, Ticket};
 use super::{ApiError, ProviderCharge};
 use crate::config::ApiSettings;
 use crate::domain::{ChargeId, StoreId};
@@ -57,6 +58,9 @@ pub struct Client {
     http: reqwest::Client,
     base_url: Url,
     timeout: Duration,
+    /// Shared by all clones: the rate-limit budget belongs to the credentials, not to
+    /// one request.
+    pacer: Pacer,
 }
 
 impl std::fmt::Debug for Client {
@@ -97,6 +101,7 @@ impl Client {
             http,
             base_url: api.base_url.clone(),
             timeout: api.timeout,
+            pacer: Pacer::new(api.max_requests_per_minute.map(|n| n.get())),
         })
     }
 
@@ -110,12 +115,30 @@ impl Client {
         url
     }
 
-    /// `GET /stores/{store}/charges/{charge}`, checked to be an answer about that charge.
+    /// `GET /stores/{store}/charges/{charge}`, checked to be an answer about that charge,
+    /// sent when the pacer allows.
     pub async fn get_charge(&self, store: &StoreId, charge: &ChargeId) -> Fetched {
+        let ticket = self.pace().await;
+        self.get_charge_paced(ticket, store, charge).await
+    }
+
+    /// Waits until the rate-limit budget allows one more request (see [`Pacer`]).
+    pub async fn pace(&self) -> Ticket {
+        self.pacer.acquire().await
+    }
+
+    /// [`get_charge`](Self::get_charge) with the pacer's permission already in hand.
+    pub async fn get_charge_paced(
+        &self,
+        ticket: Ticket,
+        store: &StoreId,
+        charge: &ChargeId,
+    ) -> Fetched {
         let url = self.charge_url(store, charge);
         let resp = match self.http.get(url).send().await {
             Ok(r) => r,
             Err(e) => {
+                self.pacer.observe(ticket, Answer::NoAnswer);
                 return Fetched {
                     result: Err(self.transport_error(e)),
                     rate_limit: RateLimit::default(),
@@ -123,6 +146,19 @@ impl Client {
             }
         };
         let rate_limit = RateLimit::from_headers(resp.headers());
+        let answer = if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            Answer::RateLimited {
+                rate_limit,
+                retry_after: resp
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_retry_after),
+            }
+        } else {
+            Answer::Http(rate_limit)
+        };
+        self.pacer.observe(ticket, answer);
         let result = self.interpret(resp, store, charge).await;
         Fetched { result, rate_limit }
     }

@@ -9,6 +9,7 @@ mod errors;
 mod helpers;
 mod hostile;
 mod lifecycle;
+mod pacing;
 mod processes;
 mod sandbox;
 mod secrets;

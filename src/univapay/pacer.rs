@@ -1,0 +1,622 @@
+//! Client-wide pacing of UnivaPay requests: spend the rate-limit budget fully, never
+//! overdraw it on purpose, and slow everything down when a 429 comes anyway.
+//!
+//! UnivaPay limits each route with a token bucket (a burst, refilled continuously at
+//! `X-Requests-Per-Minute-Route` per minute) and reports what is left on every answer
+//! (`X-Remaining-Requests-Route`). The pacer keeps a *mirror* of that bucket that never
+//! holds more than the real one is known to:
+//!
+//! - The mirror refills at the announced rate, up to the largest `remaining + 1` ever seen
+//!   (a bucket never seen full is assumed to be small), and every request let go takes a
+//!   token from it. A request goes only while the mirror holds at least `1 + RESERVE`;
+//!   otherwise the pacer sleeps until the refill should get it there.
+//! - Requests are numbered as they go. An answer to request `s` saying `m` tokens remain
+//!   clamps the mirror down to `m - (requests let go after s)`: each of those is assumed
+//!   not yet counted in `m`, the worst case. Refill is counted from when the answer
+//!   arrived, later than the server counted it. So the mirror follows the server down
+//!   (another program spending the same budget, a rate that changed) but never above it.
+//! - Until the first answer with the headers arrives, one request at a time goes (a
+//!   probe). An answer without them means the server announces no budget: requests then
+//!   go unpaced (still under the configured cap and the 429 pause).
+//!
+//! Over a long pass this settles at the refill rate with the server's bucket nearly empty
+//! (a token or two of margin plus what refills during one round trip): the whole budget is
+//! used, and nothing is sent that the mirror says would be refused. Because the mirror
+//! refills with time alone, requests that never get an answer cannot stall it.
+//!
+//! The pacer keeps to the route bucket only: a pass asks about each charge once, so the
+//! per-URL bucket (`*-Exact`) is never the one that runs out.
+//!
+//! A 429 still happens if the model is wrong or someone else drains the bucket. Then the
+//! whole client stops: nothing goes until `max(Retry-After, backoff)` has passed, where the
+//! backoff doubles with each 429 in a row from 1 s up to 60 s and is scaled by a random
+//! factor in `[0.5, 1]` so that several clients do not come back in step. The mirror is
+//! reset to an empty bucket. (The charge that got the 429 is rescheduled by the pure rules
+//! with its own backoff; this is the client-wide part.)
+//!
+//! `api.max_requests_per_minute` adds our own ceiling: requests are spaced evenly at that
+//! rate (a bucket of one token), whatever the server would allow. It is done here rather
+//! than with a separate limiter crate so that one clock, tokio's, drives every wait, and
+//! tests control all of it with `tokio::time::pause`.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::RateLimit;
+
+/// Tokens left unspent in the server's bucket as a margin for rounding and clock skew.
+const RESERVE: f64 = 1.0;
+/// First client-wide pause after a 429 without `Retry-After`, doubled per 429 in a row.
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// With a budget but no refill rate known, look again after this long.
+const NO_RATE_RECHECK: Duration = Duration::from_secs(1);
+/// The shortest wait: a computed wait can round to zero nanoseconds, and waiting zero
+/// would look again at an unchanged clock forever. Tokio's timer has this resolution.
+const MIN_WAIT: Duration = Duration::from_millis(1);
+
+/// What an answer said, as far as pacing is concerned.
+#[derive(Debug, Clone, Copy)]
+pub enum Answer {
+    /// An HTTP answer other than 429, with whatever rate-limit headers it carried.
+    Http(RateLimit),
+    /// A 429, with its headers and `Retry-After` if any.
+    RateLimited {
+        rate_limit: RateLimit,
+        retry_after: Option<Duration>,
+    },
+    /// No HTTP answer at all (connection failed, timed out): nothing learned.
+    NoAnswer,
+}
+
+/// Paces requests for one client. Cheap to clone; clones share the budget.
+#[derive(Clone)]
+pub struct Pacer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    /// Waiters take turns in arrival order, so a request waiting for a token is not
+    /// overtaken by one that arrived later.
+    turn: tokio::sync::Mutex<()>,
+    /// Wakes the waiter when an answer changes what it may do.
+    changed: Notify,
+}
+
+/// The mirror of the server's route bucket.
+#[derive(Debug, Clone, Copy)]
+struct Mirror {
+    tokens: f64,
+    at: Instant,
+}
+
+struct State {
+    /// Requests let go so far; the last one's number.
+    issued: u64,
+    /// `None` until the first answer with the headers.
+    mirror: Option<Mirror>,
+    /// Route refill, tokens per second (0 when unknown).
+    per_sec: f64,
+    /// Largest bucket content seen.
+    burst: f64,
+    /// The server answered without rate-limit headers before ever sending them.
+    unannounced: bool,
+    probe_in_flight: bool,
+    blocked_until: Option<Instant>,
+    rate_limited_in_a_row: u32,
+    cap: Option<Cap>,
+}
+
+/// Our own ceiling: a one-token bucket refilled at the configured rate.
+struct Cap {
+    per_sec: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Cap {
+    fn refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + dt * self.per_sec).min(1.0);
+        self.at = now;
+    }
+}
+
+enum Wait {
+    For(Duration),
+    UntilAnswer,
+}
+
+/// Permission to send one request. Report the answer with [`Pacer::observe`]; dropping
+/// the ticket unreported counts as "no answer".
+pub struct Ticket {
+    seq: u64,
+    probe: bool,
+    pacer: Option<Pacer>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(p) = self.pacer.take() {
+            p.settle(self.seq, self.probe, Answer::NoAnswer);
+        }
+    }
+}
+
+impl Pacer {
+    /// A pacer with an optional ceiling of requests per minute.
+    pub fn new(max_per_minute: Option<u32>) -> Pacer {
+        Pacer {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    issued: 0,
+                    mirror: None,
+                    per_sec: 0.0,
+                    burst: 0.0,
+                    unannounced: false,
+                    probe_in_flight: false,
+                    blocked_until: None,
+                    rate_limited_in_a_row: 0,
+                    cap: max_per_minute.map(|n| Cap {
+                        per_sec: f64::from(n) / 60.0,
+                        tokens: 1.0,
+                        at: Instant::now(),
+                    }),
+                }),
+                turn: tokio::sync::Mutex::new(()),
+                changed: Notify::new(),
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // The state is a handful of numbers updated together; a panic elsewhere while
+        // holding the lock cannot leave it unusable.
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until a request may go without overdrawing the budget.
+    pub async fn acquire(&self) -> Ticket {
+        let _turn = self.inner.turn.lock().await;
+        loop {
+            let changed = self.inner.changed.notified();
+            tokio::pin!(changed);
+            // Registered before looking, so an answer arriving in between still wakes us.
+            changed.as_mut().enable();
+            let wait = match self.state().try_issue(Instant::now()) {
+                Ok((seq, probe)) => {
+                    return Ticket {
+                        seq,
+                        probe,
+                        pacer: Some(self.clone()),
+                    };
+                }
+                Err(w) => w,
+            };
+            match wait {
+                Wait::For(d) => {
+                    tokio::select! {
+                        () = tokio::time::sleep(d.max(MIN_WAIT)) => {}
+                        () = &mut changed => {}
+                    }
+                }
+                Wait::UntilAnswer => changed.await,
+            }
+        }
+    }
+
+    /// Reports how the request of `ticket` was answered.
+    pub fn observe(&self, mut ticket: Ticket, answer: Answer) {
+        ticket.pacer = None;
+        self.settle(ticket.seq, ticket.probe, answer);
+    }
+
+    fn settle(&self, seq: u64, probe: bool, answer: Answer) {
+        let now = Instant::now();
+        let jitter = rand::random::<f64>();
+        let mut st = self.state();
+        if probe {
+            st.probe_in_flight = false;
+        }
+        match answer {
+            Answer::NoAnswer => {}
+            Answer::Http(rl) => {
+                st.rate_limited_in_a_row = 0;
+                st.learn(seq, &rl, now);
+            }
+            Answer::RateLimited {
+                rate_limit,
+                retry_after,
+            } => {
+                st.learn(seq, &rate_limit, now);
+                st.rate_limited_in_a_row = st.rate_limited_in_a_row.saturating_add(1);
+                let exp = (st.rate_limited_in_a_row - 1).min(16);
+                let backoff = BACKOFF_BASE
+                    .saturating_mul(1 << exp)
+                    .min(BACKOFF_MAX)
+                    .mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0));
+                let pause = backoff.max(retry_after.unwrap_or(Duration::ZERO));
+                let until = now + pause;
+                st.blocked_until = Some(st.blocked_until.map_or(until, |b| b.max(until)));
+                // The server's bucket is empty now, whatever we thought.
+                st.mirror = Some(Mirror {
+                    tokens: 0.0,
+                    at: now,
+                });
+                tracing::warn!(
+                    pause_ms = pause.as_millis() as u64,
+                    retry_after_s = retry_after.map(|d| d.as_secs()),
+                    "rate limited by UnivaPay; pausing all requests"
+                );
+            }
+        }
+        drop(st);
+        self.inner.changed.notify_waiters();
+    }
+}
+
+impl State {
+    /// Lets a request go (its number, and whether it is the probe), or says how to wait.
+    fn try_issue(&mut self, now: Instant) -> Result<(u64, bool), Wait> {
+        if let Some(until) = self.blocked_until {
+            if until > now {
+                return Err(Wait::For(until - now));
+            }
+            self.blocked_until = None;
+        }
+        if let Some(cap) = &mut self.cap {
+            cap.refill(now);
+            if cap.tokens < 1.0 {
+                return Err(Wait::For(Duration::from_secs_f64(
+                    (1.0 - cap.tokens) / cap.per_sec,
+                )));
+            }
+        }
+        let mut probe = false;
+        let need = 1.0 + RESERVE;
+        let (per_sec, cap) = (self.per_sec, self.cap_tokens());
+        match &mut self.mirror {
+            Some(m) => {
+                m.refill(now, per_sec, cap);
+                if m.tokens < need {
+                    return Err(Wait::For(if per_sec > 0.0 {
+                        Duration::from_secs_f64((need - m.tokens) / per_sec)
+                    } else {
+                        NO_RATE_RECHECK
+                    }));
+                }
+                m.tokens -= 1.0;
+            }
+            None if self.unannounced => {}
+            None if self.probe_in_flight => return Err(Wait::UntilAnswer),
+            None => probe = true,
+        }
+        if probe {
+            self.probe_in_flight = true;
+        }
+        if let Some(cap) = &mut self.cap {
+            cap.tokens -= 1.0;
+        }
+        self.issued += 1;
+        Ok((self.issued, probe))
+    }
+
+    /// Most tokens the mirror may hold: the largest bucket content seen, and never less
+    /// than one request needs (a bucket seen only near empty could otherwise never hold
+    /// enough).
+    fn cap_tokens(&self) -> f64 {
+        self.burst.max(1.0 + RESERVE)
+    }
+
+    fn learn(&mut self, seq: u64, rl: &RateLimit, now: Instant) {
+        if let Some(pm) = rl.per_minute_route {
+            self.per_sec = pm as f64 / 60.0;
+        }
+        let Some(remaining) = rl.remaining_route else {
+            if self.mirror.is_none() && rl.is_empty() {
+                self.unannounced = true;
+            }
+            return;
+        };
+        self.unannounced = false;
+        let remaining = remaining as f64;
+        self.burst = self.burst.max(remaining + 1.0);
+        let at_most = remaining - (self.issued - seq) as f64;
+        let (per_sec, cap) = (self.per_sec, self.cap_tokens());
+        match &mut self.mirror {
+            Some(m) => {
+                m.refill(now, per_sec, cap);
+                m.tokens = m.tokens.min(at_most);
+            }
+            None => {
+                self.mirror = Some(Mirror {
+                    tokens: at_most,
+                    at: now,
+                })
+            }
+        }
+    }
+}
+
+impl Mirror {
+    fn refill(&mut self, now: Instant, per_sec: f64, cap: f64) {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        // Only refill raises the mirror; a clamp below the cap stays until time lifts it.
+        if self.tokens < cap {
+            self.tokens = (self.tokens + dt * per_sec).min(cap);
+        }
+        self.at = self.at.max(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use univapay_sim::{Limit, TokenBucket};
+
+    fn headers(remaining: u64, per_minute: u64) -> RateLimit {
+        RateLimit {
+            remaining_exact: Some(remaining),
+            remaining_route: Some(remaining),
+            per_minute_exact: Some(per_minute),
+            per_minute_route: Some(per_minute),
+        }
+    }
+
+    /// `n` requests from `workers` concurrent tasks against a bucket with the given limit,
+    /// each request taking `latency` there and back. Returns (429s, elapsed).
+    async fn run(
+        pacer: &Pacer,
+        limit: Limit,
+        n: u64,
+        workers: u64,
+        latency: Duration,
+    ) -> (u64, Duration) {
+        let server = Arc::new(Mutex::new(TokenBucket::new(limit, Instant::now())));
+        let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let start = Instant::now();
+        let mut tasks = vec![];
+        for _ in 0..workers {
+            let (pacer, server, refused, next) =
+                (pacer.clone(), server.clone(), refused.clone(), next.clone());
+            tasks.push(tokio::spawn(async move {
+                use std::sync::atomic::Ordering::SeqCst;
+                while next.fetch_add(1, SeqCst) < n {
+                    loop {
+                        let ticket = pacer.acquire().await;
+                        tokio::time::sleep(latency / 2).await;
+                        let taken = server.lock().unwrap().try_take(Instant::now());
+                        tokio::time::sleep(latency / 2).await;
+                        match taken {
+                            Ok(left) => {
+                                pacer.observe(
+                                    ticket,
+                                    Answer::Http(headers(left, limit.per_minute.into())),
+                                );
+                                break;
+                            }
+                            Err(_) => {
+                                refused.fetch_add(1, SeqCst);
+                                pacer.observe(
+                                    ticket,
+                                    Answer::RateLimited {
+                                        rate_limit: headers(0, limit.per_minute.into()),
+                                        retry_after: None,
+                                    },
+                                );
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        // Simulated time: a pacer that never lets the last request go fails here.
+        tokio::time::timeout(
+            Duration::from_secs(24 * 3600),
+            futures::future::join_all(tasks),
+        )
+        .await
+        .expect("all requests went");
+        (
+            refused.load(std::sync::atomic::Ordering::SeqCst),
+            start.elapsed(),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_run_uses_the_whole_budget_without_a_429() {
+        let limit = Limit::new(20, 600);
+        let pacer = Pacer::new(None);
+        let (refused, elapsed) = run(&pacer, limit, 400, 16, Duration::from_millis(40)).await;
+        assert_eq!(refused, 0);
+        // The burst goes at once; the other 380 can go no faster than 10 per second.
+        let bound = Duration::from_secs(38);
+        assert!(elapsed >= bound, "{elapsed:?}");
+        assert!(
+            elapsed.as_secs_f64() <= bound.as_secs_f64() / 0.95,
+            "uses at least 95 % of the budget: {elapsed:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fast_and_slow_answers_and_one_worker_all_stay_in_budget() {
+        for (workers, latency_ms) in [(1, 0), (64, 1), (64, 300), (4, 2000)] {
+            let pacer = Pacer::new(None);
+            let (refused, _) = run(
+                &pacer,
+                Limit::new(5, 120),
+                60,
+                workers,
+                Duration::from_millis(latency_ms),
+            )
+            .await;
+            assert_eq!(refused, 0, "{workers} workers, {latency_ms} ms");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_one_probe_before_the_budget_is_known() {
+        let pacer = Pacer::new(None);
+        let first = pacer.acquire().await;
+        let second = tokio::spawn({
+            let p = pacer.clone();
+            async move { p.acquire().await }
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!second.is_finished(), "waits for the probe's answer");
+        pacer.observe(first, Answer::Http(headers(50, 600)));
+        let second = tokio::time::timeout(Duration::from_millis(1), second)
+            .await
+            .expect("goes once the answer is in")
+            .unwrap();
+        drop(second);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_without_headers_is_not_paced() {
+        let pacer = Pacer::new(None);
+        let t = pacer.acquire().await;
+        pacer.observe(t, Answer::Http(RateLimit::default()));
+        let start = Instant::now();
+        let tickets: Vec<_> = futures::future::join_all((0..100).map(|_| pacer.acquire())).await;
+        assert_eq!(tickets.len(), 100);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_stops_every_request_that_long() {
+        let pacer = Pacer::new(None);
+        let t = pacer.acquire().await;
+        pacer.observe(t, Answer::Http(headers(100, 6000)));
+        let t = pacer.acquire().await;
+        let at = Instant::now();
+        pacer.observe(
+            t,
+            Answer::RateLimited {
+                rate_limit: RateLimit::default(),
+                retry_after: Some(Duration::from_secs(7)),
+            },
+        );
+        let waiting: Vec<_> = (0..5)
+            .map(|_| {
+                let p = pacer.clone();
+                tokio::spawn(async move {
+                    let t = p.acquire().await;
+                    let when = Instant::now();
+                    p.observe(t, Answer::Http(headers(100, 6000)));
+                    when
+                })
+            })
+            .collect();
+        for w in waiting {
+            let when = w.await.unwrap();
+            assert!(when - at >= Duration::from_secs(7), "{:?}", when - at);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_without_retry_after_backs_off_with_jitter_and_growth() {
+        let pacer = Pacer::new(None);
+        let mut pauses = vec![];
+        for _ in 0..4 {
+            let t = pacer.acquire().await;
+            let at = Instant::now();
+            pacer.observe(
+                t,
+                Answer::RateLimited {
+                    rate_limit: headers(0, 6000),
+                    retry_after: None,
+                },
+            );
+            let next = pacer.acquire().await;
+            pauses.push(Instant::now() - at);
+            pacer.observe(next, Answer::NoAnswer);
+        }
+        // 1 s, 2 s, 4 s, 8 s, each scaled into [half, whole].
+        for (i, p) in pauses.iter().enumerate() {
+            let full = Duration::from_secs(1 << i);
+            assert!(
+                *p >= full / 2 && *p <= full + Duration::from_millis(50),
+                "{i}: {p:?}"
+            );
+        }
+        // A good answer ends the run of 429s.
+        let t = pacer.acquire().await;
+        pacer.observe(t, Answer::Http(headers(50, 6000)));
+        let t = pacer.acquire().await;
+        let at = Instant::now();
+        pacer.observe(
+            t,
+            Answer::RateLimited {
+                rate_limit: headers(0, 6000),
+                retry_after: None,
+            },
+        );
+        drop(pacer.acquire().await);
+        assert!(Instant::now() - at <= Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_configured_cap_spaces_requests_evenly() {
+        let pacer = Pacer::new(Some(120));
+        let t = pacer.acquire().await;
+        pacer.observe(t, Answer::Http(headers(10_000, 1_000_000)));
+        let start = Instant::now();
+        for _ in 0..10 {
+            let t = pacer.acquire().await;
+            pacer.observe(t, Answer::Http(headers(10_000, 1_000_000)));
+        }
+        // 120 per minute is one every 500 ms, whatever the server would allow.
+        assert_eq!(start.elapsed(), Duration::from_millis(5000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_probe_lets_another_go() {
+        let pacer = Pacer::new(None);
+        let probe = pacer.acquire().await;
+        drop(probe);
+        let again = tokio::time::timeout(Duration::from_millis(1), pacer.acquire()).await;
+        assert!(again.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_older_answer_never_raises_the_estimate() {
+        let pacer = Pacer::new(None);
+        let t = pacer.acquire().await;
+        pacer.observe(t, Answer::Http(headers(10, 60)));
+        let a = pacer.acquire().await;
+        let b = pacer.acquire().await;
+        // b (newer) says the bucket is nearly empty; a (older) arrives later with more.
+        pacer.observe(b, Answer::Http(headers(1, 60)));
+        pacer.observe(a, Answer::Http(headers(9, 60)));
+        let start = Instant::now();
+        drop(pacer.acquire().await);
+        // Needs 2 tokens from 1 at one per second.
+        assert!(
+            start.elapsed() >= Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_that_never_get_an_answer_do_not_stall_it() {
+        let pacer = Pacer::new(None);
+        let t = pacer.acquire().await;
+        pacer.observe(t, Answer::Http(headers(5, 60)));
+        let start = Instant::now();
+        for _ in 0..20 {
+            let t = tokio::time::timeout(Duration::from_secs(60), pacer.acquire())
+                .await
+                .expect("keeps going");
+            pacer.observe(t, Answer::NoAnswer);
+        }
+        // Four at once (one token kept in reserve), then one a second.
+        assert_eq!(start.elapsed(), Duration::from_secs(16));
+    }
+}
