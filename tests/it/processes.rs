@@ -173,7 +173,7 @@ async fn second_once_gives_up_with_exit_3_while_a_pass_runs() {
         let id = format!("c{i}");
         app.create(&id, 100);
         app.sim
-            .push_reply(&id, Reply::Delay(Duration::from_millis(1500)));
+            .push_reply(&id, Reply::Delay(Duration::from_millis(1000)));
     }
     let first = once(&app);
     wait_until(
@@ -251,11 +251,10 @@ async fn daemon_and_once_take_turns_on_one_database() {
         "20s",
         "[schedule]\ncron = \"* * * * * *\"\nrun_on_start = true\nlock_wait = \"0s\"\n",
     );
-    for i in 0..4 {
-        let id = format!("c{i}");
-        app.create(&id, 100);
+    for id in ["c0", "c1"] {
+        app.create(id, 100);
         app.sim
-            .push_reply(&id, Reply::Delay(Duration::from_millis(1500)));
+            .push_reply(id, Reply::Delay(Duration::from_millis(1200)));
     }
     // A manual pass holds the lock when the daemon starts.
     let manual = once(&app);
@@ -276,7 +275,7 @@ async fn daemon_and_once_take_turns_on_one_database() {
     // Now the daemon is the one mid-pass, and a manual pass must give up.
     app.create("late", 100);
     app.sim
-        .push_reply("late", Reply::Delay(Duration::from_millis(2500)));
+        .push_reply("late", Reply::Delay(Duration::from_millis(2000)));
     wait_until(
         Duration::from_secs(5),
         "the daemon is fetching late",
@@ -303,7 +302,7 @@ async fn daemon_and_once_take_turns_on_one_database() {
         log.contains("tick skipped: previous pass still running"),
         "{log}"
     );
-    for id in ["c0", "c1", "c2", "c3", "late"] {
+    for id in ["c0", "c1", "late"] {
         assert_eq!(app.sim.requests_for(id), 1, "{id} fetched once");
     }
     let runs = runs(&app);
