@@ -391,6 +391,33 @@ async fn once_waits_up_to_lock_wait() {
     assert_eq!(app.sim.requests_for("a"), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_that_cannot_open_its_database_exits_1_without_ready() {
+    let mut app = TestApp::spawn().await;
+    app.db_path = app.dir.path().join("missing-dir").join("ledger.db");
+    configure(&mut app, "20s", "");
+    let sock_path = app.dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let out = finish(
+        konbini(&app)
+            .env("NOTIFY_SOCKET", &sock_path)
+            .spawn()
+            .unwrap(),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    let fatal: Vec<_> = err.lines().filter(|l| l.contains("error:")).collect();
+    assert_eq!(fatal.len(), 1, "{err}");
+    assert!(fatal[0].contains("missing-dir"), "{err}");
+    let mut buf = [0u8; 512];
+    assert!(
+        sock.try_recv(&mut buf).is_err(),
+        "no READY for a daemon that never ran"
+    );
+}
+
 /// The unit files are checked by `.ci/run` with systemd-analyze; here only what that
 /// cannot know: that they match this program's command line and config.
 #[test]
