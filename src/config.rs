@@ -575,6 +575,7 @@ pub fn validate_cron(expr: &str) -> Result<(), String> {
     }
     croner::parser::CronParser::builder()
         .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
         .build()
         .parse(expr)
         .map(|_| ())

@@ -98,7 +98,26 @@ impl PassLock {
             .create(true)
             .truncate(false)
             .open(&self.path)
-            .map_err(|source| self.err(source))
+            .map_err(|source| {
+                // The lock is the first thing created beside the database, so this is
+                // where a wrong database.path shows up: say that, not just ENOENT.
+                match self.path.parent() {
+                    Some(dir)
+                        if source.kind() == std::io::ErrorKind::NotFound
+                            && !dir.as_os_str().is_empty()
+                            && !dir.is_dir() =>
+                    {
+                        self.err(std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            format!(
+                                "directory {} does not exist (check database.path)",
+                                dir.display()
+                            ),
+                        ))
+                    }
+                    _ => self.err(source),
+                }
+            })
     }
 
     fn err(&self, source: std::io::Error) -> LockError {

@@ -19,9 +19,33 @@ pub fn init(format: LogFormat) {
         .with_writer(std::io::stderr)
         .with_target(false);
     let _ = match format {
+        // journald stamps every line itself; a second timestamp only adds noise.
+        LogFormat::Text if under_journald() => builder.with_ansi(false).without_time().try_init(),
         LogFormat::Text => builder
             .with_ansi(std::io::stderr().is_terminal())
             .try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// True when stderr is connected to the journal: systemd sets `JOURNAL_STREAM` to the
+/// device and inode of that stream, so compare them with stderr's own.
+fn under_journald() -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+            return false;
+        };
+        let Some((dev, ino)) = value.to_str().and_then(|v| v.split_once(':')) else {
+            return false;
+        };
+        let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+            return false;
+        };
+        dev.parse::<u64>().is_ok_and(|d| d == meta.dev())
+            && ino.parse::<u64>().is_ok_and(|i| i == meta.ino())
+    }
+    #[cfg(not(unix))]
+    false
 }

@@ -400,7 +400,9 @@ impl Ledger {
         Ok(applied)
     }
 
-    /// Records that a due row could not be checked, without touching the row itself.
+    /// Records that a due row could not be checked, without touching the row itself (an
+    /// update would trip the very constraints it breaks). The `invalid_row` event is
+    /// written once per problem, not on every pass; the run still counts it as an error.
     pub fn record_bad_row(
         &self,
         run_id: i64,
@@ -410,7 +412,9 @@ impl Ledger {
         self.conn
             .execute(
                 "INSERT INTO charge_events (charge_id, at, kind, detail, run_id)
-                 VALUES (?1, ?2, 'invalid_row', ?3, ?4)",
+                 SELECT ?1, ?2, 'invalid_row', ?3, ?4
+                 WHERE NOT EXISTS (SELECT 1 FROM charge_events
+                                   WHERE charge_id = ?1 AND kind = 'invalid_row' AND detail = ?3)",
                 params![bad.charge_id, ts(now), bad.problem, run_id],
             )
             .map_err(|e| self.err(e))?;
