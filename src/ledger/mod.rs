@@ -306,6 +306,22 @@ impl Ledger {
         Ok(())
     }
 
+    /// Marks a run `failed`, keeping the counts its commits already added.
+    pub fn fail_run(
+        &self,
+        run_id: i64,
+        detail: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), LedgerError> {
+        self.conn
+            .execute(
+                "UPDATE runs SET outcome = 'failed', finished_at = ?2, detail = ?3 WHERE id = ?1",
+                params![run_id, ts(now), detail],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// Up to `limit` charges due at or before `cutoff`, in (`next_check_at`, `charge_id`)
     /// order, strictly after the keyset position `after`.
     pub fn due_batch(

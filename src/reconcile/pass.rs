@@ -262,8 +262,13 @@ impl Reconciler {
         let reader_result = reader
             .await
             .unwrap_or_else(|e| Err(join_error(&db.path, e)));
-        let (ledger, counts) = writer_result?;
-        let (exhausted, sent) = reader_result?;
+        let (ledger, counts, exhausted, sent) = match (writer_result, reader_result) {
+            (Ok((ledger, counts)), Ok((exhausted, sent))) => (ledger, counts, exhausted, sent),
+            (Err(e), _) | (_, Err(e)) => {
+                self.mark_failed(run_id, &e).await;
+                return Err(e);
+            }
+        };
         let complete = exhausted && stats.done.load(Ordering::Relaxed) == sent;
 
         let auth = stats.auth.lock().ok().and_then(|mut a| a.take());
@@ -356,6 +361,25 @@ impl PassStats {
             .ok()
             .and_then(|g| g.clone())
             .unwrap_or_else(|| "connection failed or timed out".into())
+    }
+}
+
+impl Reconciler {
+    /// Best effort after the ledger failed mid-pass: record the run as `failed` with the
+    /// cause, on a fresh connection. When even that cannot be written (the disk is full,
+    /// say), the row stays `running` and the next pass marks it `interrupted`.
+    async fn mark_failed(&self, run_id: i64, cause: &ledger::LedgerError) {
+        let db = self.settings.database.clone();
+        let detail = cause.to_string();
+        let now = self.clock.now();
+        let written = blocking(&db.path.clone(), move || {
+            let ledger = Ledger::open_existing(&db.path, db.busy_timeout)?;
+            ledger.fail_run(run_id, &detail, now)
+        })
+        .await;
+        if let Err(e) = written {
+            tracing::debug!(run_id, error = %e, "could not mark the run failed");
+        }
     }
 }
 

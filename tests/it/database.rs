@@ -400,6 +400,19 @@ async fn a_full_disk_mid_pass_is_exit_1_and_every_charge_before_or_after() {
     let out = sandbox::run(&mut sandbox::once(app.dir.path(), &cfg));
     assert_eq!(out.status.code(), Some(0), "{}", sandbox::stderr(&out));
     assert_eq!(assert_each_before_or_after(&app), 400);
+    // The failed pass is visible: marked `failed` when that could still be written,
+    // otherwise `interrupted` by the pass after it.
+    let first = app
+        .db()
+        .query_row("SELECT outcome FROM runs ORDER BY id LIMIT 1", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .unwrap();
+    assert!(
+        matches!(first.as_str(), "failed" | "interrupted"),
+        "{first}"
+    );
+    eprintln!("full disk: the failed pass's run is recorded as {first}");
     sandbox::assert_integrity(&app.db_path);
 }
 

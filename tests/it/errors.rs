@@ -297,3 +297,42 @@ async fn unreachable_api_is_reported() {
     assert_eq!(app.row("x").state, "pending");
     assert!(app.row("x").last_error.unwrap().contains("connect"));
 }
+
+#[tokio::test]
+async fn a_ledger_failure_mid_pass_is_an_error_and_the_run_is_marked_failed() {
+    let app = TestApp::spawn().await;
+    for i in 0..5 {
+        app.create(&format!("c{i}"), 100);
+    }
+    // Refuses the pass's progress counters, so the writer's first commit fails.
+    app.db()
+        .execute_batch(
+            "CREATE TRIGGER refuse_progress BEFORE UPDATE ON runs WHEN NEW.checked > 0
+             BEGIN SELECT RAISE(ABORT, 'simulated write failure'); END;",
+        )
+        .unwrap();
+    let err = app
+        .reconciler
+        .run_pass(
+            konbini_reconciler::ledger::Trigger::Once,
+            Default::default(),
+        )
+        .await
+        .expect_err("a failed commit fails the pass");
+    assert!(err.to_string().contains("simulated write failure"), "{err}");
+    let (outcome, detail, finished): (String, String, Option<String>) = app
+        .db()
+        .query_row("SELECT outcome, detail, finished_at FROM runs", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert_eq!(outcome, "failed");
+    assert!(detail.contains("simulated write failure"), "{detail}");
+    assert!(finished.is_some());
+    // The failed group was rolled back whole: no charge half-written.
+    assert_eq!(
+        app.count("SELECT count(*) FROM charges WHERE last_checked_at IS NOT NULL"),
+        0
+    );
+    assert_eq!(app.count("SELECT count(*) FROM charge_events"), 0);
+}
