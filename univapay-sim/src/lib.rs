@@ -298,6 +298,7 @@ struct Counters {
     slow: AtomicU64,
     resets: AtomicU64,
     malformed: AtomicU64,
+    latency_micros: AtomicU64,
 }
 
 /// A snapshot of [`Sim`]'s counters. `requests` counts every charge GET; the others say
@@ -319,6 +320,10 @@ pub struct CounterSnapshot {
     pub resets: u64,
     #[serde(default)]
     pub malformed: u64,
+    /// Total latency actually added, in microseconds (the timer rounds sleeps up, so the
+    /// mean is a little above the configured latency).
+    #[serde(default)]
+    pub latency_micros: u64,
 }
 
 #[derive(Default)]
@@ -687,6 +692,7 @@ impl Sim {
             slow: n(&c.slow),
             resets: n(&c.resets),
             malformed: n(&c.malformed),
+            latency_micros: n(&c.latency_micros),
         }
     }
 }
@@ -761,7 +767,10 @@ async fn answer(
             cfg.latency_jitter.mul_f64(rand::random::<f64>())
         };
     if !latency.is_zero() {
+        let slept = Instant::now();
         tokio::time::sleep(latency).await;
+        c.latency_micros
+            .fetch_add(slept.elapsed().as_micros() as u64, Ordering::Relaxed);
     }
     let rate = match admission {
         Admission::Unlimited => None,

@@ -242,6 +242,11 @@ async fn latency_is_added() {
         "{:?}",
         t.elapsed()
     );
+    let served = sim.counters().latency_micros;
+    assert!(
+        (120_000..1_000_000).contains(&served),
+        "the latency served is counted: {served}"
+    );
 }
 
 #[tokio::test]

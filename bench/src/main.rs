@@ -1,0 +1,561 @@
+//! The benchmark: `cargo run --release -p konbini-bench [-- SCENARIO... | --quick]`.
+//!
+//! For each scenario it seeds a fresh ledger with N charges (one transaction, one prepared
+//! statement), starts `univapay-sim` as a separate process serving the same N charges,
+//! runs the real release `konbini-reconciler --once` against it, and prints what the pass
+//! achieved next to the theoretical bound of the setting: charges/s, requests and 429s
+//! (from the simulator's counters), peak RSS and CPU seconds (from the kernel, `wait4`'s
+//! rusage of the reconciler process). It is a tool that prints figures, not a test.
+//!
+//! Scenarios: `rate` (bucket-limited), `latency` (20 ms answers, concurrency 64), `cpu`
+//! (no latency), `scale` (10k, 100k, 1M all due), `idle` (1M rows, none due). No argument
+//! runs them all; `--quick` runs each at a small size as a smoke test.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use konbini_reconciler::ledger::Ledger;
+use univapay_sim::{CounterSnapshot, Credentials, Population};
+
+/// A seed shared by the ledger and the simulator, so both hold the same charges.
+const SEED: u64 = 4;
+
+#[derive(Debug, Clone)]
+struct Scenario {
+    name: String,
+    charges: u64,
+    /// None: nothing is due (the idle scenario).
+    due: bool,
+    concurrency: usize,
+    latency: Duration,
+    /// (burst, per minute); None: no rate limit (and no headers).
+    rate_limit: Option<(u32, u32)>,
+}
+
+impl Scenario {
+    fn new(name: &str, charges: u64) -> Self {
+        Scenario {
+            name: name.into(),
+            charges,
+            due: true,
+            concurrency: 64,
+            latency: Duration::ZERO,
+            rate_limit: None,
+        }
+    }
+
+    /// The bound of the setting, charges per second, with how it is derived.
+    fn bound(&self) -> Option<(f64, String)> {
+        if let Some((burst, per_minute)) = self.rate_limit {
+            let rate = f64::from(per_minute) / 60.0;
+            let secs = (self.charges as f64 - f64::from(burst)).max(0.0) / rate;
+            return Some((
+                self.charges as f64 / secs,
+                format!("burst {burst}, then {per_minute}/min"),
+            ));
+        }
+        if !self.latency.is_zero() {
+            let c = self.concurrency as f64;
+            return Some((
+                c / self.latency.as_secs_f64(),
+                format!("C/L = {}/{:?}", self.concurrency, self.latency),
+            ));
+        }
+        None
+    }
+}
+
+/// What one run measured.
+#[derive(Debug)]
+struct Measured {
+    seed_secs: f64,
+    checked: u64,
+    /// The pass's own duration, from its summary line.
+    pass_secs: f64,
+    /// The whole process, start to exit.
+    wall_secs: f64,
+    exit: i32,
+    max_rss_kib: i64,
+    cpu_secs: f64,
+    sim: CounterSnapshot,
+    sim_cpu_secs: f64,
+}
+
+fn scenarios(quick: bool) -> Vec<Scenario> {
+    let k = |n: u64| if quick { (n / 100).max(500) } else { n };
+    let mut v = vec![];
+    v.push(Scenario {
+        concurrency: 16,
+        latency: Duration::from_millis(5),
+        rate_limit: Some((200, 12_000)),
+        ..Scenario::new("rate", if quick { 800 } else { 3000 })
+    });
+    v.push(Scenario {
+        latency: Duration::from_millis(20),
+        ..Scenario::new("latency", k(20_000))
+    });
+    v.push(Scenario::new("cpu", k(100_000)));
+    for n in [10_000, 100_000, 1_000_000] {
+        v.push(Scenario::new(&format!("scale-{}", short(n)), k(n)));
+    }
+    v.push(Scenario {
+        due: false,
+        ..Scenario::new("idle", k(1_000_000))
+    });
+    v
+}
+
+fn short(n: u64) -> String {
+    if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
+        format!("{}M", n / 1_000_000)
+    } else if n >= 1000 && n.is_multiple_of(1000) {
+        format!("{}k", n / 1000)
+    } else {
+        n.to_string()
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let wanted: Vec<&str> = args
+        .iter()
+        .filter(|a| !a.starts_with("--"))
+        .map(String::as_str)
+        .collect();
+    let chosen: Vec<Scenario> = scenarios(quick)
+        .into_iter()
+        .filter(|s| {
+            wanted.is_empty()
+                || wanted
+                    .iter()
+                    .any(|w| s.name == *w || s.name.starts_with(&format!("{w}-")))
+        })
+        .collect();
+    if chosen.is_empty() {
+        eprintln!("konbini-bench: no such scenario; choose from rate latency cpu scale idle");
+        std::process::exit(1);
+    }
+    if let Err(e) = run(&chosen) {
+        eprintln!("konbini-bench: error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(chosen: &[Scenario]) -> Result<(), String> {
+    let bin_dir = build_binaries()?;
+    let work = std::env::temp_dir().join(format!("konbini-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    println!("machine: {}", machine());
+    println!("work dir: {}\n", work.display());
+    let mut rows = vec![];
+    for s in chosen {
+        println!(
+            "== {} (N={}, concurrency {}, latency {:?}, rate limit {})",
+            s.name,
+            s.charges,
+            s.concurrency,
+            s.latency,
+            s.rate_limit
+                .map(|(b, r)| format!("burst {b} + {r}/min"))
+                .unwrap_or_else(|| "none".into())
+        );
+        let dir = work.join(&s.name);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let m = run_one(s, &bin_dir, &dir)?;
+        print_one(s, &m);
+        rows.push((s.clone(), m));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    println!("\n{}", table(&rows));
+    Ok(())
+}
+
+/// Builds the release binaries this benchmark runs and returns their directory.
+fn build_binaries() -> Result<PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--quiet", "--workspace", "--bins"])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err("building the release binaries failed".into());
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let dir = exe.parent().ok_or("no directory")?.to_owned();
+    for b in ["konbini-reconciler", "univapay-sim"] {
+        if !dir.join(b).is_file() {
+            return Err(format!("{} not found next to {}", b, exe.display()));
+        }
+    }
+    Ok(dir)
+}
+
+fn run_one(s: &Scenario, bin_dir: &Path, dir: &Path) -> Result<Measured, String> {
+    let db = dir.join("bench.db");
+    let t = Instant::now();
+    seed_ledger(&db, s)?;
+    let seed_secs = t.elapsed().as_secs_f64();
+    println!(
+        "  seeded {} rows in {seed_secs:.2} s (one transaction)",
+        s.charges
+    );
+
+    let mut sim_cmd = Command::new(bin_dir.join("univapay-sim"));
+    sim_cmd
+        .args(["--charges", &s.charges.to_string()])
+        .args(["--seed", &SEED.to_string()])
+        .args(["--latency", &format!("{}ms", s.latency.as_millis())]);
+    if let Some((burst, per_minute)) = s.rate_limit {
+        sim_cmd
+            .args(["--burst", &burst.to_string()])
+            .args(["--rate-per-minute", &per_minute.to_string()]);
+    }
+    let mut sim = sim_cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start univapay-sim: {e}"))?;
+    let mut sim_out = BufReader::new(sim.stdout.take().ok_or("no sim stdout")?);
+    let mut line = String::new();
+    sim_out.read_line(&mut line).map_err(|e| e.to_string())?;
+    let base_url = line
+        .trim()
+        .strip_prefix("univapay-sim listening on ")
+        .ok_or_else(|| format!("unexpected simulator output {line:?}"))?
+        .to_owned();
+
+    let creds = Credentials::default();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[api]\nbase_url = \"{base_url}\"\napp_token = \"{}\"\nsecret = \"{}\"\n\
+             timeout = \"30s\"\nconcurrency = {}\n[database]\npath = \"{}\"\n",
+            creds.app_token,
+            creds.secret,
+            s.concurrency,
+            db.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+
+    let started = Instant::now();
+    let mut child = Command::new(bin_dir.join("konbini-reconciler"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--once")
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start konbini-reconciler: {e}"))?;
+    let mut out = String::new();
+    let mut err = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let (exit, usage) = wait4(child.id() as i32)?;
+    let wall_secs = started.elapsed().as_secs_f64();
+    // wait4 reaped it; tell std so it does not try again.
+    std::mem::forget(child);
+    if exit != 0 && exit != 2 {
+        return Err(format!("konbini-reconciler exited {exit}: {}", err.trim()));
+    }
+    let (checked, _) = parse_summary(&out).ok_or_else(|| format!("no summary line in {out:?}"))?;
+    let pass_secs = pass_duration(&db)?;
+
+    // The simulator prints its counters as it stops.
+    unsafe {
+        libc::kill(sim.id() as i32, libc::SIGTERM);
+    }
+    let mut rest = String::new();
+    let _ = sim_out.read_to_string(&mut rest);
+    let (_, sim_usage) = wait4(sim.id() as i32)?;
+    std::mem::forget(sim);
+    let counters: CounterSnapshot = serde_json::from_str(rest.trim())
+        .map_err(|e| format!("simulator counters {rest:?}: {e}"))?;
+    Ok(Measured {
+        seed_secs,
+        checked,
+        pass_secs,
+        wall_secs,
+        exit,
+        max_rss_kib: usage.max_rss_kib,
+        cpu_secs: usage.cpu_secs,
+        sim: counters,
+        sim_cpu_secs: sim_usage.cpu_secs,
+    })
+}
+
+/// Registers the scenario's charges in a fresh, migrated ledger: one transaction, one
+/// prepared statement. Due charges get the contract's plain insert; for the idle scenario
+/// half are final and half are due in an hour.
+fn seed_ledger(db: &Path, s: &Scenario) -> Result<(), String> {
+    drop(Ledger::open(db, Duration::from_secs(5)).map_err(|e| e.to_string())?);
+    let mut conn = rusqlite::Connection::open(db).map_err(|e| e.to_string())?;
+    // A lost seed is simply redone; nothing here needs to survive a crash.
+    conn.execute_batch("PRAGMA synchronous = OFF;")
+        .map_err(|e| e.to_string())?;
+    let population = Population::new(s.charges, SEED);
+    let later = konbini_reconciler::ledger::ts(chrono::Utc::now() + chrono::Duration::hours(1));
+    let tx = conn.transaction().map_err(|e| e.to_string())?;
+    {
+        let mut due = tx
+            .prepare(
+                "INSERT INTO charges (charge_id, store_id, requested_amount) VALUES (?1, ?2, ?3)",
+            )
+            .map_err(|e| e.to_string())?;
+        let mut not_due = tx
+            .prepare(
+                "INSERT INTO charges (charge_id, store_id, requested_amount, state,
+                                      provider_status, next_check_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(|e| e.to_string())?;
+        for i in 0..s.charges {
+            let p = population.plan(i);
+            let r = if s.due {
+                due.execute(rusqlite::params![p.id, p.store_id, p.amount])
+            } else if i % 2 == 0 {
+                not_due.execute(rusqlite::params![
+                    p.id,
+                    p.store_id,
+                    p.amount,
+                    "successful",
+                    "successful",
+                    None::<String>
+                ])
+            } else {
+                not_due.execute(rusqlite::params![
+                    p.id, p.store_id, p.amount, "awaiting", "awaiting", later
+                ])
+            };
+            r.map_err(|e| e.to_string())?;
+        }
+    }
+    tx.commit().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// The pass's duration to the millisecond, from its `runs` row (the summary line rounds
+/// to 10 ms, too coarse for the idle scenario).
+fn pass_duration(db: &Path) -> Result<f64, String> {
+    let conn = rusqlite::Connection::open(db).map_err(|e| e.to_string())?;
+    let (start, end): (String, String) = conn
+        .query_row(
+            "SELECT started_at, finished_at FROM runs ORDER BY id DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(|e| format!("reading the run: {e}"))?;
+    let parse = |t: &str| {
+        chrono::DateTime::parse_from_rfc3339(t).map_err(|e| format!("run time {t:?}: {e}"))
+    };
+    let d = parse(&end)? - parse(&start)?;
+    Ok(d.num_microseconds().unwrap_or(0) as f64 / 1e6)
+}
+
+/// `pass 1 ok: checked 1000, transitions ..., 1.64 s` -> (checked, seconds).
+fn parse_summary(out: &str) -> Option<(u64, f64)> {
+    let line = out.lines().find(|l| l.starts_with("pass "))?;
+    let checked = line
+        .split("checked ")
+        .nth(1)?
+        .split(',')
+        .next()?
+        .trim()
+        .parse()
+        .ok()?;
+    let secs = line
+        .rsplit(", ")
+        .next()?
+        .strip_suffix(" s")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((checked, secs))
+}
+
+struct Usage {
+    max_rss_kib: i64,
+    cpu_secs: f64,
+}
+
+/// Waits for a child and returns its exit code and the kernel's account of it.
+fn wait4(pid: i32) -> Result<(i32, Usage), String> {
+    let mut status = 0;
+    // SAFETY: rusage is plain data the kernel fills in; pid is our own child.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    if r != pid {
+        return Err(format!("wait4({pid}): {}", std::io::Error::last_os_error()));
+    }
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    Ok((
+        code,
+        Usage {
+            // Linux reports ru_maxrss in KiB.
+            max_rss_kib: ru.ru_maxrss,
+            cpu_secs: t(ru.ru_utime) + t(ru.ru_stime),
+        },
+    ))
+}
+
+fn print_one(s: &Scenario, m: &Measured) {
+    let rate = m.checked as f64 / m.pass_secs.max(1e-9);
+    println!(
+        "  pass: checked {} in {:.3} s ({:.0} charges/s); process {:.3} s, exit {}",
+        m.checked, m.pass_secs, rate, m.wall_secs, m.exit
+    );
+    println!(
+        "  simulator: {} requests, {} answered 429; its CPU {:.2} s",
+        m.sim.requests, m.sim.rate_limited, m.sim_cpu_secs
+    );
+    let per_charge = if m.checked > 0 {
+        format!(
+            " ({:.1} us per charge)",
+            m.cpu_secs * 1e6 / m.checked as f64
+        )
+    } else {
+        String::new()
+    };
+    println!(
+        "  reconciler: peak RSS {:.1} MiB, CPU {:.2} s{per_charge}",
+        m.max_rss_kib as f64 / 1024.0,
+        m.cpu_secs,
+    );
+    if let Some((bound, how)) = s.bound() {
+        println!(
+            "  bound: {bound:.0} charges/s ({how}); achieved {:.1} %",
+            100.0 * rate / bound
+        );
+    }
+    if !s.latency.is_zero() && m.sim.requests > 0 && s.rate_limit.is_none() {
+        let served = m.sim.latency_micros as f64 / m.sim.requests as f64 / 1e6;
+        let bound = s.concurrency as f64 / served;
+        println!(
+            "  latency the simulator actually served: {:.2} ms on average (timer rounding); \
+             C/L with it: {bound:.0} charges/s, achieved {:.1} % of that",
+            served * 1e3,
+            100.0 * rate / bound
+        );
+    }
+    if !s.due {
+        println!(
+            "  goal: pass < 100 ms with nothing due: {}",
+            if m.pass_secs < 0.1 { "met" } else { "NOT met" }
+        );
+    }
+}
+
+fn table(rows: &[(Scenario, Measured)]) -> String {
+    let mut t = String::from(
+        "| scenario | N | conc. | latency | rate limit | charges/s | bound/s | of bound | requests | 429s | peak RSS MiB | CPU s | CPU us/charge | pass s | seed s |\n\
+         |---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (s, m) in rows {
+        let rate = m.checked as f64 / m.pass_secs.max(1e-9);
+        let (bound, share) = match s.bound() {
+            Some((b, _)) => (format!("{b:.0}"), format!("{:.1} %", 100.0 * rate / b)),
+            None => ("-".into(), "-".into()),
+        };
+        t.push_str(&format!(
+            "| {} | {} | {} | {} ms | {} | {} | {} | {} | {} | {} | {:.1} | {:.2} | {} | {:.3} | {:.2} |\n",
+            s.name,
+            s.charges,
+            s.concurrency,
+            s.latency.as_millis(),
+            s.rate_limit
+                .map(|(b, r)| format!("{b} + {r}/min"))
+                .unwrap_or_else(|| "none".into()),
+            if m.checked > 0 {
+                format!("{rate:.0}")
+            } else {
+                "-".into()
+            },
+            bound,
+            share,
+            m.sim.requests,
+            m.sim.rate_limited,
+            m.max_rss_kib as f64 / 1024.0,
+            m.cpu_secs,
+            if m.checked > 0 {
+                format!("{:.1}", m.cpu_secs * 1e6 / m.checked as f64)
+            } else {
+                "-".into()
+            },
+            m.pass_secs,
+            m.seed_secs,
+        ));
+    }
+    t
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| format!("{:.0} GiB", kb as f64 / 1024.0 / 1024.0))
+        .unwrap_or_default();
+    format!("{cpu}, {cores} cores, {mem}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_line_is_parsed() {
+        let out = "pass 1 ok: checked 1000, transitions 1000, mismatches 17, errors 0, 1.64 s\n";
+        assert_eq!(parse_summary(out), Some((1000, 1.64)));
+        assert_eq!(parse_summary("nothing"), None);
+    }
+
+    #[test]
+    fn bounds_follow_the_setting() {
+        let s = Scenario {
+            rate_limit: Some((200, 12_000)),
+            ..Scenario::new("rate", 3000)
+        };
+        // 2800 after the burst at 200/s: 14 s for 3000.
+        let (b, _) = s.bound().unwrap();
+        assert!((b - 3000.0 / 14.0).abs() < 1e-9);
+        let s = Scenario {
+            latency: Duration::from_millis(20),
+            ..Scenario::new("latency", 10)
+        };
+        assert_eq!(s.bound().unwrap().0, 3200.0);
+        assert!(Scenario::new("cpu", 10).bound().is_none());
+    }
+}
