@@ -684,7 +684,10 @@ async fn rows_slipped_past_the_constraints_are_skipped_with_an_event() {
     let events_before = app.count("SELECT count(*) FROM charge_events");
     let r = app.pass().await;
     assert_eq!(r.counts.errors, slipped.len() as u64 + 1);
-    assert_eq!(app.count("SELECT count(*) FROM charge_events"), events_before);
+    assert_eq!(
+        app.count("SELECT count(*) FROM charge_events"),
+        events_before
+    );
 }
 
 /// Every charges row as one `|`-joined line, in charge_id order.
