@@ -46,6 +46,10 @@ struct Args {
     /// Simulated seconds per real second (0 stops simulated time).
     #[arg(long, default_value_t = 1.0)]
     time_scale: f64,
+    /// Print the SQL that registers the seeded charges in a konbini-reconciler ledger
+    /// (`... --print-inserts | sqlite3 ledger.db`) and exit without serving.
+    #[arg(long)]
+    print_inserts: bool,
 
     /// Route bucket refill in requests per minute; 0 turns rate limiting (and its headers)
     /// off.
@@ -141,6 +145,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if args.print_inserts {
+        print_inserts(&args);
+        return ExitCode::SUCCESS;
+    }
     runtime.block_on(async move {
         let sim = Sim::with_config(
             Credentials {
@@ -187,4 +195,22 @@ async fn wait_for_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// The same population as `--charges`/`--seed`/`--stores` would serve, as one transaction
+/// of the plain INSERTs a shop uses to register charges.
+fn print_inserts(args: &Args) {
+    let mut p = Population::new(args.charges, args.seed);
+    p.stores = args.stores;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let _ = writeln!(out, "BEGIN;");
+    for i in 0..args.charges {
+        let c = p.plan(i);
+        let _ = writeln!(
+            out,
+            "INSERT INTO charges (charge_id, store_id, requested_amount) VALUES ('{}', '{}', {});",
+            c.id, c.store_id, c.amount
+        );
+    }
+    let _ = writeln!(out, "COMMIT;");
 }
