@@ -394,3 +394,35 @@ fn the_binary_serves_a_seeded_population_and_reports_counters() {
     let c: CounterSnapshot = serde_json::from_str(rest.trim()).unwrap();
     assert_eq!((c.requests, c.ok, c.rate_limited), (3, 2, 1));
 }
+
+#[test]
+fn print_inserts_registers_the_population_it_would_serve() {
+    let out = Command::new(env!("CARGO_BIN_EXE_univapay-sim"))
+        .args([
+            "--charges",
+            "3",
+            "--seed",
+            "7",
+            "--stores",
+            "2",
+            "--print-inserts",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.first(), Some(&"BEGIN;"));
+    assert_eq!(lines.last(), Some(&"COMMIT;"));
+    let mut p = Population::new(3, 7);
+    p.stores = 2;
+    for i in 0..3 {
+        let c = p.plan(i);
+        let insert = format!(
+            "INSERT INTO charges (charge_id, store_id, requested_amount) VALUES ('{}', '{}', {});",
+            c.id, c.store_id, c.amount
+        );
+        assert_eq!(lines[1 + i as usize], insert);
+    }
+    assert_eq!(lines.len(), 5);
+}
