@@ -3,7 +3,8 @@
 //! Three stages joined by bounded channels, so memory stays flat however many charges are
 //! due:
 //! 1. a reader thread streams due charges from the ledger in keyset-paginated batches;
-//! 2. async checks run at most `api.concurrency` at a time, and each answer is turned into
+//! 2. async checks run at most `api.concurrency` at a time, each waiting its turn in the
+//!    client's rate-limit pacer ([`crate::univapay::Pacer`]), and each answer is turned into
 //!    a [`Decision`](super::rules::Decision) by the pure rules;
 //! 3. a writer thread commits results, grouping whatever is ready into one transaction
 //!    (each charge in its own savepoint), and logs what was written.
@@ -328,6 +329,23 @@ impl Reconciler {
         );
         Ok(report)
     }
+
+    /// Best effort after the ledger failed mid-pass: record the run as `failed` with the
+    /// cause, on a fresh connection. When even that cannot be written (the disk is full,
+    /// say), the row stays `running` and the next pass marks it `interrupted`.
+    async fn mark_failed(&self, run_id: i64, cause: &ledger::LedgerError) {
+        let db = self.settings.database.clone();
+        let detail = cause.to_string();
+        let now = self.clock.now();
+        let written = blocking(&db.path.clone(), move || {
+            let ledger = Ledger::open_existing(&db.path, db.busy_timeout)?;
+            ledger.fail_run(run_id, &detail, now)
+        })
+        .await;
+        if let Err(e) = written {
+            tracing::debug!(run_id, error = %e, "could not mark the run failed");
+        }
+    }
 }
 
 #[derive(Default)]
@@ -361,25 +379,6 @@ impl PassStats {
             .ok()
             .and_then(|g| g.clone())
             .unwrap_or_else(|| "connection failed or timed out".into())
-    }
-}
-
-impl Reconciler {
-    /// Best effort after the ledger failed mid-pass: record the run as `failed` with the
-    /// cause, on a fresh connection. When even that cannot be written (the disk is full,
-    /// say), the row stays `running` and the next pass marks it `interrupted`.
-    async fn mark_failed(&self, run_id: i64, cause: &ledger::LedgerError) {
-        let db = self.settings.database.clone();
-        let detail = cause.to_string();
-        let now = self.clock.now();
-        let written = blocking(&db.path.clone(), move || {
-            let ledger = Ledger::open_existing(&db.path, db.busy_timeout)?;
-            ledger.fail_run(run_id, &detail, now)
-        })
-        .await;
-        if let Err(e) = written {
-            tracing::debug!(run_id, error = %e, "could not mark the run failed");
-        }
     }
 }
 
