@@ -62,6 +62,13 @@ pub struct ProviderCharge {
 impl ProviderCharge {
     /// Parses a response body. The message of an `Err` is safe to store and log.
     pub fn from_json(body: &[u8]) -> Result<Self, String> {
+        // serde would read a JSON array into the struct by position; only an object is a
+        // charge.
+        match body.iter().find(|b| !b.is_ascii_whitespace()) {
+            None => return Err("empty body".to_owned()),
+            Some(b'{') => {}
+            Some(_) => return Err("body is not a JSON object".to_owned()),
+        }
         let json: ChargeJson = serde_json::from_slice(body).map_err(|e| {
             if body.iter().all(u8::is_ascii_whitespace) {
                 "empty body".to_owned()
@@ -249,6 +256,8 @@ mod tests {
             r#"{"id": "c1", "status": "successful", "charged_amount": 100, "charged_currency": "YEN!"}"#,
             r#"{"id": "c1", "status": "successful", "requested_amount": "100"}"#,
             r#"{"id": "c1", "status": "successful", "metadata": [1]}"#,
+            r#"["c1", null, "successful"]"#,
+            "null",
         ] {
             assert!(
                 ProviderCharge::from_json(body.as_bytes()).is_err(),

@@ -113,7 +113,7 @@ async fn structurally_hostile_answers_are_refused() {
         "]".repeat(100_000)
     );
     let long_status = format!(r#"{{"id": "bad", "status": "{}"}}"#, "s".repeat(10_000));
-    let cases: [(Reply, &str); 8] = [
+    let cases: [(Reply, &str); 9] = [
         // Past serde_json's recursion limit: refused without exhausting the stack.
         (raw(200, &deep), "recursion limit"),
         (raw(200, &long_status), "status is empty or too long"),
@@ -130,10 +130,17 @@ async fn structurally_hostile_answers_are_refused() {
             ),
             "duplicate field",
         ),
-        (raw(200, "null"), "not a charge object"),
-        // serde reads a struct from an array too; an empty one has no id.
-        (raw(200, "[]"), "charge has no id"),
-        (raw(200, "<html>maintenance</html>"), "not a charge object"),
+        (raw(200, "null"), "not a JSON object"),
+        (raw(200, "[]"), "not a JSON object"),
+        // serde would read a struct from an array by position: refused before that.
+        (
+            raw(
+                200,
+                r#"["bad", null, "successful", 1000, "JPY", 1000, "JPY"]"#,
+            ),
+            "not a JSON object",
+        ),
+        (raw(200, "<html>maintenance</html>"), "not a JSON object"),
         (
             Reply::Json(json!({"id": "bad", "status": 3})),
             "not a charge object",
