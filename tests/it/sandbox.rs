@@ -3,17 +3,49 @@
 //! (a full disk), and snapshots of a directory to prove that nothing in it changed.
 
 use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 /// The conventional `nobody` user and group.
 pub const NOBODY: u32 = 65534;
 
+/// The binary, by a path that `nobody` can execute too. Normally the build's own path;
+/// when that lies under a directory other users cannot traverse (a checkout under a 0700
+/// home, say), a descriptor of the file inherited by every child, executed through
+/// `/proc/self/fd`, which does not walk the original directories.
+pub fn program() -> PathBuf {
+    static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
+    PROGRAM
+        .get_or_init(|| {
+            let real = Path::new(env!("CARGO_BIN_EXE_konbini-reconciler"));
+            if !is_root() || traversable(real) {
+                return real.to_owned();
+            }
+            let c = CString::new(real.as_os_str().as_bytes()).unwrap();
+            // SAFETY: a plain open(2) of a NUL-terminated path. No O_CLOEXEC on purpose:
+            // children must inherit the descriptor to exec it.
+            let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY) };
+            assert!(fd >= 0, "cannot open {}", real.display());
+            PathBuf::from(format!("/proc/self/fd/{fd}"))
+        })
+        .clone()
+}
+
+/// Whether every directory above `path` can be traversed by other users.
+fn traversable(path: &Path) -> bool {
+    path.ancestors()
+        .skip(1)
+        .all(|a| std::fs::metadata(a).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
+}
+
 /// The binary with an empty environment (only `PATH`), run in `dir`.
 pub fn bin(dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_konbini-reconciler"));
+    let mut cmd = Command::new(program());
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .current_dir(dir);
@@ -49,22 +81,17 @@ pub fn chmod(path: &Path, mode: u32) {
         .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
 }
 
-/// Lets other users traverse every directory from `/` down to `dir` and list `dir`
-/// (temp dirs are created 0700), and fails loudly if the binary itself is out of reach.
+/// Lets other users list `dir` (temp dirs are created 0700), and fails loudly if a
+/// directory above it is out of their reach.
 pub fn open_up(dir: &Path) {
     let mode = std::fs::metadata(dir).unwrap().permissions().mode();
     chmod(dir, mode | 0o755);
-    for p in [Path::new(env!("CARGO_BIN_EXE_konbini-reconciler")), dir] {
-        for a in p.ancestors().skip(1) {
-            let m = std::fs::metadata(a).unwrap().permissions().mode();
-            assert!(
-                m & 0o001 != 0,
-                "{} is not traversable by other users (mode {m:o}); the unprivileged tests \
-                 cannot run the binary from here",
-                a.display()
-            );
-        }
-    }
+    assert!(
+        traversable(dir),
+        "a directory above {} is not traversable by other users; the unprivileged tests \
+         cannot work there",
+        dir.display()
+    );
 }
 
 /// Limits the size of any file the child writes to `bytes`, with `SIGXFSZ` ignored so a
