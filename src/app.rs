@@ -10,7 +10,7 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, ProcessEnv, Settings};
-use crate::ledger::{Outcome, Trigger};
+use crate::ledger::Trigger;
 use crate::lock::{Acquired, PassLock};
 use crate::reconcile::{PassReport, Reconciler};
 
@@ -177,12 +177,12 @@ pub async fn run_once(settings: Arc<Settings>, shutdown: CancellationToken) -> E
 
 /// Maps a finished pass to the contract's exit status, printing the cause of a fatal one.
 pub fn exit_for(report: &PassReport) -> Exit {
-    match report.outcome {
-        Outcome::AuthFailed | Outcome::Unreachable | Outcome::Failed => {
-            report_fatal(report.detail.as_deref().unwrap_or(report.outcome.as_str()));
-            Exit::Fatal
-        }
-        Outcome::Ok | Outcome::Interrupted if report.counts.mismatches > 0 => Exit::Mismatch,
-        Outcome::Ok | Outcome::Interrupted => Exit::Clean,
+    if report.outcome.is_failure() {
+        report_fatal(report.detail.as_deref().unwrap_or(report.outcome.as_str()));
+        Exit::Fatal
+    } else if report.counts.mismatches > 0 {
+        Exit::Mismatch
+    } else {
+        Exit::Clean
     }
 }

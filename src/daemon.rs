@@ -42,7 +42,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::config::ScheduleSettings;
-use crate::ledger::{LedgerError, Outcome, Trigger};
+use crate::ledger::{LedgerError, Trigger};
 use crate::lock::{LockError, PassLock};
 use crate::notify::Notifier;
 use crate::reconcile::Reconciler;
@@ -249,10 +249,7 @@ impl Runner {
             .await
         {
             Ok(report) => {
-                if matches!(
-                    report.outcome,
-                    Outcome::AuthFailed | Outcome::Unreachable | Outcome::Failed
-                ) {
+                if report.outcome.is_failure() {
                     tracing::error!(
                         run_id = report.run_id,
                         outcome = report.outcome.as_str(),

@@ -204,17 +204,10 @@ impl PassGuard {
         shutdown: CancellationToken,
     ) -> Result<PassReport, ledger::LedgerError> {
         let db = reconciler.settings().database.clone();
-        let path = db.path.clone();
-        let closed = tokio::task::spawn_blocking(move || {
+        let closed = ledger::blocking(&db.path.clone(), move || {
             Ledger::open(&db.path, db.busy_timeout)?.close_abandoned_runs()
         })
-        .await
-        .unwrap_or_else(|e| {
-            Err(ledger::LedgerError::Sqlite {
-                path,
-                message: format!("database worker stopped unexpectedly: {e}"),
-            })
-        })?;
+        .await?;
         if closed > 0 {
             tracing::warn!(
                 runs = closed,

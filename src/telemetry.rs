@@ -31,21 +31,46 @@ pub fn init(format: LogFormat) {
 /// True when stderr is connected to the journal: systemd sets `JOURNAL_STREAM` to the
 /// device and inode of that stream, so compare them with stderr's own.
 fn under_journald() -> bool {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
-            return false;
-        };
-        let Some((dev, ino)) = value.to_str().and_then(|v| v.split_once(':')) else {
-            return false;
-        };
-        let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
-            return false;
-        };
-        dev.parse::<u64>().is_ok_and(|d| d == meta.dev())
-            && ino.parse::<u64>().is_ok_and(|i| i == meta.ino())
-    }
-    #[cfg(not(unix))]
+    stream_matches(
+        std::env::var("JOURNAL_STREAM").ok().as_deref(),
+        std::path::Path::new("/proc/self/fd/2"),
+    )
+}
+
+/// Whether `journal_stream` (`DEVICE:INODE`) names the file behind `fd_path`.
+#[cfg(unix)]
+fn stream_matches(journal_stream: Option<&str>, fd_path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some((dev, ino)) = journal_stream.and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata(fd_path) else {
+        return false;
+    };
+    dev.parse::<u64>().is_ok_and(|d| d == meta.dev())
+        && ino.parse::<u64>().is_ok_and(|i| i == meta.ino())
+}
+
+#[cfg(not(unix))]
+fn stream_matches(_: Option<&str>, _: &std::path::Path) -> bool {
     false
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::stream_matches;
+
+    #[test]
+    fn journal_stream_must_name_this_very_file() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let meta = file.as_file().metadata().unwrap();
+        let exact = format!("{}:{}", meta.dev(), meta.ino());
+        assert!(stream_matches(Some(&exact), file.path()));
+        let other = format!("{}:{}", meta.dev(), meta.ino() + 1);
+        assert!(!stream_matches(Some(&other), file.path()));
+        assert!(!stream_matches(None, file.path()));
+        assert!(!stream_matches(Some("garbage"), file.path()));
+    }
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 
 use crate::domain::{ChargeId, Currency, State, StoreId};
 use crate::reconcile::rules::{Decision, NewEvent, Requested, Tracked};
@@ -63,6 +63,25 @@ fn sqlite_message(e: &rusqlite::Error) -> String {
     format!("{msg} ({code:?}){hint}")
 }
 
+/// Runs ledger work on tokio's blocking pool, so that rusqlite never blocks an async
+/// worker thread. A panic in `f` becomes an error naming the database.
+pub async fn blocking<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> Result<T, LedgerError> + Send + 'static,
+) -> Result<T, LedgerError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(join_error(path, e)))
+}
+
+/// The error for a database thread that ended without an answer (it panicked).
+pub fn join_error(path: &Path, e: tokio::task::JoinError) -> LedgerError {
+    LedgerError::Sqlite {
+        path: path.to_owned(),
+        message: format!("database worker stopped unexpectedly: {e}"),
+    }
+}
+
 /// How a pass was started (`runs.trigger`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -90,6 +109,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The pass could not do its job: credentials rejected, API unreachable, ledger
+    /// failed. `--once` exits 1 on these; the daemon logs them as errors.
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            Outcome::AuthFailed | Outcome::Unreachable | Outcome::Failed
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
@@ -441,20 +469,6 @@ impl Ledger {
             )
             .map_err(|e| self.err(e))?;
         Ok(())
-    }
-
-    /// The current state of one charge, if it is in the ledger.
-    pub fn state_of(&self, charge_id: &str) -> Result<Option<State>, LedgerError> {
-        let s: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT state FROM charges WHERE charge_id = ?1",
-                [charge_id],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.err(e))?;
-        Ok(s.as_deref().and_then(State::parse))
     }
 }
 

@@ -110,7 +110,7 @@ impl Reconciler {
     /// Opens and migrates the ledger (creating it if needed).
     pub async fn prepare_ledger(&self) -> Result<(), ledger::LedgerError> {
         let db = self.settings.database.clone();
-        blocking(&db.path.clone(), move || {
+        ledger::blocking(&db.path.clone(), move || {
             Ledger::open(&db.path, db.busy_timeout).map(drop)
         })
         .await
@@ -131,7 +131,7 @@ impl Reconciler {
 
         let (writer_ledger, run_id) = {
             let db = db.clone();
-            blocking(&db.path.clone(), move || {
+            ledger::blocking(&db.path.clone(), move || {
                 let ledger = Ledger::open(&db.path, db.busy_timeout)?;
                 let run_id = ledger.begin_run(trigger, start_at)?;
                 Ok((ledger, run_id))
@@ -259,10 +259,10 @@ impl Reconciler {
 
         let writer_result = writer
             .await
-            .unwrap_or_else(|e| Err(join_error(&db.path, e)));
+            .unwrap_or_else(|e| Err(ledger::join_error(&db.path, e)));
         let reader_result = reader
             .await
-            .unwrap_or_else(|e| Err(join_error(&db.path, e)));
+            .unwrap_or_else(|e| Err(ledger::join_error(&db.path, e)));
         let (ledger, counts, exhausted, sent) = match (writer_result, reader_result) {
             (Ok((ledger, counts)), Ok((exhausted, sent))) => (ledger, counts, exhausted, sent),
             (Err(e), _) | (_, Err(e)) => {
@@ -307,7 +307,7 @@ impl Reconciler {
         };
         let finished_at = self.clock.now();
         let to_store = report.clone();
-        blocking(&db.path, move || {
+        ledger::blocking(&db.path, move || {
             ledger.finish_run(
                 to_store.run_id,
                 to_store.outcome,
@@ -337,7 +337,7 @@ impl Reconciler {
         let db = self.settings.database.clone();
         let detail = cause.to_string();
         let now = self.clock.now();
-        let written = blocking(&db.path.clone(), move || {
+        let written = ledger::blocking(&db.path.clone(), move || {
             let ledger = Ledger::open_existing(&db.path, db.busy_timeout)?;
             ledger.fail_run(run_id, &detail, now)
         })
@@ -379,23 +379,6 @@ impl PassStats {
             .ok()
             .and_then(|g| g.clone())
             .unwrap_or_else(|| "connection failed or timed out".into())
-    }
-}
-
-/// Runs ledger work on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    path: &std::path::Path,
-    f: impl FnOnce() -> Result<T, ledger::LedgerError> + Send + 'static,
-) -> Result<T, ledger::LedgerError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(join_error(path, e)))
-}
-
-fn join_error(path: &std::path::Path, e: tokio::task::JoinError) -> ledger::LedgerError {
-    ledger::LedgerError::Sqlite {
-        path: path.to_owned(),
-        message: format!("database worker stopped unexpectedly: {e}"),
     }
 }
 

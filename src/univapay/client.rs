@@ -40,6 +40,7 @@ impl RateLimit {
         }
     }
 
+    /// No rate-limit header at all: the server announces no budget.
     pub fn is_empty(&self) -> bool {
         *self == RateLimit::default()
     }
@@ -146,35 +147,33 @@ impl Client {
             }
         };
         let rate_limit = RateLimit::from_headers(resp.headers());
+        // Read once: the pacer pauses the whole client by it, the rules the one charge.
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
         let answer = if resp.status() == StatusCode::TOO_MANY_REQUESTS {
             Answer::RateLimited {
                 rate_limit,
-                retry_after: resp
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(parse_retry_after),
+                retry_after,
             }
         } else {
             Answer::Http(rate_limit)
         };
         self.pacer.observe(ticket, answer);
-        let result = self.interpret(resp, store, charge).await;
+        let result = self.interpret(resp, retry_after, store, charge).await;
         Fetched { result, rate_limit }
     }
 
     async fn interpret(
         &self,
         resp: reqwest::Response,
+        retry_after: Option<Duration>,
         store: &StoreId,
         charge: &ChargeId,
     ) -> Result<ProviderCharge, ApiError> {
         let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
         let body = self.read_capped(resp).await;
         match status {
             s if s.is_success() => {
