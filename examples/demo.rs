@@ -142,9 +142,21 @@ fn register(db: &Path, population: &Population) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The pass lock, which a pass takes as proof that no other pass runs.
+fn hold_lock(reconciler: &Reconciler) -> anyhow::Result<konbini_reconciler::lock::PassGuard> {
+    let lock =
+        konbini_reconciler::lock::PassLock::for_database(&reconciler.settings().database.path);
+    lock.try_acquire()?
+        .map_err(|_| anyhow::anyhow!("the demo's ledger is locked by another process"))
+}
+
 async fn pass(reconciler: &Reconciler, title: &str) -> anyhow::Result<PassReport> {
     let report = reconciler
-        .run_pass(Trigger::Once, CancellationToken::new())
+        .run_pass(
+            &hold_lock(reconciler)?,
+            Trigger::Once,
+            CancellationToken::new(),
+        )
         .await?;
     println!("== {title}");
     println!("{}", report.summary_line());

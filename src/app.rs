@@ -89,6 +89,9 @@ pub fn main(cli: Cli) -> ExitCode {
         }
     };
     crate::telemetry::init(settings.log.format);
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -99,13 +102,22 @@ pub fn main(cli: Cli) -> ExitCode {
             return Exit::Fatal.into();
         }
     };
+    // The work runs as a spawned task, on a worker thread beside the HTTP connections'
+    // tasks, rather than on this thread inside `block_on`: every answer would otherwise
+    // cross between threads twice, which costs more CPU than the check itself.
     let exit = runtime.block_on(async move {
         let shutdown = crate::shutdown::on_signal();
-        if cli.once {
-            run_once(settings, shutdown).await
-        } else {
-            run_daemon(settings, shutdown).await
-        }
+        let work = tokio::spawn(async move {
+            if cli.once {
+                run_once(settings, shutdown).await
+            } else {
+                run_daemon(settings, shutdown).await
+            }
+        });
+        work.await.unwrap_or_else(|e| {
+            report_fatal(format_args!("internal error: {e}"));
+            Exit::Fatal
+        })
     });
     exit.into()
 }
@@ -163,7 +175,7 @@ pub async fn run_once(settings: Arc<Settings>, shutdown: CancellationToken) -> E
             return Exit::Fatal;
         }
     };
-    match guard.run_pass(&reconciler, Trigger::Once, shutdown).await {
+    match reconciler.run_pass(&guard, Trigger::Once, shutdown).await {
         Ok(report) => {
             println!("{}", report.summary_line());
             exit_for(&report)

@@ -244,8 +244,9 @@ impl Runner {
             }
         };
         self.counts.passes.fetch_add(1, Ordering::Relaxed);
-        match guard
-            .run_pass(&self.reconciler, Trigger::Schedule, self.shutdown.clone())
+        match self
+            .reconciler
+            .run_pass(&guard, Trigger::Schedule, self.shutdown.clone())
             .await
         {
             Ok(report) => {

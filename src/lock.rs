@@ -24,6 +24,9 @@
 //! The file is created on first use and never deleted: removing it while it is held would
 //! let the next process lock a new file of the same name while the old holder runs on.
 //! It holds the holder's process id, for the operator and for the "lock held" message.
+//!
+//! This module is a leaf: it knows nothing of passes. Whoever runs a pass takes a
+//! [`PassGuard`] first and hands it to the pass as proof that the lock is held.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -32,9 +35,6 @@ use std::time::{Duration, Instant};
 
 use fs4::fs_std::FileExt;
 use tokio_util::sync::CancellationToken;
-
-use crate::ledger::{self, Ledger, Trigger};
-use crate::reconcile::{PassReport, Reconciler};
 
 /// The lock file could not be created, opened or locked (not "someone else holds it").
 #[derive(Debug, thiserror::Error)]
@@ -181,7 +181,8 @@ fn read_pid(file: &mut File) -> Option<u32> {
     text.trim().parse().ok()
 }
 
-/// Proof that this process holds the pass lock; dropping it releases the lock.
+/// Proof that this process holds the pass lock; dropping it releases the lock. Nothing
+/// else can make one, so a function that takes `&PassGuard` runs only under the lock.
 #[derive(Debug)]
 pub struct PassGuard {
     /// The locked open file. Closing it (on drop) is what releases the lock.
@@ -192,29 +193,6 @@ pub struct PassGuard {
 impl PassGuard {
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// Runs one pass under this lock. First marks `runs` rows still `running` as
-    /// `interrupted`: with the lock held no other pass can be running, so such a row was
-    /// left by a process that died mid-pass.
-    pub async fn run_pass(
-        &self,
-        reconciler: &Reconciler,
-        trigger: Trigger,
-        shutdown: CancellationToken,
-    ) -> Result<PassReport, ledger::LedgerError> {
-        let db = reconciler.settings().database.clone();
-        let closed = ledger::blocking(&db.path.clone(), move || {
-            Ledger::open(&db.path, db.busy_timeout)?.close_abandoned_runs()
-        })
-        .await?;
-        if closed > 0 {
-            tracing::warn!(
-                runs = closed,
-                "marked runs left unfinished by a process that ended as interrupted"
-            );
-        }
-        reconciler.run_pass(trigger, shutdown).await
     }
 }
 

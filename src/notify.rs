@@ -9,6 +9,9 @@
 use std::time::Duration;
 
 use sd_notify::NotifyState;
+
+// systemd takes one assignment per line: a status must not smuggle in another.
+use crate::domain::text::one_line;
 use tokio::task::JoinHandle;
 
 /// Sends notifications to systemd, or nothing when not run by systemd.
@@ -110,11 +113,6 @@ pub fn watchdog_interval(usec: Option<&str>, pid: Option<&str>, my_pid: u32) -> 
         return None;
     }
     Some(Duration::from_micros(usec / 2).max(Duration::from_millis(1)))
-}
-
-/// systemd takes one assignment per line; a status must not smuggle in another.
-fn one_line(s: &str) -> String {
-    s.replace(['\n', '\r'], " ")
 }
 
 #[cfg(test)]

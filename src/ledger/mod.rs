@@ -12,8 +12,11 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 
-use crate::domain::{ChargeId, Currency, State, StoreId};
-use crate::reconcile::rules::{Decision, NewEvent, Requested, Tracked};
+use crate::domain::text::one_line;
+use crate::domain::{ChargeId, Currency, Decision, NewEvent, Requested, State, StoreId, Tracked};
+
+// The run types live in `domain`; they are part of what the ledger stores.
+pub use crate::domain::{Counts, Outcome, Trigger};
 
 pub use schema::NOW_SQL;
 
@@ -31,11 +34,6 @@ pub enum LedgerError {
     Migrate { path: PathBuf, message: String },
     #[error("database {path}: {message}")]
     Sqlite { path: PathBuf, message: String },
-}
-
-/// Fatal errors are printed on one line.
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn sqlite_message(e: &rusqlite::Error) -> String {
@@ -74,76 +72,40 @@ pub async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(join_error(path, e)))
 }
 
+/// How [`with_ledger`] opens the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Open {
+    /// Create it if missing and migrate it to the latest schema.
+    Migrate,
+    /// Open it as it is: for connections beside another of the same process that has
+    /// already migrated it.
+    Existing,
+}
+
+/// Opens the ledger on tokio's blocking pool and runs `f` with it there: the one way the
+/// async code reaches SQLite.
+pub async fn with_ledger<T: Send + 'static>(
+    path: &Path,
+    busy_timeout: Duration,
+    open: Open,
+    f: impl FnOnce(Ledger) -> Result<T, LedgerError> + Send + 'static,
+) -> Result<T, LedgerError> {
+    let owned = path.to_owned();
+    blocking(path, move || {
+        let ledger = match open {
+            Open::Migrate => Ledger::open(&owned, busy_timeout)?,
+            Open::Existing => Ledger::open_existing(&owned, busy_timeout)?,
+        };
+        f(ledger)
+    })
+    .await
+}
+
 /// The error for a database thread that ended without an answer (it panicked).
 pub fn join_error(path: &Path, e: tokio::task::JoinError) -> LedgerError {
     LedgerError::Sqlite {
         path: path.to_owned(),
         message: format!("database worker stopped unexpectedly: {e}"),
-    }
-}
-
-/// How a pass was started (`runs.trigger`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    Once,
-    Schedule,
-}
-
-impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Once => "once",
-            Trigger::Schedule => "schedule",
-        }
-    }
-}
-
-/// How a pass ended (`runs.outcome`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Ok,
-    Interrupted,
-    AuthFailed,
-    Unreachable,
-    Failed,
-}
-
-impl Outcome {
-    /// The pass could not do its job: credentials rejected, API unreachable, ledger
-    /// failed. `--once` exits 1 on these; the daemon logs them as errors.
-    pub fn is_failure(self) -> bool {
-        matches!(
-            self,
-            Outcome::AuthFailed | Outcome::Unreachable | Outcome::Failed
-        )
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Interrupted => "interrupted",
-            Outcome::AuthFailed => "auth_failed",
-            Outcome::Unreachable => "unreachable",
-            Outcome::Failed => "failed",
-        }
-    }
-}
-
-/// Counters of one pass, as stored in `runs`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counts {
-    pub checked: u64,
-    pub transitions: u64,
-    pub mismatches: u64,
-    pub errors: u64,
-}
-
-impl std::ops::AddAssign for Counts {
-    fn add_assign(&mut self, o: Counts) {
-        self.checked += o.checked;
-        self.transitions += o.transitions;
-        self.mismatches += o.mismatches;
-        self.errors += o.errors;
     }
 }
 
@@ -381,11 +343,31 @@ impl Ledger {
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 
-    /// Writes a group of results in one transaction, each charge inside its own savepoint:
-    /// a crash leaves every charge wholly before or wholly after its check, and one charge
-    /// that cannot be written does not hold back the others. Also advances the run's
-    /// counters, so an interrupted run shows how far it got.
+    /// Writes a group of results in one transaction: a crash leaves every charge wholly
+    /// before or wholly after its check. Also advances the run's counters, so an
+    /// interrupted run shows how far it got.
+    ///
+    /// The group is first written plainly. Should one charge's write fail (a constraint
+    /// an operator's edit broke, say), the transaction is rolled back and the group
+    /// written again with each charge in its own savepoint, so that one charge that cannot
+    /// be written does not hold back the others. Savepoints cost a statement each, which
+    /// is why they are the fallback and not the rule.
     pub fn apply(&mut self, run_id: i64, results: &[CheckResult]) -> Result<Applied, LedgerError> {
+        match self.apply_group(run_id, results, false)? {
+            Some(applied) => Ok(applied),
+            // With savepoints every failed charge is contained: never `None`.
+            None => Ok(self.apply_group(run_id, results, true)?.unwrap_or_default()),
+        }
+    }
+
+    /// One attempt of [`apply`](Self::apply). Without savepoints, `None` when a charge
+    /// failed and the transaction was rolled back.
+    fn apply_group(
+        &mut self,
+        run_id: i64,
+        results: &[CheckResult],
+        savepoints: bool,
+    ) -> Result<Option<Applied>, LedgerError> {
         let path = self.path.clone();
         let err = |e: rusqlite::Error| LedgerError::Sqlite {
             path: path.clone(),
@@ -397,35 +379,20 @@ impl Ledger {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err)?;
         for r in results {
-            let sp = tx.savepoint().map_err(err)?;
-            match write_one(&sp, run_id, r) {
-                Ok(true) => {
+            let written = if savepoints {
+                let sp = tx.savepoint().map_err(err)?;
+                let w = write_one(&sp, run_id, r);
+                if matches!(w, Ok(true)) {
                     sp.commit().map_err(err)?;
-                    applied.counts.checked += 1;
-                    if r.decision.transition().is_some() {
-                        applied.counts.transitions += 1;
-                    }
-                    if r.decision.new_mismatch() {
-                        applied.counts.mismatches += 1;
-                    }
-                    if r.decision.after.last_error.is_some() {
-                        applied.counts.errors += 1;
-                    }
-                    applied.written.push(true);
                 }
-                Ok(false) => {
-                    // Changed by someone else since we read it: the result is stale.
-                    drop(sp);
-                    applied.stale += 1;
-                    applied.written.push(false);
+                w
+            } else {
+                match write_one(&tx, run_id, r) {
+                    Err(_) => return Ok(None),
+                    w => w,
                 }
-                Err(e) => {
-                    drop(sp);
-                    tracing::warn!(charge_id = %r.charge.charge_id, error = %sqlite_message(&e), "cannot write check result");
-                    applied.counts.errors += 1;
-                    applied.written.push(false);
-                }
-            }
+            };
+            applied.record(r, written);
         }
         tx.execute(
             "UPDATE runs SET checked = checked + ?2, transitions = transitions + ?3,
@@ -441,7 +408,7 @@ impl Ledger {
         )
         .map_err(err)?;
         tx.commit().map_err(err)?;
-        Ok(applied)
+        Ok(Some(applied))
     }
 
     /// Records that a due row could not be checked, without touching the row itself (an
@@ -480,6 +447,36 @@ pub struct Applied {
     pub stale: u64,
     /// Per input result: whether it was written.
     pub written: Vec<bool>,
+}
+
+impl Applied {
+    fn record(&mut self, r: &CheckResult, written: rusqlite::Result<bool>) {
+        match written {
+            Ok(true) => {
+                self.counts.checked += 1;
+                if r.decision.transition().is_some() {
+                    self.counts.transitions += 1;
+                }
+                if r.decision.new_mismatch() {
+                    self.counts.mismatches += 1;
+                }
+                if r.decision.after.last_error.is_some() {
+                    self.counts.errors += 1;
+                }
+                self.written.push(true);
+            }
+            // Changed by someone else since we read it: the result is stale.
+            Ok(false) => {
+                self.stale += 1;
+                self.written.push(false);
+            }
+            Err(e) => {
+                tracing::warn!(charge_id = %r.charge.charge_id, error = %sqlite_message(&e), "cannot write check result");
+                self.counts.errors += 1;
+                self.written.push(false);
+            }
+        }
+    }
 }
 
 fn row_to_due(r: &rusqlite::Row<'_>) -> rusqlite::Result<DueRow> {

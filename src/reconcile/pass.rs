@@ -1,17 +1,21 @@
-//! One reconciliation pass.
+//! One reconciliation pass, in named stages:
 //!
-//! Three stages joined by bounded channels, so memory stays flat however many charges are
-//! due:
-//! 1. a reader thread streams due charges from the ledger in keyset-paginated batches;
-//! 2. async checks run at most `api.concurrency` at a time, each waiting its turn in the
-//!    client's rate-limit pacer ([`crate::univapay::Pacer`]), and each answer is turned into
-//!    a [`Decision`](super::rules::Decision) by the pure rules;
-//! 3. a writer thread commits results, grouping whatever is ready into one transaction
-//!    (each charge in its own savepoint), and logs what was written.
+//! 1. [`begin`](Reconciler::begin): close runs a dead process left `running`, insert this
+//!    pass's `runs` row;
+//! 2. [`check_due`](Reconciler::check_due): a reader thread streams due charges from the
+//!    ledger in keyset-paginated batches; each is checked by [`check_one`](Reconciler::check_one)
+//!    (wait for the pacer, GET, decide), at most `api.concurrency` at a time; a writer
+//!    thread commits the results in groups (see [`writer`]);
+//! 3. [`verdict`]: a pure function from what the checks saw to the run's outcome;
+//! 4. [`finish`](Reconciler::finish): the `runs` row gets its outcome and counts.
+//!
+//! Bounded channels join the threads, so memory stays flat however many charges are due.
 //!
 //! Stopping: `shutdown` stops the taking of new charges; checks in flight get the drain
 //! timeout to finish, then are abandoned (their charges stay untouched and due). A 401/403
 //! stops the pass the same way at once.
+
+mod writer;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,9 +27,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::rules::{self, Policy};
-use crate::config::Settings;
-use crate::ledger::{self, Applied, BadRow, CheckResult, Counts, DueRow, Ledger, Outcome, Trigger};
+use crate::config::{ReconcileSettings, Settings};
+use crate::ledger::{
+    self, CheckResult, Counts, DueCharge, DueRow, Ledger, LedgerError, Open, Outcome, Trigger,
+};
+use crate::lock::PassGuard;
 use crate::univapay::{ApiError, Client, ErrorClass};
+use writer::ToWriter;
 
 /// The time source of a pass; tests substitute a fixed or stepped clock.
 pub trait Clock: Send + Sync + 'static {
@@ -71,23 +79,75 @@ impl PassReport {
     }
 }
 
+/// The decision rules' knobs, from `[reconcile]`.
+pub fn policy(r: &ReconcileSettings) -> Policy {
+    Policy {
+        recheck_interval: r.recheck_interval,
+        retry_backoff: r.retry_backoff,
+        retry_backoff_max: r.retry_backoff_max,
+        not_found_limit: r.not_found_limit,
+    }
+}
+
 /// Everything a pass needs, built once from the settings.
 #[derive(Clone)]
 pub struct Reconciler {
     settings: Arc<Settings>,
     client: Client,
     clock: Arc<dyn Clock>,
+    policy: Policy,
 }
 
-/// Messages to the writer thread.
-enum ToWriter {
-    Checked(Box<CheckResult>),
-    Bad(BadRow),
+/// How one [`Reconciler::check_one`] ended.
+#[derive(Debug)]
+pub enum Checked {
+    /// Decided and ready to write. `no_answer` says why when no HTTP answer came.
+    Decided {
+        result: Box<CheckResult>,
+        no_answer: Option<String>,
+    },
+    /// UnivaPay refused our credentials: nothing to write, and the pass must stop.
+    AuthRejected(ApiError),
+    /// Stopped before the request went out, or abandoned in flight: the charge is
+    /// untouched and stays due.
+    Skipped,
 }
 
-/// Most results committed in one transaction. Bounds how much one commit holds and how
-/// long a reader elsewhere can be made to wait.
-const MAX_GROUP: usize = 256;
+/// The two ways a pass is told to stop. `stop` ends the taking of new charges (shutdown,
+/// auth failure, writer failure); `abandon` additionally gives up on checks in flight,
+/// which happens a drain timeout after `stop`.
+#[derive(Clone)]
+pub struct Stop {
+    pub stop: CancellationToken,
+    pub abandon: CancellationToken,
+}
+
+impl Stop {
+    /// Stop tokens under `shutdown`, with `abandon` following `stop` after `drain`.
+    /// The returned guard ends the drain timer; drop it when the checks are done.
+    pub fn with_drain(shutdown: &CancellationToken, drain: Duration) -> (Stop, DrainGuard) {
+        let stop = shutdown.child_token();
+        let abandon = CancellationToken::new();
+        let timer = {
+            let (stop, abandon) = (stop.clone(), abandon.clone());
+            tokio::spawn(async move {
+                stop.cancelled().await;
+                tokio::time::sleep(drain).await;
+                abandon.cancel();
+            })
+        };
+        (Stop { stop, abandon }, DrainGuard(timer))
+    }
+}
+
+/// Ends the drain timer of a [`Stop`] when dropped.
+pub struct DrainGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for DrainGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 impl Reconciler {
     pub fn new(settings: Arc<Settings>) -> anyhow::Result<Self> {
@@ -96,10 +156,12 @@ impl Reconciler {
 
     pub fn with_clock(settings: Arc<Settings>, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let client = Client::new(&settings.api)?;
+        let policy = policy(&settings.reconcile);
         Ok(Reconciler {
             settings,
             client,
             clock,
+            policy,
         })
     }
 
@@ -107,196 +169,51 @@ impl Reconciler {
         &self.settings
     }
 
-    /// Opens and migrates the ledger (creating it if needed).
-    pub async fn prepare_ledger(&self) -> Result<(), ledger::LedgerError> {
-        let db = self.settings.database.clone();
-        ledger::blocking(&db.path.clone(), move || {
-            Ledger::open(&db.path, db.busy_timeout).map(drop)
-        })
-        .await
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
-    /// Runs one pass over the charges due now. `Err` only when the ledger itself fails;
-    /// every other ending (auth rejected, API unreachable, interrupted) is a report.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Runs `f` with a ledger connection on the blocking pool.
+    pub async fn with_ledger<T: Send + 'static>(
+        &self,
+        open: Open,
+        f: impl FnOnce(Ledger) -> Result<T, LedgerError> + Send + 'static,
+    ) -> Result<T, LedgerError> {
+        let db = &self.settings.database;
+        ledger::with_ledger(&db.path, db.busy_timeout, open, f).await
+    }
+
+    /// Opens and migrates the ledger (creating it if needed).
+    pub async fn prepare_ledger(&self) -> Result<(), LedgerError> {
+        self.with_ledger(Open::Migrate, |_| Ok(())).await
+    }
+
+    /// Runs one pass over the charges due now, under the pass lock `held`. `Err` only when
+    /// the ledger itself fails; every other ending (auth rejected, API unreachable,
+    /// interrupted) is a report.
     pub async fn run_pass(
         &self,
+        held: &PassGuard,
         trigger: Trigger,
         shutdown: CancellationToken,
-    ) -> Result<PassReport, ledger::LedgerError> {
+    ) -> Result<PassReport, LedgerError> {
         let started = Instant::now();
-        let start_at = self.clock.now();
-        let cutoff = ledger::ts(start_at);
-        let db = self.settings.database.clone();
-        let batch_size = self.settings.reconcile.batch_size;
-
-        let (writer_ledger, run_id) = {
-            let db = db.clone();
-            ledger::blocking(&db.path.clone(), move || {
-                let ledger = Ledger::open(&db.path, db.busy_timeout)?;
-                let run_id = ledger.begin_run(trigger, start_at)?;
-                Ok((ledger, run_id))
-            })
-            .await?
-        };
-        tracing::debug!(run_id, trigger = trigger.as_str(), "pass started");
-
-        // `stop` ends the taking of new charges (shutdown, auth failure, writer failure);
-        // `abandon` additionally gives up on checks still in flight.
-        let stop = shutdown.child_token();
-        let abandon = CancellationToken::new();
-        let drain = self.settings.schedule.drain_timeout;
-        let drain_guard = {
-            let (stop, abandon) = (stop.clone(), abandon.clone());
-            tokio::spawn(async move {
-                stop.cancelled().await;
-                tokio::time::sleep(drain).await;
-                abandon.cancel();
-            })
-        };
-
-        let (to_writer, writer_rx) = mpsc::channel::<ToWriter>(MAX_GROUP * 2);
-        let writer = tokio::task::spawn_blocking({
-            let stop = stop.clone();
-            move || writer_loop(writer_ledger, run_id, writer_rx, stop)
-        });
-
-        let (due_tx, due_rx) = mpsc::channel::<DueRow>(batch_size);
-        let reader = tokio::task::spawn_blocking({
-            let db = db.clone();
-            let stop = stop.clone();
-            move || -> Result<(bool, u64), ledger::LedgerError> {
-                let ledger = Ledger::open_existing(&db.path, db.busy_timeout)?;
-                let mut after: Option<(String, String)> = None;
-                let mut sent = 0u64;
-                loop {
-                    if stop.is_cancelled() {
-                        return Ok((false, sent));
-                    }
-                    let batch = ledger.due_batch(
-                        &cutoff,
-                        after.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
-                        batch_size,
-                    )?;
-                    let Some(last) = batch.last() else {
-                        return Ok((true, sent));
-                    };
-                    after = Some(match last {
-                        Ok(c) => (c.next_check_at.clone(), c.charge_id.to_string()),
-                        Err(b) => (b.next_check_at.clone(), b.charge_id.clone()),
-                    });
-                    for row in batch {
-                        if due_tx.blocking_send(row).is_err() {
-                            return Ok((false, sent));
-                        }
-                        sent += 1;
-                    }
-                }
-            }
-        });
-
-        let stats = Arc::new(PassStats::default());
-        let policy = Policy::from_settings(&self.settings.reconcile);
-        tokio_stream_from(due_rx)
-            .take_until(stop.clone().cancelled_owned())
-            .for_each_concurrent(self.settings.api.concurrency, |row| {
-                let to_writer = to_writer.clone();
-                let stats = stats.clone();
-                let (stop, abandon) = (stop.clone(), abandon.clone());
-                async move {
-                    let msg = match row {
-                        Err(bad) => ToWriter::Bad(bad),
-                        Ok(charge) => {
-                            // A charge still waiting for the rate-limit budget when the
-                            // pass stops is not sent at all; it stays due, untouched.
-                            let ticket = tokio::select! {
-                                t = self.client.pace() => t,
-                                () = stop.cancelled() => return,
-                            };
-                            let fetched = tokio::select! {
-                                f = self.client.get_charge_paced(ticket, &charge.store_id, &charge.charge_id) => f,
-                                () = abandon.cancelled() => return,
-                            };
-                            let result = fetched.result;
-                            match &result {
-                                Err(e) if e.class() == ErrorClass::Auth => {
-                                    stats.record_auth(e);
-                                    stop.cancel();
-                                    return;
-                                }
-                                Err(e) if e.is_unreachable() => stats.unreachable(e),
-                                _ => stats.reached(),
-                            }
-                            let now = self.clock.now();
-                            let decision = rules::decide(
-                                &charge.tracked,
-                                &charge.requested,
-                                result.as_ref(),
-                                now,
-                                &policy,
-                                rand::random::<f64>(),
-                            );
-                            if let Err(e) = &result {
-                                tracing::debug!(charge_id = %charge.charge_id, error = %e, "check failed");
-                            }
-                            ToWriter::Checked(Box::new(CheckResult {
-                                charge,
-                                decision,
-                                checked_at: now,
-                            }))
-                        }
-                    };
-                    if to_writer.send(msg).await.is_err() {
-                        // The writer has stopped (it failed); take nothing more.
-                        stop.cancel();
-                    } else {
-                        stats.done.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-            .await;
-        drop(to_writer);
-        drain_guard.abort();
-
-        let writer_result = writer
-            .await
-            .unwrap_or_else(|e| Err(ledger::join_error(&db.path, e)));
-        let reader_result = reader
-            .await
-            .unwrap_or_else(|e| Err(ledger::join_error(&db.path, e)));
-        let (ledger, counts, exhausted, sent) = match (writer_result, reader_result) {
-            (Ok((ledger, counts)), Ok((exhausted, sent))) => (ledger, counts, exhausted, sent),
-            (Err(e), _) | (_, Err(e)) => {
+        let (ledger, run_id) = self.begin(held, trigger).await?;
+        let (stop, drain_guard) = Stop::with_drain(&shutdown, self.settings.schedule.drain_timeout);
+        let checked = self.check_due(ledger, run_id, &stop).await;
+        drop(drain_guard);
+        let (ledger, counts, tally) = match checked {
+            Ok(done) => done,
+            Err(e) => {
                 self.mark_failed(run_id, &e).await;
                 return Err(e);
             }
         };
-        let complete = exhausted && stats.done.load(Ordering::Relaxed) == sent;
-
-        let auth = stats.auth.lock().ok().and_then(|mut a| a.take());
-        let (reached, unreachable) = (
-            stats.reached.load(Ordering::Relaxed),
-            stats.unreachable.load(Ordering::Relaxed),
-        );
-        let (outcome, detail) = if let Some(e) = auth {
-            (
-                Outcome::AuthFailed,
-                Some(format!(
-                    "{e}; pass stopped (check api.secret and api.app_token)"
-                )),
-            )
-        } else if reached == 0 && unreachable > 0 {
-            (
-                Outcome::Unreachable,
-                Some(format!(
-                    "UnivaPay could not be reached for any of {unreachable} charges ({})",
-                    stats.last_unreachable()
-                )),
-            )
-        } else if !complete {
-            (Outcome::Interrupted, Some("stopped by shutdown".to_owned()))
-        } else {
-            (Outcome::Ok, None)
-        };
+        let (outcome, detail) = verdict(&tally);
         let report = PassReport {
             run_id,
             trigger,
@@ -305,9 +222,196 @@ impl Reconciler {
             elapsed: started.elapsed(),
             detail,
         };
+        self.finish(ledger, &report).await?;
+        Ok(report)
+    }
+
+    /// Stage 1: runs left `running` are closed as `interrupted` (with the lock held no
+    /// other pass can be running, so such a row was left by a process that died mid-pass),
+    /// and this pass's `runs` row is inserted. Returns the connection the writer will use.
+    async fn begin(
+        &self,
+        _held: &PassGuard,
+        trigger: Trigger,
+    ) -> Result<(Ledger, i64), LedgerError> {
+        let start_at = self.clock.now();
+        let (ledger, closed, run_id) = self
+            .with_ledger(Open::Migrate, move |ledger| {
+                let closed = ledger.close_abandoned_runs()?;
+                let run_id = ledger.begin_run(trigger, start_at)?;
+                Ok((ledger, closed, run_id))
+            })
+            .await?;
+        if closed > 0 {
+            tracing::warn!(
+                runs = closed,
+                "marked runs left unfinished by a process that ended as interrupted"
+            );
+        }
+        tracing::debug!(run_id, trigger = trigger.as_str(), "pass started");
+        Ok((ledger, run_id))
+    }
+
+    /// Stage 2: every charge due when the pass began, read, checked and written. Returns
+    /// the writer's connection (for the last stage), the committed counts, and the tally
+    /// the verdict is made from.
+    async fn check_due(
+        &self,
+        ledger: Ledger,
+        run_id: i64,
+        stop: &Stop,
+    ) -> Result<(Ledger, Counts, Tally), LedgerError> {
+        let cutoff = ledger::ts(self.clock.now());
+        let (to_writer, writer_rx) = mpsc::channel::<ToWriter>(writer::MAX_GROUP * 2);
+        let writer = tokio::task::spawn_blocking({
+            let stop = stop.stop.clone();
+            move || writer::run(ledger, run_id, writer_rx, stop)
+        });
+        let (reader, due) = self.read_due(cutoff, stop.stop.clone());
+
+        let stats = PassStats::default();
+        due.take_until(stop.stop.clone().cancelled_owned())
+            .for_each_concurrent(self.settings.api.concurrency, |row| {
+                self.check_and_send(row, stop, &stats, &to_writer)
+            })
+            .await;
+        drop(to_writer);
+
+        let path = &self.settings.database.path;
+        let written = writer
+            .await
+            .unwrap_or_else(|e| Err(ledger::join_error(path, e)));
+        let read = reader
+            .await
+            .unwrap_or_else(|e| Err(ledger::join_error(path, e)));
+        let ((ledger, counts), (exhausted, sent)) = (written?, read?);
+        let complete = exhausted && stats.done.load(Ordering::Relaxed) == sent;
+        Ok((ledger, counts, stats.tally(complete)))
+    }
+
+    /// The reader thread: due rows in batches (one channel hand-off per batch, not per
+    /// row), until none is left or the pass stops. Its result says whether it saw them
+    /// all, and how many rows it handed over.
+    #[allow(clippy::type_complexity)]
+    fn read_due(
+        &self,
+        cutoff: String,
+        stop: CancellationToken,
+    ) -> (
+        tokio::task::JoinHandle<Result<(bool, u64), LedgerError>>,
+        impl futures::Stream<Item = DueRow> + Send + use<>,
+    ) {
+        let db = self.settings.database.clone();
+        let batch_size = self.settings.reconcile.batch_size;
+        let (tx, rx) = mpsc::channel::<Vec<DueRow>>(2);
+        let reader = tokio::task::spawn_blocking(move || {
+            let ledger = Ledger::open_existing(&db.path, db.busy_timeout)?;
+            let mut after: Option<(String, String)> = None;
+            let mut sent = 0u64;
+            loop {
+                if stop.is_cancelled() {
+                    return Ok((false, sent));
+                }
+                let position = after.as_ref().map(|(a, b)| (a.as_str(), b.as_str()));
+                let batch = ledger.due_batch(&cutoff, position, batch_size)?;
+                let Some(last) = batch.last() else {
+                    return Ok((true, sent));
+                };
+                after = Some(match last {
+                    Ok(c) => (c.next_check_at.clone(), c.charge_id.to_string()),
+                    Err(b) => (b.next_check_at.clone(), b.charge_id.clone()),
+                });
+                let n = batch.len() as u64;
+                if tx.blocking_send(batch).is_err() {
+                    return Ok((false, sent));
+                }
+                sent += n;
+            }
+        });
+        let mut rx = rx;
+        let rows =
+            futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).flat_map(futures::stream::iter);
+        (reader, rows)
+    }
+
+    /// One due row through [`check_one`](Self::check_one) to the writer, keeping the tally.
+    async fn check_and_send(
+        &self,
+        row: DueRow,
+        stop: &Stop,
+        stats: &PassStats,
+        to_writer: &mpsc::Sender<ToWriter>,
+    ) {
+        let msg = match row {
+            Err(bad) => ToWriter::Bad(bad),
+            Ok(charge) => match self.check_one(charge, stop).await {
+                Checked::Decided { result, no_answer } => {
+                    stats.observe(no_answer);
+                    ToWriter::Checked(result)
+                }
+                Checked::AuthRejected(e) => {
+                    stats.record_auth(&e);
+                    stop.stop.cancel();
+                    return;
+                }
+                Checked::Skipped => return,
+            },
+        };
+        if to_writer.send(msg).await.is_err() {
+            // The writer has stopped (it failed); take nothing more.
+            stop.stop.cancel();
+        } else {
+            stats.done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Checks one charge: waits its turn in the pacer, GETs it, and decides what the
+    /// answer does to it. Shared by passes and by anything else that checks a charge.
+    pub async fn check_one(&self, charge: DueCharge, stop: &Stop) -> Checked {
+        // A charge still waiting for the rate-limit budget when the pass stops is not
+        // sent at all; it stays due, untouched.
+        let ticket = tokio::select! {
+            t = self.client.pace() => t,
+            () = stop.stop.cancelled() => return Checked::Skipped,
+        };
+        let fetched = tokio::select! {
+            f = self.client.get_charge_paced(ticket, &charge.store_id, &charge.charge_id) => f,
+            () = stop.abandon.cancelled() => return Checked::Skipped,
+        };
+        let result = fetched.result;
+        if let Err(e) = &result {
+            if e.class() == ErrorClass::Auth {
+                return Checked::AuthRejected(e.clone());
+            }
+            tracing::debug!(charge_id = %charge.charge_id, error = %e, "check failed");
+        }
+        let now = self.clock.now();
+        let decision = rules::decide(
+            &charge.tracked,
+            &charge.requested,
+            result.as_ref(),
+            now,
+            &self.policy,
+            rand::random::<f64>(),
+        );
+        Checked::Decided {
+            result: Box::new(CheckResult {
+                charge,
+                decision,
+                checked_at: now,
+            }),
+            no_answer: result
+                .err()
+                .filter(ApiError::is_unreachable)
+                .map(|e| e.to_string()),
+        }
+    }
+
+    /// Stage 4: the run's row gets its outcome, and the log its summary.
+    async fn finish(&self, ledger: Ledger, report: &PassReport) -> Result<(), LedgerError> {
         let finished_at = self.clock.now();
         let to_store = report.clone();
-        ledger::blocking(&db.path, move || {
+        ledger::blocking(&self.settings.database.path, move || {
             ledger.finish_run(
                 to_store.run_id,
                 to_store.outcome,
@@ -317,37 +421,81 @@ impl Reconciler {
             )
         })
         .await?;
+        let c = &report.counts;
         tracing::info!(
-            run_id,
-            outcome = outcome.as_str(),
-            checked = counts.checked,
-            transitions = counts.transitions,
-            mismatches = counts.mismatches,
-            errors = counts.errors,
+            run_id = report.run_id,
+            outcome = report.outcome.as_str(),
+            checked = c.checked,
+            transitions = c.transitions,
+            mismatches = c.mismatches,
+            errors = c.errors,
             seconds = report.elapsed.as_secs_f64(),
             "pass finished"
         );
-        Ok(report)
+        Ok(())
     }
 
     /// Best effort after the ledger failed mid-pass: record the run as `failed` with the
     /// cause, on a fresh connection. When even that cannot be written (the disk is full,
     /// say), the row stays `running` and the next pass marks it `interrupted`.
-    async fn mark_failed(&self, run_id: i64, cause: &ledger::LedgerError) {
-        let db = self.settings.database.clone();
+    async fn mark_failed(&self, run_id: i64, cause: &LedgerError) {
         let detail = cause.to_string();
         let now = self.clock.now();
-        let written = ledger::blocking(&db.path.clone(), move || {
-            let ledger = Ledger::open_existing(&db.path, db.busy_timeout)?;
-            ledger.fail_run(run_id, &detail, now)
-        })
-        .await;
+        let written = self
+            .with_ledger(Open::Existing, move |ledger| {
+                ledger.fail_run(run_id, &detail, now)
+            })
+            .await;
         if let Err(e) = written {
             tracing::debug!(run_id, error = %e, "could not mark the run failed");
         }
     }
 }
 
+/// What the checks of one pass saw, as far as its outcome is concerned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Checks that got an HTTP answer.
+    pub reached: u64,
+    /// Checks that got none (connection failed, timed out).
+    pub unreachable: u64,
+    /// The last of those failures, to name in the outcome.
+    pub last_unreachable: Option<String>,
+    /// The credentials were refused (the first such error).
+    pub auth: Option<String>,
+    /// Every due row was read and handled.
+    pub complete: bool,
+}
+
+/// Stage 3: the outcome of a pass, and why, from its tally.
+pub fn verdict(t: &Tally) -> (Outcome, Option<String>) {
+    if let Some(e) = &t.auth {
+        return (
+            Outcome::AuthFailed,
+            Some(format!(
+                "{e}; pass stopped (check api.secret and api.app_token)"
+            )),
+        );
+    }
+    if t.reached == 0 && t.unreachable > 0 {
+        return (
+            Outcome::Unreachable,
+            Some(format!(
+                "UnivaPay could not be reached for any of {} charges ({})",
+                t.unreachable,
+                t.last_unreachable
+                    .as_deref()
+                    .unwrap_or("connection failed or timed out")
+            )),
+        );
+    }
+    if !t.complete {
+        return (Outcome::Interrupted, Some("stopped by shutdown".to_owned()));
+    }
+    (Outcome::Ok, None)
+}
+
+/// Counters shared by the concurrent checks of one pass.
 #[derive(Default)]
 struct PassStats {
     /// Due rows fully handled (sent to the writer).
@@ -355,122 +503,77 @@ struct PassStats {
     reached: AtomicU64,
     unreachable: AtomicU64,
     last_unreachable: std::sync::Mutex<Option<String>>,
-    auth: std::sync::Mutex<Option<ApiError>>,
+    auth: std::sync::Mutex<Option<String>>,
 }
 
 impl PassStats {
-    fn reached(&self) {
-        self.reached.fetch_add(1, Ordering::Relaxed);
-    }
-    fn unreachable(&self, e: &ApiError) {
+    fn observe(&self, no_answer: Option<String>) {
+        let Some(why) = no_answer else {
+            self.reached.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
         self.unreachable.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut l) = self.last_unreachable.lock() {
-            *l = Some(e.to_string());
+            *l = Some(why);
         }
     }
+
     fn record_auth(&self, e: &ApiError) {
         if let Ok(mut a) = self.auth.lock() {
-            a.get_or_insert_with(|| e.clone());
+            a.get_or_insert_with(|| e.to_string());
         }
     }
-    fn last_unreachable(&self) -> String {
-        self.last_unreachable
-            .lock()
-            .ok()
-            .and_then(|g| g.clone())
-            .unwrap_or_else(|| "connection failed or timed out".into())
+
+    fn tally(&self, complete: bool) -> Tally {
+        Tally {
+            reached: self.reached.load(Ordering::Relaxed),
+            unreachable: self.unreachable.load(Ordering::Relaxed),
+            last_unreachable: self.last_unreachable.lock().ok().and_then(|g| g.clone()),
+            auth: self.auth.lock().ok().and_then(|mut a| a.take()),
+            complete,
+        }
     }
 }
 
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: mpsc::Receiver<T>,
-) -> impl futures::Stream<Item = T> + Send {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Commits results as they come, grouping what is ready into one transaction.
-fn writer_loop(
-    mut ledger: Ledger,
-    run_id: i64,
-    mut rx: mpsc::Receiver<ToWriter>,
-    stop: CancellationToken,
-) -> Result<(Ledger, Counts), ledger::LedgerError> {
-    let mut totals = Counts::default();
-    let mut group: Vec<CheckResult> = Vec::with_capacity(MAX_GROUP);
-    while let Some(first) = rx.blocking_recv() {
-        let mut next = Some(first);
-        while let Some(msg) = next {
-            match msg {
-                ToWriter::Checked(r) => group.push(*r),
-                ToWriter::Bad(bad) => {
-                    tracing::warn!(charge_id = %bad.charge_id, problem = %bad.problem, "ledger row cannot be checked");
-                    if let Err(e) = ledger.record_bad_row(run_id, &bad, Utc::now()) {
-                        stop.cancel();
-                        return Err(e);
-                    }
-                    totals.errors += 1;
-                }
-            }
-            next = if group.len() < MAX_GROUP {
-                rx.try_recv().ok()
-            } else {
-                None
-            };
-        }
-        if group.is_empty() {
-            continue;
-        }
-        match ledger.apply(run_id, &group) {
-            Ok(applied) => {
-                log_applied(&group, &applied);
-                totals += applied.counts;
-            }
-            Err(e) => {
-                stop.cancel();
-                return Err(e);
-            }
-        }
-        group.clear();
-    }
-    Ok((ledger, totals))
-}
-
-/// One line per transition and per new mismatch, only for what was committed.
-fn log_applied(group: &[CheckResult], applied: &Applied) {
-    for (r, written) in group.iter().zip(&applied.written) {
-        if !written {
-            continue;
-        }
-        let t = &r.decision.after;
-        if let Some((from, to)) = r.decision.transition() {
-            tracing::info!(
-                charge_id = %r.charge.charge_id,
-                from = from.as_str(),
-                to = to.as_str(),
-                provider_status = t.provider_status.as_deref().unwrap_or(""),
-                requested_amount = r.charge.requested.amount,
-                charged_amount = t.charged_amount,
-                "charge moved"
-            );
-        }
-        if r.decision.new_mismatch() {
-            tracing::warn!(
-                charge_id = %r.charge.charge_id,
-                requested_amount = r.charge.requested.amount,
-                requested_currency = %r.charge.requested.currency,
-                charged_amount = t.charged_amount,
-                charged_currency = t.charged_currency.as_deref().unwrap_or(""),
-                detail = t.mismatch_detail.as_deref().unwrap_or(""),
-                "amount mismatch"
-            );
-        }
-        if let Some(e) = &t.last_error
-            && r.decision
-                .events
-                .iter()
-                .any(|e| e.kind == rules::EventKind::GaveUp)
-        {
-            tracing::warn!(charge_id = %r.charge.charge_id, error = %e, "charge no longer checked");
-        }
+    #[test]
+    fn verdicts() {
+        let ok = Tally {
+            reached: 3,
+            complete: true,
+            ..Tally::default()
+        };
+        assert_eq!(verdict(&ok), (Outcome::Ok, None));
+        let empty = Tally {
+            complete: true,
+            ..Tally::default()
+        };
+        assert_eq!(verdict(&empty).0, Outcome::Ok);
+        let auth = Tally {
+            auth: Some("401".into()),
+            ..ok.clone()
+        };
+        assert_eq!(verdict(&auth).0, Outcome::AuthFailed);
+        let down = Tally {
+            reached: 0,
+            unreachable: 4,
+            ..ok.clone()
+        };
+        let (o, d) = verdict(&down);
+        assert_eq!(o, Outcome::Unreachable);
+        assert!(d.unwrap().contains("any of 4 charges"));
+        let some_down = Tally {
+            unreachable: 4,
+            ..ok.clone()
+        };
+        assert_eq!(verdict(&some_down).0, Outcome::Ok);
+        let cut = Tally {
+            complete: false,
+            ..ok
+        };
+        assert_eq!(verdict(&cut).0, Outcome::Interrupted);
     }
 }

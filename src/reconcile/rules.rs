@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{Currency, ProviderStatus, State};
+use crate::domain::{
+    Decision, EventKind, NewEvent, ProviderStatus, Requested, State, Tracked, backoff,
+};
 use crate::univapay::{ApiError, ErrorClass, ProviderCharge};
 
 /// Maps UnivaPay's status to our state. `None` for a word we do not know: such an answer
@@ -22,13 +24,6 @@ pub fn map_status(status: &ProviderStatus) -> Option<State> {
         }
         ProviderStatus::Unknown(_) => None,
     }
-}
-
-/// What the merchant asked for, from our ledger row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Requested {
-    pub amount: i64,
-    pub currency: Currency,
 }
 
 /// The mismatch rule. Whenever the answer has a non-null `charged_amount`, the charge is
@@ -65,128 +60,6 @@ pub struct Policy {
     pub not_found_limit: u32,
 }
 
-impl Policy {
-    pub fn from_settings(r: &crate::config::ReconcileSettings) -> Self {
-        Policy {
-            recheck_interval: r.recheck_interval,
-            retry_backoff: r.retry_backoff,
-            retry_backoff_max: r.retry_backoff_max,
-            not_found_limit: r.not_found_limit,
-        }
-    }
-}
-
-/// Delay before the next try after the `failures`-th error in a row (1-based): the base
-/// doubled per failure, capped, then scaled into `[cap/2, cap]` by `jitter` in `[0, 1)` so
-/// that charges which failed together do not all come back together.
-pub fn backoff(failures: u32, base: Duration, max: Duration, jitter: f64) -> Duration {
-    let exp = failures.saturating_sub(1).min(30);
-    let full = base.saturating_mul(1u32 << exp).min(max);
-    let jitter = jitter.clamp(0.0, 1.0);
-    full.mul_f64(0.5 + 0.5 * jitter)
-}
-
-/// The columns of a `charges` row that a check may change.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tracked {
-    pub state: State,
-    pub provider_status: Option<String>,
-    pub charged_amount: Option<i64>,
-    pub charged_currency: Option<String>,
-    pub amount_mismatch: bool,
-    pub mismatch_detail: Option<String>,
-    pub payment_number: Option<String>,
-    pub payment_url: Option<String>,
-    pub last_error: Option<String>,
-    pub consecutive_errors: u32,
-    pub not_found_count: u32,
-}
-
-impl Tracked {
-    /// A freshly registered charge.
-    pub fn new() -> Self {
-        Tracked {
-            state: State::Pending,
-            provider_status: None,
-            charged_amount: None,
-            charged_currency: None,
-            amount_mismatch: false,
-            mismatch_detail: None,
-            payment_number: None,
-            payment_url: None,
-            last_error: None,
-            consecutive_errors: 0,
-            not_found_count: 0,
-        }
-    }
-}
-
-impl Default for Tracked {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// The `charge_events.kind` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EventKind {
-    /// `state` changed (exactly one per change).
-    Transition,
-    /// The amount or currency differs; written once, when the sticky flag is first set.
-    Mismatch,
-    /// A check failed; `detail` says how.
-    Error,
-    /// UnivaPay reported a status word we do not know (written when the word changes).
-    UnknownStatus,
-    /// The charge is no longer checked after repeated 404s.
-    GaveUp,
-}
-
-impl EventKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Transition => "transition",
-            EventKind::Mismatch => "mismatch",
-            EventKind::Error => "error",
-            EventKind::UnknownStatus => "unknown_status",
-            EventKind::GaveUp => "gave_up",
-        }
-    }
-}
-
-/// One `charge_events` row to append.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewEvent {
-    pub kind: EventKind,
-    pub from_state: Option<State>,
-    pub to_state: Option<State>,
-    pub provider_status: Option<String>,
-    pub detail: Option<String>,
-}
-
-/// The result of one check of one charge: the new row values and the events to append,
-/// all to be written in one transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
-    pub after: Tracked,
-    /// `None`: never check again (final, or given up).
-    pub next_check_at: Option<DateTime<Utc>>,
-    pub events: Vec<NewEvent>,
-}
-
-impl Decision {
-    pub fn transition(&self) -> Option<(State, State)> {
-        self.events
-            .iter()
-            .find(|e| e.kind == EventKind::Transition)
-            .and_then(|e| Some((e.from_state?, e.to_state?)))
-    }
-
-    pub fn new_mismatch(&self) -> bool {
-        self.events.iter().any(|e| e.kind == EventKind::Mismatch)
-    }
-}
-
 fn after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
@@ -203,126 +76,182 @@ pub fn decide(
     policy: &Policy,
     jitter: f64,
 ) -> Decision {
-    let mut t = before.clone();
-    let mut events = Vec::new();
-    let state_before = before.state;
-
-    let next_check_at = match observation {
+    let mut d = Decision {
+        after: before.clone(),
+        next_check_at: None,
+        events: Vec::new(),
+    };
+    match observation {
         Ok(answer) => {
-            t.last_error = None;
-            t.consecutive_errors = 0;
-            t.not_found_count = 0;
-            let word = answer.status.as_str().to_owned();
-            let mapped = map_status(&answer.status);
-            if mapped.is_none() && before.provider_status.as_deref() != Some(word.as_str()) {
-                events.push(NewEvent {
-                    kind: EventKind::UnknownStatus,
-                    from_state: Some(state_before),
-                    to_state: Some(state_before),
-                    provider_status: Some(word.clone()),
-                    detail: Some(format!(
-                        "unknown status {word:?}; state left as {state_before}"
-                    )),
-                });
-            }
-            // Final is final: a final row is never polled, and if one is, it does not move.
-            if let Some(new_state) = mapped.filter(|_| !state_before.is_final())
-                && new_state != state_before
-            {
-                t.state = new_state;
-                events.push(NewEvent {
-                    kind: EventKind::Transition,
-                    from_state: Some(state_before),
-                    to_state: Some(new_state),
-                    provider_status: Some(word.clone()),
-                    detail: answer.error.as_ref().map(|e| {
-                        format!(
-                            "provider error {}: {}",
-                            e.code.as_deref().unwrap_or("-"),
-                            e.message.as_deref().unwrap_or("-")
-                        )
-                    }),
-                });
-            }
-            t.provider_status = Some(word.clone());
-            t.charged_amount = answer.charged_amount;
-            t.charged_currency = answer.charged_currency.map(|c| c.to_string());
-            if let Some(n) = answer.payment_number() {
-                t.payment_number = Some(n);
-            }
-            if let Some(u) = answer.payment_url() {
-                t.payment_url = Some(u);
-            }
-            if let Some(detail) = mismatch(requested, answer)
-                && !before.amount_mismatch
-            {
-                t.amount_mismatch = true;
-                t.mismatch_detail = Some(detail.clone());
-                events.push(NewEvent {
-                    kind: EventKind::Mismatch,
-                    from_state: Some(state_before),
-                    to_state: Some(t.state),
-                    provider_status: Some(word),
-                    detail: Some(detail),
-                });
-            }
-            (!t.state.is_final()).then(|| after(now, policy.recheck_interval))
+            apply_answer(&mut d, before, requested, answer);
+            d.next_check_at =
+                (!d.after.state.is_final()).then(|| after(now, policy.recheck_interval));
         }
         Err(err) => {
-            t.last_error = Some(err.to_string());
-            t.consecutive_errors = before.consecutive_errors.saturating_add(1);
-            let mut delay = backoff(
-                t.consecutive_errors,
-                policy.retry_backoff,
-                policy.retry_backoff_max,
-                jitter,
-            );
-            if let Some(ra) = err.retry_after() {
-                delay = delay.max(ra);
-            }
-            let mut next = (!state_before.is_final()).then(|| after(now, delay));
-            events.push(NewEvent {
-                kind: EventKind::Error,
-                from_state: Some(state_before),
-                to_state: Some(state_before),
-                provider_status: before.provider_status.clone(),
-                detail: Some(err.to_string()),
-            });
-            if err.class() == ErrorClass::NotFound {
-                t.not_found_count = before.not_found_count.saturating_add(1);
-                if t.not_found_count >= policy.not_found_limit {
-                    next = None;
-                    let detail = format!(
-                        "not found at UnivaPay {} times in a row; no longer checked (set next_check_at to check again)",
-                        t.not_found_count
-                    );
-                    t.last_error = Some(detail.clone());
-                    events.push(NewEvent {
-                        kind: EventKind::GaveUp,
-                        from_state: Some(state_before),
-                        to_state: Some(state_before),
-                        provider_status: before.provider_status.clone(),
-                        detail: Some(detail),
-                    });
-                }
-            } else {
-                t.not_found_count = 0;
-            }
-            next
+            d.next_check_at =
+                apply_error(&mut d, before, err, policy, jitter).map(|delay| after(now, delay));
         }
-    };
-
-    Decision {
-        after: t,
-        next_check_at,
-        events,
     }
+    d
+}
+
+/// An answer: the status, amounts and payment details it reports, and the events they
+/// call for.
+fn apply_answer(
+    d: &mut Decision,
+    before: &Tracked,
+    requested: &Requested,
+    answer: &ProviderCharge,
+) {
+    let t = &mut d.after;
+    t.last_error = None;
+    t.consecutive_errors = 0;
+    t.not_found_count = 0;
+    let word = answer.status.as_str().to_owned();
+    note_unknown_status(d, before, &answer.status);
+    move_state(d, before, answer);
+    let t = &mut d.after;
+    t.provider_status = Some(word);
+    t.charged_amount = answer.charged_amount;
+    t.charged_currency = answer.charged_currency.map(|c| c.to_string());
+    if let Some(n) = answer.payment_number() {
+        t.payment_number = Some(n);
+    }
+    if let Some(u) = answer.payment_url() {
+        t.payment_url = Some(u);
+    }
+    flag_mismatch(d, before, requested, answer);
+}
+
+/// A status word we do not know is recorded once, when it first appears.
+fn note_unknown_status(d: &mut Decision, before: &Tracked, status: &ProviderStatus) {
+    let word = status.as_str();
+    if map_status(status).is_some() || before.provider_status.as_deref() == Some(word) {
+        return;
+    }
+    let state = before.state;
+    d.events.push(NewEvent {
+        kind: EventKind::UnknownStatus,
+        from_state: Some(state),
+        to_state: Some(state),
+        provider_status: Some(word.to_owned()),
+        detail: Some(format!("unknown status {word:?}; state left as {state}")),
+    });
+}
+
+/// The state transition, if the status maps to another state. Final is final: a final
+/// row is never polled, and if one is, it does not move.
+fn move_state(d: &mut Decision, before: &Tracked, answer: &ProviderCharge) {
+    let Some(new_state) = map_status(&answer.status).filter(|_| !before.state.is_final()) else {
+        return;
+    };
+    if new_state == before.state {
+        return;
+    }
+    d.after.state = new_state;
+    d.events.push(NewEvent {
+        kind: EventKind::Transition,
+        from_state: Some(before.state),
+        to_state: Some(new_state),
+        provider_status: Some(answer.status.as_str().to_owned()),
+        detail: answer.error.as_ref().map(|e| {
+            format!(
+                "provider error {}: {}",
+                e.code.as_deref().unwrap_or("-"),
+                e.message.as_deref().unwrap_or("-")
+            )
+        }),
+    });
+}
+
+/// The sticky mismatch flag, set (with one event) the first time the rule fires.
+fn flag_mismatch(
+    d: &mut Decision,
+    before: &Tracked,
+    requested: &Requested,
+    answer: &ProviderCharge,
+) {
+    if before.amount_mismatch {
+        return;
+    }
+    let Some(detail) = mismatch(requested, answer) else {
+        return;
+    };
+    d.after.amount_mismatch = true;
+    d.after.mismatch_detail = Some(detail.clone());
+    d.events.push(NewEvent {
+        kind: EventKind::Mismatch,
+        from_state: Some(before.state),
+        to_state: Some(d.after.state),
+        provider_status: Some(answer.status.as_str().to_owned()),
+        detail: Some(detail),
+    });
+}
+
+/// A failed check: the error is recorded and the charge retried after a backoff, or no
+/// longer checked once it has been missing too often. Returns the delay to the next check.
+fn apply_error(
+    d: &mut Decision,
+    before: &Tracked,
+    err: &ApiError,
+    policy: &Policy,
+    jitter: f64,
+) -> Option<Duration> {
+    let t = &mut d.after;
+    t.last_error = Some(err.to_string());
+    t.consecutive_errors = before.consecutive_errors.saturating_add(1);
+    let mut delay = backoff(
+        t.consecutive_errors,
+        policy.retry_backoff,
+        policy.retry_backoff_max,
+        jitter,
+    );
+    if let Some(ra) = err.retry_after() {
+        delay = delay.max(ra);
+    }
+    d.events.push(error_event(before, err.to_string()));
+    if err.class() != ErrorClass::NotFound {
+        d.after.not_found_count = 0;
+        return (!before.state.is_final()).then_some(delay);
+    }
+    d.after.not_found_count = before.not_found_count.saturating_add(1);
+    if d.after.not_found_count < policy.not_found_limit {
+        return (!before.state.is_final()).then_some(delay);
+    }
+    give_up(d, before);
+    None
+}
+
+fn error_event(before: &Tracked, detail: String) -> NewEvent {
+    NewEvent {
+        kind: EventKind::Error,
+        from_state: Some(before.state),
+        to_state: Some(before.state),
+        provider_status: before.provider_status.clone(),
+        detail: Some(detail),
+    }
+}
+
+/// Stops checking a charge UnivaPay keeps saying it does not have, loudly.
+fn give_up(d: &mut Decision, before: &Tracked) {
+    let detail = format!(
+        "not found at UnivaPay {} times in a row; no longer checked (set next_check_at to check again)",
+        d.after.not_found_count
+    );
+    d.after.last_error = Some(detail.clone());
+    d.events.push(NewEvent {
+        kind: EventKind::GaveUp,
+        from_state: Some(before.state),
+        to_state: Some(before.state),
+        provider_status: before.provider_status.clone(),
+        detail: Some(detail),
+    });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::ChargeId;
+    use crate::domain::{ChargeId, Currency};
     use proptest::prelude::*;
     use serde_json::Map;
 

@@ -234,11 +234,12 @@ impl Pacer {
             } => {
                 st.learn(seq, &rate_limit, now);
                 st.rate_limited_in_a_row = st.rate_limited_in_a_row.saturating_add(1);
-                let exp = (st.rate_limited_in_a_row - 1).min(16);
-                let backoff = BACKOFF_BASE
-                    .saturating_mul(1 << exp)
-                    .min(BACKOFF_MAX)
-                    .mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0));
+                let backoff = crate::domain::backoff(
+                    st.rate_limited_in_a_row,
+                    BACKOFF_BASE,
+                    BACKOFF_MAX,
+                    jitter,
+                );
                 let pause = backoff.max(retry_after.unwrap_or(Duration::ZERO));
                 let until = now + pause;
                 st.blocked_until = Some(st.blocked_until.map_or(until, |b| b.max(until)));

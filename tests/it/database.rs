@@ -189,6 +189,7 @@ async fn a_write_lock_taken_mid_pass_loses_no_update() {
         let rec = app.reconciler.clone();
         tokio::spawn(async move {
             rec.run_pass(
+                &crate::helpers::hold_lock(&rec),
                 konbini_reconciler::ledger::Trigger::Once,
                 Default::default(),
             )

@@ -288,6 +288,7 @@ async fn unreachable_api_is_reported() {
         konbini_reconciler::reconcile::Reconciler::with_clock(settings, app.clock.clone()).unwrap();
     let r = rec
         .run_pass(
+            &crate::helpers::hold_lock(&rec),
             konbini_reconciler::ledger::Trigger::Once,
             Default::default(),
         )
@@ -314,6 +315,7 @@ async fn a_ledger_failure_mid_pass_is_an_error_and_the_run_is_marked_failed() {
     let err = app
         .reconciler
         .run_pass(
+            &crate::helpers::hold_lock(&app.reconciler),
             konbini_reconciler::ledger::Trigger::Once,
             Default::default(),
         )

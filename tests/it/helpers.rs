@@ -37,6 +37,14 @@ impl Clock for ManualClock {
     }
 }
 
+/// Takes the pass lock of `rec`'s database, which a pass needs as proof.
+pub fn hold_lock(rec: &Reconciler) -> konbini_reconciler::lock::PassGuard {
+    konbini_reconciler::lock::PassLock::for_database(&rec.settings().database.path)
+        .try_acquire()
+        .expect("lock file")
+        .expect("lock free")
+}
+
 pub struct TestApp {
     pub sim: RunningSim,
     pub dir: tempfile::TempDir,
@@ -90,6 +98,12 @@ impl TestApp {
         let config_path = dir.path().join("config.toml");
         let text = config_text(&sim.base_url(), &db_path, extra);
         std::fs::write(&config_path, &text).unwrap();
+        // It holds the test secret inline: keep it private, as the program asks.
+        std::fs::set_permissions(
+            &config_path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         let settings = Arc::new(
             Settings::from_toml(&text, &config_path, &[("UNUSED", "")]).expect("test config"),
         );
@@ -133,7 +147,11 @@ impl TestApp {
 
     pub async fn pass(&self) -> PassReport {
         self.reconciler
-            .run_pass(Trigger::Once, CancellationToken::new())
+            .run_pass(
+                &hold_lock(&self.reconciler),
+                Trigger::Once,
+                CancellationToken::new(),
+            )
             .await
             .expect("pass")
     }

@@ -377,7 +377,11 @@ async fn streamed_bodies_past_the_cap_are_cut_off_not_read() {
         let rec = reconciler_for(&app, &server);
         server.sent.store(0, Ordering::Relaxed);
         let r = rec
-            .run_pass(Trigger::Once, Default::default())
+            .run_pass(
+                &crate::helpers::hold_lock(&rec),
+                Trigger::Once,
+                Default::default(),
+            )
             .await
             .unwrap();
         assert_eq!(r.outcome, Outcome::Ok, "{id}: {:?}", r.detail);

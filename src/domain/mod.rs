@@ -1,7 +1,20 @@
 //! Domain values parsed once at the edges (UnivaPay JSON, SQLite rows, config) so the core
-//! never handles a raw string where a type fits.
+//! never handles a raw string where a type fits, and the value types every layer shares
+//! (a check's decision, a pass's counts). Imports nothing from the rest of the crate: the
+//! ledger, the client and the rules all build on it.
+
+mod backoff;
+mod cadence;
+mod check;
+mod run;
+pub mod text;
 
 use std::fmt;
+
+pub use backoff::backoff;
+pub use cadence::RecheckStep;
+pub use check::{Decision, EventKind, NewEvent, Requested, Tracked};
+pub use run::{Counts, Outcome, Trigger};
 
 /// Identifier of a UnivaPay charge. Non-empty, no whitespace, and safe to put in a URL path.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

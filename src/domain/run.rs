@@ -1,0 +1,67 @@
+//! The values that describe one pass: how it was started, how it ended, and what it
+//! counted (the `runs` table).
+
+/// How a pass was started (`runs.trigger`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Once,
+    Schedule,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Once => "once",
+            Trigger::Schedule => "schedule",
+        }
+    }
+}
+
+/// How a pass ended (`runs.outcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Interrupted,
+    AuthFailed,
+    Unreachable,
+    Failed,
+}
+
+impl Outcome {
+    /// The pass could not do its job: credentials rejected, API unreachable, ledger
+    /// failed. `--once` exits 1 on these; the daemon logs them as errors.
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            Outcome::AuthFailed | Outcome::Unreachable | Outcome::Failed
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Interrupted => "interrupted",
+            Outcome::AuthFailed => "auth_failed",
+            Outcome::Unreachable => "unreachable",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// Counters of one pass, as stored in `runs`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub checked: u64,
+    pub transitions: u64,
+    pub mismatches: u64,
+    pub errors: u64,
+}
+
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, o: Counts) {
+        self.checked += o.checked;
+        self.transitions += o.transitions;
+        self.mismatches += o.mismatches;
+        self.errors += o.errors;
+    }
+}

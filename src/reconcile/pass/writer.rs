@@ -1,0 +1,149 @@
+//! The writer thread of a pass: commits results in groups and logs what was committed.
+//!
+//! A commit costs about the same for one charge as for a hundred (the same pages of the
+//! `runs` row and the indexes are written each time), so the writer gathers what arrives
+//! within [`LINGER`] of the first result, up to [`MAX_GROUP`], and commits it as one
+//! transaction. Each charge is still wholly before or after its check when the process
+//! dies: a group is one transaction, and a charge's row and events are in one group.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::EventKind;
+use crate::ledger::{Applied, BadRow, CheckResult, Counts, Ledger, LedgerError};
+
+/// Messages to the writer thread.
+pub enum ToWriter {
+    Checked(Box<CheckResult>),
+    Bad(BadRow),
+}
+
+/// Most results committed in one transaction. Bounds how much one commit holds and how
+/// long a reader elsewhere can be made to wait.
+pub const MAX_GROUP: usize = 256;
+
+/// How long the writer waits for more results after the first of a group. Short against
+/// any recheck interval, long enough that a busy pass commits in groups of dozens.
+const LINGER: Duration = Duration::from_millis(20);
+
+/// Polling step while lingering: the writer is a plain thread (rusqlite blocks), and a
+/// tokio receiver has no blocking receive with a timeout.
+const POLL: Duration = Duration::from_millis(2);
+
+/// Commits results as they come, grouped. Returns the connection and the counts of what
+/// was committed. A ledger error stops the pass (`stop`) and is returned.
+pub fn run(
+    mut ledger: Ledger,
+    run_id: i64,
+    mut rx: mpsc::Receiver<ToWriter>,
+    stop: CancellationToken,
+) -> Result<(Ledger, Counts), LedgerError> {
+    let mut totals = Counts::default();
+    let mut group: Vec<CheckResult> = Vec::with_capacity(MAX_GROUP);
+    while let Some(first) = rx.blocking_recv() {
+        let result = gather(&mut rx, first, &mut group, |bad| {
+            totals.errors += 1;
+            record_bad(&ledger, run_id, &bad)
+        })
+        .and_then(|()| commit(&mut ledger, run_id, &group));
+        match result {
+            Ok(counts) => totals += counts,
+            Err(e) => {
+                stop.cancel();
+                return Err(e);
+            }
+        }
+        group.clear();
+    }
+    Ok((ledger, totals))
+}
+
+/// Collects the results that arrive within [`LINGER`] of `first`, up to [`MAX_GROUP`].
+/// Bad rows are recorded as they come (they touch no charge row).
+fn gather(
+    rx: &mut mpsc::Receiver<ToWriter>,
+    first: ToWriter,
+    group: &mut Vec<CheckResult>,
+    mut on_bad: impl FnMut(BadRow) -> Result<(), LedgerError>,
+) -> Result<(), LedgerError> {
+    let deadline = Instant::now() + LINGER;
+    let mut next = Some(first);
+    loop {
+        match next.take() {
+            Some(ToWriter::Checked(r)) => group.push(*r),
+            Some(ToWriter::Bad(bad)) => on_bad(bad)?,
+            None => {}
+        }
+        if group.len() >= MAX_GROUP {
+            return Ok(());
+        }
+        match rx.try_recv() {
+            Ok(msg) => next = Some(msg),
+            Err(TryRecvError::Disconnected) => return Ok(()),
+            Err(TryRecvError::Empty) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Ok(());
+                }
+                std::thread::sleep(POLL.min(deadline - now));
+            }
+        }
+    }
+}
+
+fn record_bad(ledger: &Ledger, run_id: i64, bad: &BadRow) -> Result<(), LedgerError> {
+    tracing::warn!(charge_id = %bad.charge_id, problem = %bad.problem, "ledger row cannot be checked");
+    ledger.record_bad_row(run_id, bad, chrono::Utc::now())
+}
+
+fn commit(ledger: &mut Ledger, run_id: i64, group: &[CheckResult]) -> Result<Counts, LedgerError> {
+    if group.is_empty() {
+        return Ok(Counts::default());
+    }
+    let applied = ledger.apply(run_id, group)?;
+    log_applied(group, &applied);
+    Ok(applied.counts)
+}
+
+/// One line per transition and per new mismatch, only for what was committed.
+fn log_applied(group: &[CheckResult], applied: &Applied) {
+    for (r, written) in group.iter().zip(&applied.written) {
+        if !written {
+            continue;
+        }
+        let t = &r.decision.after;
+        if let Some((from, to)) = r.decision.transition() {
+            tracing::info!(
+                charge_id = %r.charge.charge_id,
+                from = from.as_str(),
+                to = to.as_str(),
+                provider_status = t.provider_status.as_deref().unwrap_or(""),
+                requested_amount = r.charge.requested.amount,
+                charged_amount = t.charged_amount,
+                "charge moved"
+            );
+        }
+        if r.decision.new_mismatch() {
+            tracing::warn!(
+                charge_id = %r.charge.charge_id,
+                requested_amount = r.charge.requested.amount,
+                requested_currency = %r.charge.requested.currency,
+                charged_amount = t.charged_amount,
+                charged_currency = t.charged_currency.as_deref().unwrap_or(""),
+                detail = t.mismatch_detail.as_deref().unwrap_or(""),
+                "amount mismatch"
+            );
+        }
+        if let Some(e) = &t.last_error
+            && r.decision
+                .events
+                .iter()
+                .any(|e| e.kind == EventKind::GaveUp)
+        {
+            tracing::warn!(charge_id = %r.charge.charge_id, error = %e, "charge no longer checked");
+        }
+    }
+}
