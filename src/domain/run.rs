@@ -6,6 +6,10 @@
 pub enum Trigger {
     Once,
     Schedule,
+    /// The `check` command: named charges, checked now.
+    Check,
+    /// Checks started by webhook hints.
+    Webhook,
 }
 
 impl Trigger {
@@ -13,6 +17,8 @@ impl Trigger {
         match self {
             Trigger::Once => "once",
             Trigger::Schedule => "schedule",
+            Trigger::Check => "check",
+            Trigger::Webhook => "webhook",
         }
     }
 }
@@ -25,6 +31,11 @@ pub enum Outcome {
     AuthFailed,
     Unreachable,
     Failed,
+    /// UnivaPay asked for a pause longer than a pass should wait; the rest stays due.
+    RateLimited,
+    /// Every check (of at least a few) answered 404: a wrong base URL, account or a
+    /// maintenance page, not missing charges.
+    NotFoundWall,
 }
 
 impl Outcome {
@@ -33,7 +44,7 @@ impl Outcome {
     pub fn is_failure(self) -> bool {
         matches!(
             self,
-            Outcome::AuthFailed | Outcome::Unreachable | Outcome::Failed
+            Outcome::AuthFailed | Outcome::Unreachable | Outcome::Failed | Outcome::NotFoundWall
         )
     }
 
@@ -44,6 +55,8 @@ impl Outcome {
             Outcome::AuthFailed => "auth_failed",
             Outcome::Unreachable => "unreachable",
             Outcome::Failed => "failed",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::NotFoundWall => "not_found_wall",
         }
     }
 }

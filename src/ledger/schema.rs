@@ -108,14 +108,203 @@ FROM charges
 WHERE state IN ('pending', 'awaiting') AND next_check_at IS NULL;
 "#;
 
+/// The second round: where a charge came from, its brand and deadline; more run outcomes
+/// and figures; timestamps written by hand in other forms normalised (or refused), so an
+/// operator's `SET next_check_at = 'now'` cannot silently park a charge.
+const V2: &str = r#"
+ALTER TABLE charges ADD COLUMN origin TEXT NOT NULL DEFAULT 'registered'
+    CHECK (origin IN ('registered', 'discovered'));
+ALTER TABLE charges ADD COLUMN expires_at TEXT;
+ALTER TABLE charges ADD COLUMN konbini TEXT
+    CHECK (konbini IS NULL OR (length(konbini) BETWEEN 1 AND 64 AND konbini NOT GLOB '*[^a-z0-9_]*'));
+
+CREATE INDEX charges_expires ON charges (expires_at) WHERE expires_at IS NOT NULL AND next_check_at IS NOT NULL;
+
+-- Timestamps are compared as text, so only the canonical form sorts right. Any form
+-- SQLite's date functions read ('now', '2026-11-27 10:00', '+09:00' offsets, lower case) is
+-- rewritten to it; anything else is refused.
+CREATE TRIGGER charges_next_check_normal_insert AFTER INSERT ON charges
+WHEN NEW.next_check_at IS NOT NULL AND NEW.next_check_at NOT GLOB
+    '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]Z'
+BEGIN
+    SELECT RAISE(ABORT, 'next_check_at is not a timestamp (use strftime(''%Y-%m-%dT%H:%M:%fZ'', ''now'') or an RFC 3339 time)')
+    WHERE coalesce(strftime('%Y-%m-%dT%H:%M:%fZ', NEW.next_check_at),
+                   strftime('%Y-%m-%dT%H:%M:%fZ', upper(NEW.next_check_at))) IS NULL;
+    UPDATE charges SET next_check_at = coalesce(strftime('%Y-%m-%dT%H:%M:%fZ', NEW.next_check_at),
+                                                strftime('%Y-%m-%dT%H:%M:%fZ', upper(NEW.next_check_at)))
+    WHERE charge_id = NEW.charge_id;
+END;
+
+CREATE TRIGGER charges_next_check_normal_update AFTER UPDATE OF next_check_at ON charges
+WHEN NEW.next_check_at IS NOT NULL AND NEW.next_check_at NOT GLOB
+    '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]Z'
+BEGIN
+    SELECT RAISE(ABORT, 'next_check_at is not a timestamp (use strftime(''%Y-%m-%dT%H:%M:%fZ'', ''now'') or an RFC 3339 time)')
+    WHERE coalesce(strftime('%Y-%m-%dT%H:%M:%fZ', NEW.next_check_at),
+                   strftime('%Y-%m-%dT%H:%M:%fZ', upper(NEW.next_check_at))) IS NULL;
+    UPDATE charges SET next_check_at = coalesce(strftime('%Y-%m-%dT%H:%M:%fZ', NEW.next_check_at),
+                                                strftime('%Y-%m-%dT%H:%M:%fZ', upper(NEW.next_check_at)))
+    WHERE charge_id = NEW.charge_id;
+END;
+
+CREATE TRIGGER charges_expires_normal_insert AFTER INSERT ON charges
+WHEN NEW.expires_at IS NOT NULL AND NEW.expires_at NOT GLOB
+    '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]Z'
+BEGIN
+    SELECT RAISE(ABORT, 'expires_at is not a timestamp (use an RFC 3339 time)')
+    WHERE coalesce(strftime('%Y-%m-%dT%H:%M:%fZ', NEW.expires_at),
+                   strftime('%Y-%m-%dT%H:%M:%fZ', upper(NEW.expires_at))) IS NULL;
+    UPDATE charges SET expires_at = coalesce(strftime('%Y-%m-%dT%H:%M:%fZ', NEW.expires_at),
+                                             strftime('%Y-%m-%dT%H:%M:%fZ', upper(NEW.expires_at)))
+    WHERE charge_id = NEW.charge_id;
+END;
+
+CREATE TRIGGER charges_expires_normal_update AFTER UPDATE OF expires_at ON charges
+WHEN NEW.expires_at IS NOT NULL AND NEW.expires_at NOT GLOB
+    '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]Z'
+BEGIN
+    SELECT RAISE(ABORT, 'expires_at is not a timestamp (use an RFC 3339 time)')
+    WHERE coalesce(strftime('%Y-%m-%dT%H:%M:%fZ', NEW.expires_at),
+                   strftime('%Y-%m-%dT%H:%M:%fZ', upper(NEW.expires_at))) IS NULL;
+    UPDATE charges SET expires_at = coalesce(strftime('%Y-%m-%dT%H:%M:%fZ', NEW.expires_at),
+                                             strftime('%Y-%m-%dT%H:%M:%fZ', upper(NEW.expires_at)))
+    WHERE charge_id = NEW.charge_id;
+END;
+
+-- runs: more outcomes, so rebuilt (a CHECK cannot be altered), and the figures of the
+-- budget: how many charges were due, how much the schedule was stretched, and until when
+-- UnivaPay asked us to pause (the next pass sends nothing before it).
+CREATE TABLE runs_v2 (
+    id          INTEGER PRIMARY KEY,
+    trigger     TEXT NOT NULL CHECK (trigger IN ('once', 'schedule', 'check', 'webhook')),
+    started_at  TEXT NOT NULL,
+    finished_at TEXT,
+    outcome     TEXT NOT NULL DEFAULT 'running'
+                CHECK (outcome IN ('running', 'ok', 'interrupted', 'auth_failed', 'unreachable',
+                                   'failed', 'rate_limited', 'not_found_wall')),
+    checked     INTEGER NOT NULL DEFAULT 0,
+    transitions INTEGER NOT NULL DEFAULT 0,
+    mismatches  INTEGER NOT NULL DEFAULT 0,
+    errors      INTEGER NOT NULL DEFAULT 0,
+    pid         INTEGER,
+    detail      TEXT,
+    due         INTEGER,
+    stretch     REAL,
+    requests    INTEGER NOT NULL DEFAULT 0,
+    resume_at   TEXT
+) STRICT;
+INSERT INTO runs_v2 (id, trigger, started_at, finished_at, outcome, checked, transitions,
+                     mismatches, errors, pid, detail)
+SELECT id, trigger, started_at, finished_at, outcome, checked, transitions, mismatches,
+       errors, pid, detail
+FROM runs;
+DROP TABLE runs;
+ALTER TABLE runs_v2 RENAME TO runs;
+CREATE INDEX runs_resume ON runs (resume_at) WHERE resume_at IS NOT NULL;
+
+-- Pay-easy needs collection-agency number 58091, which UnivaPay's API never returns;
+-- support staff read it here.
+DROP VIEW open_charges;
+CREATE VIEW open_charges AS
+SELECT charge_id, store_id, state, provider_status, requested_amount, requested_currency,
+       payment_number, created_at, next_check_at, last_error,
+       CAST(julianday('now') - julianday(created_at) AS INTEGER) AS days_open,
+       konbini, expires_at, origin,
+       CASE WHEN konbini = 'pay_easy' THEN '58091' END AS collection_number
+FROM charges
+WHERE state IN ('pending', 'awaiting');
+"#;
+
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1)])
+    Migrations::new(vec![M::up(V1), M::up(V2)])
 }
 
 #[cfg(test)]
 mod tests {
+    use rusqlite::Connection;
+
     #[test]
     fn migrations_are_valid() {
         super::migrations().validate().unwrap();
+    }
+
+    fn db() -> Connection {
+        let mut c = Connection::open_in_memory().unwrap();
+        super::migrations().to_latest(&mut c).unwrap();
+        c.execute(
+            "INSERT INTO charges (charge_id, store_id, requested_amount) VALUES ('c', 's', 1)",
+            [],
+        )
+        .unwrap();
+        c
+    }
+
+    fn next(c: &Connection) -> String {
+        c.query_row("SELECT next_check_at FROM charges", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn hand_written_times_are_normalised() {
+        let c = db();
+        for (written, want) in [
+            ("2026-11-27 10:00:00", "2026-11-27T10:00:00.000Z"),
+            ("2026-11-27T19:00:00+09:00", "2026-11-27T10:00:00.000Z"),
+            ("2026-11-27t10:00:00z", "2026-11-27T10:00:00.000Z"),
+            ("2026-11-27T10:00:00.5Z", "2026-11-27T10:00:00.500Z"),
+        ] {
+            c.execute("UPDATE charges SET next_check_at = ?1", [written])
+                .unwrap();
+            assert_eq!(next(&c), want, "{written}");
+            c.execute("UPDATE charges SET expires_at = ?1", [written])
+                .unwrap();
+            let e: String = c
+                .query_row("SELECT expires_at FROM charges", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(e, want, "{written}");
+        }
+        c.execute("UPDATE charges SET next_check_at = 'now'", [])
+            .unwrap();
+        assert!(
+            next(&c).ends_with('Z') && next(&c).len() == 24,
+            "{}",
+            next(&c)
+        );
+        c.execute("UPDATE charges SET next_check_at = datetime('now')", [])
+            .unwrap();
+        assert!(next(&c).contains('T'), "{}", next(&c));
+    }
+
+    #[test]
+    fn garbage_times_are_refused() {
+        let c = db();
+        for bad in ["soon", "", "27/11/2026"] {
+            let e = c
+                .execute("UPDATE charges SET next_check_at = ?1", [bad])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("next_check_at is not a timestamp"), "{bad}: {e}");
+        }
+        let e = c
+            .execute(
+                "INSERT INTO charges (charge_id, store_id, requested_amount, expires_at) VALUES ('d', 's', 1, 'tomorrow')",
+                [],
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expires_at is not a timestamp"), "{e}");
+    }
+
+    #[test]
+    fn pay_easy_shows_its_collection_number() {
+        let c = db();
+        c.execute("UPDATE charges SET konbini = 'pay_easy'", [])
+            .unwrap();
+        let n: Option<String> = c
+            .query_row("SELECT collection_number FROM open_charges", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(n.as_deref(), Some("58091"));
     }
 }
