@@ -26,6 +26,21 @@ use univapay_sim::{Credentials, Sim, SimCharge};
 
 const STORE: &str = "store-crash";
 
+/// The columns of a `charges` row the final check compares with the fake.
+struct ChargeRow {
+    state: String,
+    provider_status: Option<String>,
+    amount_mismatch: i64,
+}
+
+/// The columns of a `charge_events` row the final check follows.
+struct EventRow {
+    charge_id: String,
+    kind: String,
+    from_state: Option<String>,
+    to_state: Option<String>,
+}
+
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -244,17 +259,26 @@ async fn killed_anywhere_loses_nothing() {
     integrity_ok(&db);
     let conn = Connection::open(&db).unwrap();
 
-    let mut rows: HashMap<String, (String, Option<String>, i64)> = HashMap::new();
+    let mut rows: HashMap<String, ChargeRow> = HashMap::new();
     {
         let mut stmt = conn
             .prepare("SELECT charge_id, state, provider_status, amount_mismatch FROM charges")
             .unwrap();
         for r in stmt
-            .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))))
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    ChargeRow {
+                        state: r.get(1)?,
+                        provider_status: r.get(2)?,
+                        amount_mismatch: r.get(3)?,
+                    },
+                ))
+            })
             .unwrap()
         {
-            let (id, v) = r.unwrap();
-            rows.insert(id, v);
+            let (id, row) = r.unwrap();
+            rows.insert(id, row);
         }
     }
     assert_eq!(rows.len(), charges, "seed {seed}: charges lost or added");
@@ -264,24 +288,24 @@ async fn killed_anywhere_loses_nothing() {
         let mut stmt = conn
             .prepare("SELECT charge_id, kind, from_state, to_state FROM charge_events ORDER BY id")
             .unwrap();
-        for r in stmt
+        for e in stmt
             .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Option<String>>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                ))
+                Ok(EventRow {
+                    charge_id: r.get(0)?,
+                    kind: r.get(1)?,
+                    from_state: r.get(2)?,
+                    to_state: r.get(3)?,
+                })
             })
             .unwrap()
         {
-            let (id, kind, from, to) = r.unwrap();
-            match kind.as_str() {
+            let e = e.unwrap();
+            match e.kind.as_str() {
                 "transition" => chains
-                    .entry(id)
+                    .entry(e.charge_id)
                     .or_default()
-                    .push((from.unwrap(), to.unwrap())),
-                "mismatch" => *mismatch_events.entry(id).or_default() += 1,
+                    .push((e.from_state.unwrap(), e.to_state.unwrap())),
+                "mismatch" => *mismatch_events.entry(e.charge_id).or_default() += 1,
                 _ => {}
             }
         }
@@ -289,7 +313,11 @@ async fn killed_anywhere_loses_nothing() {
     let mut transitions_seen = 0;
     for id in &ids {
         let fake = sim.charge(id).unwrap();
-        let (state, provider_status, flagged) = &rows[id];
+        let ChargeRow {
+            state,
+            provider_status,
+            amount_mismatch,
+        } = &rows[id];
         assert_eq!(state, our_state(&fake.status), "seed {seed}: {id} state");
         assert_eq!(
             provider_status.as_deref(),
@@ -312,7 +340,7 @@ async fn killed_anywhere_loses_nothing() {
             .charged_amount
             .is_some_and(|a| a != fake.requested_amount);
         assert_eq!(
-            *flagged == 1,
+            *amount_mismatch == 1,
             should_flag,
             "seed {seed}: {id} mismatch flag"
         );

@@ -653,8 +653,8 @@ async fn rows_slipped_past_the_constraints_are_skipped_with_an_event() {
     for (id, detail) in &expected {
         let events = app.events(id);
         assert_eq!(events.len(), 1, "{id:?}: {events:?}");
-        assert_eq!(events[0].0, "invalid_row", "{id:?}");
-        let d = events[0].4.clone().unwrap_or_default();
+        assert_eq!(events[0].kind, "invalid_row", "{id:?}");
+        let d = events[0].detail.clone().unwrap_or_default();
         assert!(d.contains(detail), "{id:?}: {d:?} lacks {detail:?}");
         if !id.is_empty() && !id.contains('/') && *id != ".." {
             assert_eq!(app.sim.requests_for(id), 0, "{id:?} was never fetched");

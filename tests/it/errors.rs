@@ -7,7 +7,7 @@ use konbini_reconciler::ledger::Outcome;
 use serde_json::json;
 use univapay_sim::{Reply, SimCharge};
 
-use crate::helpers::{STORE, TestApp};
+use crate::helpers::{STORE, TestApp, raw};
 
 /// A charge that is `awaiting` in both the ledger and the fake.
 async fn awaiting_charge(app: &TestApp, id: &str) {
@@ -16,13 +16,6 @@ async fn awaiting_charge(app: &TestApp, id: &str) {
     app.pass().await;
     assert_eq!(app.row(id).state, "awaiting");
     app.after_recheck();
-}
-
-fn raw(status: u16, body: &str) -> Reply {
-    Reply::Raw {
-        status,
-        body: body.to_owned(),
-    }
 }
 
 /// Runs one pass where `id` gets `reply`; asserts state untouched, error recorded, and a
@@ -320,15 +313,12 @@ async fn a_ledger_failure_mid_pass_is_an_error_and_the_run_is_marked_failed() {
         .await
         .expect_err("a failed commit fails the pass");
     assert!(err.to_string().contains("simulated write failure"), "{err}");
-    let (outcome, detail, finished): (String, String, Option<String>) = app
-        .db()
-        .query_row("SELECT outcome, detail, finished_at FROM runs", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .unwrap();
-    assert_eq!(outcome, "failed");
+    let runs = app.runs();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].outcome, "failed");
+    let detail = runs[0].detail.as_deref().unwrap_or_default();
     assert!(detail.contains("simulated write failure"), "{detail}");
-    assert!(finished.is_some());
+    assert!(runs[0].finished_at.is_some());
     // The failed group was rolled back whole: no charge half-written.
     assert_eq!(
         app.count("SELECT count(*) FROM charges WHERE last_checked_at IS NOT NULL"),

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use konbini_reconciler::config::Settings;
@@ -17,7 +17,7 @@ use konbini_reconciler::ledger::Trigger;
 use konbini_reconciler::reconcile::{Clock, PassReport, Reconciler};
 use rusqlite::{Connection, OptionalExtension};
 use tokio_util::sync::CancellationToken;
-use univapay_sim::{Credentials, RunningSim, Sim};
+use univapay_sim::{Credentials, Reply, RunningSim, Sim};
 
 pub const STORE: &str = "11ef0000-0000-0000-0000-000000000001";
 
@@ -49,7 +49,7 @@ pub struct TestApp {
 
 /// One `charges` row, the columns tests look at.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Row {
+pub struct ChargeRow {
     pub state: String,
     pub provider_status: Option<String>,
     pub charged_amount: Option<i64>,
@@ -64,14 +64,30 @@ pub struct Row {
     pub not_found_count: i64,
 }
 
-/// One `charge_events` row: (kind, from_state, to_state, provider_status, detail).
-pub type Event = (
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-);
+/// One `charge_events` row, the columns tests look at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    pub kind: String,
+    pub from_state: Option<String>,
+    pub to_state: Option<String>,
+    pub provider_status: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// One `runs` row, the columns tests look at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRow {
+    pub id: i64,
+    pub trigger: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub outcome: String,
+    pub checked: i64,
+    pub transitions: i64,
+    pub mismatches: i64,
+    pub errors: i64,
+    pub detail: Option<String>,
+}
 
 impl TestApp {
     /// Fake API plus temp database, default settings, 2 s request timeout.
@@ -108,6 +124,26 @@ impl TestApp {
             reconciler,
             clock,
         }
+    }
+
+    /// Rewrites the test's config (file and settings) with `extra` appended and the given
+    /// per-request timeout: the harness's 2 s would turn the slow answers some tests script
+    /// into timeouts and race the behaviour under test.
+    pub fn configure(&mut self, api_timeout: &str, extra: &str) {
+        let text = config_text(&self.sim.base_url(), &self.db_path, extra);
+        assert!(
+            text.contains("timeout = \"2s\""),
+            "harness config changed: {text}"
+        );
+        let text = text.replacen(
+            "timeout = \"2s\"",
+            &format!("timeout = \"{api_timeout}\""),
+            1,
+        );
+        std::fs::write(&self.config_path, &text).unwrap();
+        self.settings = Arc::new(
+            Settings::from_toml(&text, &self.config_path, &[("UNUSED", "")]).expect("test config"),
+        );
     }
 
     pub fn db(&self) -> Connection {
@@ -150,7 +186,7 @@ impl TestApp {
             .advance(self.settings.reconcile.retry_backoff_max + Duration::from_secs(1));
     }
 
-    pub fn row(&self, charge_id: &str) -> Row {
+    pub fn row(&self, charge_id: &str) -> ChargeRow {
         self.db()
             .query_row(
                 "SELECT state, provider_status, charged_amount, charged_currency, amount_mismatch,
@@ -159,7 +195,7 @@ impl TestApp {
                  FROM charges WHERE charge_id = ?1",
                 [charge_id],
                 |r| {
-                    Ok(Row {
+                    Ok(ChargeRow {
                         state: r.get(0)?,
                         provider_status: r.get(1)?,
                         charged_amount: r.get(2)?,
@@ -180,7 +216,7 @@ impl TestApp {
             .unwrap_or_else(|| panic!("no charge {charge_id}"))
     }
 
-    pub fn events(&self, charge_id: &str) -> Vec<Event> {
+    pub fn events(&self, charge_id: &str) -> Vec<EventRow> {
         let db = self.db();
         let mut stmt = db
             .prepare(
@@ -189,7 +225,13 @@ impl TestApp {
             )
             .unwrap();
         stmt.query_map([charge_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            Ok(EventRow {
+                kind: r.get(0)?,
+                from_state: r.get(1)?,
+                to_state: r.get(2)?,
+                provider_status: r.get(3)?,
+                detail: r.get(4)?,
+            })
         })
         .unwrap()
         .map(Result::unwrap)
@@ -197,20 +239,93 @@ impl TestApp {
     }
 
     pub fn event_kinds(&self, charge_id: &str) -> Vec<String> {
-        self.events(charge_id).into_iter().map(|e| e.0).collect()
+        self.events(charge_id).into_iter().map(|e| e.kind).collect()
     }
 
     /// (from, to) of every transition event of a charge, in order.
     pub fn transitions(&self, charge_id: &str) -> Vec<(String, String)> {
         self.events(charge_id)
             .into_iter()
-            .filter(|e| e.0 == "transition")
-            .map(|e| (e.1.unwrap(), e.2.unwrap()))
+            .filter(|e| e.kind == "transition")
+            .map(|e| (e.from_state.unwrap(), e.to_state.unwrap()))
             .collect()
     }
 
     pub fn count(&self, sql: &str) -> i64 {
         self.db().query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// Every `runs` row, oldest first.
+    pub fn runs(&self) -> Vec<RunRow> {
+        let db = self.db();
+        let mut stmt = db
+            .prepare(
+                "SELECT id, trigger, started_at, finished_at, outcome, checked, transitions,
+                        mismatches, errors, detail
+                 FROM runs ORDER BY id",
+            )
+            .unwrap();
+        stmt.query_map([], |r| {
+            Ok(RunRow {
+                id: r.get(0)?,
+                trigger: r.get(1)?,
+                started_at: r.get(2)?,
+                finished_at: r.get(3)?,
+                outcome: r.get(4)?,
+                checked: r.get(5)?,
+                transitions: r.get(6)?,
+                mismatches: r.get(7)?,
+                errors: r.get(8)?,
+                detail: r.get(9)?,
+            })
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    }
+
+    /// The newest `runs` row.
+    pub fn last_run(&self) -> RunRow {
+        self.runs().pop().expect("a run")
+    }
+}
+
+/// Every run finished, and each started only after the one before it had finished.
+pub fn assert_runs_never_overlapped(runs: &[RunRow]) {
+    for r in runs {
+        assert!(
+            r.finished_at.is_some(),
+            "run {} never finished: {runs:?}",
+            r.id
+        );
+        assert_ne!(r.outcome, "running", "{runs:?}");
+    }
+    for w in runs.windows(2) {
+        let finished = w[0].finished_at.as_deref().unwrap();
+        assert!(
+            w[1].started_at.as_str() >= finished,
+            "run {} started at {} before run {} finished at {finished}",
+            w[1].id,
+            w[1].started_at,
+            w[0].id
+        );
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds, failing the test after `limit`.
+pub async fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A canned answer of `status` with `body`, for `Sim::push_reply`.
+pub fn raw(status: u16, body: &str) -> Reply {
+    Reply::Raw {
+        status,
+        body: body.to_owned(),
     }
 }
 

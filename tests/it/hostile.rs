@@ -13,17 +13,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use univapay_sim::{Credentials, Reply, Sim, SimCharge};
 
-use crate::helpers::{STORE, TestApp};
+use crate::helpers::{STORE, TestApp, raw};
 
 /// The client's body cap (`MAX_BODY_BYTES` in `src/univapay/client.rs`).
 const MAX_BODY_BYTES: usize = 1024 * 1024;
-
-fn raw(status: u16, body: &str) -> Reply {
-    Reply::Raw {
-        status,
-        body: body.to_owned(),
-    }
-}
 
 /// `bad` awaiting and `good` pending, both paid at the fake; `bad` then gets `reply`.
 /// Asserts that `bad` kept its state and recorded an error containing `expect`, and that

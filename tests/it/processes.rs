@@ -10,8 +10,7 @@ use tokio::net::UnixDatagram;
 use tokio::process::{Child, Command};
 use univapay_sim::{Reply, SimCharge};
 
-use crate::daemon::{Run, assert_runs_never_overlapped, configure, runs, wait_until};
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, assert_runs_never_overlapped, wait_until};
 
 /// The binary with the test's config, in the test's directory, with a clean environment.
 fn konbini(app: &TestApp) -> Command {
@@ -86,17 +85,12 @@ async fn recv_until(
     }
 }
 
-fn last_run(app: &TestApp) -> Run {
-    runs(app).pop().expect("a run")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plays_systemd_ready_status_watchdog_stopping() {
     let mut app = TestApp::spawn().await;
     // A database that does not exist yet: READY must come after it was created.
     app.db_path = app.dir.path().join("fresh.db");
-    configure(
-        &mut app,
+    app.configure(
         "20s",
         "[schedule]\ncron = \"* * * * * *\"\nrun_on_start = false\ndrain_timeout = \"1s\"\n",
     );
@@ -155,20 +149,20 @@ async fn plays_systemd_ready_status_watchdog_stopping() {
         "drain_timeout 1 s, took {took:?}"
     );
     assert_no_database_trouble(&out);
-    let run = last_run(&app);
-    assert_eq!(run.4, "interrupted", "{run:?}");
+    let run = app.last_run();
+    assert_eq!(run.outcome, "interrupted", "{run:?}");
     assert_eq!(
         app.row("stuck").last_checked_at,
         None,
         "abandoned, untouched"
     );
-    assert_runs_never_overlapped(&runs(&app));
+    assert_runs_never_overlapped(&app.runs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_once_gives_up_with_exit_3_while_a_pass_runs() {
     let mut app = TestApp::spawn().await;
-    configure(&mut app, "20s", "[schedule]\nlock_wait = \"0s\"\n");
+    app.configure("20s", "[schedule]\nlock_wait = \"0s\"\n");
     for i in 0..4 {
         let id = format!("c{i}");
         app.create(&id, 100);
@@ -201,14 +195,14 @@ async fn second_once_gives_up_with_exit_3_while_a_pass_runs() {
     for i in 0..4 {
         assert_eq!(app.sim.requests_for(&format!("c{i}")), 1);
     }
-    assert_eq!(runs(&app).len(), 1);
+    assert_eq!(app.runs().len(), 1);
     assert_no_database_trouble(&first);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_once_runs_after_the_holder_and_fetches_nothing_twice() {
     let mut app = TestApp::spawn().await;
-    configure(&mut app, "20s", "[schedule]\nlock_wait = \"10s\"\n");
+    app.configure("20s", "[schedule]\nlock_wait = \"10s\"\n");
     for i in 0..4 {
         let id = format!("c{i}");
         app.create(&id, 100);
@@ -236,7 +230,7 @@ async fn a_waiting_once_runs_after_the_holder_and_fetches_nothing_twice() {
     for i in 0..4 {
         assert_eq!(app.sim.requests_for(&format!("c{i}")), 1);
     }
-    let runs = runs(&app);
+    let runs = app.runs();
     assert_eq!(runs.len(), 2, "{runs:?}");
     assert_runs_never_overlapped(&runs);
     assert_no_database_trouble(&first);
@@ -246,8 +240,7 @@ async fn a_waiting_once_runs_after_the_holder_and_fetches_nothing_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_and_once_take_turns_on_one_database() {
     let mut app = TestApp::spawn().await;
-    configure(
-        &mut app,
+    app.configure(
         "20s",
         "[schedule]\ncron = \"* * * * * *\"\nrun_on_start = true\nlock_wait = \"0s\"\n",
     );
@@ -268,7 +261,7 @@ async fn daemon_and_once_take_turns_on_one_database() {
     let manual = finish(manual, Duration::from_secs(10)).await;
     assert_eq!(manual.status.code(), Some(0), "{}", stderr(&manual));
     wait_until(Duration::from_secs(5), "the daemon's own pass", || {
-        runs(&app).len() >= 2
+        app.runs().len() >= 2
     })
     .await;
 
@@ -305,9 +298,12 @@ async fn daemon_and_once_take_turns_on_one_database() {
     for id in ["c0", "c1", "late"] {
         assert_eq!(app.sim.requests_for(id), 1, "{id} fetched once");
     }
-    let runs = runs(&app);
-    assert_eq!(runs[0].1, "once", "{runs:?}");
-    assert!(runs[1..].iter().all(|r| r.1 == "schedule"), "{runs:?}");
+    let runs = app.runs();
+    assert_eq!(runs[0].trigger, "once", "{runs:?}");
+    assert!(
+        runs[1..].iter().all(|r| r.trigger == "schedule"),
+        "{runs:?}"
+    );
     assert_runs_never_overlapped(&runs);
     assert_no_database_trouble(&daemon);
     assert_no_database_trouble(&manual);
@@ -316,7 +312,7 @@ async fn daemon_and_once_take_turns_on_one_database() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_pass_never_blocks_the_next_and_its_run_is_closed() {
     let mut app = TestApp::spawn().await;
-    configure(&mut app, "20s", "[schedule]\nlock_wait = \"0s\"\n");
+    app.configure("20s", "[schedule]\nlock_wait = \"0s\"\n");
     app.create("stuck", 100);
     app.sim
         .push_reply("stuck", Reply::Delay(Duration::from_secs(30)));
@@ -327,25 +323,25 @@ async fn a_killed_pass_never_blocks_the_next_and_its_run_is_closed() {
     .await;
     victim.kill().await.unwrap(); // SIGKILL: no chance to clean up
     assert_eq!(
-        last_run(&app).4,
+        app.last_run().outcome,
         "running",
         "left behind by the dead process"
     );
 
     let next = finish(once(&app), Duration::from_secs(10)).await;
     assert_eq!(next.status.code(), Some(0), "{}", stderr(&next));
-    let runs = runs(&app);
+    let runs = app.runs();
     assert_eq!(runs.len(), 2, "{runs:?}");
-    assert_eq!(runs[0].4, "interrupted", "{runs:?}");
+    assert_eq!(runs[0].outcome, "interrupted", "{runs:?}");
     assert!(
         runs[0]
-            .6
+            .detail
             .as_deref()
             .unwrap_or("")
             .contains("process ended before the pass finished"),
         "{runs:?}"
     );
-    assert_eq!(runs[1].4, "ok", "{runs:?}");
+    assert_eq!(runs[1].outcome, "ok", "{runs:?}");
     // The dead pass never wrote it, so it was still due and checked now.
     assert_eq!(app.sim.requests_for("stuck"), 2);
     assert!(app.row("stuck").last_checked_at.is_some());
@@ -358,7 +354,7 @@ async fn once_waits_up_to_lock_wait() {
     let lock = PassLock::for_database(&app.db_path);
     let held = lock.try_acquire().unwrap().expect("free");
 
-    configure(&mut app, "20s", "[schedule]\nlock_wait = \"400ms\"\n");
+    app.configure("20s", "[schedule]\nlock_wait = \"400ms\"\n");
     let t = Instant::now();
     let out = finish(once(&app), Duration::from_secs(5)).await;
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
@@ -381,7 +377,7 @@ async fn once_waits_up_to_lock_wait() {
     assert_eq!(app.count("SELECT count(*) FROM runs"), 0);
 
     // Released while the --once waits: it runs.
-    configure(&mut app, "20s", "[schedule]\nlock_wait = \"10s\"\n");
+    app.configure("20s", "[schedule]\nlock_wait = \"10s\"\n");
     let mut waiting = once(&app);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(waiting.try_wait().unwrap().is_none(), "still waiting");
@@ -395,7 +391,7 @@ async fn once_waits_up_to_lock_wait() {
 async fn daemon_that_cannot_open_its_database_exits_1_without_ready() {
     let mut app = TestApp::spawn().await;
     app.db_path = app.dir.path().join("missing-dir").join("ledger.db");
-    configure(&mut app, "20s", "");
+    app.configure("20s", "");
     let sock_path = app.dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     let out = finish(
