@@ -16,13 +16,20 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rusqlite::Connection;
 use univapay_sim::{Credentials, Sim, SimCharge};
+
+// The launcher of the `it` tests, one implementation for both binaries; this one uses a
+// part of it.
+#[allow(dead_code)]
+#[path = "it/util.rs"]
+mod util;
+
+use util::TestCommand;
 
 const STORE: &str = "store-crash";
 
@@ -64,30 +71,25 @@ fn write_config(dir: &Path, base_url: &str, db: &Path) -> PathBuf {
     path
 }
 
-fn once(config: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_konbini-reconciler"));
-    cmd.arg("--config")
-        .arg(config)
-        .arg("--once")
-        .env_clear()
-        .env("RUST_LOG", "off")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+/// `--once` on `config`, in the config's directory, with logging off: only the exit status
+/// and the ledger matter here.
+fn once(config: &Path) -> TestCommand {
+    let mut cmd = TestCommand::new(config.parent().unwrap());
+    cmd.config(config).once().env("RUST_LOG", "off");
     cmd
 }
 
 /// Starts a pass and SIGKILLs it after `after`. `Some(elapsed)` when it finished first.
 fn run_and_kill(config: &Path, after: Duration) -> Option<Duration> {
-    let mut child = once(config).spawn().expect("start the binary");
+    let mut child = once(config).spawn();
     let started = Instant::now();
     let deadline = started + after;
     loop {
-        if child.try_wait().unwrap().is_some() {
+        if child.has_exited() {
             return Some(started.elapsed());
         }
         if Instant::now() >= deadline {
-            child.kill().unwrap(); // SIGKILL
-            child.wait().unwrap();
+            child.kill();
             return None;
         }
         std::thread::sleep(Duration::from_micros(200));
@@ -97,12 +99,12 @@ fn run_and_kill(config: &Path, after: Duration) -> Option<Duration> {
 /// Runs a pass to completion; the exit status must be 0 or 2 (mismatch).
 fn run_clean(config: &Path) -> Duration {
     let started = Instant::now();
-    let out = once(config).output().unwrap();
-    let code = out.status.code();
+    let out = once(config).run();
+    let code = out.code();
     assert!(
         matches!(code, Some(0) | Some(2)),
         "clean pass failed ({code:?}): {}",
-        String::from_utf8_lossy(&out.stderr)
+        out.stderr()
     );
     started.elapsed()
 }

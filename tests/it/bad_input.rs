@@ -12,8 +12,8 @@ use konbini_reconciler::ledger::{Ledger, Outcome};
 use rusqlite::{Connection, ErrorCode, params};
 use univapay_sim::{Credentials, Sim, SimCharge};
 
-use crate::helpers::{STORE, TestApp};
-use crate::sandbox::{self, chmod};
+use crate::helpers::{STORE, TestApp, assert_same, chmod, open_up, snapshot};
+use crate::util::TestCommand;
 
 const TOKEN: &str = "tok.en.jwt";
 const SECRET: &str = "s3cret-value";
@@ -339,16 +339,19 @@ fn refuse(c: &Case, etc: &Path, base: &str, db: &Path) {
         .replace("@BASE@", base);
     std::fs::write(&cfg, text).unwrap();
     chmod(&cfg, 0o644);
-    let mut cmd = sandbox::once(etc, &cfg);
-    cmd.envs(c.env.iter().map(|(k, v)| (k, v)));
-    if c.unprivileged {
-        sandbox::unprivileged(&mut cmd);
+    let mut cmd = TestCommand::new(etc);
+    cmd.config(&cfg).once();
+    for (k, v) in &c.env {
+        cmd.env(k, v);
     }
-    let out = sandbox::run(&mut cmd);
-    let err = sandbox::stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{}: {err}", c.name);
+    if c.unprivileged {
+        cmd.unprivileged();
+    }
+    let out = cmd.run();
+    let err = out.stderr();
+    assert_eq!(out.code(), Some(1), "{}: {err}", c.name);
     assert_eq!(err.lines().count(), 1, "{}: one line: {err}", c.name);
-    let line = sandbox::assert_fatal(&out, &["invalid config", &c.needle]);
+    let line = out.assert_fatal(&["invalid config", &c.needle]);
     assert!(
         line.contains("config.toml"),
         "{}: names the file: {line}",
@@ -359,7 +362,7 @@ fn refuse(c: &Case, etc: &Path, base: &str, db: &Path) {
         "{}: a secret echoed: {line}",
         c.name
     );
-    assert!(sandbox::stdout(&out).is_empty(), "{}", c.name);
+    assert!(out.stdout().is_empty(), "{}", c.name);
 }
 
 /// `data/ledger.db` with one charge, writable by anyone so an unprivileged run could
@@ -383,11 +386,11 @@ fn layout() -> (tempfile::TempDir, PathBuf, PathBuf) {
         )
         .unwrap();
     drop(ledger);
-    sandbox::open_up(root.path());
+    open_up(root.path());
     for d in [&data, &etc] {
         chmod(d, 0o777);
     }
-    for f in sandbox::snapshot(&data).keys() {
+    for f in snapshot(&data).keys() {
         chmod(f, 0o666);
     }
     (root, data, etc)
@@ -404,7 +407,7 @@ async fn bad_configs_are_one_line_naming_the_key_and_touch_no_database() {
     let (_root, data, etc) = layout();
     let existing = data.join("ledger.db");
     let fresh = data.join("fresh.db");
-    let before = sandbox::snapshot(&data);
+    let before = snapshot(&data);
 
     // The control: the same files with nothing wrong do create and change databases, as
     // the unprivileged user too, so "nothing was written" below is not for want of access.
@@ -419,12 +422,13 @@ async fn bad_configs_are_one_line_naming_the_key_and_touch_no_database() {
         )
         .unwrap();
         chmod(&cfg, 0o644);
-        let mut cmd = sandbox::once(&etc, &cfg);
+        let mut cmd = TestCommand::new(&etc);
+        cmd.config(&cfg).once();
         if unprivileged {
-            sandbox::unprivileged(&mut cmd);
+            cmd.unprivileged();
         }
-        let out = sandbox::run(&mut cmd);
-        assert_eq!(out.status.code(), Some(0), "{}", sandbox::stderr(&out));
+        let out = cmd.run();
+        out.assert_code(0);
         assert!(fresh.exists(), "the control run created its database");
         for suffix in ["", "-wal", "-shm", ".lock"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", fresh.display()));
@@ -438,7 +442,7 @@ async fn bad_configs_are_one_line_naming_the_key_and_touch_no_database() {
             assert!(!fresh.exists(), "{}: a database was created", c.name);
         }
     }
-    sandbox::assert_same(&before, &sandbox::snapshot(&data));
+    assert_same(&before, &snapshot(&data));
     assert_eq!(
         sim.counters().requests,
         0,
@@ -446,17 +450,23 @@ async fn bad_configs_are_one_line_naming_the_key_and_touch_no_database() {
     );
     eprintln!("bad configs tried: {}", all.len());
 
-    let mut cmd = sandbox::once(&etc, &etc.join("missing.toml"));
-    let out = sandbox::run(&mut cmd);
-    sandbox::assert_fatal(&out, &["cannot read config file", "missing.toml"]);
-    let mut cmd = sandbox::once(&etc, &etc.join("secrets.d"));
-    let out = sandbox::run(&mut cmd);
-    sandbox::assert_fatal(&out, &["cannot read config file", "secrets.d"]);
+    let out = TestCommand::new(&etc)
+        .config(&etc.join("missing.toml"))
+        .once()
+        .run();
+    out.assert_fatal(&["cannot read config file", "missing.toml"]);
+    let out = TestCommand::new(&etc)
+        .config(&etc.join("secrets.d"))
+        .once()
+        .run();
+    out.assert_fatal(&["cannot read config file", "secrets.d"]);
     std::fs::write(etc.join("latin1.toml"), b"[api]\napp_token = \"\xe9\"\n").unwrap();
-    let mut cmd = sandbox::once(&etc, &etc.join("latin1.toml"));
-    let out = sandbox::run(&mut cmd);
-    sandbox::assert_fatal(&out, &["cannot read config file", "latin1.toml", "UTF-8"]);
-    sandbox::assert_same(&before, &sandbox::snapshot(&data));
+    let out = TestCommand::new(&etc)
+        .config(&etc.join("latin1.toml"))
+        .once()
+        .run();
+    out.assert_fatal(&["cannot read config file", "latin1.toml", "UTF-8"]);
+    assert_same(&before, &snapshot(&data));
 }
 
 // ---- rows written by other programs ---------------------------------------------------

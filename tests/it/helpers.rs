@@ -4,9 +4,17 @@
 //!
 //! Time is a [`ManualClock`]: passes see only the time the test sets, so "due again after
 //! the recheck interval" is a clock step, not a sleep.
+//!
+//! Also here: named rows of the ledger's tables ([`ChargeRow`], [`EventRow`], [`RunRow`]),
+//! polling for a condition ([`wait_until`]), and the file helpers of the permission and
+//! full-disk tests ([`chmod`], [`open_up`], [`snapshot`], [`assert_integrity`]). The binary
+//! itself is launched through [`TestCommand`] (`util`), [`TestApp::command`] for the
+//! test's own config.
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,6 +26,8 @@ use konbini_reconciler::reconcile::{Clock, PassReport, Reconciler};
 use rusqlite::{Connection, OptionalExtension};
 use tokio_util::sync::CancellationToken;
 use univapay_sim::{Credentials, Reply, RunningSim, Sim};
+
+use crate::util::{TestCommand, traversable};
 
 pub const STORE: &str = "11ef0000-0000-0000-0000-000000000001";
 
@@ -144,6 +154,13 @@ impl TestApp {
         self.settings = Arc::new(
             Settings::from_toml(&text, &self.config_path, &[("UNUSED", "")]).expect("test config"),
         );
+    }
+
+    /// The binary in the test's directory with `--config` naming the test's config.
+    pub fn command(&self) -> TestCommand {
+        let mut cmd = TestCommand::new(self.dir.path());
+        cmd.config(&self.config_path);
+        cmd
     }
 
     pub fn db(&self) -> Connection {
@@ -327,6 +344,63 @@ pub fn raw(status: u16, body: &str) -> Reply {
         status,
         body: body.to_owned(),
     }
+}
+
+// ---- files: permissions, snapshots, integrity ------------------------------------------
+
+/// Sets the permission bits of `path`.
+pub fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
+}
+
+/// Lets other users list `dir` (temp dirs are created 0700), and fails loudly if a
+/// directory above it is out of their reach: what [`TestCommand::unprivileged`] needs.
+pub fn open_up(dir: &Path) {
+    let mode = std::fs::metadata(dir).unwrap().permissions().mode();
+    chmod(dir, mode | 0o755);
+    assert!(
+        traversable(dir),
+        "a directory above {} is not traversable by other users; the unprivileged tests \
+         cannot work there",
+        dir.display()
+    );
+}
+
+/// Every file below `dir` (recursively) with its bytes.
+pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let bytes = std::fs::read(&p).unwrap_or_default();
+                out.insert(p, bytes);
+            }
+        }
+    }
+    out
+}
+
+/// Asserts two snapshots are equal, naming the first file that differs.
+pub fn assert_same(before: &BTreeMap<PathBuf, Vec<u8>>, after: &BTreeMap<PathBuf, Vec<u8>>) {
+    let names = |s: &BTreeMap<PathBuf, Vec<u8>>| s.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(names(before), names(after), "files appeared or vanished");
+    for (p, b) in before {
+        assert!(after[p] == *b, "{} changed", p.display());
+    }
+}
+
+/// `PRAGMA integrity_check` on `db` (opened read-write, so a leftover WAL is recovered).
+pub fn assert_integrity(db: &Path) {
+    let conn = Connection::open(db).unwrap();
+    let result: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(result, "ok", "{}", db.display());
 }
 
 /// A complete config for tests; `extra` lines go at the end of `[api]`.

@@ -5,7 +5,6 @@
 //! byte that comes out is searched for them.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::Duration;
 
 use konbini_reconciler::Settings;
@@ -13,8 +12,8 @@ use konbini_reconciler::config::ProcessEnv;
 use rusqlite::Connection;
 use univapay_sim::{Credentials, Reply, RunningSim, Sim, SimCharge};
 
-use crate::helpers::STORE;
-use crate::sandbox::{self, chmod};
+use crate::helpers::{STORE, chmod};
+use crate::util::{Finished, TestCommand};
 
 const SECRET: &str = "sk-SECRET-9f41c2e7-konbini";
 /// JWT-shaped, with a middle part distinctive on its own.
@@ -89,17 +88,17 @@ impl Fixture {
     }
 
     /// Runs `--once` on `config` with `RUST_LOG=trace` and checks everything printed.
-    fn run(&mut self, what: &str, config: &Path, env: &[(&str, &str)]) -> Output {
-        let mut cmd = sandbox::once(self.dir.path(), config);
-        cmd.env("RUST_LOG", "trace").envs(env.iter().copied());
-        let out = sandbox::run(&mut cmd);
-        assert_clean(&format!("{what}: stdout"), &out.stdout);
-        assert_clean(&format!("{what}: stderr"), &out.stderr);
+    fn run(&mut self, what: &str, config: &Path, env: &[(&str, &str)]) -> Finished {
+        let mut cmd = TestCommand::new(self.dir.path());
+        cmd.config(config).once().env("RUST_LOG", "trace");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.run();
+        assert_clean(&format!("{what}: stdout"), out.stdout_bytes());
+        assert_clean(&format!("{what}: stderr"), out.stderr_bytes());
         self.runs += 1;
-        self.trace_lines += sandbox::stderr(&out)
-            .lines()
-            .filter(|l| l.contains("TRACE"))
-            .count();
+        self.trace_lines += out.stderr().lines().filter(|l| l.contains("TRACE")).count();
         out
     }
 
@@ -133,7 +132,7 @@ async fn secrets_appear_nowhere_at_trace_level() {
 
     // A good pass that creates the ledger, then one with transitions and a mismatch.
     let out = f.run("first pass", &cfg, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", sandbox::stderr(&out));
+    out.assert_code(0);
     // Held open across the runs below, so their WAL stays on disk to be searched too.
     let keeper = Connection::open(&f.db).unwrap();
     keeper
@@ -149,7 +148,7 @@ async fn secrets_appear_nowhere_at_trace_level() {
     f.sim.update("c2", |c| c.paid_with(290, "JPY"));
     f.sim.update("c3", SimCharge::expired);
     let out = f.run("good pass", &cfg, &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", sandbox::stderr(&out));
+    out.assert_code(2);
 
     // The same credentials from the environment and from a secret file.
     f.all_due();
@@ -166,7 +165,7 @@ async fn secrets_appear_nowhere_at_trace_level() {
         &bare,
         &[("UNIVAPAY_SECRET", SECRET), ("UNIVAPAY_APP_TOKEN", TOKEN)],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", sandbox::stderr(&out));
+    out.assert_code(0);
     f.write("secret.txt", &format!("{SECRET}\n"));
     let from_file = f.write(
         "from-file.toml",
@@ -179,7 +178,7 @@ async fn secrets_appear_nowhere_at_trace_level() {
     );
     f.all_due();
     let out = f.run("secret from a file", &from_file, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", sandbox::stderr(&out));
+    out.assert_code(0);
 
     // Hostile answers, one pass: an error, garbage, a body past the cap, a cut connection,
     // a timeout, and a redirect to another host that accepts the same credentials.
@@ -228,12 +227,8 @@ async fn secrets_appear_nowhere_at_trace_level() {
     );
     f.all_due();
     let out = f.run("hostile answers", &cfg, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", sandbox::stderr(&out));
-    assert!(
-        sandbox::stdout(&out).contains("errors 6"),
-        "{}",
-        sandbox::stdout(&out)
-    );
+    out.assert_code(0);
+    assert!(out.stdout().contains("errors 6"), "{}", out.stdout());
     assert_eq!(f.other.counters().requests, 0);
 
     // Credentials rejected: a wrong secret, and a 401 in the middle of a pass.
@@ -246,7 +241,7 @@ async fn secrets_appear_nowhere_at_trace_level() {
             ("UNIVAPAY_APP_TOKEN", TOKEN),
         ],
     );
-    sandbox::assert_fatal(&out, &["credentials rejected"]);
+    out.assert_fatal(&["credentials rejected"]);
     f.sim.push_reply(
         "c0",
         Reply::Raw {
@@ -256,7 +251,7 @@ async fn secrets_appear_nowhere_at_trace_level() {
     );
     f.all_due();
     let out = f.run("401 mid-pass", &cfg, &[]);
-    sandbox::assert_fatal(&out, &["credentials rejected"]);
+    out.assert_fatal(&["credentials rejected"]);
 
     // Bad configs around the credentials.
     let creds_line = format!("app_token = \"{TOKEN}\"\n");
@@ -300,7 +295,7 @@ async fn secrets_appear_nowhere_at_trace_level() {
     ] {
         let p = f.write("bad.toml", &text);
         let out = f.run(name, &p, &[]);
-        sandbox::assert_fatal(&out, &[key]);
+        out.assert_fatal(&[key]);
     }
 
     // Database trouble with good credentials.
@@ -308,14 +303,14 @@ async fn secrets_appear_nowhere_at_trace_level() {
     std::fs::write(&not_sqlite, "not a database\n".repeat(300)).unwrap();
     let p = f.config("not-sqlite.toml", &not_sqlite, "");
     let out = f.run("not a database", &p, &[]);
-    sandbox::assert_fatal(&out, &["not a database"]);
+    out.assert_fatal(&["not a database"]);
     let p = f.config("missing-dir.toml", &f.dir.path().join("nope/ledger.db"), "");
     let out = f.run("missing directory", &p, &[]);
-    sandbox::assert_fatal(&out, &["nope"]);
+    out.assert_fatal(&["nope"]);
     keeper.execute_batch("BEGIN IMMEDIATE").unwrap();
     f.all_due_via(&keeper);
     let out = f.run("locked database", &cfg, &[]);
-    sandbox::assert_fatal(&out, &["database is locked"]);
+    out.assert_fatal(&["database is locked"]);
     keeper.execute_batch("COMMIT").unwrap();
 
     // The database and its WAL, as the runs left them and after a final checkpoint.
