@@ -23,12 +23,16 @@ use rand::{Rng, SeedableRng};
 use rusqlite::Connection;
 use univapay_sim::{Credentials, Sim, SimCharge};
 
-// The launcher of the `it` tests, one implementation for both binaries; this one uses a
-// part of it.
+// The launcher and config builder of the `it` tests, one implementation for both
+// binaries; this one uses a part of each.
+#[allow(dead_code)]
+#[path = "it/config.rs"]
+mod config;
 #[allow(dead_code)]
 #[path = "it/util.rs"]
 mod util;
 
+use config::TestConfig;
 use util::TestCommand;
 
 const STORE: &str = "store-crash";
@@ -56,18 +60,18 @@ fn env_num(name: &str, default: u64) -> u64 {
 }
 
 fn write_config(dir: &Path, base_url: &str, db: &Path) -> PathBuf {
-    let c = Credentials::default();
-    let text = format!(
-        "[api]\nbase_url = \"{base_url}\"\napp_token = \"{}\"\nsecret = \"{}\"\ntimeout = \"5s\"\nconcurrency = 8\n\
-         [database]\npath = \"{}\"\n\
-         [reconcile]\nrecheck_interval = \"1ms\"\nretry_backoff = \"1ms\"\nretry_backoff_max = \"2ms\"\nbatch_size = 200\n\
-         [schedule]\nlock_wait = \"10s\"\n",
-        c.app_token,
-        c.secret,
-        db.display()
-    );
+    let config = TestConfig::new(base_url, &Credentials::default(), db).with(|c| {
+        c.api.timeout = Some(Duration::from_secs(5));
+        c.api.concurrency = Some(8);
+        // Every open charge is due again by the next pass, failed checks included.
+        c.reconcile.recheck_interval = Some(Duration::from_millis(1));
+        c.reconcile.retry_backoff = Some(Duration::from_millis(1));
+        c.reconcile.retry_backoff_max = Some(Duration::from_millis(2));
+        c.reconcile.batch_size = Some(200);
+        c.schedule.lock_wait = Some(Duration::from_secs(10));
+    });
     let path = dir.join("config.toml");
-    std::fs::write(&path, text).unwrap();
+    config.write(&path);
     path
 }
 

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use univapay_sim::SimCharge;
 
+use crate::config::TestConfig;
 use crate::helpers::TestApp;
 use crate::util::TestCommand;
 
@@ -52,14 +53,13 @@ async fn exit_1_when_credentials_are_rejected() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exit_1_when_unreachable() {
-    let app = TestApp::spawn().await;
+    let mut app = TestApp::spawn().await;
     app.create("a", 100);
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
-    let text = crate::helpers::config_text(&format!("http://{closed}"), &app.db_path, "");
-    std::fs::write(&app.config_path, text).unwrap();
+    app.reconfigure(|c| c.api.base_url = Some(format!("http://{closed}")));
     let out = app.command().once().run();
     out.assert_code(1);
     assert!(
@@ -74,24 +74,32 @@ async fn bad_config_is_one_stderr_line_and_no_database() {
     let app = TestApp::spawn().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("never.db");
+    let good = TestConfig::default().with(|c| {
+        c.api.app_token = Some("t".into());
+        c.api.secret = Some("s".into());
+        c.database.path = Some(db.clone());
+    });
     let cases = [
-        ("timeout = \"soon\"", "api.timeout"),
-        ("concurrency = 0", "api.concurrency"),
-        ("colour = \"red\"", "colour"),
-        ("base_url = \"http://example.com\"", "api.base_url"),
+        (good.clone().set("api.timeout", "soon"), "api.timeout"),
+        (
+            good.clone().with(|c| c.api.concurrency = Some(0)),
+            "api.concurrency",
+        ),
+        (good.clone().set("api.colour", "red"), "colour"),
+        (
+            good.clone()
+                .with(|c| c.api.base_url = Some("http://example.com".into())),
+            "api.base_url",
+        ),
     ];
-    for (line, key) in cases {
-        let text = format!(
-            "[api]\napp_token = \"t\"\nsecret = \"s\"\n{line}\n[database]\npath = \"{}\"\n",
-            db.display()
-        );
+    for (config, key) in cases {
         let cfg = dir.path().join("bad.toml");
-        std::fs::write(&cfg, text).unwrap();
+        config.write(&cfg);
         let out = TestCommand::new(app.dir.path()).config(&cfg).once().run();
-        assert_eq!(out.code(), Some(1), "{line}");
+        assert_eq!(out.code(), Some(1), "{key}");
         let err = out.stderr();
         assert_eq!(err.lines().count(), 1, "one line: {err}");
-        assert!(err.contains(key), "{line}: {err}");
+        assert!(err.contains(key), "{key}: {err}");
         assert!(!err.contains("panicked"), "{err}");
         assert!(!db.exists(), "no database for a bad config");
     }

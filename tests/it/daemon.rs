@@ -14,8 +14,8 @@ use univapay_sim::{Reply, SimCharge};
 
 use crate::helpers::{TestApp, assert_runs_never_overlapped, wait_until};
 
-/// Every second, no start-up pass unless a test asks for one.
-pub const EVERY_SECOND: &str = "[schedule]\ncron = \"* * * * * *\"\nrun_on_start = false\n";
+/// A tick every second.
+const EVERY_SECOND: &str = "* * * * * *";
 
 fn start(
     app: &TestApp,
@@ -47,7 +47,11 @@ async fn stop_within(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn charges_move_on_the_cron_schedule() {
-    let app = TestApp::spawn_with(EVERY_SECOND).await;
+    let app = TestApp::spawn_with(|c| {
+        c.schedule.cron = Some(EVERY_SECOND.into());
+        c.schedule.run_on_start = Some(false);
+    })
+    .await;
     app.create("paid", 1500);
     app.sim.update("paid", SimCharge::paid);
     app.create("waiting", 800);
@@ -81,10 +85,12 @@ async fn charges_move_on_the_cron_schedule() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_api_makes_ticks_skip_instead_of_overlap() {
     let mut app = TestApp::spawn().await;
-    app.configure(
-        "10s",
-        "[schedule]\ncron = \"* * * * * *\"\nrun_on_start = true\n",
-    );
+    // Slow answers are scripted below: the harness's 2 s timeout would race them.
+    app.reconfigure(|c| {
+        c.api.timeout = Some(Duration::from_secs(10));
+        c.schedule.cron = Some(EVERY_SECOND.into());
+        c.schedule.run_on_start = Some(true);
+    });
     app.create("slow", 100);
     // The first pass is stuck on this answer across at least two ticks.
     app.sim
@@ -123,11 +129,14 @@ async fn a_slow_api_makes_ticks_skip_instead_of_overlap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_mid_pass_drains_within_the_deadline() {
     let mut app = TestApp::spawn().await;
-    app.configure(
-        "20s",
-        "concurrency = 4\n\
-         [schedule]\ncron = \"0 0 0 1 1 *\"\nrun_on_start = true\ndrain_timeout = \"1s\"\n",
-    );
+    app.reconfigure(|c| {
+        c.api.timeout = Some(Duration::from_secs(20));
+        c.api.concurrency = Some(4);
+        // Only the start-up pass: the next tick is at new year.
+        c.schedule.cron = Some("0 0 0 1 1 *".into());
+        c.schedule.run_on_start = Some(true);
+        c.schedule.drain_timeout = Some(Duration::from_secs(1));
+    });
     for id in ["q1", "q2", "q3"] {
         app.create(id, 500);
         app.sim.update(id, SimCharge::paid);

@@ -6,7 +6,7 @@
 //! Permission cases run the binary as `nobody` when the suite runs as root (root ignores
 //! file modes); a full disk is a file-size limit on the child process.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use konbini_reconciler::ledger::{Ledger, Outcome};
@@ -14,9 +14,7 @@ use rusqlite::Connection;
 use rusqlite::types::Value;
 use univapay_sim::{Reply, SimCharge};
 
-use crate::helpers::{
-    TestApp, assert_integrity, assert_same, chmod, config_text, open_up, snapshot,
-};
+use crate::helpers::{TestApp, assert_integrity, assert_same, chmod, open_up, snapshot};
 use crate::util::TestCommand;
 
 /// Every row of every table, in a stable order: what "nothing was written" compares.
@@ -53,15 +51,10 @@ fn dump(db: &Path) -> Vec<String> {
     out
 }
 
-/// Writes the test's config with `[database] busy_timeout` set.
-fn config_with_busy_timeout(app: &TestApp, busy: &str) -> PathBuf {
-    let text = config_text(&app.sim.base_url(), &app.db_path, "").replace(
-        "[database]\n",
-        &format!("[database]\nbusy_timeout = \"{busy}\"\n"),
-    );
-    std::fs::write(&app.config_path, text).unwrap();
+/// Sets `[database] busy_timeout` in the test's config, and lets any user read the file.
+fn set_busy_timeout(app: &mut TestApp, busy: Duration) {
+    app.reconfigure(|c| c.database.busy_timeout = Some(busy));
     chmod(&app.config_path, 0o644);
-    app.config_path.clone()
 }
 
 /// `n` pending charges, all paid at the fake.
@@ -115,13 +108,13 @@ fn hold_write_lock(db: &Path, hold: Duration, work: &'static str) -> std::thread
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_lock_held_past_busy_timeout_is_exit_1_and_writes_nothing() {
-    let app = TestApp::spawn().await;
+    let mut app = TestApp::spawn().await;
     paid_charges(&app, 3);
-    let cfg = config_with_busy_timeout(&app, "200ms");
+    set_busy_timeout(&mut app, Duration::from_millis(200));
     let before = dump(&app.db_path);
     let holder = hold_write_lock(&app.db_path, Duration::from_secs(2), "");
     let started = Instant::now();
-    let out = TestCommand::new(app.dir.path()).config(&cfg).once().run();
+    let out = app.command().once().run();
     let waited = started.elapsed();
     let line = out.assert_fatal(&["database is locked"]);
     assert!(
@@ -140,14 +133,14 @@ async fn a_write_lock_held_past_busy_timeout_is_exit_1_and_writes_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_lock_released_within_busy_timeout_is_waited_for() {
-    let app = TestApp::spawn().await;
+    let mut app = TestApp::spawn().await;
     paid_charges(&app, 3);
     // The other writer is an operator correcting an amount and registering a charge.
     app.sim
         .upsert(SimCharge::new("late", crate::helpers::STORE, 500).paid());
     app.sim
         .update("c0001", |c| SimCharge::new(c.id, c.store_id, 150).paid());
-    let cfg = config_with_busy_timeout(&app, "10s");
+    set_busy_timeout(&mut app, Duration::from_secs(10));
     let started = Instant::now();
     let holder = hold_write_lock(
         &app.db_path,
@@ -156,7 +149,7 @@ async fn a_write_lock_released_within_busy_timeout_is_waited_for() {
          INSERT INTO charges (charge_id, store_id, requested_amount)
          VALUES ('late', '11ef0000-0000-0000-0000-000000000001', 500);",
     );
-    let out = TestCommand::new(app.dir.path()).config(&cfg).once().run();
+    let out = app.command().once().run();
     out.assert_code(0);
     assert!(
         started.elapsed() >= Duration::from_millis(1500),
@@ -263,9 +256,9 @@ fn settle(db: &Path) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_read_only_database_file_is_exit_1() {
-    let app = TestApp::spawn().await;
+    let mut app = TestApp::spawn().await;
     paid_charges(&app, 2);
-    let cfg = config_with_busy_timeout(&app, "1s");
+    set_busy_timeout(&mut app, Duration::from_secs(1));
     settle(&app.db_path);
     open_up(app.dir.path());
     chmod(app.dir.path(), 0o777);
@@ -273,11 +266,7 @@ async fn a_read_only_database_file_is_exit_1() {
     let before = std::fs::read(&app.db_path).unwrap();
     let rows = dump(&app.db_path);
     settle(&app.db_path);
-    let out = TestCommand::new(app.dir.path())
-        .config(&cfg)
-        .once()
-        .unprivileged()
-        .run();
+    let out = app.command().once().unprivileged().run();
     let line = out.assert_fatal(&[&app.db_path.display().to_string()]);
     assert!(line.contains("readonly"), "{line}");
     assert_eq!(
@@ -292,25 +281,23 @@ async fn a_read_only_database_file_is_exit_1() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_read_only_directory_is_exit_1() {
-    let app = TestApp::spawn().await;
+    let mut app = TestApp::spawn().await;
     paid_charges(&app, 2);
-    let cfg = config_with_busy_timeout(&app, "1s");
+    set_busy_timeout(&mut app, Duration::from_secs(1));
     settle(&app.db_path);
     open_up(app.dir.path());
     chmod(&app.db_path, 0o666);
     let before = snapshot(app.dir.path());
     chmod(app.dir.path(), 0o555);
-    let out = TestCommand::new(app.dir.path())
-        .config(&cfg)
-        .once()
-        .unprivileged()
-        .run();
+    let out = app.command().once().unprivileged().run();
     out.assert_fatal(&[&app.db_path.display().to_string()]);
     // And a ledger that does not exist yet cannot be created there.
     let fresh = app.dir.path().join("fresh.db");
-    let text = config_text(&app.sim.base_url(), &fresh, "");
     let fresh_cfg = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(fresh_cfg.path(), text).unwrap();
+    app.config
+        .clone()
+        .with(|c| c.database.path = Some(fresh.clone()))
+        .write(fresh_cfg.path());
     chmod(fresh_cfg.path(), 0o644);
     let out = TestCommand::new(app.dir.path())
         .config(fresh_cfg.path())
@@ -326,9 +313,11 @@ async fn a_read_only_directory_is_exit_1() {
 
 /// Runs the binary on a config whose database is `db`; asserts the fatal line names it.
 fn refused_database(app: &TestApp, db: &Path, needles: &[&str]) -> String {
-    let text = config_text(&app.sim.base_url(), db, "");
     let cfg = app.dir.path().join("other.toml");
-    std::fs::write(&cfg, text).unwrap();
+    app.config
+        .clone()
+        .with(|c| c.database.path = Some(db.to_owned()))
+        .write(&cfg);
     let out = TestCommand::new(app.dir.path()).config(&cfg).once().run();
     let mut all = vec![db.to_str().unwrap()];
     all.extend_from_slice(needles);
@@ -392,17 +381,13 @@ async fn databases_that_cannot_be_ours_are_refused_unchanged() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_disk_mid_pass_is_exit_1_and_every_charge_before_or_after() {
-    let app = TestApp::spawn().await;
+    let mut app = TestApp::spawn().await;
     paid_charges(&app, 400);
-    let cfg = config_with_busy_timeout(&app, "1s");
+    set_busy_timeout(&mut app, Duration::from_secs(1));
     settle(&app.db_path);
     let size = std::fs::metadata(&app.db_path).unwrap().len();
     // Room for the runs row and a little more, not for 400 transitions and their events.
-    let out = TestCommand::new(app.dir.path())
-        .config(&cfg)
-        .once()
-        .file_size_limit(size + 64 * 1024)
-        .run();
+    let out = app.command().once().file_size_limit(size + 64 * 1024).run();
     out.assert_fatal(&["is the disk full"]);
     assert_integrity(&app.db_path);
     let done = assert_each_before_or_after(&app);
@@ -414,7 +399,7 @@ async fn a_full_disk_mid_pass_is_exit_1_and_every_charge_before_or_after() {
         "the failed pass is not recorded as a success"
     );
     // With room again, the next pass finishes the job: nothing was lost.
-    let out = TestCommand::new(app.dir.path()).config(&cfg).once().run();
+    let out = app.command().once().run();
     out.assert_code(0);
     assert_eq!(assert_each_before_or_after(&app), 400);
     // The failed pass is visible: marked `failed` when that could still be written,
@@ -437,9 +422,11 @@ async fn a_full_disk_mid_pass_is_exit_1_and_every_charge_before_or_after() {
 async fn a_full_disk_during_the_first_migration_leaves_no_half_schema() {
     let app = TestApp::spawn().await;
     let fresh = app.dir.path().join("fresh.db");
-    let text = config_text(&app.sim.base_url(), &fresh, "");
     let cfg = app.dir.path().join("fresh.toml");
-    std::fs::write(&cfg, text).unwrap();
+    app.config
+        .clone()
+        .with(|c| c.database.path = Some(fresh.clone()))
+        .write(&cfg);
     let out = TestCommand::new(app.dir.path())
         .config(&cfg)
         .once()

@@ -11,8 +11,6 @@
 //! itself is launched through [`TestCommand`] (`util`), [`TestApp::command`] for the
 //! test's own config.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -27,6 +25,7 @@ use rusqlite::{Connection, OptionalExtension};
 use tokio_util::sync::CancellationToken;
 use univapay_sim::{Credentials, Reply, RunningSim, Sim};
 
+use crate::config::TestConfig;
 use crate::util::{TestCommand, traversable};
 
 pub const STORE: &str = "11ef0000-0000-0000-0000-000000000001";
@@ -52,6 +51,8 @@ pub struct TestApp {
     pub dir: tempfile::TempDir,
     pub db_path: PathBuf,
     pub config_path: PathBuf,
+    /// What `config_path` holds; change it with [`reconfigure`](TestApp::reconfigure).
+    pub config: TestConfig,
     pub settings: Arc<Settings>,
     pub reconciler: Reconciler,
     pub clock: Arc<ManualClock>,
@@ -102,23 +103,21 @@ pub struct RunRow {
 impl TestApp {
     /// Fake API plus temp database, default settings, 2 s request timeout.
     pub async fn spawn() -> TestApp {
-        Self::spawn_with("").await
+        Self::spawn_with(|_| {}).await
     }
 
-    /// As [`spawn`](Self::spawn), with extra TOML lines appended to `[api]` (a following
-    /// `[section]` header in `extra` starts other sections).
-    pub async fn spawn_with(extra: &str) -> TestApp {
+    /// As [`spawn`](Self::spawn), with the config edited by `edit` first.
+    pub async fn spawn_with(edit: impl FnOnce(&mut TestConfig)) -> TestApp {
         let sim = Sim::start(Credentials::default())
             .await
             .expect("start fake UnivaPay");
         let dir = tempfile::tempdir().unwrap();
         let db_path = dir.path().join("ledger.db");
+        let config = TestConfig::new(&sim.base_url(), &Credentials::default(), &db_path)
+            .with(|c| c.api.timeout = Some(Duration::from_secs(2)))
+            .with(edit);
         let config_path = dir.path().join("config.toml");
-        let text = config_text(&sim.base_url(), &db_path, extra);
-        std::fs::write(&config_path, &text).unwrap();
-        let settings = Arc::new(
-            Settings::from_toml(&text, &config_path, &[("UNUSED", "")]).expect("test config"),
-        );
+        let settings = write_settings(&config, &config_path);
         // Ahead of the database's own clock, so that charges registered just now are due.
         let clock = Arc::new(ManualClock(Mutex::new(
             Utc::now() + chrono::Duration::seconds(1),
@@ -130,30 +129,21 @@ impl TestApp {
             dir,
             db_path,
             config_path,
+            config,
             settings,
             reconciler,
             clock,
         }
     }
 
-    /// Rewrites the test's config (file and settings) with `extra` appended and the given
-    /// per-request timeout: the harness's 2 s would turn the slow answers some tests script
-    /// into timeouts and race the behaviour under test.
-    pub fn configure(&mut self, api_timeout: &str, extra: &str) {
-        let text = config_text(&self.sim.base_url(), &self.db_path, extra);
-        assert!(
-            text.contains("timeout = \"2s\""),
-            "harness config changed: {text}"
-        );
-        let text = text.replacen(
-            "timeout = \"2s\"",
-            &format!("timeout = \"{api_timeout}\""),
-            1,
-        );
-        std::fs::write(&self.config_path, &text).unwrap();
-        self.settings = Arc::new(
-            Settings::from_toml(&text, &self.config_path, &[("UNUSED", "")]).expect("test config"),
-        );
+    /// Edits the test's config and brings the rest along: the file, the settings, the
+    /// reconciler (same clock) and `db_path`. The ledger at a new path is not created.
+    pub fn reconfigure(&mut self, edit: impl FnOnce(&mut TestConfig)) {
+        edit(&mut self.config);
+        self.settings = write_settings(&self.config, &self.config_path);
+        self.db_path = self.settings.database.path.clone();
+        self.reconciler =
+            Reconciler::with_clock(self.settings.clone(), self.clock.clone()).unwrap();
     }
 
     /// The binary in the test's directory with `--config` naming the test's config.
@@ -307,6 +297,13 @@ impl TestApp {
     }
 }
 
+/// Writes `config` to `path` and reads it back as the program would, with no environment.
+fn write_settings(config: &TestConfig, path: &Path) -> Arc<Settings> {
+    let text = config.to_toml();
+    std::fs::write(path, &text).unwrap();
+    Arc::new(Settings::from_toml(&text, path, &[("UNUSED", "")]).expect("test config"))
+}
+
 /// Every run finished, and each started only after the one before it had finished.
 pub fn assert_runs_never_overlapped(runs: &[RunRow]) {
     for r in runs {
@@ -401,21 +398,4 @@ pub fn assert_integrity(db: &Path) {
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();
     assert_eq!(result, "ok", "{}", db.display());
-}
-
-/// A complete config for tests; `extra` lines go at the end of `[api]`.
-pub fn config_text(base_url: &str, db_path: &Path, extra: &str) -> String {
-    let creds = Credentials::default();
-    let (api_extra, rest) = match extra.find("\n[") {
-        Some(i) => extra.split_at(i),
-        None if extra.starts_with('[') => ("", extra),
-        None => (extra, ""),
-    };
-    format!(
-        "[api]\nbase_url = \"{base_url}\"\napp_token = \"{}\"\nsecret = \"{}\"\ntimeout = \"2s\"\n{api_extra}\n\
-         [database]\npath = \"{}\"\n{rest}\n",
-        creds.app_token,
-        creds.secret,
-        db_path.display(),
-    )
 }

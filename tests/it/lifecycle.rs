@@ -325,7 +325,7 @@ async fn runs_rows_record_each_pass() {
 
 #[tokio::test]
 async fn many_charges_stream_through_small_batches() {
-    let app = TestApp::spawn_with("[reconcile]\nbatch_size = 7\n").await;
+    let app = TestApp::spawn_with(|c| c.reconcile.batch_size = Some(7)).await;
     for i in 0..100 {
         let id = format!("bulk-{i:03}");
         app.create(&id, 100 + i);

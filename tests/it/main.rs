@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod binary;
+mod config;
 mod daemon;
 mod database;
 mod errors;

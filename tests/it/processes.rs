@@ -11,6 +11,13 @@ use univapay_sim::{Reply, SimCharge};
 use crate::helpers::{TestApp, assert_runs_never_overlapped, wait_until};
 use crate::util::{Finished, Running};
 
+/// The request timeout here: the harness's 2 s would turn the slow answers these tests
+/// script into timeouts and race the behaviour under test.
+const PATIENT: Duration = Duration::from_secs(20);
+
+/// A tick every second.
+const EVERY_SECOND: &str = "* * * * * *";
+
 /// `--once` with the test's config, started.
 fn once(app: &TestApp) -> Running {
     app.command().once().spawn()
@@ -57,11 +64,14 @@ async fn recv_until(
 async fn plays_systemd_ready_status_watchdog_stopping() {
     let mut app = TestApp::spawn().await;
     // A database that does not exist yet: READY must come after it was created.
-    app.db_path = app.dir.path().join("fresh.db");
-    app.configure(
-        "20s",
-        "[schedule]\ncron = \"* * * * * *\"\nrun_on_start = false\ndrain_timeout = \"1s\"\n",
-    );
+    let fresh = app.dir.path().join("fresh.db");
+    app.reconfigure(|c| {
+        c.api.timeout = Some(PATIENT);
+        c.database.path = Some(fresh);
+        c.schedule.cron = Some(EVERY_SECOND.into());
+        c.schedule.run_on_start = Some(false);
+        c.schedule.drain_timeout = Some(Duration::from_secs(1));
+    });
     let sock_path = app.dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     let mut daemon = app
@@ -130,7 +140,10 @@ async fn plays_systemd_ready_status_watchdog_stopping() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_once_gives_up_with_exit_3_while_a_pass_runs() {
     let mut app = TestApp::spawn().await;
-    app.configure("20s", "[schedule]\nlock_wait = \"0s\"\n");
+    app.reconfigure(|c| {
+        c.api.timeout = Some(PATIENT);
+        c.schedule.lock_wait = Some(Duration::ZERO);
+    });
     for i in 0..4 {
         let id = format!("c{i}");
         app.create(&id, 100);
@@ -170,7 +183,10 @@ async fn second_once_gives_up_with_exit_3_while_a_pass_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_once_runs_after_the_holder_and_fetches_nothing_twice() {
     let mut app = TestApp::spawn().await;
-    app.configure("20s", "[schedule]\nlock_wait = \"10s\"\n");
+    app.reconfigure(|c| {
+        c.api.timeout = Some(PATIENT);
+        c.schedule.lock_wait = Some(Duration::from_secs(10));
+    });
     for i in 0..4 {
         let id = format!("c{i}");
         app.create(&id, 100);
@@ -208,10 +224,12 @@ async fn a_waiting_once_runs_after_the_holder_and_fetches_nothing_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_and_once_take_turns_on_one_database() {
     let mut app = TestApp::spawn().await;
-    app.configure(
-        "20s",
-        "[schedule]\ncron = \"* * * * * *\"\nrun_on_start = true\nlock_wait = \"0s\"\n",
-    );
+    app.reconfigure(|c| {
+        c.api.timeout = Some(PATIENT);
+        c.schedule.cron = Some(EVERY_SECOND.into());
+        c.schedule.run_on_start = Some(true);
+        c.schedule.lock_wait = Some(Duration::ZERO);
+    });
     for id in ["c0", "c1"] {
         app.create(id, 100);
         app.sim
@@ -280,7 +298,10 @@ async fn daemon_and_once_take_turns_on_one_database() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_pass_never_blocks_the_next_and_its_run_is_closed() {
     let mut app = TestApp::spawn().await;
-    app.configure("20s", "[schedule]\nlock_wait = \"0s\"\n");
+    app.reconfigure(|c| {
+        c.api.timeout = Some(PATIENT);
+        c.schedule.lock_wait = Some(Duration::ZERO);
+    });
     app.create("stuck", 100);
     app.sim
         .push_reply("stuck", Reply::Delay(Duration::from_secs(30)));
@@ -322,7 +343,10 @@ async fn once_waits_up_to_lock_wait() {
     let lock = PassLock::for_database(&app.db_path);
     let held = lock.try_acquire().unwrap().expect("free");
 
-    app.configure("20s", "[schedule]\nlock_wait = \"400ms\"\n");
+    app.reconfigure(|c| {
+        c.api.timeout = Some(PATIENT);
+        c.schedule.lock_wait = Some(Duration::from_millis(400));
+    });
     let t = Instant::now();
     let out = once(&app).finish(Duration::from_secs(5)).await;
     out.assert_code(3);
@@ -345,7 +369,7 @@ async fn once_waits_up_to_lock_wait() {
     assert_eq!(app.count("SELECT count(*) FROM runs"), 0);
 
     // Released while the --once waits: it runs.
-    app.configure("20s", "[schedule]\nlock_wait = \"10s\"\n");
+    app.reconfigure(|c| c.schedule.lock_wait = Some(Duration::from_secs(10)));
     let mut waiting = once(&app);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!waiting.has_exited(), "still waiting");
@@ -358,8 +382,11 @@ async fn once_waits_up_to_lock_wait() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_that_cannot_open_its_database_exits_1_without_ready() {
     let mut app = TestApp::spawn().await;
-    app.db_path = app.dir.path().join("missing-dir").join("ledger.db");
-    app.configure("20s", "");
+    let missing = app.dir.path().join("missing-dir").join("ledger.db");
+    app.reconfigure(|c| {
+        c.api.timeout = Some(PATIENT);
+        c.database.path = Some(missing);
+    });
     let sock_path = app.dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     let out = app
@@ -431,13 +458,15 @@ fn unit_files_match_the_program() {
         .find_map(|l| l.strip_prefix("TimeoutStopSec="))
         .expect("TimeoutStopSec");
     let stop = humantime::parse_duration(stop).unwrap();
-    let config =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml")).unwrap();
-    let drain = config
-        .lines()
-        .find_map(|l| l.strip_prefix("drain_timeout = "))
-        .map(|v| humantime::parse_duration(v.trim_matches('"')).unwrap())
-        .expect("drain_timeout in config.toml");
+    let config: toml::Table = toml::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml"))
+            .unwrap(),
+    )
+    .unwrap();
+    let drain = config["schedule"]["drain_timeout"]
+        .as_str()
+        .map(|v| humantime::parse_duration(v).unwrap())
+        .expect("schedule.drain_timeout in config.toml");
     assert!(
         drain * 2 <= stop,
         "drain {drain:?} vs TimeoutStopSec {stop:?}"

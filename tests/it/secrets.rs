@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use konbini_reconciler::Settings;
-use konbini_reconciler::config::ProcessEnv;
 use rusqlite::Connection;
 use univapay_sim::{Credentials, Reply, RunningSim, Sim, SimCharge};
 
+use crate::config::TestConfig;
 use crate::helpers::{STORE, chmod};
 use crate::util::{Finished, TestCommand};
 
@@ -23,6 +23,14 @@ const TOKEN_PART: &str = "eyJUT0tFTi03YjNkIjoxfQ";
 const WRONG_SECRET: &str = "sk-WRONG-4d0c8a11-konbini";
 /// What a badly written config file holds where the secret should be.
 const BAD_SECRETS: [&str; 3] = ["987654321987", "SECRET-with space", "UNQUOTED-SECRET-55c1"];
+
+/// What the fake accepts and the configs hold.
+fn credentials() -> Credentials {
+    Credentials {
+        secret: SECRET.into(),
+        app_token: TOKEN.into(),
+    }
+}
 
 fn needles() -> Vec<&'static str> {
     let mut v = vec![SECRET, TOKEN, TOKEN_PART, WRONG_SECRET];
@@ -51,12 +59,8 @@ struct Fixture {
 
 impl Fixture {
     async fn start() -> Fixture {
-        let creds = Credentials {
-            secret: SECRET.into(),
-            app_token: TOKEN.into(),
-        };
-        let sim = Sim::start(creds.clone()).await.unwrap();
-        let other = Sim::start(creds).await.unwrap();
+        let sim = Sim::start(credentials()).await.unwrap();
+        let other = Sim::start(credentials()).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("ledger.db");
         Fixture {
@@ -69,15 +73,13 @@ impl Fixture {
         }
     }
 
-    /// A config in the file: credentials inline, `api_extra` appended to `[api]`.
-    fn config(&self, name: &str, db: &Path, api_extra: &str) -> PathBuf {
-        let text = format!(
-            "[api]\nbase_url = \"{}\"\napp_token = \"{TOKEN}\"\nsecret = \"{SECRET}\"\n\
-             timeout = \"1s\"\n{api_extra}\n[database]\npath = \"{}\"\nbusy_timeout = \"100ms\"\n",
-            self.sim.base_url(),
-            db.display()
-        );
-        self.write(name, &text)
+    /// A config in the file `name`, credentials inline, the ledger at `db`.
+    fn config(&self, name: &str, db: &Path) -> PathBuf {
+        let config = TestConfig::new(&self.sim.base_url(), &credentials(), db).with(|c| {
+            c.api.timeout = Some(Duration::from_secs(1));
+            c.database.busy_timeout = Some(Duration::from_millis(100));
+        });
+        self.write(name, &config.to_toml())
     }
 
     fn write(&self, name: &str, text: &str) -> PathBuf {
@@ -128,7 +130,7 @@ impl Fixture {
 #[tokio::test(flavor = "multi_thread")]
 async fn secrets_appear_nowhere_at_trace_level() {
     let mut f = Fixture::start().await;
-    let cfg = f.config("config.toml", &f.db.clone(), "");
+    let cfg = f.config("config.toml", &f.db);
 
     // A good pass that creates the ledger, then one with transitions and a mismatch.
     let out = f.run("first pass", &cfg, &[]);
@@ -152,14 +154,11 @@ async fn secrets_appear_nowhere_at_trace_level() {
 
     // The same credentials from the environment and from a secret file.
     f.all_due();
-    let bare = f.write(
-        "from-env.toml",
-        &format!(
-            "[api]\nbase_url = \"{}\"\n[database]\npath = \"{}\"\n",
-            f.sim.base_url(),
-            f.db.display()
-        ),
-    );
+    let no_credentials = TestConfig::default().with(|c| {
+        c.api.base_url = Some(f.sim.base_url());
+        c.database.path = Some(f.db.clone());
+    });
+    let bare = f.write("from-env.toml", &no_credentials.to_toml());
     let out = f.run(
         "credentials from the environment",
         &bare,
@@ -169,12 +168,13 @@ async fn secrets_appear_nowhere_at_trace_level() {
     f.write("secret.txt", &format!("{SECRET}\n"));
     let from_file = f.write(
         "from-file.toml",
-        &format!(
-            "[api]\nbase_url = \"{}\"\napp_token = \"{TOKEN}\"\nsecret_file = \"secret.txt\"\n\
-             [database]\npath = \"{}\"\n",
-            f.sim.base_url(),
-            f.db.display()
-        ),
+        &no_credentials
+            .clone()
+            .with(|c| {
+                c.api.app_token = Some(TOKEN.into());
+                c.api.secret_file = Some("secret.txt".into());
+            })
+            .to_toml(),
     );
     f.all_due();
     let out = f.run("secret from a file", &from_file, &[]);
@@ -254,42 +254,58 @@ async fn secrets_appear_nowhere_at_trace_level() {
     out.assert_fatal(&["credentials rejected"]);
 
     // Bad configs around the credentials.
-    let creds_line = format!("app_token = \"{TOKEN}\"\n");
-    let base = format!("[api]\nbase_url = \"{}\"\n", f.sim.base_url());
+    let token_only = TestConfig::default().with(|c| {
+        c.api.base_url = Some(f.sim.base_url());
+        c.api.app_token = Some(TOKEN.into());
+    });
+    let good = token_only
+        .clone()
+        .with(|c| c.api.secret = Some(SECRET.into()));
+    // Not TOML at all, so spelled out: the line the error names is plain to see.
+    let head = format!(
+        "[api]\nbase_url = \"{}\"\napp_token = \"{TOKEN}\"\n",
+        f.sim.base_url()
+    );
     for (name, text, key) in [
         (
             "secret as a number",
-            format!("{base}{creds_line}secret = {}\n", BAD_SECRETS[0]),
+            token_only
+                .clone()
+                .set("api.secret", BAD_SECRETS[0].parse::<i64>().unwrap())
+                .to_toml(),
             "api.secret",
         ),
         (
             "secret with a space",
-            format!("{base}{creds_line}secret = \"{}\"\n", BAD_SECRETS[1]),
+            token_only
+                .clone()
+                .with(|c| c.api.secret = Some(BAD_SECRETS[1].into()))
+                .to_toml(),
             "api.secret",
         ),
         (
             "secret unquoted",
-            format!("{base}{creds_line}secret = {}\n", BAD_SECRETS[2]),
+            format!("{head}secret = {}\n", BAD_SECRETS[2]),
             "line 4",
         ),
         (
             "secret under a misspelt key",
-            format!("{base}{creds_line}secrte = \"{SECRET}\"\n"),
+            token_only.clone().set("api.secrte", SECRET).to_toml(),
             "secrte",
         ),
         (
             "secret twice",
-            format!("{base}{creds_line}secret = \"{SECRET}\"\nsecret = \"{SECRET}\"\n"),
+            format!("{head}secret = \"{SECRET}\"\nsecret = \"{SECRET}\"\n"),
             "line 5",
         ),
         (
             "token as a list",
-            format!("{base}app_token = [\"{TOKEN}\"]\nsecret = \"{SECRET}\"\n"),
+            good.clone().set("api.app_token", vec![TOKEN]).to_toml(),
             "api.app_token",
         ),
         (
             "another key wrong beside good credentials",
-            format!("{base}{creds_line}secret = \"{SECRET}\"\ntimeout = \"soon\"\n"),
+            good.clone().set("api.timeout", "soon").to_toml(),
             "api.timeout",
         ),
     ] {
@@ -301,10 +317,10 @@ async fn secrets_appear_nowhere_at_trace_level() {
     // Database trouble with good credentials.
     let not_sqlite = f.dir.path().join("notes.db");
     std::fs::write(&not_sqlite, "not a database\n".repeat(300)).unwrap();
-    let p = f.config("not-sqlite.toml", &not_sqlite, "");
+    let p = f.config("not-sqlite.toml", &not_sqlite);
     let out = f.run("not a database", &p, &[]);
     out.assert_fatal(&["not a database"]);
-    let p = f.config("missing-dir.toml", &f.dir.path().join("nope/ledger.db"), "");
+    let p = f.config("missing-dir.toml", &f.dir.path().join("nope/ledger.db"));
     let out = f.run("missing directory", &p, &[]);
     out.assert_fatal(&["nope"]);
     keeper.execute_batch("BEGIN IMMEDIATE").unwrap();
@@ -356,12 +372,14 @@ impl Fixture {
 fn debug_output_of_the_settings_redacts_the_credentials() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("config.toml");
-    std::fs::write(
-        &cfg,
-        format!("[api]\napp_token = \"{TOKEN}\"\nsecret = \"{SECRET}\"\n"),
-    )
-    .unwrap();
-    let s = Settings::load(&cfg, &ProcessEnv).unwrap();
+    TestConfig::default()
+        .with(|c| {
+            c.api.app_token = Some(TOKEN.into());
+            c.api.secret = Some(SECRET.into());
+        })
+        .write(&cfg);
+    // No environment: a developer's own UNIVAPAY_* must not stand in for these.
+    let s = Settings::load(&cfg, &[("UNUSED", "")]).unwrap();
     for text in [format!("{s:?}"), format!("{s:#?}"), format!("{:?}", s.api)] {
         assert_clean("Debug of the settings", text.as_bytes());
         assert!(text.contains("REDACTED"), "{text}");
