@@ -16,7 +16,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -24,7 +23,34 @@ use rand::{Rng, SeedableRng};
 use rusqlite::Connection;
 use univapay_sim::{Credentials, Sim, SimCharge};
 
+// The launcher and config builder of the `it` tests, one implementation for both
+// binaries; this one uses a part of each.
+#[allow(dead_code)]
+#[path = "it/config.rs"]
+mod config;
+#[allow(dead_code)]
+#[path = "it/util.rs"]
+mod util;
+
+use config::TestConfig;
+use util::TestCommand;
+
 const STORE: &str = "store-crash";
+
+/// The columns of a `charges` row the final check compares with the fake.
+struct ChargeRow {
+    state: String,
+    provider_status: Option<String>,
+    amount_mismatch: i64,
+}
+
+/// The columns of a `charge_events` row the final check follows.
+struct EventRow {
+    charge_id: String,
+    kind: String,
+    from_state: Option<String>,
+    to_state: Option<String>,
+}
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -34,45 +60,40 @@ fn env_num(name: &str, default: u64) -> u64 {
 }
 
 fn write_config(dir: &Path, base_url: &str, db: &Path) -> PathBuf {
-    let c = Credentials::default();
-    let text = format!(
-        "[api]\nbase_url = \"{base_url}\"\napp_token = \"{}\"\nsecret = \"{}\"\ntimeout = \"5s\"\nconcurrency = 8\n\
-         [database]\npath = \"{}\"\n\
-         [reconcile]\nrecheck_interval = \"1ms\"\nretry_backoff = \"1ms\"\nretry_backoff_max = \"2ms\"\nbatch_size = 200\n\
-         [schedule]\nlock_wait = \"10s\"\n",
-        c.app_token,
-        c.secret,
-        db.display()
-    );
+    let config = TestConfig::new(base_url, &Credentials::default(), db).with(|c| {
+        c.api.timeout = Some(Duration::from_secs(5));
+        c.api.concurrency = Some(8);
+        // Every open charge is due again by the next pass, failed checks included.
+        c.reconcile.recheck_interval = Some(Duration::from_millis(1));
+        c.reconcile.retry_backoff = Some(Duration::from_millis(1));
+        c.reconcile.retry_backoff_max = Some(Duration::from_millis(2));
+        c.reconcile.batch_size = Some(200);
+        c.schedule.lock_wait = Some(Duration::from_secs(10));
+    });
     let path = dir.join("config.toml");
-    std::fs::write(&path, text).unwrap();
+    config.write(&path);
     path
 }
 
-fn once(config: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_konbini-reconciler"));
-    cmd.arg("--config")
-        .arg(config)
-        .arg("--once")
-        .env_clear()
-        .env("RUST_LOG", "off")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+/// `--once` on `config`, in the config's directory, with logging off: only the exit status
+/// and the ledger matter here.
+fn once(config: &Path) -> TestCommand {
+    let mut cmd = TestCommand::new(config.parent().unwrap());
+    cmd.config(config).once().env("RUST_LOG", "off");
     cmd
 }
 
 /// Starts a pass and SIGKILLs it after `after`. `Some(elapsed)` when it finished first.
 fn run_and_kill(config: &Path, after: Duration) -> Option<Duration> {
-    let mut child = once(config).spawn().expect("start the binary");
+    let mut child = once(config).spawn();
     let started = Instant::now();
     let deadline = started + after;
     loop {
-        if child.try_wait().unwrap().is_some() {
+        if child.has_exited() {
             return Some(started.elapsed());
         }
         if Instant::now() >= deadline {
-            child.kill().unwrap(); // SIGKILL
-            child.wait().unwrap();
+            child.kill();
             return None;
         }
         std::thread::sleep(Duration::from_micros(200));
@@ -82,12 +103,12 @@ fn run_and_kill(config: &Path, after: Duration) -> Option<Duration> {
 /// Runs a pass to completion; the exit status must be 0 or 2 (mismatch).
 fn run_clean(config: &Path) -> Duration {
     let started = Instant::now();
-    let out = once(config).output().unwrap();
-    let code = out.status.code();
+    let out = once(config).run();
+    let code = out.code();
     assert!(
         matches!(code, Some(0) | Some(2)),
         "clean pass failed ({code:?}): {}",
-        String::from_utf8_lossy(&out.stderr)
+        out.stderr()
     );
     started.elapsed()
 }
@@ -244,17 +265,26 @@ async fn killed_anywhere_loses_nothing() {
     integrity_ok(&db);
     let conn = Connection::open(&db).unwrap();
 
-    let mut rows: HashMap<String, (String, Option<String>, i64)> = HashMap::new();
+    let mut rows: HashMap<String, ChargeRow> = HashMap::new();
     {
         let mut stmt = conn
             .prepare("SELECT charge_id, state, provider_status, amount_mismatch FROM charges")
             .unwrap();
         for r in stmt
-            .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))))
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    ChargeRow {
+                        state: r.get(1)?,
+                        provider_status: r.get(2)?,
+                        amount_mismatch: r.get(3)?,
+                    },
+                ))
+            })
             .unwrap()
         {
-            let (id, v) = r.unwrap();
-            rows.insert(id, v);
+            let (id, row) = r.unwrap();
+            rows.insert(id, row);
         }
     }
     assert_eq!(rows.len(), charges, "seed {seed}: charges lost or added");
@@ -264,24 +294,24 @@ async fn killed_anywhere_loses_nothing() {
         let mut stmt = conn
             .prepare("SELECT charge_id, kind, from_state, to_state FROM charge_events ORDER BY id")
             .unwrap();
-        for r in stmt
+        for e in stmt
             .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Option<String>>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                ))
+                Ok(EventRow {
+                    charge_id: r.get(0)?,
+                    kind: r.get(1)?,
+                    from_state: r.get(2)?,
+                    to_state: r.get(3)?,
+                })
             })
             .unwrap()
         {
-            let (id, kind, from, to) = r.unwrap();
-            match kind.as_str() {
+            let e = e.unwrap();
+            match e.kind.as_str() {
                 "transition" => chains
-                    .entry(id)
+                    .entry(e.charge_id)
                     .or_default()
-                    .push((from.unwrap(), to.unwrap())),
-                "mismatch" => *mismatch_events.entry(id).or_default() += 1,
+                    .push((e.from_state.unwrap(), e.to_state.unwrap())),
+                "mismatch" => *mismatch_events.entry(e.charge_id).or_default() += 1,
                 _ => {}
             }
         }
@@ -289,7 +319,11 @@ async fn killed_anywhere_loses_nothing() {
     let mut transitions_seen = 0;
     for id in &ids {
         let fake = sim.charge(id).unwrap();
-        let (state, provider_status, flagged) = &rows[id];
+        let ChargeRow {
+            state,
+            provider_status,
+            amount_mismatch,
+        } = &rows[id];
         assert_eq!(state, our_state(&fake.status), "seed {seed}: {id} state");
         assert_eq!(
             provider_status.as_deref(),
@@ -312,7 +346,7 @@ async fn killed_anywhere_loses_nothing() {
             .charged_amount
             .is_some_and(|a| a != fake.requested_amount);
         assert_eq!(
-            *flagged == 1,
+            *amount_mismatch == 1,
             should_flag,
             "seed {seed}: {id} mismatch flag"
         );

@@ -12,14 +12,22 @@ use konbini_reconciler::ledger::{Ledger, Outcome};
 use rusqlite::{Connection, ErrorCode, params};
 use univapay_sim::{Credentials, Sim, SimCharge};
 
-use crate::helpers::{STORE, TestApp};
-use crate::sandbox::{self, chmod};
+use crate::config::TestConfig;
+use crate::helpers::{STORE, TestApp, assert_same, chmod, open_up, snapshot};
+use crate::util::TestCommand;
 
 const TOKEN: &str = "tok.en.jwt";
 const SECRET: &str = "s3cret-value";
 
-/// A config case: the file (with `@DB@` for the database path), extra environment, and
-/// the text the error line must contain.
+/// What the fake accepts and the good configs hold.
+fn credentials() -> Credentials {
+    Credentials {
+        secret: SECRET.into(),
+        app_token: TOKEN.into(),
+    }
+}
+
+/// A config case: the file, extra environment, and the text the error line must contain.
 struct Case {
     name: &'static str,
     text: String,
@@ -29,297 +37,318 @@ struct Case {
     unprivileged: bool,
 }
 
-fn case(name: &'static str, text: impl Into<String>, needle: impl Into<String>) -> Case {
+/// A case whose file is `config`.
+fn case(name: &'static str, config: &TestConfig, needle: impl Into<String>) -> Case {
     Case {
         name,
-        text: text.into(),
+        text: config.to_toml(),
         env: Vec::new(),
         needle: needle.into(),
         unprivileged: false,
     }
 }
 
-/// `[api]` with the given lines (no credentials added), then `[database]`, then `rest`.
-fn file(api: &str, rest: &str) -> String {
-    format!("[api]\nbase_url = \"@BASE@\"\n{api}\n[database]\npath = \"@DB@\"\n{rest}\n")
+/// A case whose file is not TOML, so no config builder could write it.
+fn not_toml(name: &'static str, text: String, needle: &str) -> Case {
+    Case {
+        text,
+        ..case(name, &TestConfig::default(), needle)
+    }
 }
 
-/// A valid file with `api` lines added to `[api]` and `rest` after `[database]`.
-fn with(api: &str, rest: &str) -> String {
-    file(
-        &format!("app_token = \"{TOKEN}\"\nsecret = \"{SECRET}\"\n{api}"),
-        rest,
-    )
-}
-
-fn cases(etc: &Path) -> Vec<Case> {
-    let creds = format!("app_token = \"{TOKEN}\"\n");
+/// Every bad config, each pointing at the fake at `base` and the ledger at `db`. A key set
+/// with [`TestConfig::set`] is the one at fault.
+fn cases(etc: &Path, base: &str, db: &Path) -> Vec<Case> {
+    let good = TestConfig::new(base, &credentials(), db);
+    let no_creds = good.clone().with(|c| {
+        c.api.app_token = None;
+        c.api.secret = None;
+    });
+    let token_only = good.clone().with(|c| c.api.secret = None);
+    let secret_file = |path: &str| {
+        let path = path.to_owned();
+        token_only.clone().with(|c| c.api.secret_file = Some(path))
+    };
+    // For the files that are not TOML, spelled out so that the line named is plain to see.
+    let api =
+        format!("[api]\nbase_url = \"{base}\"\napp_token = \"{TOKEN}\"\nsecret = \"{SECRET}\"\n");
+    let db = db.display();
     let mut v = vec![
-        case("empty file", "", "api.app_token"),
+        case("empty file", &TestConfig::default(), "api.app_token"),
         case(
             "missing secret",
-            file(&creds, ""),
+            &token_only,
             "api.secret: missing (set api.secret or api.secret_file, or $UNIVAPAY_SECRET)",
         ),
         case(
             "missing app token",
-            file(&format!("secret = \"{SECRET}\""), ""),
+            &no_creds
+                .clone()
+                .with(|c| c.api.secret = Some(SECRET.into())),
             "api.app_token: missing",
         ),
         case(
             "empty secret",
-            file(&format!("{creds}secret = \"\""), ""),
+            &token_only.clone().with(|c| c.api.secret = Some("".into())),
             "api.secret: is empty",
         ),
         case(
             "secret with a space",
-            file(&format!("{creds}secret = \"two words\""), ""),
+            &token_only
+                .clone()
+                .with(|c| c.api.secret = Some("two words".into())),
             "api.secret: contains whitespace",
         ),
         case(
             "app token with a newline",
-            file(&format!("app_token = \"a\\nb\"\nsecret = \"{SECRET}\""), ""),
+            &good.clone().with(|c| c.api.app_token = Some("a\nb".into())),
             "api.app_token: contains whitespace",
         ),
         case(
             "bad duration",
-            with("", "[reconcile]\nrecheck_interval = \"5 minutes later\""),
+            &good
+                .clone()
+                .set("reconcile.recheck_interval", "5 minutes later"),
             "reconcile.recheck_interval",
         ),
-        case("zero timeout", with("timeout = \"0s\"", ""), "api.timeout"),
+        case(
+            "zero timeout",
+            &good.clone().set("api.timeout", "0s"),
+            "api.timeout",
+        ),
         case(
             "negative duration",
-            with("", "busy_timeout = \"-1s\""),
+            &good.clone().set("database.busy_timeout", "-1s"),
             "database.busy_timeout",
         ),
         case(
             "duration as a number",
-            with("timeout = 30", ""),
+            &good.clone().set("api.timeout", 30),
             "api.timeout",
         ),
         case(
             "absurd duration",
-            with("", "[reconcile]\nrecheck_interval = \"1000000years\""),
+            &good
+                .clone()
+                .set("reconcile.recheck_interval", "1000000years"),
             "reconcile.recheck_interval",
         ),
         case(
             "absurd busy timeout",
-            with("", "busy_timeout = \"30days\""),
+            &good.clone().set("database.busy_timeout", "30days"),
             "database.busy_timeout",
         ),
         case(
             "absurd backoff",
-            with(
-                "",
-                "[reconcile]\nretry_backoff = \"500000years\"\nretry_backoff_max = \"500000years\"",
-            ),
+            &good
+                .clone()
+                .set("reconcile.retry_backoff", "500000years")
+                .set("reconcile.retry_backoff_max", "500000years"),
             "reconcile.retry_backoff",
         ),
         case(
             "cron with five fields",
-            with("", "[schedule]\ncron = \"*/5 * * * *\""),
+            &good.clone().set("schedule.cron", "*/5 * * * *"),
             "schedule.cron",
         ),
         case(
             "cron out of range",
-            with("", "[schedule]\ncron = \"0 99 * * * *\""),
+            &good.clone().set("schedule.cron", "0 99 * * * *"),
             "schedule.cron",
         ),
         case(
             "cron in words",
-            with("", "[schedule]\ncron = \"every five minutes\""),
+            &good.clone().set("schedule.cron", "every five minutes"),
             "schedule.cron",
         ),
         case(
             "unknown key",
-            with("secrt = \"x\"", ""),
+            &good.clone().set("api.secrt", "x"),
             "unknown field `secrt`",
         ),
         case(
             "unknown section",
-            with("", "[databse]\npath = \"x.db\""),
+            &good.clone().set("databse.path", "x.db"),
             "unknown field `databse`",
         ),
         case(
             "unknown top-level key",
-            format!("verbose = true\n{}", with("", "")),
+            &good.clone().set("verbose", true),
             "unknown field `verbose`",
         ),
         case(
             "non-https remote URL",
-            with("", "").replace("@BASE@", "http://api.univapay.com"),
+            &good.clone().set("api.base_url", "http://api.univapay.com"),
             "api.base_url: http:// is only allowed for loopback hosts",
         ),
         case(
             "ftp URL",
-            with("", "").replace("@BASE@", "ftp://127.0.0.1"),
+            &good.clone().set("api.base_url", "ftp://127.0.0.1"),
             "api.base_url",
         ),
         case(
             "URL with credentials",
-            with("", "").replace("@BASE@", "https://user:pw@api.univapay.com"),
+            &good
+                .clone()
+                .set("api.base_url", "https://user:pw@api.univapay.com"),
             "api.base_url: must not carry credentials",
         ),
         case(
             "not a URL",
-            with("", "").replace("@BASE@", "api dot univapay"),
+            &good.clone().set("api.base_url", "api dot univapay"),
             "api.base_url: not a URL",
         ),
         case(
             "URL as a number",
-            with("", "").replace("\"@BASE@\"", "443"),
+            &good.clone().set("api.base_url", 443),
             "api.base_url",
         ),
         case(
             "concurrency 0",
-            with("concurrency = 0", ""),
+            &good.clone().set("api.concurrency", 0),
             "api.concurrency",
         ),
         case(
             "concurrency negative",
-            with("concurrency = -3", ""),
+            &good.clone().set("api.concurrency", -3),
             "api.concurrency",
         ),
         case(
             "concurrency huge",
-            with("concurrency = 100000", ""),
+            &good.clone().set("api.concurrency", 100000),
             "api.concurrency",
         ),
         case(
             "concurrency as text",
-            with("concurrency = \"8\"", ""),
+            &good.clone().set("api.concurrency", "8"),
             "api.concurrency",
         ),
         case(
             "requests per minute 0",
-            with("max_requests_per_minute = 0", ""),
+            &good.clone().set("api.max_requests_per_minute", 0),
             "api.max_requests_per_minute",
         ),
         case(
             "missing secret_file",
-            file(&format!("{creds}secret_file = \"no-such-file\""), ""),
+            &secret_file("no-such-file"),
             "api.secret_file: cannot read",
         ),
         case(
             "secret_file is a directory",
-            file(&format!("{creds}secret_file = \"secrets.d\""), ""),
+            &secret_file("secrets.d"),
             "api.secret_file: cannot read",
         ),
         case(
             "empty secret_file",
-            file(&format!("{creds}secret_file = \"empty-secret\""), ""),
+            &secret_file("empty-secret"),
             "api.secret_file: is empty",
         ),
         case(
             "secret_file needs CREDENTIALS_DIRECTORY",
-            file(
-                &format!("{creds}secret_file = \"${{CREDENTIALS_DIRECTORY}}/s\""),
-                "",
-            ),
+            &secret_file("${CREDENTIALS_DIRECTORY}/s"),
             "api.secret_file: uses ${CREDENTIALS_DIRECTORY} but $CREDENTIALS_DIRECTORY is not set",
         ),
         case(
             "secret and secret_file",
-            with("secret_file = \"locked-secret\"", ""),
+            &good
+                .clone()
+                .with(|c| c.api.secret_file = Some("locked-secret".into())),
             "api.secret_file: set either api.secret or api.secret_file, not both",
         ),
         case(
             "bad timezone",
-            with("", "[schedule]\ntimezone = \"Asia/Osaka\""),
+            &good.clone().set("schedule.timezone", "Asia/Osaka"),
             "schedule.timezone",
         ),
-        case("TOML syntax error", "[api\n", "line 1"),
-        case(
+        not_toml("TOML syntax error", "[api\n".into(), "line 1"),
+        not_toml(
             "unterminated string",
-            with("", "").replace("@DB@\"", "@DB@"),
-            "line 7",
+            format!("{api}[database]\npath = \"{db}\n"),
+            "line 6",
         ),
-        case(
+        not_toml(
             "duplicate key",
-            with("timeout = \"1s\"\ntimeout = \"2s\"", ""),
+            format!("{api}timeout = \"1s\"\ntimeout = \"2s\"\n[database]\npath = \"{db}\"\n"),
             "line 6",
         ),
         case(
             "boolean as text",
-            with("", "[schedule]\nrun_on_start = \"yes\""),
+            &good.clone().set("schedule.run_on_start", "yes"),
             "schedule.run_on_start",
         ),
         case(
             "path as a number",
-            with("", "").replace("\"@DB@\"", "3"),
+            &good.clone().set("database.path", 3),
             "database.path",
         ),
         case(
             "empty database path",
-            with("", "").replace("@DB@", ""),
+            &good.clone().set("database.path", ""),
             "database.path: must not be empty",
         ),
         case(
             "section as a value",
-            format!("schedule = 5\n{}", with("", "")),
+            &good.clone().set("schedule", 5),
             "schedule",
         ),
         case(
             "secret as a number",
-            file(&format!("{creds}secret = 424242"), ""),
+            &token_only.clone().set("api.secret", 424242),
             "api.secret: must be a string",
         ),
         case(
             "backoff max below backoff",
-            with(
-                "",
-                "[reconcile]\nretry_backoff = \"10m\"\nretry_backoff_max = \"1m\"",
-            ),
+            &good
+                .clone()
+                .set("reconcile.retry_backoff", "10m")
+                .set("reconcile.retry_backoff_max", "1m"),
             "reconcile.retry_backoff_max",
         ),
         case(
             "not_found_limit 0",
-            with("", "[reconcile]\nnot_found_limit = 0"),
+            &good.clone().set("reconcile.not_found_limit", 0),
             "reconcile.not_found_limit",
         ),
         case(
             "batch_size 0",
-            with("", "[reconcile]\nbatch_size = 0"),
+            &good.clone().set("reconcile.batch_size", 0),
             "reconcile.batch_size",
         ),
         case(
             "drain_timeout 0",
-            with("", "[schedule]\ndrain_timeout = \"0s\""),
+            &good.clone().set("schedule.drain_timeout", "0s"),
             "schedule.drain_timeout",
         ),
         case(
             "unknown log format",
-            with("", "[log]\nformat = \"xml\""),
+            &good.clone().set("log.format", "xml"),
             "log.format",
         ),
     ];
     let mut env_secret = case(
         "secret from the environment with a space",
-        with("", ""),
+        &good,
         "$UNIVAPAY_SECRET: contains whitespace",
     );
     env_secret.env = vec![("UNIVAPAY_SECRET", "two words".to_owned())];
     v.push(env_secret);
     let mut env_token = case(
         "app token from the environment with a tab",
-        with("", ""),
+        &good,
         "$UNIVAPAY_APP_TOKEN: contains whitespace",
     );
     env_token.env = vec![("UNIVAPAY_APP_TOKEN", "a\tb".to_owned())];
     v.push(env_token);
     let mut locked = case(
         "unreadable secret_file",
-        file(&format!("{creds}secret_file = \"locked-secret\""), ""),
+        &secret_file("locked-secret"),
         "api.secret_file: cannot read",
     );
     locked.unprivileged = true;
     v.push(locked);
     let mut creds_dir = case(
         "CREDENTIALS_DIRECTORY without the file",
-        file(
-            &format!("{creds}secret_file = \"${{CREDENTIALS_DIRECTORY}}/univapay-secret\""),
-            "",
-        ),
+        &secret_file("${CREDENTIALS_DIRECTORY}/univapay-secret"),
         "api.secret_file: cannot read",
     );
     creds_dir.env = vec![(
@@ -330,25 +359,24 @@ fn cases(etc: &Path) -> Vec<Case> {
     v
 }
 
-/// Runs the binary on `text` (its `@DB@` set to `db`) and checks the one-line refusal.
-fn refuse(c: &Case, etc: &Path, base: &str, db: &Path) {
+/// Runs the binary on the case's file and checks the one-line refusal.
+fn refuse(c: &Case, etc: &Path) {
     let cfg = etc.join("config.toml");
-    let text = c
-        .text
-        .replace("@DB@", &db.display().to_string())
-        .replace("@BASE@", base);
-    std::fs::write(&cfg, text).unwrap();
+    std::fs::write(&cfg, &c.text).unwrap();
     chmod(&cfg, 0o644);
-    let mut cmd = sandbox::once(etc, &cfg);
-    cmd.envs(c.env.iter().map(|(k, v)| (k, v)));
-    if c.unprivileged {
-        sandbox::unprivileged(&mut cmd);
+    let mut cmd = TestCommand::new(etc);
+    cmd.config(&cfg).once();
+    for (k, v) in &c.env {
+        cmd.env(k, v);
     }
-    let out = sandbox::run(&mut cmd);
-    let err = sandbox::stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{}: {err}", c.name);
+    if c.unprivileged {
+        cmd.unprivileged();
+    }
+    let out = cmd.run();
+    let err = out.stderr();
+    assert_eq!(out.code(), Some(1), "{}: {err}", c.name);
     assert_eq!(err.lines().count(), 1, "{}: one line: {err}", c.name);
-    let line = sandbox::assert_fatal(&out, &["invalid config", &c.needle]);
+    let line = out.assert_fatal(&["invalid config", &c.needle]);
     assert!(
         line.contains("config.toml"),
         "{}: names the file: {line}",
@@ -359,7 +387,7 @@ fn refuse(c: &Case, etc: &Path, base: &str, db: &Path) {
         "{}: a secret echoed: {line}",
         c.name
     );
-    assert!(sandbox::stdout(&out).is_empty(), "{}", c.name);
+    assert!(out.stdout().is_empty(), "{}", c.name);
 }
 
 /// `data/ledger.db` with one charge, writable by anyone so an unprivileged run could
@@ -383,11 +411,11 @@ fn layout() -> (tempfile::TempDir, PathBuf, PathBuf) {
         )
         .unwrap();
     drop(ledger);
-    sandbox::open_up(root.path());
+    open_up(root.path());
     for d in [&data, &etc] {
         chmod(d, 0o777);
     }
-    for f in sandbox::snapshot(&data).keys() {
+    for f in snapshot(&data).keys() {
         chmod(f, 0o666);
     }
     (root, data, etc)
@@ -395,68 +423,65 @@ fn layout() -> (tempfile::TempDir, PathBuf, PathBuf) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_configs_are_one_line_naming_the_key_and_touch_no_database() {
-    let sim = Sim::start(Credentials {
-        secret: SECRET.into(),
-        app_token: TOKEN.into(),
-    })
-    .await
-    .unwrap();
+    let sim = Sim::start(credentials()).await.unwrap();
     let (_root, data, etc) = layout();
     let existing = data.join("ledger.db");
     let fresh = data.join("fresh.db");
-    let before = sandbox::snapshot(&data);
+    let before = snapshot(&data);
 
     // The control: the same files with nothing wrong do create and change databases, as
     // the unprivileged user too, so "nothing was written" below is not for want of access.
     for unprivileged in [false, true] {
-        let good = case("good", with("", ""), "");
         let cfg = etc.join("config.toml");
-        std::fs::write(
-            &cfg,
-            good.text
-                .replace("@DB@", &fresh.display().to_string())
-                .replace("@BASE@", &sim.base_url()),
-        )
-        .unwrap();
+        TestConfig::new(&sim.base_url(), &credentials(), &fresh).write(&cfg);
         chmod(&cfg, 0o644);
-        let mut cmd = sandbox::once(&etc, &cfg);
+        let mut cmd = TestCommand::new(&etc);
+        cmd.config(&cfg).once();
         if unprivileged {
-            sandbox::unprivileged(&mut cmd);
+            cmd.unprivileged();
         }
-        let out = sandbox::run(&mut cmd);
-        assert_eq!(out.status.code(), Some(0), "{}", sandbox::stderr(&out));
+        let out = cmd.run();
+        out.assert_code(0);
         assert!(fresh.exists(), "the control run created its database");
         for suffix in ["", "-wal", "-shm", ".lock"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", fresh.display()));
         }
     }
 
-    let all = cases(&etc);
-    for c in &all {
-        for db in [&existing, &fresh] {
-            refuse(c, &etc, &sim.base_url(), db);
+    let mut tried = 0;
+    for db in [&existing, &fresh] {
+        let all = cases(&etc, &sim.base_url(), db);
+        tried = all.len();
+        for c in &all {
+            refuse(c, &etc);
             assert!(!fresh.exists(), "{}: a database was created", c.name);
         }
     }
-    sandbox::assert_same(&before, &sandbox::snapshot(&data));
+    assert_same(&before, &snapshot(&data));
     assert_eq!(
         sim.counters().requests,
         0,
         "no run got as far as asking UnivaPay"
     );
-    eprintln!("bad configs tried: {}", all.len());
+    eprintln!("bad configs tried: {tried}");
 
-    let mut cmd = sandbox::once(&etc, &etc.join("missing.toml"));
-    let out = sandbox::run(&mut cmd);
-    sandbox::assert_fatal(&out, &["cannot read config file", "missing.toml"]);
-    let mut cmd = sandbox::once(&etc, &etc.join("secrets.d"));
-    let out = sandbox::run(&mut cmd);
-    sandbox::assert_fatal(&out, &["cannot read config file", "secrets.d"]);
+    let out = TestCommand::new(&etc)
+        .config(&etc.join("missing.toml"))
+        .once()
+        .run();
+    out.assert_fatal(&["cannot read config file", "missing.toml"]);
+    let out = TestCommand::new(&etc)
+        .config(&etc.join("secrets.d"))
+        .once()
+        .run();
+    out.assert_fatal(&["cannot read config file", "secrets.d"]);
     std::fs::write(etc.join("latin1.toml"), b"[api]\napp_token = \"\xe9\"\n").unwrap();
-    let mut cmd = sandbox::once(&etc, &etc.join("latin1.toml"));
-    let out = sandbox::run(&mut cmd);
-    sandbox::assert_fatal(&out, &["cannot read config file", "latin1.toml", "UTF-8"]);
-    sandbox::assert_same(&before, &sandbox::snapshot(&data));
+    let out = TestCommand::new(&etc)
+        .config(&etc.join("latin1.toml"))
+        .once()
+        .run();
+    out.assert_fatal(&["cannot read config file", "latin1.toml", "UTF-8"]);
+    assert_same(&before, &snapshot(&data));
 }
 
 // ---- rows written by other programs ---------------------------------------------------
@@ -648,13 +673,14 @@ async fn rows_slipped_past_the_constraints_are_skipped_with_an_event() {
     assert_eq!(app.row("good").state, "successful", "the pass went on");
     assert_eq!(r.counts.checked, 1);
     assert_eq!(r.counts.errors, slipped.len() as u64 + 1);
-    let mut expected: Vec<(&str, &str)> = slipped.iter().map(|s| (s.0, s.5)).collect();
+    let mut expected: Vec<(&str, &str)> =
+        slipped.iter().map(|&(id, .., says)| (id, says)).collect();
     expected.push(("..", "charge_id contains a character"));
     for (id, detail) in &expected {
         let events = app.events(id);
         assert_eq!(events.len(), 1, "{id:?}: {events:?}");
-        assert_eq!(events[0].0, "invalid_row", "{id:?}");
-        let d = events[0].4.clone().unwrap_or_default();
+        assert_eq!(events[0].kind, "invalid_row", "{id:?}");
+        let d = events[0].detail.clone().unwrap_or_default();
         assert!(d.contains(detail), "{id:?}: {d:?} lacks {detail:?}");
         if !id.is_empty() && !id.contains('/') && *id != ".." {
             assert_eq!(app.sim.requests_for(id), 0, "{id:?} was never fetched");

@@ -1,43 +1,21 @@
 //! The real binary and its contract: exit codes, stdout summary, stderr error lines.
 
-use assert_cmd::Command;
+use std::path::Path;
+
 use univapay_sim::SimCharge;
 
+use crate::config::TestConfig;
 use crate::helpers::TestApp;
-
-/// The binary in the test's directory with a clean environment, so a developer's own
-/// settings cannot leak in.
-fn bare(app: &TestApp) -> Command {
-    let mut cmd = Command::cargo_bin("konbini-reconciler").unwrap();
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .current_dir(app.dir.path());
-    cmd
-}
-
-/// [`bare`] with the test's config.
-fn bin(app: &TestApp) -> Command {
-    let mut cmd = bare(app);
-    cmd.arg("--config").arg(&app.config_path);
-    cmd
-}
-
-fn stdout_of(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr_of(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use crate::util::TestCommand;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exit_0_on_a_clean_pass() {
     let app = TestApp::spawn().await;
     app.create("a", 100);
     app.sim.update("a", SimCharge::paid);
-    let out = bin(&app).arg("--once").output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
-    let line = stdout_of(&out);
+    let out = app.command().once().run();
+    out.assert_code(0);
+    let line = out.stdout();
     assert!(
         line.contains("checked 1, transitions 1, mismatches 0, errors 0"),
         "{line}"
@@ -50,25 +28,24 @@ async fn exit_2_on_a_new_mismatch_then_0() {
     let app = TestApp::spawn().await;
     app.create("m", 100);
     app.sim.update("m", |c| c.paid_with(90, "JPY"));
-    let out = bin(&app).arg("--once").output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
-    assert!(stdout_of(&out).contains("mismatches 1"));
+    let out = app.command().once().run();
+    out.assert_code(2);
+    assert!(out.stdout().contains("mismatches 1"));
     // Nothing new next time: the flag is not news twice.
-    let out = bin(&app).arg("--once").output().unwrap();
-    assert_eq!(out.status.code(), Some(0));
+    app.command().once().run().assert_code(0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exit_1_when_credentials_are_rejected() {
     let app = TestApp::spawn().await;
     app.create("a", 100);
-    let out = bin(&app)
-        .arg("--once")
+    let out = app
+        .command()
+        .once()
         .env("UNIVAPAY_SECRET", "wrong-secret")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = stderr_of(&out);
+        .run();
+    out.assert_code(1);
+    let err = out.stderr();
     assert!(err.contains("credentials rejected"), "{err}");
     assert!(!err.contains("wrong-secret"), "secret leaked: {err}");
     assert_eq!(app.row("a").last_checked_at, None);
@@ -76,20 +53,19 @@ async fn exit_1_when_credentials_are_rejected() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exit_1_when_unreachable() {
-    let app = TestApp::spawn().await;
+    let mut app = TestApp::spawn().await;
     app.create("a", 100);
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
-    let text = crate::helpers::config_text(&format!("http://{closed}"), &app.db_path, "");
-    std::fs::write(&app.config_path, text).unwrap();
-    let out = bin(&app).arg("--once").output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    app.reconfigure(|c| c.api.base_url = Some(format!("http://{closed}")));
+    let out = app.command().once().run();
+    out.assert_code(1);
     assert!(
-        stderr_of(&out).contains("could not be reached"),
+        out.stderr().contains("could not be reached"),
         "{}",
-        stderr_of(&out)
+        out.stderr()
     );
 }
 
@@ -98,74 +74,83 @@ async fn bad_config_is_one_stderr_line_and_no_database() {
     let app = TestApp::spawn().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("never.db");
+    let good = TestConfig::default().with(|c| {
+        c.api.app_token = Some("t".into());
+        c.api.secret = Some("s".into());
+        c.database.path = Some(db.clone());
+    });
     let cases = [
-        ("timeout = \"soon\"", "api.timeout"),
-        ("concurrency = 0", "api.concurrency"),
-        ("colour = \"red\"", "colour"),
-        ("base_url = \"http://example.com\"", "api.base_url"),
+        (good.clone().set("api.timeout", "soon"), "api.timeout"),
+        (
+            good.clone().with(|c| c.api.concurrency = Some(0)),
+            "api.concurrency",
+        ),
+        (good.clone().set("api.colour", "red"), "colour"),
+        (
+            good.clone()
+                .with(|c| c.api.base_url = Some("http://example.com".into())),
+            "api.base_url",
+        ),
     ];
-    for (line, key) in cases {
-        let text = format!(
-            "[api]\napp_token = \"t\"\nsecret = \"s\"\n{line}\n[database]\npath = \"{}\"\n",
-            db.display()
-        );
+    for (config, key) in cases {
         let cfg = dir.path().join("bad.toml");
-        std::fs::write(&cfg, text).unwrap();
-        let out = bare(&app)
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--once")
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(1), "{line}");
-        let err = stderr_of(&out);
+        config.write(&cfg);
+        let out = TestCommand::new(app.dir.path()).config(&cfg).once().run();
+        assert_eq!(out.code(), Some(1), "{key}");
+        let err = out.stderr();
         assert_eq!(err.lines().count(), 1, "one line: {err}");
-        assert!(err.contains(key), "{line}: {err}");
+        assert!(err.contains(key), "{key}: {err}");
         assert!(!err.contains("panicked"), "{err}");
         assert!(!db.exists(), "no database for a bad config");
     }
-    let out = bare(&app)
-        .arg("--config")
-        .arg(dir.path().join("missing.toml"))
-        .arg("--once")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr_of(&out).contains("missing.toml"));
+    let out = TestCommand::new(app.dir.path())
+        .config(&dir.path().join("missing.toml"))
+        .once()
+        .run();
+    out.assert_code(1);
+    assert!(out.stderr().contains("missing.toml"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn config_from_env_var_and_usage_errors() {
     let app = TestApp::spawn().await;
     app.create("a", 100);
-    let out = bare(&app)
+    TestCommand::new(app.dir.path())
         .env("KONBINI_RECONCILER_CONFIG", &app.config_path)
-        .arg("--once")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
-    let out = bin(&app).arg("--nonsense").output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "a usage error is not a mismatch"
-    );
-    assert_eq!(stderr_of(&out).lines().count(), 1, "{}", stderr_of(&out));
+        .once()
+        .run()
+        .assert_code(0);
+    let out = app.command().arg("--nonsense").run();
+    assert_eq!(out.code(), Some(1), "a usage error is not a mismatch");
+    assert_eq!(out.stderr().lines().count(), 1, "{}", out.stderr());
+}
+
+/// Only a regular file is read as the config: a pipe could block forever, a device never
+/// end. The refusal is one line naming the file, and nothing is touched.
+#[tokio::test(flavor = "multi_thread")]
+async fn config_through_a_pipe_or_device_is_refused() {
+    let app = TestApp::spawn().await;
+    let text = std::fs::read(&app.config_path).unwrap();
+    TestCommand::new(app.dir.path())
+        .config(Path::new("/dev/stdin"))
+        .once()
+        .stdin(text)
+        .run()
+        .assert_fatal(&["/dev/stdin", "not a regular file"]);
+    TestCommand::new(app.dir.path())
+        .config(Path::new("/dev/zero"))
+        .once()
+        .run()
+        .assert_fatal(&["/dev/zero", "not a regular file"]);
+    assert!(app.runs().is_empty(), "no pass may run");
 }
 
 #[test]
 fn help_and_version() {
-    let out = Command::cargo_bin("konbini-reconciler")
-        .unwrap()
-        .arg("--help")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("--once"));
-    let out = Command::cargo_bin("konbini-reconciler")
-        .unwrap()
-        .arg("--version")
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let dir = tempfile::tempdir().unwrap();
+    let out = TestCommand::new(dir.path()).arg("--help").run();
+    out.assert_code(0);
+    assert!(out.stdout().contains("--once"));
+    let out = TestCommand::new(dir.path()).arg("--version").run();
+    assert!(out.stdout().contains(env!("CARGO_PKG_VERSION")));
 }

@@ -3,10 +3,8 @@
 //! drains within the deadline and leaves the ledger consistent. Shutdown is a cancelled
 //! token here; the real signals are covered in `processes`.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use konbini_reconciler::config::Settings;
 use konbini_reconciler::daemon::{self, Summary};
 use konbini_reconciler::notify::Notifier;
 use konbini_reconciler::reconcile::Reconciler;
@@ -14,92 +12,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use univapay_sim::{Reply, SimCharge};
 
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, assert_runs_never_overlapped, wait_until};
 
-/// Every second, no start-up pass unless a test asks for one.
-pub const EVERY_SECOND: &str = "[schedule]\ncron = \"* * * * * *\"\nrun_on_start = false\n";
-
-/// Rewrites the test's config (file and settings) with `extra` appended and the given
-/// per-request timeout: the harness's 2 s would turn the slow answers these tests script
-/// into timeouts and race the behaviour under test.
-pub fn configure(app: &mut TestApp, api_timeout: &str, extra: &str) {
-    let text = crate::helpers::config_text(&app.sim.base_url(), &app.db_path, extra);
-    assert!(
-        text.contains("timeout = \"2s\""),
-        "harness config changed: {text}"
-    );
-    let text = text.replacen(
-        "timeout = \"2s\"",
-        &format!("timeout = \"{api_timeout}\""),
-        1,
-    );
-    std::fs::write(&app.config_path, &text).unwrap();
-    app.settings = Arc::new(
-        Settings::from_toml(&text, &app.config_path, &[("UNUSED", "")]).expect("test config"),
-    );
-}
-
-/// One `runs` row: (id, trigger, started_at, finished_at, outcome, checked, detail).
-pub type Run = (
-    i64,
-    String,
-    String,
-    Option<String>,
-    String,
-    i64,
-    Option<String>,
-);
-
-pub fn runs(app: &TestApp) -> Vec<Run> {
-    let db = app.db();
-    let mut stmt = db
-        .prepare(
-            "SELECT id, trigger, started_at, finished_at, outcome, checked, detail
-             FROM runs ORDER BY id",
-        )
-        .unwrap();
-    stmt.query_map([], |r| {
-        Ok((
-            r.get(0)?,
-            r.get(1)?,
-            r.get(2)?,
-            r.get(3)?,
-            r.get(4)?,
-            r.get(5)?,
-            r.get(6)?,
-        ))
-    })
-    .unwrap()
-    .map(Result::unwrap)
-    .collect()
-}
-
-/// Every run finished, and each started only after the one before it had finished.
-pub fn assert_runs_never_overlapped(runs: &[Run]) {
-    for r in runs {
-        assert!(r.3.is_some(), "run {} never finished: {runs:?}", r.0);
-        assert_ne!(r.4, "running", "{runs:?}");
-    }
-    for w in runs.windows(2) {
-        let finished = w[0].3.as_deref().unwrap();
-        assert!(
-            w[1].2.as_str() >= finished,
-            "run {} started at {} before run {} finished at {finished}",
-            w[1].0,
-            w[1].2,
-            w[0].0
-        );
-    }
-}
-
-/// Polls `cond` every 20 ms until it holds, failing the test after `limit`.
-pub async fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+/// A tick every second.
+const EVERY_SECOND: &str = "* * * * * *";
 
 fn start(
     app: &TestApp,
@@ -131,7 +47,11 @@ async fn stop_within(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn charges_move_on_the_cron_schedule() {
-    let app = TestApp::spawn_with(EVERY_SECOND).await;
+    let app = TestApp::spawn_with(|c| {
+        c.schedule.cron = Some(EVERY_SECOND.into());
+        c.schedule.run_on_start = Some(false);
+    })
+    .await;
     app.create("paid", 1500);
     app.sim.update("paid", SimCharge::paid);
     app.create("waiting", 800);
@@ -145,14 +65,15 @@ async fn charges_move_on_the_cron_schedule() {
     let (summary, _) = stop_within(Duration::from_secs(3), stop, handle).await;
 
     assert!(summary.passes >= 1, "{summary:?}");
-    let runs = runs(&app);
+    let runs = app.runs();
     assert_eq!(runs.len() as u64, summary.passes, "{runs:?}");
     assert!(
-        runs.iter().all(|r| r.1 == "schedule" && r.4 == "ok"),
+        runs.iter()
+            .all(|r| r.trigger == "schedule" && r.outcome == "ok"),
         "{runs:?}"
     );
     assert_eq!(
-        runs[0].5, 2,
+        runs[0].checked, 2,
         "the first scheduled pass checked both: {runs:?}"
     );
     // Nothing was due again within the recheck interval, whatever the number of ticks.
@@ -164,11 +85,12 @@ async fn charges_move_on_the_cron_schedule() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_api_makes_ticks_skip_instead_of_overlap() {
     let mut app = TestApp::spawn().await;
-    configure(
-        &mut app,
-        "10s",
-        "[schedule]\ncron = \"* * * * * *\"\nrun_on_start = true\n",
-    );
+    // Slow answers are scripted below: the harness's 2 s timeout would race them.
+    app.reconfigure(|c| {
+        c.api.timeout = Some(Duration::from_secs(10));
+        c.schedule.cron = Some(EVERY_SECOND.into());
+        c.schedule.run_on_start = Some(true);
+    });
     app.create("slow", 100);
     // The first pass is stuck on this answer across at least two ticks.
     app.sim
@@ -181,7 +103,7 @@ async fn a_slow_api_makes_ticks_skip_instead_of_overlap() {
     .await;
     // Let a tick after the slow pass start a pass of its own.
     wait_until(Duration::from_secs(4), "a second pass", || {
-        runs(&app).len() >= 2
+        app.runs().len() >= 2
     })
     .await;
     let (summary, _) = stop_within(Duration::from_secs(3), stop, handle).await;
@@ -197,22 +119,24 @@ async fn a_slow_api_makes_ticks_skip_instead_of_overlap() {
         summary.passes + summary.skipped_running + summary.skipped_locked,
         "every tick either started a pass or was skipped: {summary:?}"
     );
-    let runs = runs(&app);
+    let runs = app.runs();
     assert_eq!(runs.len() as u64, summary.passes, "{runs:?}");
     assert_runs_never_overlapped(&runs);
-    assert_eq!(runs[0].5, 1, "{runs:?}");
-    assert!(runs[1..].iter().all(|r| r.5 == 0), "{runs:?}");
+    assert_eq!(runs[0].checked, 1, "{runs:?}");
+    assert!(runs[1..].iter().all(|r| r.checked == 0), "{runs:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_mid_pass_drains_within_the_deadline() {
     let mut app = TestApp::spawn().await;
-    configure(
-        &mut app,
-        "20s",
-        "concurrency = 4\n\
-         [schedule]\ncron = \"0 0 0 1 1 *\"\nrun_on_start = true\ndrain_timeout = \"1s\"\n",
-    );
+    app.reconfigure(|c| {
+        c.api.timeout = Some(Duration::from_secs(20));
+        c.api.concurrency = Some(4);
+        // Only the start-up pass: the next tick is at new year.
+        c.schedule.cron = Some("0 0 0 1 1 *".into());
+        c.schedule.run_on_start = Some(true);
+        c.schedule.drain_timeout = Some(Duration::from_secs(1));
+    });
     for id in ["q1", "q2", "q3"] {
         app.create(id, 500);
         app.sim.update(id, SimCharge::paid);
@@ -236,14 +160,17 @@ async fn shutdown_mid_pass_drains_within_the_deadline() {
         "drain_timeout is 1 s, took {took:?}"
     );
     assert_eq!(summary.passes, 1);
-    let runs = runs(&app);
+    let runs = app.runs();
     assert_eq!(runs.len(), 1, "{runs:?}");
-    assert_eq!(runs[0].4, "interrupted", "{runs:?}");
+    assert_eq!(runs[0].outcome, "interrupted", "{runs:?}");
     assert_eq!(
-        runs[0].5, 3,
+        runs[0].checked, 3,
         "the three quick checks were committed: {runs:?}"
     );
-    assert!(runs[0].3.is_some(), "the run was finished: {runs:?}");
+    assert!(
+        runs[0].finished_at.is_some(),
+        "the run was finished: {runs:?}"
+    );
     // The abandoned check left its charge exactly as it was, and due.
     assert_eq!(app.row("stuck"), stuck_before);
     assert!(app.events("stuck").is_empty());

@@ -6,7 +6,7 @@
 //! Permission cases run the binary as `nobody` when the suite runs as root (root ignores
 //! file modes); a full disk is a file-size limit on the child process.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use konbini_reconciler::ledger::{Ledger, Outcome};
@@ -14,8 +14,8 @@ use rusqlite::Connection;
 use rusqlite::types::Value;
 use univapay_sim::{Reply, SimCharge};
 
-use crate::helpers::{TestApp, config_text};
-use crate::sandbox::{self, chmod};
+use crate::helpers::{TestApp, assert_integrity, assert_same, chmod, open_up, snapshot};
+use crate::util::TestCommand;
 
 /// Every row of every table, in a stable order: what "nothing was written" compares.
 fn dump(db: &Path) -> Vec<String> {
@@ -51,15 +51,10 @@ fn dump(db: &Path) -> Vec<String> {
     out
 }
 
-/// Writes the test's config with `[database] busy_timeout` set.
-fn config_with_busy_timeout(app: &TestApp, busy: &str) -> PathBuf {
-    let text = config_text(&app.sim.base_url(), &app.db_path, "").replace(
-        "[database]\n",
-        &format!("[database]\nbusy_timeout = \"{busy}\"\n"),
-    );
-    std::fs::write(&app.config_path, text).unwrap();
+/// Sets `[database] busy_timeout` in the test's config, and lets any user read the file.
+fn set_busy_timeout(app: &mut TestApp, busy: Duration) {
+    app.reconfigure(|c| c.database.busy_timeout = Some(busy));
     chmod(&app.config_path, 0o644);
-    app.config_path.clone()
 }
 
 /// `n` pending charges, all paid at the fake.
@@ -113,15 +108,15 @@ fn hold_write_lock(db: &Path, hold: Duration, work: &'static str) -> std::thread
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_lock_held_past_busy_timeout_is_exit_1_and_writes_nothing() {
-    let app = TestApp::spawn().await;
+    let mut app = TestApp::spawn().await;
     paid_charges(&app, 3);
-    let cfg = config_with_busy_timeout(&app, "200ms");
+    set_busy_timeout(&mut app, Duration::from_millis(200));
     let before = dump(&app.db_path);
     let holder = hold_write_lock(&app.db_path, Duration::from_secs(2), "");
     let started = Instant::now();
-    let out = sandbox::run(&mut sandbox::once(app.dir.path(), &cfg));
+    let out = app.command().once().run();
     let waited = started.elapsed();
-    let line = sandbox::assert_fatal(&out, &["database is locked"]);
+    let line = out.assert_fatal(&["database is locked"]);
     assert!(
         line.contains("database.busy_timeout"),
         "the line says which setting to raise: {line}"
@@ -133,19 +128,19 @@ async fn a_write_lock_held_past_busy_timeout_is_exit_1_and_writes_nothing() {
     holder.join().unwrap();
     assert_eq!(dump(&app.db_path), before, "no partial writes");
     assert_eq!(app.sim.counters().requests, 0, "no charge was checked");
-    sandbox::assert_integrity(&app.db_path);
+    assert_integrity(&app.db_path);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_lock_released_within_busy_timeout_is_waited_for() {
-    let app = TestApp::spawn().await;
+    let mut app = TestApp::spawn().await;
     paid_charges(&app, 3);
     // The other writer is an operator correcting an amount and registering a charge.
     app.sim
         .upsert(SimCharge::new("late", crate::helpers::STORE, 500).paid());
     app.sim
         .update("c0001", |c| SimCharge::new(c.id, c.store_id, 150).paid());
-    let cfg = config_with_busy_timeout(&app, "10s");
+    set_busy_timeout(&mut app, Duration::from_secs(10));
     let started = Instant::now();
     let holder = hold_write_lock(
         &app.db_path,
@@ -154,14 +149,17 @@ async fn a_write_lock_released_within_busy_timeout_is_waited_for() {
          INSERT INTO charges (charge_id, store_id, requested_amount)
          VALUES ('late', '11ef0000-0000-0000-0000-000000000001', 500);",
     );
-    let out = sandbox::run(&mut sandbox::once(app.dir.path(), &cfg));
-    assert_eq!(out.status.code(), Some(0), "{}", sandbox::stderr(&out));
+    let out = app.command().once().run();
+    out.assert_code(0);
     assert!(
         started.elapsed() >= Duration::from_millis(1500),
         "the pass waited for the lock"
     );
     holder.join().unwrap();
-    assert!(sandbox::stdout(&out).contains("checked 4, transitions 4, mismatches 0"));
+    assert!(
+        out.stdout()
+            .contains("checked 4, transitions 4, mismatches 0")
+    );
     assert_eq!(app.row("c0001").state, "successful");
     assert_eq!(
         app.row("c0001").amount_mismatch,
@@ -174,7 +172,7 @@ async fn a_write_lock_released_within_busy_timeout_is_waited_for() {
     );
     assert_eq!(app.row("late").state, "successful");
     assert_each_before_or_after(&app);
-    sandbox::assert_integrity(&app.db_path);
+    assert_integrity(&app.db_path);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -239,7 +237,7 @@ async fn a_write_lock_taken_mid_pass_loses_no_update() {
             "charged 100 JPY, requested 1200 JPY; UnivaPay's requested_amount is 100, ours is 1200"
         )
     );
-    sandbox::assert_integrity(&app.db_path);
+    assert_integrity(&app.db_path);
 }
 
 /// Removes the WAL and shared-memory files by closing the last connection cleanly, so the
@@ -259,19 +257,18 @@ fn settle(db: &Path) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_read_only_database_file_is_exit_1() {
-    let app = TestApp::spawn().await;
+    let mut app = TestApp::spawn().await;
     paid_charges(&app, 2);
-    let cfg = config_with_busy_timeout(&app, "1s");
+    set_busy_timeout(&mut app, Duration::from_secs(1));
     settle(&app.db_path);
-    sandbox::open_up(app.dir.path());
+    open_up(app.dir.path());
     chmod(app.dir.path(), 0o777);
     chmod(&app.db_path, 0o444);
     let before = std::fs::read(&app.db_path).unwrap();
     let rows = dump(&app.db_path);
     settle(&app.db_path);
-    let mut cmd = sandbox::once(app.dir.path(), &cfg);
-    let out = sandbox::run(sandbox::unprivileged(&mut cmd));
-    let line = sandbox::assert_fatal(&out, &[&app.db_path.display().to_string()]);
+    let out = app.command().once().unprivileged().run();
+    let line = out.assert_fatal(&[&app.db_path.display().to_string()]);
     assert!(line.contains("readonly"), "{line}");
     assert_eq!(
         std::fs::read(&app.db_path).unwrap(),
@@ -280,46 +277,52 @@ async fn a_read_only_database_file_is_exit_1() {
     );
     assert_eq!(dump(&app.db_path), rows);
     assert_eq!(app.sim.counters().requests, 0);
-    sandbox::assert_integrity(&app.db_path);
+    assert_integrity(&app.db_path);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_read_only_directory_is_exit_1() {
-    let app = TestApp::spawn().await;
+    let mut app = TestApp::spawn().await;
     paid_charges(&app, 2);
-    let cfg = config_with_busy_timeout(&app, "1s");
+    set_busy_timeout(&mut app, Duration::from_secs(1));
     settle(&app.db_path);
-    sandbox::open_up(app.dir.path());
+    open_up(app.dir.path());
     chmod(&app.db_path, 0o666);
-    let before = sandbox::snapshot(app.dir.path());
+    let before = snapshot(app.dir.path());
     chmod(app.dir.path(), 0o555);
-    let mut cmd = sandbox::once(app.dir.path(), &cfg);
-    let out = sandbox::run(sandbox::unprivileged(&mut cmd));
-    sandbox::assert_fatal(&out, &[&app.db_path.display().to_string()]);
+    let out = app.command().once().unprivileged().run();
+    out.assert_fatal(&[&app.db_path.display().to_string()]);
     // And a ledger that does not exist yet cannot be created there.
     let fresh = app.dir.path().join("fresh.db");
-    let text = config_text(&app.sim.base_url(), &fresh, "");
     let fresh_cfg = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(fresh_cfg.path(), text).unwrap();
+    app.config
+        .clone()
+        .with(|c| c.database.path = Some(fresh.clone()))
+        .write(fresh_cfg.path());
     chmod(fresh_cfg.path(), 0o644);
-    let mut cmd = sandbox::once(app.dir.path(), fresh_cfg.path());
-    let out = sandbox::run(sandbox::unprivileged(&mut cmd));
-    sandbox::assert_fatal(&out, &[&fresh.display().to_string()]);
+    let out = TestCommand::new(app.dir.path())
+        .config(fresh_cfg.path())
+        .once()
+        .unprivileged()
+        .run();
+    out.assert_fatal(&[&fresh.display().to_string()]);
     chmod(app.dir.path(), 0o755);
-    sandbox::assert_same(&before, &sandbox::snapshot(app.dir.path()));
+    assert_same(&before, &snapshot(app.dir.path()));
     assert_eq!(app.sim.counters().requests, 0);
-    sandbox::assert_integrity(&app.db_path);
+    assert_integrity(&app.db_path);
 }
 
 /// Runs the binary on a config whose database is `db`; asserts the fatal line names it.
 fn refused_database(app: &TestApp, db: &Path, needles: &[&str]) -> String {
-    let text = config_text(&app.sim.base_url(), db, "");
     let cfg = app.dir.path().join("other.toml");
-    std::fs::write(&cfg, text).unwrap();
-    let out = sandbox::run(&mut sandbox::once(app.dir.path(), &cfg));
+    app.config
+        .clone()
+        .with(|c| c.database.path = Some(db.to_owned()))
+        .write(&cfg);
+    let out = TestCommand::new(app.dir.path()).config(&cfg).once().run();
     let mut all = vec![db.to_str().unwrap()];
     all.extend_from_slice(needles);
-    sandbox::assert_fatal(&out, &all)
+    out.assert_fatal(&all)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -359,7 +362,7 @@ async fn databases_that_cannot_be_ours_are_refused_unchanged() {
     let rows = dump(&newer);
     refused_database(&app, &newer, &["cannot migrate", "newer than this version"]);
     assert_eq!(dump(&newer), rows);
-    sandbox::assert_integrity(&newer);
+    assert_integrity(&newer);
 
     // Another program's SQLite database that happens to have a `charges` table.
     let foreign = d.join("foreign.db");
@@ -373,22 +376,21 @@ async fn databases_that_cannot_be_ours_are_refused_unchanged() {
     let rows = dump(&foreign);
     refused_database(&app, &foreign, &["cannot migrate", "already exists"]);
     assert_eq!(dump(&foreign), rows, "the failed migration was rolled back");
-    sandbox::assert_integrity(&foreign);
+    assert_integrity(&foreign);
     assert_eq!(app.sim.counters().requests, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_disk_mid_pass_is_exit_1_and_every_charge_before_or_after() {
-    let app = TestApp::spawn().await;
+    let mut app = TestApp::spawn().await;
     paid_charges(&app, 400);
-    let cfg = config_with_busy_timeout(&app, "1s");
+    set_busy_timeout(&mut app, Duration::from_secs(1));
     settle(&app.db_path);
     let size = std::fs::metadata(&app.db_path).unwrap().len();
     // Room for the runs row and a little more, not for 400 transitions and their events.
-    let mut cmd = sandbox::once(app.dir.path(), &cfg);
-    let out = sandbox::run(sandbox::file_size_limit(&mut cmd, size + 64 * 1024));
-    sandbox::assert_fatal(&out, &["is the disk full"]);
-    sandbox::assert_integrity(&app.db_path);
+    let out = app.command().once().file_size_limit(size + 64 * 1024).run();
+    out.assert_fatal(&["is the disk full"]);
+    assert_integrity(&app.db_path);
     let done = assert_each_before_or_after(&app);
     assert!(done < 400, "the limit did not bite");
     eprintln!("full disk: {done} of 400 charges committed before the write failed");
@@ -398,8 +400,8 @@ async fn a_full_disk_mid_pass_is_exit_1_and_every_charge_before_or_after() {
         "the failed pass is not recorded as a success"
     );
     // With room again, the next pass finishes the job: nothing was lost.
-    let out = sandbox::run(&mut sandbox::once(app.dir.path(), &cfg));
-    assert_eq!(out.status.code(), Some(0), "{}", sandbox::stderr(&out));
+    let out = app.command().once().run();
+    out.assert_code(0);
     assert_eq!(assert_each_before_or_after(&app), 400);
     // The failed pass is visible: marked `failed` when that could still be written,
     // otherwise `interrupted` by the pass after it.
@@ -414,20 +416,25 @@ async fn a_full_disk_mid_pass_is_exit_1_and_every_charge_before_or_after() {
         "{first}"
     );
     eprintln!("full disk: the failed pass's run is recorded as {first}");
-    sandbox::assert_integrity(&app.db_path);
+    assert_integrity(&app.db_path);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_disk_during_the_first_migration_leaves_no_half_schema() {
     let app = TestApp::spawn().await;
     let fresh = app.dir.path().join("fresh.db");
-    let text = config_text(&app.sim.base_url(), &fresh, "");
     let cfg = app.dir.path().join("fresh.toml");
-    std::fs::write(&cfg, text).unwrap();
-    let mut cmd = sandbox::once(app.dir.path(), &cfg);
-    let out = sandbox::run(sandbox::file_size_limit(&mut cmd, 8 * 1024));
-    sandbox::assert_fatal(&out, &[&fresh.display().to_string(), "is the disk full"]);
-    sandbox::assert_integrity(&fresh);
+    app.config
+        .clone()
+        .with(|c| c.database.path = Some(fresh.clone()))
+        .write(&cfg);
+    let out = TestCommand::new(app.dir.path())
+        .config(&cfg)
+        .once()
+        .file_size_limit(8 * 1024)
+        .run();
+    out.assert_fatal(&[&fresh.display().to_string(), "is the disk full"]);
+    assert_integrity(&fresh);
     let conn = Connection::open(&fresh).unwrap();
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -441,7 +448,7 @@ async fn a_full_disk_during_the_first_migration_leaves_no_half_schema() {
         "no schema at all, not half of one"
     );
     drop(conn);
-    let out = sandbox::run(&mut sandbox::once(app.dir.path(), &cfg));
-    assert_eq!(out.status.code(), Some(0), "{}", sandbox::stderr(&out));
-    sandbox::assert_integrity(&fresh);
+    let out = TestCommand::new(app.dir.path()).config(&cfg).once().run();
+    out.assert_code(0);
+    assert_integrity(&fresh);
 }

@@ -7,7 +7,7 @@ use konbini_reconciler::ledger::Outcome;
 use serde_json::json;
 use univapay_sim::{Reply, SimCharge};
 
-use crate::helpers::{STORE, TestApp};
+use crate::helpers::{STORE, TestApp, raw};
 
 /// A charge that is `awaiting` in both the ledger and the fake.
 async fn awaiting_charge(app: &TestApp, id: &str) {
@@ -16,13 +16,6 @@ async fn awaiting_charge(app: &TestApp, id: &str) {
     app.pass().await;
     assert_eq!(app.row(id).state, "awaiting");
     app.after_recheck();
-}
-
-fn raw(status: u16, body: &str) -> Reply {
-    Reply::Raw {
-        status,
-        body: body.to_owned(),
-    }
 }
 
 /// Runs one pass where `id` gets `reply`; asserts state untouched, error recorded, and a
@@ -167,7 +160,7 @@ async fn other_client_errors_are_recorded() {
 
 #[tokio::test]
 async fn repeated_404_gives_up_visibly() {
-    let app = TestApp::spawn_with("[reconcile]\nnot_found_limit = 3\n").await;
+    let app = TestApp::spawn_with(|c| c.reconcile.not_found_limit = Some(3)).await;
     app.register("ghost", 100); // never created at the fake
     for n in 1..=3 {
         let r = app.pass().await;
@@ -191,7 +184,7 @@ async fn repeated_404_gives_up_visibly() {
 
 #[tokio::test]
 async fn a_404_run_is_broken_by_a_good_answer() {
-    let app = TestApp::spawn_with("[reconcile]\nnot_found_limit = 2\n").await;
+    let app = TestApp::spawn_with(|c| c.reconcile.not_found_limit = Some(2)).await;
     app.create("flaky", 100);
     app.sim.push_reply("flaky", raw(404, ""));
     app.pass().await;
@@ -207,7 +200,7 @@ async fn a_404_run_is_broken_by_a_good_answer() {
 
 #[tokio::test]
 async fn unauthorized_aborts_the_pass_early() {
-    let app = TestApp::spawn_with("concurrency = 1").await;
+    let app = TestApp::spawn_with(|c| c.api.concurrency = Some(1)).await;
     for i in 0..50 {
         app.create(&format!("c{i:02}"), 100);
     }
@@ -252,7 +245,7 @@ async fn unauthorized_aborts_the_pass_early() {
 
 #[tokio::test]
 async fn forbidden_mid_pass_stops_it() {
-    let app = TestApp::spawn_with("concurrency = 1").await;
+    let app = TestApp::spawn_with(|c| c.api.concurrency = Some(1)).await;
     for i in 0..10 {
         app.create(&format!("c{i:02}"), 100);
     }
@@ -272,28 +265,15 @@ async fn forbidden_mid_pass_stops_it() {
 
 #[tokio::test]
 async fn unreachable_api_is_reported() {
-    let app = TestApp::spawn().await;
+    let mut app = TestApp::spawn().await;
     app.create("x", 100);
-    // Point a reconciler at a port nobody listens on.
+    // Point the reconciler at a port nobody listens on.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
-    let text = crate::helpers::config_text(&format!("http://{closed}"), &app.db_path, "");
-    let settings = std::sync::Arc::new(
-        konbini_reconciler::Settings::from_toml(&text, &app.config_path, &[("UNUSED", "")])
-            .unwrap(),
-    );
-    let rec =
-        konbini_reconciler::reconcile::Reconciler::with_clock(settings, app.clock.clone()).unwrap();
-    let r = rec
-        .run_pass(
-            &crate::helpers::hold_lock(&rec),
-            konbini_reconciler::ledger::Trigger::Once,
-            Default::default(),
-        )
-        .await
-        .unwrap();
+    app.reconfigure(|c| c.api.base_url = Some(format!("http://{closed}")));
+    let r = app.pass().await;
     assert_eq!(r.outcome, Outcome::Unreachable);
     assert_eq!(app.row("x").state, "pending");
     assert!(app.row("x").last_error.unwrap().contains("connect"));
@@ -322,15 +302,12 @@ async fn a_ledger_failure_mid_pass_is_an_error_and_the_run_is_marked_failed() {
         .await
         .expect_err("a failed commit fails the pass");
     assert!(err.to_string().contains("simulated write failure"), "{err}");
-    let (outcome, detail, finished): (String, String, Option<String>) = app
-        .db()
-        .query_row("SELECT outcome, detail, finished_at FROM runs", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .unwrap();
-    assert_eq!(outcome, "failed");
+    let runs = app.runs();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].outcome, "failed");
+    let detail = runs[0].detail.as_deref().unwrap_or_default();
     assert!(detail.contains("simulated write failure"), "{detail}");
-    assert!(finished.is_some());
+    assert!(runs[0].finished_at.is_some());
     // The failed group was rolled back whole: no charge half-written.
     assert_eq!(
         app.count("SELECT count(*) FROM charges WHERE last_checked_at IS NOT NULL"),

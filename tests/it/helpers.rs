@@ -4,12 +4,18 @@
 //!
 //! Time is a [`ManualClock`]: passes see only the time the test sets, so "due again after
 //! the recheck interval" is a clock step, not a sleep.
+//!
+//! Also here: named rows of the ledger's tables ([`ChargeRow`], [`EventRow`], [`RunRow`]),
+//! polling for a condition ([`wait_until`]), and the file helpers of the permission and
+//! full-disk tests ([`chmod`], [`open_up`], [`snapshot`], [`assert_integrity`]). The binary
+//! itself is launched through [`TestCommand`] (`util`), [`TestApp::command`] for the
+//! test's own config.
 
-#![allow(dead_code)]
-
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use konbini_reconciler::config::Settings;
@@ -17,7 +23,10 @@ use konbini_reconciler::ledger::Trigger;
 use konbini_reconciler::reconcile::{Clock, PassReport, Reconciler};
 use rusqlite::{Connection, OptionalExtension};
 use tokio_util::sync::CancellationToken;
-use univapay_sim::{Credentials, RunningSim, Sim};
+use univapay_sim::{Credentials, Reply, RunningSim, Sim};
+
+use crate::config::TestConfig;
+use crate::util::{TestCommand, traversable};
 
 pub const STORE: &str = "11ef0000-0000-0000-0000-000000000001";
 
@@ -50,6 +59,8 @@ pub struct TestApp {
     pub dir: tempfile::TempDir,
     pub db_path: PathBuf,
     pub config_path: PathBuf,
+    /// What `config_path` holds; change it with [`reconfigure`](TestApp::reconfigure).
+    pub config: TestConfig,
     pub settings: Arc<Settings>,
     pub reconciler: Reconciler,
     pub clock: Arc<ManualClock>,
@@ -57,7 +68,7 @@ pub struct TestApp {
 
 /// One `charges` row, the columns tests look at.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Row {
+pub struct ChargeRow {
     pub state: String,
     pub provider_status: Option<String>,
     pub charged_amount: Option<i64>,
@@ -72,41 +83,49 @@ pub struct Row {
     pub not_found_count: i64,
 }
 
-/// One `charge_events` row: (kind, from_state, to_state, provider_status, detail).
-pub type Event = (
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-);
+/// One `charge_events` row, the columns tests look at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    pub kind: String,
+    pub from_state: Option<String>,
+    pub to_state: Option<String>,
+    pub provider_status: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// One `runs` row, the columns tests look at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRow {
+    pub id: i64,
+    pub trigger: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub outcome: String,
+    pub checked: i64,
+    pub transitions: i64,
+    pub mismatches: i64,
+    pub errors: i64,
+    pub detail: Option<String>,
+}
 
 impl TestApp {
     /// Fake API plus temp database, default settings, 2 s request timeout.
     pub async fn spawn() -> TestApp {
-        Self::spawn_with("").await
+        Self::spawn_with(|_| {}).await
     }
 
-    /// As [`spawn`](Self::spawn), with extra TOML lines appended to `[api]` (a following
-    /// `[section]` header in `extra` starts other sections).
-    pub async fn spawn_with(extra: &str) -> TestApp {
+    /// As [`spawn`](Self::spawn), with the config edited by `edit` first.
+    pub async fn spawn_with(edit: impl FnOnce(&mut TestConfig)) -> TestApp {
         let sim = Sim::start(Credentials::default())
             .await
             .expect("start fake UnivaPay");
         let dir = tempfile::tempdir().unwrap();
         let db_path = dir.path().join("ledger.db");
+        let config = TestConfig::new(&sim.base_url(), &Credentials::default(), &db_path)
+            .with(|c| c.api.timeout = Some(Duration::from_secs(2)))
+            .with(edit);
         let config_path = dir.path().join("config.toml");
-        let text = config_text(&sim.base_url(), &db_path, extra);
-        std::fs::write(&config_path, &text).unwrap();
-        // It holds the test secret inline: keep it private, as the program asks.
-        std::fs::set_permissions(
-            &config_path,
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        )
-        .unwrap();
-        let settings = Arc::new(
-            Settings::from_toml(&text, &config_path, &[("UNUSED", "")]).expect("test config"),
-        );
+        let settings = write_settings(&config, &config_path);
         // Ahead of the database's own clock, so that charges registered just now are due.
         let clock = Arc::new(ManualClock(Mutex::new(
             Utc::now() + chrono::Duration::seconds(1),
@@ -118,10 +137,28 @@ impl TestApp {
             dir,
             db_path,
             config_path,
+            config,
             settings,
             reconciler,
             clock,
         }
+    }
+
+    /// Edits the test's config and brings the rest along: the file, the settings, the
+    /// reconciler (same clock) and `db_path`. The ledger at a new path is not created.
+    pub fn reconfigure(&mut self, edit: impl FnOnce(&mut TestConfig)) {
+        edit(&mut self.config);
+        self.settings = write_settings(&self.config, &self.config_path);
+        self.db_path = self.settings.database.path.clone();
+        self.reconciler =
+            Reconciler::with_clock(self.settings.clone(), self.clock.clone()).unwrap();
+    }
+
+    /// The binary in the test's directory with `--config` naming the test's config.
+    pub fn command(&self) -> TestCommand {
+        let mut cmd = TestCommand::new(self.dir.path());
+        cmd.config(&self.config_path);
+        cmd
     }
 
     pub fn db(&self) -> Connection {
@@ -168,7 +205,7 @@ impl TestApp {
             .advance(self.settings.reconcile.retry_backoff_max + Duration::from_secs(1));
     }
 
-    pub fn row(&self, charge_id: &str) -> Row {
+    pub fn row(&self, charge_id: &str) -> ChargeRow {
         self.db()
             .query_row(
                 "SELECT state, provider_status, charged_amount, charged_currency, amount_mismatch,
@@ -177,7 +214,7 @@ impl TestApp {
                  FROM charges WHERE charge_id = ?1",
                 [charge_id],
                 |r| {
-                    Ok(Row {
+                    Ok(ChargeRow {
                         state: r.get(0)?,
                         provider_status: r.get(1)?,
                         charged_amount: r.get(2)?,
@@ -198,7 +235,7 @@ impl TestApp {
             .unwrap_or_else(|| panic!("no charge {charge_id}"))
     }
 
-    pub fn events(&self, charge_id: &str) -> Vec<Event> {
+    pub fn events(&self, charge_id: &str) -> Vec<EventRow> {
         let db = self.db();
         let mut stmt = db
             .prepare(
@@ -207,7 +244,13 @@ impl TestApp {
             )
             .unwrap();
         stmt.query_map([charge_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            Ok(EventRow {
+                kind: r.get(0)?,
+                from_state: r.get(1)?,
+                to_state: r.get(2)?,
+                provider_status: r.get(3)?,
+                detail: r.get(4)?,
+            })
         })
         .unwrap()
         .map(Result::unwrap)
@@ -215,36 +258,155 @@ impl TestApp {
     }
 
     pub fn event_kinds(&self, charge_id: &str) -> Vec<String> {
-        self.events(charge_id).into_iter().map(|e| e.0).collect()
+        self.events(charge_id).into_iter().map(|e| e.kind).collect()
     }
 
     /// (from, to) of every transition event of a charge, in order.
     pub fn transitions(&self, charge_id: &str) -> Vec<(String, String)> {
         self.events(charge_id)
             .into_iter()
-            .filter(|e| e.0 == "transition")
-            .map(|e| (e.1.unwrap(), e.2.unwrap()))
+            .filter(|e| e.kind == "transition")
+            .map(|e| (e.from_state.unwrap(), e.to_state.unwrap()))
             .collect()
     }
 
     pub fn count(&self, sql: &str) -> i64 {
         self.db().query_row(sql, [], |r| r.get(0)).unwrap()
     }
+
+    /// Every `runs` row, oldest first.
+    pub fn runs(&self) -> Vec<RunRow> {
+        let db = self.db();
+        let mut stmt = db
+            .prepare(
+                "SELECT id, trigger, started_at, finished_at, outcome, checked, transitions,
+                        mismatches, errors, detail
+                 FROM runs ORDER BY id",
+            )
+            .unwrap();
+        stmt.query_map([], |r| {
+            Ok(RunRow {
+                id: r.get(0)?,
+                trigger: r.get(1)?,
+                started_at: r.get(2)?,
+                finished_at: r.get(3)?,
+                outcome: r.get(4)?,
+                checked: r.get(5)?,
+                transitions: r.get(6)?,
+                mismatches: r.get(7)?,
+                errors: r.get(8)?,
+                detail: r.get(9)?,
+            })
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    }
+
+    /// The newest `runs` row.
+    pub fn last_run(&self) -> RunRow {
+        self.runs().pop().expect("a run")
+    }
 }
 
-/// A complete config for tests; `extra` lines go at the end of `[api]`.
-pub fn config_text(base_url: &str, db_path: &Path, extra: &str) -> String {
-    let creds = Credentials::default();
-    let (api_extra, rest) = match extra.find("\n[") {
-        Some(i) => extra.split_at(i),
-        None if extra.starts_with('[') => ("", extra),
-        None => (extra, ""),
-    };
-    format!(
-        "[api]\nbase_url = \"{base_url}\"\napp_token = \"{}\"\nsecret = \"{}\"\ntimeout = \"2s\"\n{api_extra}\n\
-         [database]\npath = \"{}\"\n{rest}\n",
-        creds.app_token,
-        creds.secret,
-        db_path.display(),
-    )
+/// Writes `config` to `path` and reads it back as the program would, with no environment.
+fn write_settings(config: &TestConfig, path: &Path) -> Arc<Settings> {
+    config.write(path);
+    Arc::new(Settings::from_toml(&config.to_toml(), path, &[("UNUSED", "")]).expect("test config"))
+}
+
+/// Every run finished, and each started only after the one before it had finished.
+pub fn assert_runs_never_overlapped(runs: &[RunRow]) {
+    for r in runs {
+        assert!(
+            r.finished_at.is_some(),
+            "run {} never finished: {runs:?}",
+            r.id
+        );
+        assert_ne!(r.outcome, "running", "{runs:?}");
+    }
+    for w in runs.windows(2) {
+        let finished = w[0].finished_at.as_deref().unwrap();
+        assert!(
+            w[1].started_at.as_str() >= finished,
+            "run {} started at {} before run {} finished at {finished}",
+            w[1].id,
+            w[1].started_at,
+            w[0].id
+        );
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds, failing the test after `limit`.
+pub async fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A canned answer of `status` with `body`, for `Sim::push_reply`.
+pub fn raw(status: u16, body: &str) -> Reply {
+    Reply::Raw {
+        status,
+        body: body.to_owned(),
+    }
+}
+
+// ---- files: permissions, snapshots, integrity ------------------------------------------
+
+/// Sets the permission bits of `path`.
+pub fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
+}
+
+/// Lets other users list `dir` (temp dirs are created 0700), and fails loudly if a
+/// directory above it is out of their reach: what [`TestCommand::unprivileged`] needs.
+pub fn open_up(dir: &Path) {
+    let mode = std::fs::metadata(dir).unwrap().permissions().mode();
+    chmod(dir, mode | 0o755);
+    assert!(
+        traversable(dir),
+        "a directory above {} is not traversable by other users; the unprivileged tests \
+         cannot work there",
+        dir.display()
+    );
+}
+
+/// Every file below `dir` (recursively) with its bytes.
+pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let bytes = std::fs::read(&p).unwrap_or_default();
+                out.insert(p, bytes);
+            }
+        }
+    }
+    out
+}
+
+/// Asserts two snapshots are equal, naming the first file that differs.
+pub fn assert_same(before: &BTreeMap<PathBuf, Vec<u8>>, after: &BTreeMap<PathBuf, Vec<u8>>) {
+    let names = |s: &BTreeMap<PathBuf, Vec<u8>>| s.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(names(before), names(after), "files appeared or vanished");
+    for (p, b) in before {
+        assert!(after[p] == *b, "{} changed", p.display());
+    }
+}
+
+/// `PRAGMA integrity_check` on `db` (opened read-write, so a leftover WAL is recovered).
+pub fn assert_integrity(db: &Path) {
+    let conn = Connection::open(db).unwrap();
+    let result: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(result, "ok", "{}", db.display());
 }

@@ -6,24 +6,16 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use konbini_reconciler::ledger::{Outcome, Trigger};
-use konbini_reconciler::reconcile::Reconciler;
+use konbini_reconciler::ledger::Outcome;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use univapay_sim::{Credentials, Reply, Sim, SimCharge};
 
-use crate::helpers::{STORE, TestApp};
+use crate::helpers::{STORE, TestApp, raw};
 
 /// The client's body cap (`MAX_BODY_BYTES` in `src/univapay/client.rs`).
 const MAX_BODY_BYTES: usize = 1024 * 1024;
-
-fn raw(status: u16, body: &str) -> Reply {
-    Reply::Raw {
-        status,
-        body: body.to_owned(),
-    }
-}
 
 /// `bad` awaiting and `good` pending, both paid at the fake; `bad` then gets `reply`.
 /// Asserts that `bad` kept its state and recorded an error containing `expect`, and that
@@ -185,7 +177,7 @@ async fn redirect_to_another_host_is_not_followed() {
 
 #[tokio::test]
 async fn unauthorized_mid_pass_stops_the_pass_and_keeps_what_was_done() {
-    let app = TestApp::spawn_with("concurrency = 1").await;
+    let app = TestApp::spawn_with(|c| c.api.concurrency = Some(1)).await;
     for i in 0..10 {
         let id = format!("c{i:02}");
         app.create(&id, 100);
@@ -353,16 +345,6 @@ async fn serve_one(mut sock: tokio::net::TcpStream, sent: Arc<AtomicU64>) {
     let _ = sock.shutdown().await;
 }
 
-/// A reconciler on `app`'s database and clock that talks to `server` instead of the fake.
-fn reconciler_for(app: &TestApp, server: &RawServer) -> Reconciler {
-    let text = crate::helpers::config_text(&format!("http://{}", server.addr), &app.db_path, "");
-    let settings = Arc::new(
-        konbini_reconciler::Settings::from_toml(&text, &app.config_path, &[("UNUSED", "")])
-            .unwrap(),
-    );
-    Reconciler::with_clock(settings, app.clock.clone()).unwrap()
-}
-
 #[tokio::test]
 async fn streamed_bodies_past_the_cap_are_cut_off_not_read() {
     let server = RawServer::start().await;
@@ -371,19 +353,13 @@ async fn streamed_bodies_past_the_cap_are_cut_off_not_read() {
         ("liar", "larger than 1048576 bytes"),
         ("binary", "not a charge object"),
     ] {
-        let app = TestApp::spawn().await;
+        let mut app = TestApp::spawn().await;
         app.register(id, 100);
         app.register("good", 100);
-        let rec = reconciler_for(&app, &server);
+        // Talk to the raw server instead of the fake.
+        app.reconfigure(|c| c.api.base_url = Some(format!("http://{}", server.addr)));
         server.sent.store(0, Ordering::Relaxed);
-        let r = rec
-            .run_pass(
-                &crate::helpers::hold_lock(&rec),
-                Trigger::Once,
-                Default::default(),
-            )
-            .await
-            .unwrap();
+        let r = app.pass().await;
         assert_eq!(r.outcome, Outcome::Ok, "{id}: {:?}", r.detail);
         assert_eq!(r.counts.errors, 1, "{id}");
         let row = app.row(id);

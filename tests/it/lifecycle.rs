@@ -84,11 +84,11 @@ async fn failed_by_deadline_canceled_and_error_all_end_failed() {
         assert_eq!(row.next_check_at, None, "{id}");
         let events = app.events(id);
         let last = events.last().unwrap();
-        assert_eq!(last.0, "transition");
-        assert_eq!(last.3.as_deref(), Some(word));
+        assert_eq!(last.kind, "transition");
+        assert_eq!(last.provider_status.as_deref(), Some(word));
     }
     // UnivaPay's error object is kept on the transition.
-    let detail = app.events("expired").last().unwrap().4.clone().unwrap();
+    let detail = app.events("expired").pop().unwrap().detail.unwrap();
     assert!(
         detail.contains("323") && detail.contains("payment code expired"),
         "{detail}"
@@ -303,34 +303,21 @@ async fn runs_rows_record_each_pass() {
     app.create("r2", 100);
     app.sim.update("r2", |c| c.paid_with(50, "JPY"));
     app.pass().await;
-    let (trigger, outcome, checked, transitions, mismatches, errors, finished): (
-        String,
-        String,
-        i64,
-        i64,
-        i64,
-        i64,
-        Option<String>,
-    ) = app
-        .db()
-        .query_row(
-            "SELECT trigger, outcome, checked, transitions, mismatches, errors, finished_at FROM runs",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
-        )
-        .unwrap();
+    let runs = app.runs();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let run = &runs[0];
     assert_eq!(
         (
-            trigger.as_str(),
-            outcome.as_str(),
-            checked,
-            transitions,
-            mismatches,
-            errors
+            run.trigger.as_str(),
+            run.outcome.as_str(),
+            run.checked,
+            run.transitions,
+            run.mismatches,
+            run.errors
         ),
         ("once", "ok", 2, 1, 1, 0)
     );
-    assert!(finished.is_some());
+    assert!(run.finished_at.is_some());
     let run_ids =
         app.count("SELECT count(DISTINCT run_id) FROM charge_events WHERE run_id IS NOT NULL");
     assert_eq!(run_ids, 1);
@@ -338,7 +325,7 @@ async fn runs_rows_record_each_pass() {
 
 #[tokio::test]
 async fn many_charges_stream_through_small_batches() {
-    let app = TestApp::spawn_with("[reconcile]\nbatch_size = 7\n").await;
+    let app = TestApp::spawn_with(|c| c.reconcile.batch_size = Some(7)).await;
     for i in 0..100 {
         let id = format!("bulk-{i:03}");
         app.create(&id, 100 + i);

@@ -1,8 +1,10 @@
 //! Integration tests: one binary, one module per area. Each test gets its own fake
-//! UnivaPay on 127.0.0.1:0 and its own temporary database (see `helpers`).
+//! UnivaPay on 127.0.0.1:0 and its own temporary database (see `helpers`); tests of the
+//! real binary launch it through `util::TestCommand`.
 
 mod bad_input;
 mod binary;
+mod config;
 mod daemon;
 mod database;
 mod errors;
@@ -11,5 +13,5 @@ mod hostile;
 mod lifecycle;
 mod pacing;
 mod processes;
-mod sandbox;
 mod secrets;
+mod util;

@@ -13,11 +13,14 @@ fn limit(burst: u32, per_minute: u32) -> Option<RateLimitConfig> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pass_against_a_small_bucket_meets_no_429() {
-    let app = TestApp::spawn_with("concurrency = 8").await;
+    let app = TestApp::spawn_with(|c| c.api.concurrency = Some(8)).await;
     app.sim.configure(|c| c.rate_limit = limit(5, 1200));
     for i in 0..60 {
         app.create(&format!("c{i:02}"), 100);
     }
+    // Registering 60 charges can take longer than the clock's one-second lead on a loaded
+    // machine; the last ones would then not be due yet.
+    app.clock.advance(Duration::from_secs(60));
     let started = Instant::now();
     let r = app.pass().await;
     let elapsed = started.elapsed();
@@ -33,7 +36,7 @@ async fn a_pass_against_a_small_bucket_meets_no_429() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_forced_429_with_retry_after_pauses_the_whole_client() {
-    let app = TestApp::spawn_with("concurrency = 1").await;
+    let app = TestApp::spawn_with(|c| c.api.concurrency = Some(1)).await;
     for id in ["a", "b", "c"] {
         app.create(id, 100);
     }
@@ -62,7 +65,7 @@ async fn a_forced_429_with_retry_after_pauses_the_whole_client() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bucket_drained_by_someone_else_costs_one_429_then_paces() {
-    let app = TestApp::spawn_with("concurrency = 8").await;
+    let app = TestApp::spawn_with(|c| c.api.concurrency = Some(8)).await;
     app.sim.configure(|c| {
         c.rate_limit = Some(RateLimitConfig {
             retry_after: true,
@@ -105,7 +108,11 @@ async fn a_bucket_drained_by_someone_else_costs_one_429_then_paces() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_configured_cap_holds_below_what_the_server_allows() {
-    let app = TestApp::spawn_with("concurrency = 8\nmax_requests_per_minute = 600").await;
+    let app = TestApp::spawn_with(|c| {
+        c.api.concurrency = Some(8);
+        c.api.max_requests_per_minute = Some(600);
+    })
+    .await;
     for i in 0..11 {
         app.create(&format!("c{i:02}"), 100);
     }

@@ -2,56 +2,30 @@
 //! several processes sharing one database through the pass lock.
 
 use std::path::Path;
-use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use konbini_reconciler::lock::PassLock;
 use tokio::net::UnixDatagram;
-use tokio::process::{Child, Command};
 use univapay_sim::{Reply, SimCharge};
 
-use crate::daemon::{Run, assert_runs_never_overlapped, configure, runs, wait_until};
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, assert_runs_never_overlapped, wait_until};
+use crate::util::{Finished, Running};
 
-/// The binary with the test's config, in the test's directory, with a clean environment.
-fn konbini(app: &TestApp) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_konbini-reconciler"));
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .current_dir(app.dir.path())
-        .arg("--config")
-        .arg(&app.config_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd
-}
+/// The request timeout here: the harness's 2 s would turn the slow answers these tests
+/// script into timeouts and race the behaviour under test.
+const PATIENT: Duration = Duration::from_secs(20);
 
-fn once(app: &TestApp) -> Child {
-    konbini(app).arg("--once").spawn().unwrap()
-}
+/// A tick every second.
+const EVERY_SECOND: &str = "* * * * * *";
 
-fn signal(child: &Child, sig: libc::c_int) {
-    let pid = child.id().expect("still running") as libc::pid_t;
-    // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped yet.
-    assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill({pid}, {sig})");
-}
-
-async fn finish(child: Child, limit: Duration) -> Output {
-    tokio::time::timeout(limit, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("still running after {limit:?}"))
-        .unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+/// `--once` with the test's config, started.
+fn once(app: &TestApp) -> Running {
+    app.command().once().spawn()
 }
 
 /// No process ever hit SQLite's busy timeout or another database error.
-fn assert_no_database_trouble(out: &Output) {
-    let err = stderr(out);
+fn assert_no_database_trouble(out: &Finished) {
+    let err = out.stderr();
     for bad in [
         "database is locked",
         "SQLITE_BUSY",
@@ -86,27 +60,25 @@ async fn recv_until(
     }
 }
 
-fn last_run(app: &TestApp) -> Run {
-    runs(app).pop().expect("a run")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plays_systemd_ready_status_watchdog_stopping() {
     let mut app = TestApp::spawn().await;
     // A database that does not exist yet: READY must come after it was created.
-    app.db_path = app.dir.path().join("fresh.db");
-    configure(
-        &mut app,
-        "20s",
-        "[schedule]\ncron = \"* * * * * *\"\nrun_on_start = false\ndrain_timeout = \"1s\"\n",
-    );
+    let fresh = app.dir.path().join("fresh.db");
+    app.reconfigure(|c| {
+        c.api.timeout = Some(PATIENT);
+        c.database.path = Some(fresh);
+        c.schedule.cron = Some(EVERY_SECOND.into());
+        c.schedule.run_on_start = Some(false);
+        c.schedule.drain_timeout = Some(Duration::from_secs(1));
+    });
     let sock_path = app.dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
-    let daemon = konbini(&app)
+    let mut daemon = app
+        .command()
         .env("NOTIFY_SOCKET", &sock_path)
         .env("WATCHDOG_USEC", "300000")
-        .spawn()
-        .unwrap();
+        .spawn();
     let mut seen = Vec::new();
 
     recv_until(&sock, &mut seen, Duration::from_secs(10), |m| {
@@ -141,34 +113,37 @@ async fn plays_systemd_ready_status_watchdog_stopping() {
     })
     .await;
     let t = Instant::now();
-    signal(&daemon, libc::SIGTERM);
+    daemon.signal(libc::SIGTERM);
     recv_until(&sock, &mut seen, Duration::from_secs(5), |m| {
         m.lines().any(|l| l == "STOPPING=1")
     })
     .await;
-    let out = finish(daemon, Duration::from_secs(5)).await;
+    let out = daemon.finish(Duration::from_secs(5)).await;
     let took = t.elapsed();
     eprintln!("notify messages seen: {seen:#?}");
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    out.assert_code(0);
     assert!(
         took < Duration::from_secs(3),
         "drain_timeout 1 s, took {took:?}"
     );
     assert_no_database_trouble(&out);
-    let run = last_run(&app);
-    assert_eq!(run.4, "interrupted", "{run:?}");
+    let run = app.last_run();
+    assert_eq!(run.outcome, "interrupted", "{run:?}");
     assert_eq!(
         app.row("stuck").last_checked_at,
         None,
         "abandoned, untouched"
     );
-    assert_runs_never_overlapped(&runs(&app));
+    assert_runs_never_overlapped(&app.runs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_once_gives_up_with_exit_3_while_a_pass_runs() {
     let mut app = TestApp::spawn().await;
-    configure(&mut app, "20s", "[schedule]\nlock_wait = \"0s\"\n");
+    app.reconfigure(|c| {
+        c.api.timeout = Some(PATIENT);
+        c.schedule.lock_wait = Some(Duration::ZERO);
+    });
     for i in 0..4 {
         let id = format!("c{i}");
         app.create(&id, 100);
@@ -182,12 +157,12 @@ async fn second_once_gives_up_with_exit_3_while_a_pass_runs() {
         || app.sim.counters().requests >= 1,
     )
     .await;
-    let second = finish(once(&app), Duration::from_secs(5)).await;
-    let first = finish(first, Duration::from_secs(10)).await;
+    let second = once(&app).finish(Duration::from_secs(5)).await;
+    let first = first.finish(Duration::from_secs(10)).await;
 
-    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
-    assert_eq!(second.status.code(), Some(3), "{}", stderr(&second));
-    let err = stderr(&second);
+    first.assert_code(0);
+    second.assert_code(3);
+    let err = second.stderr();
     assert_eq!(err.lines().count(), 1, "{err}");
     let lock = PassLock::for_database(&app.db_path);
     for part in [
@@ -197,18 +172,21 @@ async fn second_once_gives_up_with_exit_3_while_a_pass_runs() {
     ] {
         assert!(err.contains(part), "{part}: {err}");
     }
-    assert!(second.stdout.is_empty(), "no pass, no summary");
+    assert!(second.stdout().is_empty(), "no pass, no summary");
     for i in 0..4 {
         assert_eq!(app.sim.requests_for(&format!("c{i}")), 1);
     }
-    assert_eq!(runs(&app).len(), 1);
+    assert_eq!(app.runs().len(), 1);
     assert_no_database_trouble(&first);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_once_runs_after_the_holder_and_fetches_nothing_twice() {
     let mut app = TestApp::spawn().await;
-    configure(&mut app, "20s", "[schedule]\nlock_wait = \"10s\"\n");
+    app.reconfigure(|c| {
+        c.api.timeout = Some(PATIENT);
+        c.schedule.lock_wait = Some(Duration::from_secs(10));
+    });
     for i in 0..4 {
         let id = format!("c{i}");
         app.create(&id, 100);
@@ -225,18 +203,18 @@ async fn a_waiting_once_runs_after_the_holder_and_fetches_nothing_twice() {
     .await;
     let second = once(&app);
     let (first, second) = (
-        finish(first, Duration::from_secs(10)).await,
-        finish(second, Duration::from_secs(10)).await,
+        first.finish(Duration::from_secs(10)).await,
+        second.finish(Duration::from_secs(10)).await,
     );
 
-    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
-    assert_eq!(second.status.code(), Some(0), "{}", stderr(&second));
-    assert!(String::from_utf8_lossy(&first.stdout).contains("checked 4"));
-    assert!(String::from_utf8_lossy(&second.stdout).contains("checked 0"));
+    first.assert_code(0);
+    second.assert_code(0);
+    assert!(first.stdout().contains("checked 4"));
+    assert!(second.stdout().contains("checked 0"));
     for i in 0..4 {
         assert_eq!(app.sim.requests_for(&format!("c{i}")), 1);
     }
-    let runs = runs(&app);
+    let runs = app.runs();
     assert_eq!(runs.len(), 2, "{runs:?}");
     assert_runs_never_overlapped(&runs);
     assert_no_database_trouble(&first);
@@ -246,11 +224,12 @@ async fn a_waiting_once_runs_after_the_holder_and_fetches_nothing_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_and_once_take_turns_on_one_database() {
     let mut app = TestApp::spawn().await;
-    configure(
-        &mut app,
-        "20s",
-        "[schedule]\ncron = \"* * * * * *\"\nrun_on_start = true\nlock_wait = \"0s\"\n",
-    );
+    app.reconfigure(|c| {
+        c.api.timeout = Some(PATIENT);
+        c.schedule.cron = Some(EVERY_SECOND.into());
+        c.schedule.run_on_start = Some(true);
+        c.schedule.lock_wait = Some(Duration::ZERO);
+    });
     for id in ["c0", "c1"] {
         app.create(id, 100);
         app.sim
@@ -264,11 +243,11 @@ async fn daemon_and_once_take_turns_on_one_database() {
         || app.sim.counters().requests >= 1,
     )
     .await;
-    let daemon = konbini(&app).spawn().unwrap();
-    let manual = finish(manual, Duration::from_secs(10)).await;
-    assert_eq!(manual.status.code(), Some(0), "{}", stderr(&manual));
+    let mut daemon = app.command().spawn();
+    let manual = manual.finish(Duration::from_secs(10)).await;
+    manual.assert_code(0);
     wait_until(Duration::from_secs(5), "the daemon's own pass", || {
-        runs(&app).len() >= 2
+        app.runs().len() >= 2
     })
     .await;
 
@@ -282,18 +261,18 @@ async fn daemon_and_once_take_turns_on_one_database() {
         || app.sim.requests_for("late") == 1,
     )
     .await;
-    let refused = finish(once(&app), Duration::from_secs(5)).await;
-    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    let refused = once(&app).finish(Duration::from_secs(5)).await;
+    refused.assert_code(3);
     wait_until(Duration::from_secs(5), "late was written", || {
         app.row("late").last_checked_at.is_some()
     })
     .await;
 
-    signal(&daemon, libc::SIGINT);
-    let daemon = finish(daemon, Duration::from_secs(5)).await;
-    let log = stderr(&daemon);
+    daemon.signal(libc::SIGINT);
+    let daemon = daemon.finish(Duration::from_secs(5)).await;
+    let log = daemon.stderr();
     eprintln!("daemon log:\n{log}");
-    assert_eq!(daemon.status.code(), Some(0), "{log}");
+    assert_eq!(daemon.code(), Some(0), "{log}");
     assert!(
         log.contains("tick skipped: another process holds the pass lock"),
         "{log}"
@@ -305,9 +284,12 @@ async fn daemon_and_once_take_turns_on_one_database() {
     for id in ["c0", "c1", "late"] {
         assert_eq!(app.sim.requests_for(id), 1, "{id} fetched once");
     }
-    let runs = runs(&app);
-    assert_eq!(runs[0].1, "once", "{runs:?}");
-    assert!(runs[1..].iter().all(|r| r.1 == "schedule"), "{runs:?}");
+    let runs = app.runs();
+    assert_eq!(runs[0].trigger, "once", "{runs:?}");
+    assert!(
+        runs[1..].iter().all(|r| r.trigger == "schedule"),
+        "{runs:?}"
+    );
     assert_runs_never_overlapped(&runs);
     assert_no_database_trouble(&daemon);
     assert_no_database_trouble(&manual);
@@ -316,36 +298,39 @@ async fn daemon_and_once_take_turns_on_one_database() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_pass_never_blocks_the_next_and_its_run_is_closed() {
     let mut app = TestApp::spawn().await;
-    configure(&mut app, "20s", "[schedule]\nlock_wait = \"0s\"\n");
+    app.reconfigure(|c| {
+        c.api.timeout = Some(PATIENT);
+        c.schedule.lock_wait = Some(Duration::ZERO);
+    });
     app.create("stuck", 100);
     app.sim
         .push_reply("stuck", Reply::Delay(Duration::from_secs(30)));
-    let mut victim = once(&app);
+    let victim = once(&app);
     wait_until(Duration::from_secs(10), "stuck is being fetched", || {
         app.sim.requests_for("stuck") == 1
     })
     .await;
-    victim.kill().await.unwrap(); // SIGKILL: no chance to clean up
+    victim.kill(); // SIGKILL: no chance to clean up
     assert_eq!(
-        last_run(&app).4,
+        app.last_run().outcome,
         "running",
         "left behind by the dead process"
     );
 
-    let next = finish(once(&app), Duration::from_secs(10)).await;
-    assert_eq!(next.status.code(), Some(0), "{}", stderr(&next));
-    let runs = runs(&app);
+    let next = once(&app).finish(Duration::from_secs(10)).await;
+    next.assert_code(0);
+    let runs = app.runs();
     assert_eq!(runs.len(), 2, "{runs:?}");
-    assert_eq!(runs[0].4, "interrupted", "{runs:?}");
+    assert_eq!(runs[0].outcome, "interrupted", "{runs:?}");
     assert!(
         runs[0]
-            .6
+            .detail
             .as_deref()
             .unwrap_or("")
             .contains("process ended before the pass finished"),
         "{runs:?}"
     );
-    assert_eq!(runs[1].4, "ok", "{runs:?}");
+    assert_eq!(runs[1].outcome, "ok", "{runs:?}");
     // The dead pass never wrote it, so it was still due and checked now.
     assert_eq!(app.sim.requests_for("stuck"), 2);
     assert!(app.row("stuck").last_checked_at.is_some());
@@ -358,16 +343,19 @@ async fn once_waits_up_to_lock_wait() {
     let lock = PassLock::for_database(&app.db_path);
     let held = lock.try_acquire().unwrap().expect("free");
 
-    configure(&mut app, "20s", "[schedule]\nlock_wait = \"400ms\"\n");
+    app.reconfigure(|c| {
+        c.api.timeout = Some(PATIENT);
+        c.schedule.lock_wait = Some(Duration::from_millis(400));
+    });
     let t = Instant::now();
-    let out = finish(once(&app), Duration::from_secs(5)).await;
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let out = once(&app).finish(Duration::from_secs(5)).await;
+    out.assert_code(3);
     assert!(
         t.elapsed() >= Duration::from_millis(400),
         "{:?}",
         t.elapsed()
     );
-    let err = stderr(&out);
+    let err = out.stderr();
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
         err.contains(&format!("by pid {}", std::process::id())),
@@ -381,33 +369,34 @@ async fn once_waits_up_to_lock_wait() {
     assert_eq!(app.count("SELECT count(*) FROM runs"), 0);
 
     // Released while the --once waits: it runs.
-    configure(&mut app, "20s", "[schedule]\nlock_wait = \"10s\"\n");
+    app.reconfigure(|c| c.schedule.lock_wait = Some(Duration::from_secs(10)));
     let mut waiting = once(&app);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(waiting.try_wait().unwrap().is_none(), "still waiting");
+    assert!(!waiting.has_exited(), "still waiting");
     drop(held);
-    let out = finish(waiting, Duration::from_secs(5)).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = waiting.finish(Duration::from_secs(5)).await;
+    out.assert_code(0);
     assert_eq!(app.sim.requests_for("a"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_that_cannot_open_its_database_exits_1_without_ready() {
     let mut app = TestApp::spawn().await;
-    app.db_path = app.dir.path().join("missing-dir").join("ledger.db");
-    configure(&mut app, "20s", "");
+    let missing = app.dir.path().join("missing-dir").join("ledger.db");
+    app.reconfigure(|c| {
+        c.api.timeout = Some(PATIENT);
+        c.database.path = Some(missing);
+    });
     let sock_path = app.dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
-    let out = finish(
-        konbini(&app)
-            .env("NOTIFY_SOCKET", &sock_path)
-            .spawn()
-            .unwrap(),
-        Duration::from_secs(10),
-    )
-    .await;
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let err = stderr(&out);
+    let out = app
+        .command()
+        .env("NOTIFY_SOCKET", &sock_path)
+        .spawn()
+        .finish(Duration::from_secs(10))
+        .await;
+    out.assert_code(1);
+    let err = out.stderr();
     let fatal: Vec<_> = err.lines().filter(|l| l.contains("error:")).collect();
     assert_eq!(fatal.len(), 1, "{err}");
     assert!(fatal[0].contains("missing-dir"), "{err}");
@@ -469,13 +458,15 @@ fn unit_files_match_the_program() {
         .find_map(|l| l.strip_prefix("TimeoutStopSec="))
         .expect("TimeoutStopSec");
     let stop = humantime::parse_duration(stop).unwrap();
-    let config =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml")).unwrap();
-    let drain = config
-        .lines()
-        .find_map(|l| l.strip_prefix("drain_timeout = "))
-        .map(|v| humantime::parse_duration(v.trim_matches('"')).unwrap())
-        .expect("drain_timeout in config.toml");
+    let config: toml::Table = toml::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml"))
+            .unwrap(),
+    )
+    .unwrap();
+    let drain = config["schedule"]["drain_timeout"]
+        .as_str()
+        .map(|v| humantime::parse_duration(v).unwrap())
+        .expect("schedule.drain_timeout in config.toml");
     assert!(
         drain * 2 <= stop,
         "drain {drain:?} vs TimeoutStopSec {stop:?}"

@@ -5,16 +5,15 @@
 //! byte that comes out is searched for them.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::Duration;
 
 use konbini_reconciler::Settings;
-use konbini_reconciler::config::ProcessEnv;
 use rusqlite::Connection;
 use univapay_sim::{Credentials, Reply, RunningSim, Sim, SimCharge};
 
-use crate::helpers::STORE;
-use crate::sandbox::{self, chmod};
+use crate::config::TestConfig;
+use crate::helpers::{STORE, chmod};
+use crate::util::{Finished, TestCommand};
 
 const SECRET: &str = "sk-SECRET-9f41c2e7-konbini";
 /// JWT-shaped, with a middle part distinctive on its own.
@@ -24,6 +23,14 @@ const TOKEN_PART: &str = "eyJUT0tFTi03YjNkIjoxfQ";
 const WRONG_SECRET: &str = "sk-WRONG-4d0c8a11-konbini";
 /// What a badly written config file holds where the secret should be.
 const BAD_SECRETS: [&str; 3] = ["987654321987", "SECRET-with space", "UNQUOTED-SECRET-55c1"];
+
+/// What the fake accepts and the configs hold.
+fn credentials() -> Credentials {
+    Credentials {
+        secret: SECRET.into(),
+        app_token: TOKEN.into(),
+    }
+}
 
 fn needles() -> Vec<&'static str> {
     let mut v = vec![SECRET, TOKEN, TOKEN_PART, WRONG_SECRET];
@@ -52,12 +59,8 @@ struct Fixture {
 
 impl Fixture {
     async fn start() -> Fixture {
-        let creds = Credentials {
-            secret: SECRET.into(),
-            app_token: TOKEN.into(),
-        };
-        let sim = Sim::start(creds.clone()).await.unwrap();
-        let other = Sim::start(creds).await.unwrap();
+        let sim = Sim::start(credentials()).await.unwrap();
+        let other = Sim::start(credentials()).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("ledger.db");
         Fixture {
@@ -70,15 +73,13 @@ impl Fixture {
         }
     }
 
-    /// A config in the file: credentials inline, `api_extra` appended to `[api]`.
-    fn config(&self, name: &str, db: &Path, api_extra: &str) -> PathBuf {
-        let text = format!(
-            "[api]\nbase_url = \"{}\"\napp_token = \"{TOKEN}\"\nsecret = \"{SECRET}\"\n\
-             timeout = \"1s\"\n{api_extra}\n[database]\npath = \"{}\"\nbusy_timeout = \"100ms\"\n",
-            self.sim.base_url(),
-            db.display()
-        );
-        self.write(name, &text)
+    /// A config in the file `name`, credentials inline, the ledger at `db`.
+    fn config(&self, name: &str, db: &Path) -> PathBuf {
+        let config = TestConfig::new(&self.sim.base_url(), &credentials(), db).with(|c| {
+            c.api.timeout = Some(Duration::from_secs(1));
+            c.database.busy_timeout = Some(Duration::from_millis(100));
+        });
+        self.write(name, &config.to_toml())
     }
 
     fn write(&self, name: &str, text: &str) -> PathBuf {
@@ -89,17 +90,17 @@ impl Fixture {
     }
 
     /// Runs `--once` on `config` with `RUST_LOG=trace` and checks everything printed.
-    fn run(&mut self, what: &str, config: &Path, env: &[(&str, &str)]) -> Output {
-        let mut cmd = sandbox::once(self.dir.path(), config);
-        cmd.env("RUST_LOG", "trace").envs(env.iter().copied());
-        let out = sandbox::run(&mut cmd);
-        assert_clean(&format!("{what}: stdout"), &out.stdout);
-        assert_clean(&format!("{what}: stderr"), &out.stderr);
+    fn run(&mut self, what: &str, config: &Path, env: &[(&str, &str)]) -> Finished {
+        let mut cmd = TestCommand::new(self.dir.path());
+        cmd.config(config).once().env("RUST_LOG", "trace");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.run();
+        assert_clean(&format!("{what}: stdout"), out.stdout_bytes());
+        assert_clean(&format!("{what}: stderr"), out.stderr_bytes());
         self.runs += 1;
-        self.trace_lines += sandbox::stderr(&out)
-            .lines()
-            .filter(|l| l.contains("TRACE"))
-            .count();
+        self.trace_lines += out.stderr().lines().filter(|l| l.contains("TRACE")).count();
         out
     }
 
@@ -129,11 +130,11 @@ impl Fixture {
 #[tokio::test(flavor = "multi_thread")]
 async fn secrets_appear_nowhere_at_trace_level() {
     let mut f = Fixture::start().await;
-    let cfg = f.config("config.toml", &f.db.clone(), "");
+    let cfg = f.config("config.toml", &f.db);
 
     // A good pass that creates the ledger, then one with transitions and a mismatch.
     let out = f.run("first pass", &cfg, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", sandbox::stderr(&out));
+    out.assert_code(0);
     // Held open across the runs below, so their WAL stays on disk to be searched too.
     let keeper = Connection::open(&f.db).unwrap();
     keeper
@@ -149,37 +150,35 @@ async fn secrets_appear_nowhere_at_trace_level() {
     f.sim.update("c2", |c| c.paid_with(290, "JPY"));
     f.sim.update("c3", SimCharge::expired);
     let out = f.run("good pass", &cfg, &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", sandbox::stderr(&out));
+    out.assert_code(2);
 
     // The same credentials from the environment and from a secret file.
     f.all_due();
-    let bare = f.write(
-        "from-env.toml",
-        &format!(
-            "[api]\nbase_url = \"{}\"\n[database]\npath = \"{}\"\n",
-            f.sim.base_url(),
-            f.db.display()
-        ),
-    );
+    let no_credentials = TestConfig::default().with(|c| {
+        c.api.base_url = Some(f.sim.base_url());
+        c.database.path = Some(f.db.clone());
+    });
+    let bare = f.write("from-env.toml", &no_credentials.to_toml());
     let out = f.run(
         "credentials from the environment",
         &bare,
         &[("UNIVAPAY_SECRET", SECRET), ("UNIVAPAY_APP_TOKEN", TOKEN)],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", sandbox::stderr(&out));
+    out.assert_code(0);
     f.write("secret.txt", &format!("{SECRET}\n"));
     let from_file = f.write(
         "from-file.toml",
-        &format!(
-            "[api]\nbase_url = \"{}\"\napp_token = \"{TOKEN}\"\nsecret_file = \"secret.txt\"\n\
-             [database]\npath = \"{}\"\n",
-            f.sim.base_url(),
-            f.db.display()
-        ),
+        &no_credentials
+            .clone()
+            .with(|c| {
+                c.api.app_token = Some(TOKEN.into());
+                c.api.secret_file = Some("secret.txt".into());
+            })
+            .to_toml(),
     );
     f.all_due();
     let out = f.run("secret from a file", &from_file, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", sandbox::stderr(&out));
+    out.assert_code(0);
 
     // Hostile answers, one pass: an error, garbage, a body past the cap, a cut connection,
     // a timeout, and a redirect to another host that accepts the same credentials.
@@ -228,12 +227,8 @@ async fn secrets_appear_nowhere_at_trace_level() {
     );
     f.all_due();
     let out = f.run("hostile answers", &cfg, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", sandbox::stderr(&out));
-    assert!(
-        sandbox::stdout(&out).contains("errors 6"),
-        "{}",
-        sandbox::stdout(&out)
-    );
+    out.assert_code(0);
+    assert!(out.stdout().contains("errors 6"), "{}", out.stdout());
     assert_eq!(f.other.counters().requests, 0);
 
     // Credentials rejected: a wrong secret, and a 401 in the middle of a pass.
@@ -246,7 +241,7 @@ async fn secrets_appear_nowhere_at_trace_level() {
             ("UNIVAPAY_APP_TOKEN", TOKEN),
         ],
     );
-    sandbox::assert_fatal(&out, &["credentials rejected"]);
+    out.assert_fatal(&["credentials rejected"]);
     f.sim.push_reply(
         "c0",
         Reply::Raw {
@@ -256,66 +251,82 @@ async fn secrets_appear_nowhere_at_trace_level() {
     );
     f.all_due();
     let out = f.run("401 mid-pass", &cfg, &[]);
-    sandbox::assert_fatal(&out, &["credentials rejected"]);
+    out.assert_fatal(&["credentials rejected"]);
 
     // Bad configs around the credentials.
-    let creds_line = format!("app_token = \"{TOKEN}\"\n");
-    let base = format!("[api]\nbase_url = \"{}\"\n", f.sim.base_url());
+    let token_only = TestConfig::default().with(|c| {
+        c.api.base_url = Some(f.sim.base_url());
+        c.api.app_token = Some(TOKEN.into());
+    });
+    let good = token_only
+        .clone()
+        .with(|c| c.api.secret = Some(SECRET.into()));
+    // Not TOML at all, so spelled out: the line the error names is plain to see.
+    let head = format!(
+        "[api]\nbase_url = \"{}\"\napp_token = \"{TOKEN}\"\n",
+        f.sim.base_url()
+    );
     for (name, text, key) in [
         (
             "secret as a number",
-            format!("{base}{creds_line}secret = {}\n", BAD_SECRETS[0]),
+            token_only
+                .clone()
+                .set("api.secret", BAD_SECRETS[0].parse::<i64>().unwrap())
+                .to_toml(),
             "api.secret",
         ),
         (
             "secret with a space",
-            format!("{base}{creds_line}secret = \"{}\"\n", BAD_SECRETS[1]),
+            token_only
+                .clone()
+                .with(|c| c.api.secret = Some(BAD_SECRETS[1].into()))
+                .to_toml(),
             "api.secret",
         ),
         (
             "secret unquoted",
-            format!("{base}{creds_line}secret = {}\n", BAD_SECRETS[2]),
+            format!("{head}secret = {}\n", BAD_SECRETS[2]),
             "line 4",
         ),
         (
             "secret under a misspelt key",
-            format!("{base}{creds_line}secrte = \"{SECRET}\"\n"),
+            token_only.clone().set("api.secrte", SECRET).to_toml(),
             "secrte",
         ),
         (
             "secret twice",
-            format!("{base}{creds_line}secret = \"{SECRET}\"\nsecret = \"{SECRET}\"\n"),
+            format!("{head}secret = \"{SECRET}\"\nsecret = \"{SECRET}\"\n"),
             "line 5",
         ),
         (
             "token as a list",
-            format!("{base}app_token = [\"{TOKEN}\"]\nsecret = \"{SECRET}\"\n"),
+            good.clone().set("api.app_token", vec![TOKEN]).to_toml(),
             "api.app_token",
         ),
         (
             "another key wrong beside good credentials",
-            format!("{base}{creds_line}secret = \"{SECRET}\"\ntimeout = \"soon\"\n"),
+            good.clone().set("api.timeout", "soon").to_toml(),
             "api.timeout",
         ),
     ] {
         let p = f.write("bad.toml", &text);
         let out = f.run(name, &p, &[]);
-        sandbox::assert_fatal(&out, &[key]);
+        out.assert_fatal(&[key]);
     }
 
     // Database trouble with good credentials.
     let not_sqlite = f.dir.path().join("notes.db");
     std::fs::write(&not_sqlite, "not a database\n".repeat(300)).unwrap();
-    let p = f.config("not-sqlite.toml", &not_sqlite, "");
+    let p = f.config("not-sqlite.toml", &not_sqlite);
     let out = f.run("not a database", &p, &[]);
-    sandbox::assert_fatal(&out, &["not a database"]);
-    let p = f.config("missing-dir.toml", &f.dir.path().join("nope/ledger.db"), "");
+    out.assert_fatal(&["not a database"]);
+    let p = f.config("missing-dir.toml", &f.dir.path().join("nope/ledger.db"));
     let out = f.run("missing directory", &p, &[]);
-    sandbox::assert_fatal(&out, &["nope"]);
+    out.assert_fatal(&["nope"]);
     keeper.execute_batch("BEGIN IMMEDIATE").unwrap();
     f.all_due_via(&keeper);
     let out = f.run("locked database", &cfg, &[]);
-    sandbox::assert_fatal(&out, &["database is locked"]);
+    out.assert_fatal(&["database is locked"]);
     keeper.execute_batch("COMMIT").unwrap();
 
     // The database and its WAL, as the runs left them and after a final checkpoint.
@@ -361,12 +372,14 @@ impl Fixture {
 fn debug_output_of_the_settings_redacts_the_credentials() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("config.toml");
-    std::fs::write(
-        &cfg,
-        format!("[api]\napp_token = \"{TOKEN}\"\nsecret = \"{SECRET}\"\n"),
-    )
-    .unwrap();
-    let s = Settings::load(&cfg, &ProcessEnv).unwrap();
+    TestConfig::default()
+        .with(|c| {
+            c.api.app_token = Some(TOKEN.into());
+            c.api.secret = Some(SECRET.into());
+        })
+        .write(&cfg);
+    // No environment: a developer's own UNIVAPAY_* must not stand in for these.
+    let s = Settings::load(&cfg, &[("UNUSED", "")]).unwrap();
     for text in [format!("{s:?}"), format!("{s:#?}"), format!("{:?}", s.api)] {
         assert_clean("Debug of the settings", text.as_bytes());
         assert!(text.contains("REDACTED"), "{text}");
