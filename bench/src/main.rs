@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 use konbini_reconciler::ledger::Ledger;
 use univapay_sim::{CounterSnapshot, Credentials, Population};
 
+mod reference;
+
 /// A seed shared by the ledger and the simulator, so both hold the same charges.
 const SEED: u64 = 4;
 
@@ -32,6 +34,8 @@ struct Scenario {
     latency: Duration,
     /// (burst, per minute); None: no rate limit (and no headers).
     rate_limit: Option<(u32, u32)>,
+    /// Also run the reference loop on the same setting and report the CPU ratio.
+    reference: bool,
 }
 
 impl Scenario {
@@ -43,6 +47,7 @@ impl Scenario {
             concurrency: 64,
             latency: Duration::ZERO,
             rate_limit: None,
+            reference: false,
         }
     }
 
@@ -77,10 +82,18 @@ struct Measured {
     /// The whole process, start to exit.
     wall_secs: f64,
     exit: i32,
-    max_rss_kib: i64,
-    cpu_secs: f64,
+    usage: Usage,
     sim: CounterSnapshot,
     sim_cpu_secs: f64,
+    reference: Option<Reference>,
+}
+
+/// What the reference loop measured on the same setting.
+#[derive(Debug)]
+struct Reference {
+    checked: u64,
+    wall_secs: f64,
+    usage: Usage,
 }
 
 fn scenarios(quick: bool) -> Vec<Scenario> {
@@ -96,7 +109,13 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
         latency: Duration::from_millis(20),
         ..Scenario::new("latency", k(20_000))
     });
-    v.push(Scenario::new("cpu", k(100_000)));
+    // The CPU comparison: zero latency, so CPU is all there is to measure, against the
+    // reference loop doing the same work in the same run.
+    v.push(Scenario {
+        concurrency: 32,
+        reference: true,
+        ..Scenario::new("cpu", if quick { 2000 } else { 20_000 })
+    });
     for n in [10_000, 100_000, 1_000_000] {
         v.push(Scenario::new(&format!("scale-{}", short(n)), k(n)));
     }
@@ -119,6 +138,13 @@ fn short(n: u64) -> String {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--reference-loop") {
+        if let Err(e) = reference::main(&args[1..]) {
+            eprintln!("konbini-bench: reference loop: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let wanted: Vec<&str> = args
         .iter()
@@ -206,34 +232,132 @@ fn run_one(s: &Scenario, bin_dir: &Path, dir: &Path) -> Result<Measured, String>
         "  seeded {} rows in {seed_secs:.2} s (one transaction)",
         s.charges
     );
-
-    let mut sim_cmd = Command::new(bin_dir.join("univapay-sim"));
-    sim_cmd
-        .args(["--charges", &s.charges.to_string()])
-        .args(["--seed", &SEED.to_string()])
-        .args(["--latency", &format!("{}ms", s.latency.as_millis())]);
-    if let Some((burst, per_minute)) = s.rate_limit {
-        sim_cmd
-            .args(["--burst", &burst.to_string()])
-            .args(["--rate-per-minute", &per_minute.to_string()]);
-    }
-    let mut sim = sim_cmd
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start univapay-sim: {e}"))?;
-    let mut sim_out = BufReader::new(sim.stdout.take().ok_or("no sim stdout")?);
-    let mut line = String::new();
-    sim_out.read_line(&mut line).map_err(|e| e.to_string())?;
-    let base_url = line
-        .trim()
-        .strip_prefix("univapay-sim listening on ")
-        .ok_or_else(|| format!("unexpected simulator output {line:?}"))?
-        .to_owned();
-
-    let creds = Credentials::default();
+    let sim = Simulator::start(s, bin_dir)?;
     let config = dir.join("config.toml");
+    write_config(&config, &sim.base_url, s, &db)?;
+
+    let started = Instant::now();
+    // The default log level, as a user runs it: RUST_LOG is removed, not set.
+    let mut cmd = Command::new(bin_dir.join("konbini-reconciler"));
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("--once")
+        .env_remove("RUST_LOG");
+    let (exit, usage, out, err) = run_child(cmd)?;
+    let wall_secs = started.elapsed().as_secs_f64();
+    if exit != 0 && exit != 2 {
+        return Err(format!("konbini-reconciler exited {exit}: {}", err.trim()));
+    }
+    let (checked, _) = parse_summary(&out).ok_or_else(|| format!("no summary line in {out:?}"))?;
+    let pass_secs = pass_duration(&db)?;
+    let (counters, sim_cpu_secs) = sim.stop()?;
+    let reference = if s.reference {
+        Some(run_reference(s, bin_dir, dir)?)
+    } else {
+        None
+    };
+    Ok(Measured {
+        seed_secs,
+        checked,
+        pass_secs,
+        wall_secs,
+        exit,
+        usage,
+        sim: counters,
+        sim_cpu_secs,
+        reference,
+    })
+}
+
+/// The reference loop on a fresh ledger and simulator of the same setting.
+fn run_reference(s: &Scenario, bin_dir: &Path, dir: &Path) -> Result<Reference, String> {
+    let db = dir.join("reference.db");
+    seed_ledger(&db, s)?;
+    let sim = Simulator::start(s, bin_dir)?;
+    let creds = Credentials::default();
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--reference-loop")
+        .arg(&db)
+        .arg(&sim.base_url)
+        .arg(format!("Bearer {}.{}", creds.secret, creds.app_token))
+        .arg(s.concurrency.to_string());
+    let started = Instant::now();
+    let (exit, usage, out, err) = run_child(cmd)?;
+    let wall_secs = started.elapsed().as_secs_f64();
+    sim.stop()?;
+    if exit != 0 {
+        return Err(format!("reference loop exited {exit}: {}", err.trim()));
+    }
+    let checked = out
+        .split_whitespace()
+        .nth(2)
+        .and_then(|n| n.trim_end_matches(',').parse().ok())
+        .ok_or_else(|| format!("reference loop said {out:?}"))?;
+    Ok(Reference {
+        checked,
+        wall_secs,
+        usage,
+    })
+}
+
+/// A `univapay-sim` process serving the scenario's charges.
+struct Simulator {
+    child: std::process::Child,
+    out: BufReader<std::process::ChildStdout>,
+    base_url: String,
+}
+
+impl Simulator {
+    fn start(s: &Scenario, bin_dir: &Path) -> Result<Simulator, String> {
+        let mut cmd = Command::new(bin_dir.join("univapay-sim"));
+        cmd.args(["--charges", &s.charges.to_string()])
+            .args(["--seed", &SEED.to_string()])
+            .args(["--latency", &format!("{}ms", s.latency.as_millis())]);
+        if let Some((burst, per_minute)) = s.rate_limit {
+            cmd.args(["--burst", &burst.to_string()])
+                .args(["--rate-per-minute", &per_minute.to_string()]);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start univapay-sim: {e}"))?;
+        let mut out = BufReader::new(child.stdout.take().ok_or("no sim stdout")?);
+        let mut line = String::new();
+        out.read_line(&mut line).map_err(|e| e.to_string())?;
+        let base_url = line
+            .trim()
+            .strip_prefix("univapay-sim listening on ")
+            .ok_or_else(|| format!("unexpected simulator output {line:?}"))?
+            .to_owned();
+        Ok(Simulator {
+            child,
+            out,
+            base_url,
+        })
+    }
+
+    /// Stops it; it prints its counters as it goes. Returns them and its CPU seconds.
+    fn stop(mut self) -> Result<(CounterSnapshot, f64), String> {
+        // SAFETY: a plain signal to our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let mut rest = String::new();
+        let _ = self.out.read_to_string(&mut rest);
+        let (_, usage) = wait4(self.child.id() as i32)?;
+        // wait4 reaped it; tell std so it does not try again.
+        std::mem::forget(self.child);
+        let counters: CounterSnapshot = serde_json::from_str(rest.trim())
+            .map_err(|e| format!("simulator counters {rest:?}: {e}"))?;
+        Ok((counters, usage.cpu_secs))
+    }
+}
+
+fn write_config(config: &Path, base_url: &str, s: &Scenario, db: &Path) -> Result<(), String> {
+    let creds = Credentials::default();
     std::fs::write(
-        &config,
+        config,
         format!(
             "[api]\nbase_url = \"{base_url}\"\napp_token = \"{}\"\nsecret = \"{}\"\n\
              timeout = \"30s\"\nconcurrency = {}\n[database]\npath = \"{}\"\n",
@@ -244,56 +368,37 @@ fn run_one(s: &Scenario, bin_dir: &Path, dir: &Path) -> Result<Measured, String>
         ),
     )
     .map_err(|e| e.to_string())?;
+    // The config holds the secret inline: private, as the program asks.
+    std::fs::set_permissions(config, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(|e| e.to_string())
+}
 
-    let started = Instant::now();
-    let mut child = Command::new(bin_dir.join("konbini-reconciler"))
-        .arg("--config")
-        .arg(&config)
-        .arg("--once")
-        .env("RUST_LOG", "error")
+/// Runs a child to the end, collecting its output (stderr through a pipe, as under a
+/// supervisor) and the kernel's account of its resources.
+fn run_child(mut cmd: Command) -> Result<(i32, Usage, String, String), String> {
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot start konbini-reconciler: {e}"))?;
+        .map_err(|e| format!("cannot start {:?}: {e}", cmd.get_program()))?;
+    let stderr = child.stderr.take();
+    // Read stderr on its own thread so a chatty child never blocks on a full pipe.
+    let err_reader = std::thread::spawn(move || {
+        let mut err = String::new();
+        if let Some(mut e) = stderr {
+            let _ = e.read_to_string(&mut err);
+        }
+        err
+    });
     let mut out = String::new();
-    let mut err = String::new();
     if let Some(mut o) = child.stdout.take() {
         let _ = o.read_to_string(&mut out);
     }
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
+    let err = err_reader.join().unwrap_or_default();
     let (exit, usage) = wait4(child.id() as i32)?;
-    let wall_secs = started.elapsed().as_secs_f64();
     // wait4 reaped it; tell std so it does not try again.
     std::mem::forget(child);
-    if exit != 0 && exit != 2 {
-        return Err(format!("konbini-reconciler exited {exit}: {}", err.trim()));
-    }
-    let (checked, _) = parse_summary(&out).ok_or_else(|| format!("no summary line in {out:?}"))?;
-    let pass_secs = pass_duration(&db)?;
-
-    // The simulator prints its counters as it stops.
-    unsafe {
-        libc::kill(sim.id() as i32, libc::SIGTERM);
-    }
-    let mut rest = String::new();
-    let _ = sim_out.read_to_string(&mut rest);
-    let (_, sim_usage) = wait4(sim.id() as i32)?;
-    std::mem::forget(sim);
-    let counters: CounterSnapshot = serde_json::from_str(rest.trim())
-        .map_err(|e| format!("simulator counters {rest:?}: {e}"))?;
-    Ok(Measured {
-        seed_secs,
-        checked,
-        pass_secs,
-        wall_secs,
-        exit,
-        max_rss_kib: usage.max_rss_kib,
-        cpu_secs: usage.cpu_secs,
-        sim: counters,
-        sim_cpu_secs: sim_usage.cpu_secs,
-    })
+    Ok((exit, usage, out, err))
 }
 
 /// Registers the scenario's charges in a fresh, migrated ledger: one transaction, one
@@ -385,9 +490,19 @@ fn parse_summary(out: &str) -> Option<(u64, f64)> {
     Some((checked, secs))
 }
 
+#[derive(Debug)]
 struct Usage {
     max_rss_kib: i64,
     cpu_secs: f64,
+    /// Voluntary and involuntary context switches.
+    context_switches: i64,
+}
+
+impl Usage {
+    fn per_charge(&self, checked: u64) -> (f64, f64) {
+        let n = checked.max(1) as f64;
+        (self.cpu_secs * 1e6 / n, self.context_switches as f64 / n)
+    }
 }
 
 /// Waits for a child and returns its exit code and the kernel's account of it.
@@ -411,6 +526,7 @@ fn wait4(pid: i32) -> Result<(i32, Usage), String> {
             // Linux reports ru_maxrss in KiB.
             max_rss_kib: ru.ru_maxrss,
             cpu_secs: t(ru.ru_utime) + t(ru.ru_stime),
+            context_switches: ru.ru_nvcsw + ru.ru_nivcsw,
         },
     ))
 }
@@ -425,19 +541,28 @@ fn print_one(s: &Scenario, m: &Measured) {
         "  simulator: {} requests, {} answered 429; its CPU {:.2} s",
         m.sim.requests, m.sim.rate_limited, m.sim_cpu_secs
     );
-    let per_charge = if m.checked > 0 {
-        format!(
-            " ({:.1} us per charge)",
-            m.cpu_secs * 1e6 / m.checked as f64
-        )
-    } else {
-        String::new()
-    };
+    let (cpu_us, switches) = m.usage.per_charge(m.checked);
     println!(
-        "  reconciler: peak RSS {:.1} MiB, CPU {:.2} s{per_charge}",
-        m.max_rss_kib as f64 / 1024.0,
-        m.cpu_secs,
+        "  reconciler: peak RSS {:.1} MiB, CPU {:.2} s ({cpu_us:.1} us per charge), \
+         {switches:.2} context switches per charge",
+        m.usage.max_rss_kib as f64 / 1024.0,
+        m.usage.cpu_secs,
     );
+    if let Some(r) = &m.reference {
+        let (ref_us, ref_switches) = r.usage.per_charge(r.checked);
+        println!(
+            "  reference loop: checked {} in {:.3} s, CPU {:.2} s ({ref_us:.1} us per charge), \
+             {ref_switches:.2} context switches per charge, peak RSS {:.1} MiB",
+            r.checked,
+            r.wall_secs,
+            r.usage.cpu_secs,
+            r.usage.max_rss_kib as f64 / 1024.0
+        );
+        println!(
+            "  CPU per charge, reconciler / reference: {:.2} (goal: at most 1.25)",
+            cpu_us / ref_us
+        );
+    }
     if let Some((bound, how)) = s.bound() {
         println!(
             "  bound: {bound:.0} charges/s ({how}); achieved {:.1} %",
@@ -464,8 +589,8 @@ fn print_one(s: &Scenario, m: &Measured) {
 
 fn table(rows: &[(Scenario, Measured)]) -> String {
     let mut t = String::from(
-        "| scenario | N | conc. | latency | rate limit | charges/s | bound/s | of bound | requests | 429s | peak RSS MiB | CPU s | CPU us/charge | pass s | seed s |\n\
-         |---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| scenario | N | conc. | latency | rate limit | charges/s | bound/s | of bound | requests | 429s | peak RSS MiB | CPU s | CPU us/charge | ctx sw/charge | vs reference | pass s | seed s |\n\
+         |---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for (s, m) in rows {
         let rate = m.checked as f64 / m.pass_secs.max(1e-9);
@@ -474,7 +599,7 @@ fn table(rows: &[(Scenario, Measured)]) -> String {
             None => ("-".into(), "-".into()),
         };
         t.push_str(&format!(
-            "| {} | {} | {} | {} ms | {} | {} | {} | {} | {} | {} | {:.1} | {:.2} | {} | {:.3} | {:.2} |\n",
+            "| {} | {} | {} | {} ms | {} | {} | {} | {} | {} | {} | {:.1} | {:.2} | {} | {} | {} | {:.3} | {:.2} |\n",
             s.name,
             s.charges,
             s.concurrency,
@@ -491,12 +616,24 @@ fn table(rows: &[(Scenario, Measured)]) -> String {
             share,
             m.sim.requests,
             m.sim.rate_limited,
-            m.max_rss_kib as f64 / 1024.0,
-            m.cpu_secs,
+            m.usage.max_rss_kib as f64 / 1024.0,
+            m.usage.cpu_secs,
             if m.checked > 0 {
-                format!("{:.1}", m.cpu_secs * 1e6 / m.checked as f64)
+                format!("{:.1}", m.usage.per_charge(m.checked).0)
             } else {
                 "-".into()
+            },
+            if m.checked > 0 {
+                format!("{:.2}", m.usage.per_charge(m.checked).1)
+            } else {
+                "-".into()
+            },
+            match &m.reference {
+                Some(r) if m.checked > 0 => format!(
+                    "{:.2}x",
+                    m.usage.per_charge(m.checked).0 / r.usage.per_charge(r.checked).0
+                ),
+                _ => "-".into(),
             },
             m.pass_secs,
             m.seed_secs,
