@@ -1,6 +1,9 @@
 //! The charge model: a charge as the simulator holds it, the builder steps of the konbini
 //! lifecycle that tests use to put one in a given state, and its rendering as UnivaPay's
 //! JSON.
+//!
+//! The charge object does not say which payment type it is (as at UnivaPay): its
+//! `transaction_token_id` leads to the token that does.
 
 use serde_json::{Value, json};
 
@@ -18,6 +21,18 @@ pub struct SimCharge {
     pub error: Option<Value>,
     pub mode: String,
     pub created_on: String,
+    /// The transaction token the charge was made with. `None` (what [`SimCharge::new`]
+    /// gives) renders as `tok-{id}`, a token the simulator answers as a konbini token of
+    /// the charge's store (brand from `metadata.convenience_store`, if any).
+    pub transaction_token_id: Option<String>,
+}
+
+/// The final statuses: a charge in one never changes again.
+pub const FINAL_STATUSES: [&str; 4] = ["successful", "failed", "error", "canceled"];
+
+/// The error object of a declined card (the code is the simulator's own).
+pub(crate) fn card_declined() -> Value {
+    json!({"code": 399, "message": "card declined", "detail": null})
 }
 
 impl SimCharge {
@@ -35,7 +50,26 @@ impl SimCharge {
             error: None,
             mode: "test".into(),
             created_on: "2026-11-27T08:00:00.123456Z".into(),
+            transaction_token_id: None,
         }
+    }
+
+    /// The same charge, made with this transaction token.
+    pub fn with_token(mut self, token_id: impl Into<String>) -> Self {
+        self.transaction_token_id = Some(token_id.into());
+        self
+    }
+
+    /// The token id as rendered: the one set, or `tok-{id}`.
+    pub fn token_id(&self) -> String {
+        self.transaction_token_id
+            .clone()
+            .unwrap_or_else(|| format!("tok-{}", self.id))
+    }
+
+    /// `successful`, `failed`, `error` or `canceled`.
+    pub fn is_final(&self) -> bool {
+        FINAL_STATUSES.contains(&self.status.as_str())
     }
 
     /// Payment number issued: `awaiting`, with the konbini payment details in metadata.
@@ -93,7 +127,7 @@ impl SimCharge {
         json!({
             "id": self.id,
             "store_id": self.store_id,
-            "transaction_token_id": format!("tok-{}", self.id),
+            "transaction_token_id": self.token_id(),
             "transaction_token_type": "one_time",
             "subscription_id": null,
             "merchant_transaction_id": null,

@@ -53,8 +53,9 @@ pub enum Reply {
     Reset,
 }
 
-/// The rate-limit model: one bucket for the route (all charge GETs together) and one per
-/// exact URL. `None` in [`SimConfig::rate_limit`] turns both off, headers included.
+/// The rate-limit model: one bucket per route (all charge GETs together; the charge list;
+/// charge creation; ...), each with the `route` limit, and one per exact URL with the
+/// `exact` limit. `None` in [`SimConfig::rate_limit`] turns both off, headers included.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimitConfig {
     pub route: Limit,
@@ -76,7 +77,9 @@ impl RateLimitConfig {
 }
 
 /// Faults injected at random, each with its own probability per request (summing to at
-/// most 1). Injected faults still take a token from the buckets, as real ones would.
+/// most 1). Injected faults still take a token from the buckets, as real ones would. They
+/// hit every GET route (charge, token, charge list, transaction history); the creating
+/// POSTs are never faulted at random, so a test knows whether a charge was made.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Faults {
     /// 500, 502, 503 or 504 with UnivaPay's error body.
@@ -122,6 +125,33 @@ impl Faults {
     }
 }
 
+/// Misbehaviour of the list routes (charge list and transaction history) and the token
+/// GET, for testing that a discovery sweep ends in bounded time and registers nothing it
+/// did not verify. All off by default.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct DiscoveryFaults {
+    /// Every page after the first starts with the cursor's item again, and every page
+    /// ends with its own first item again.
+    pub repeat_items: bool,
+    /// The cursor is ignored: every page is the first page, with `has_more: true`.
+    pub looping_cursor: bool,
+    /// Every page is `{"items": [], "has_more": true}`.
+    pub empty_has_more: bool,
+    /// Every third item of a page (the 3rd, 6th, ...) has no `id` (history rows: no
+    /// `resource_id` and no `charge_id`).
+    pub items_without_ids: bool,
+    /// Every page has this many items whatever `limit` says (past the 100 maximum): the
+    /// items from the cursor on, then the store's items over again until the page is
+    /// full; `has_more: false`.
+    pub huge_page: Option<usize>,
+    /// History rows of about one charge in four (by id) show `payment_type:
+    /// "sim_unknown"` (the `payment_type` filter still applies to the real type).
+    pub unknown_payment_type: bool,
+    /// Share of token ids (decided by a hash of the id, so the same ones every time)
+    /// whose `GET /stores/{sid}/tokens/{id}` answers 404.
+    pub token_not_found: f64,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Fault {
     ServerError,
@@ -133,7 +163,7 @@ pub(crate) enum Fault {
 /// How the simulator behaves; change it at any time with [`crate::Sim::configure`].
 #[derive(Debug, Clone)]
 pub struct SimConfig {
-    /// Added before every answer of the charge route.
+    /// Added before every answer of every API route.
     pub latency: Duration,
     /// A random extra of up to this much on top of `latency`.
     pub latency_jitter: Duration,
@@ -142,6 +172,18 @@ pub struct SimConfig {
     /// Keep per-charge request counts for [`crate::Sim::requests_for`] (memory grows with
     /// the number of distinct charges asked about; the standalone binary turns it off).
     pub count_per_charge: bool,
+    /// The store `POST /tokens` creates tokens in. At UnivaPay the app token decides the
+    /// store; the simulator has one set of credentials, so this stands in for it (a
+    /// request may name another store the simulator knows in a `store_id` field).
+    /// Default: [`crate::Population::store_id`]`(0)`, the first seeded store.
+    pub default_store_id: String,
+    /// How long (simulated) a charge made through the API stays `pending`: then a konbini
+    /// charge is `awaiting` with its payment number, any other is `successful`. 2 s.
+    pub processing_delay: Duration,
+    /// The store's konbini payment period, for tokens without `expiration_period`
+    /// (UnivaPay's default: 30 days).
+    pub konbini_expiry: Duration,
+    pub discovery_faults: DiscoveryFaults,
 }
 
 impl Default for SimConfig {
@@ -154,6 +196,10 @@ impl Default for SimConfig {
             rate_limit: Some(RateLimitConfig::new(100_000, 6_000_000)),
             faults: Faults::default(),
             count_per_charge: true,
+            default_store_id: crate::seed::Population::store_id(0),
+            processing_delay: Duration::from_secs(2),
+            konbini_expiry: Duration::from_secs(30 * 86_400),
+            discovery_faults: DiscoveryFaults::default(),
         }
     }
 }

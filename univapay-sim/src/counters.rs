@@ -18,6 +18,17 @@ pub(crate) struct Counters {
     pub resets: AtomicU64,
     pub malformed: AtomicU64,
     pub latency_micros: AtomicU64,
+    pub api_requests: AtomicU64,
+    pub api_unauthorized: AtomicU64,
+    pub api_rate_limited: AtomicU64,
+    pub token_creates: AtomicU64,
+    pub token_gets: AtomicU64,
+    pub charge_creates: AtomicU64,
+    pub idempotent_replays: AtomicU64,
+    pub idempotency_conflicts: AtomicU64,
+    pub charge_lists: AtomicU64,
+    pub history_lists: AtomicU64,
+    pub transitions: AtomicU64,
 }
 
 /// Adds one.
@@ -25,9 +36,16 @@ pub(crate) fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-/// A snapshot of [`crate::Sim`]'s counters. `requests` counts every charge GET; the
-/// others say how each was answered (`server_errors`, `slow`, `resets`, `malformed` are
-/// injected faults; `scripted` are [`crate::Reply`]s).
+/// A snapshot of [`crate::Sim`]'s counters.
+///
+/// The first group is about the charge GET route only, as it always was: `requests`
+/// counts every charge GET, `ok`, `unauthorized`, `not_found`, `rate_limited` and
+/// `scripted` ([`crate::Reply`]s) say how each was answered. The injected faults
+/// (`server_errors`, `slow`, `resets`, `malformed`) and `latency_micros` count on every
+/// route. The `api_*` counters cover every API route, the charge GET included; the
+/// per-route counters count requests that got past auth and the rate limit.
+/// `transitions` counts status changes that make a webhook event (into `awaiting` or a
+/// final status) of held charges.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CounterSnapshot {
     pub requests: u64,
@@ -48,6 +66,34 @@ pub struct CounterSnapshot {
     /// mean is a little above the configured latency).
     #[serde(default)]
     pub latency_micros: u64,
+    #[serde(default)]
+    pub api_requests: u64,
+    #[serde(default)]
+    pub api_unauthorized: u64,
+    #[serde(default)]
+    pub api_rate_limited: u64,
+    /// `POST /tokens` that created a token (replays excluded).
+    #[serde(default)]
+    pub token_creates: u64,
+    #[serde(default)]
+    pub token_gets: u64,
+    /// `POST /charges` that created a charge (replays excluded).
+    #[serde(default)]
+    pub charge_creates: u64,
+    /// Requests answered from an idempotency record (`Idempotency-Status: retrieved`).
+    #[serde(default)]
+    pub idempotent_replays: u64,
+    /// A key reused with another body (409).
+    #[serde(default)]
+    pub idempotency_conflicts: u64,
+    /// `GET /stores/{sid}/charges` pages served.
+    #[serde(default)]
+    pub charge_lists: u64,
+    /// `GET /stores/{sid}/transaction_history` pages served.
+    #[serde(default)]
+    pub history_lists: u64,
+    #[serde(default)]
+    pub transitions: u64,
 }
 
 impl Counters {
@@ -65,6 +111,17 @@ impl Counters {
             resets: n(&self.resets),
             malformed: n(&self.malformed),
             latency_micros: n(&self.latency_micros),
+            api_requests: n(&self.api_requests),
+            api_unauthorized: n(&self.api_unauthorized),
+            api_rate_limited: n(&self.api_rate_limited),
+            token_creates: n(&self.token_creates),
+            token_gets: n(&self.token_gets),
+            charge_creates: n(&self.charge_creates),
+            idempotent_replays: n(&self.idempotent_replays),
+            idempotency_conflicts: n(&self.idempotency_conflicts),
+            charge_lists: n(&self.charge_lists),
+            history_lists: n(&self.history_lists),
+            transitions: n(&self.transitions),
         }
     }
 }

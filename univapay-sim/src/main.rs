@@ -37,7 +37,8 @@ struct Args {
     /// Number of stores the charges are spread over.
     #[arg(long, default_value_t = 3)]
     stores: u32,
-    /// Outcome weights, e.g. `paid=70,expired=20,canceled=7,underpaid=2,foreign=1`.
+    /// Outcome weights, e.g. `paid=70,expired=20,canceled=7,underpaid=2,foreign=1`; add
+    /// `card=N` for card charges (weighed against the sum of the others; 0 by default).
     #[arg(
         long,
         default_value = "paid=70,expired=20,canceled=7,underpaid=2,foreign=1"
@@ -122,6 +123,7 @@ impl Args {
                 slow_delay: self.slow_delay,
             },
             count_per_charge: false,
+            ..SimConfig::default()
         })
     }
 }
@@ -198,14 +200,19 @@ async fn wait_for_signal() {
 }
 
 /// The same population as `--charges`/`--seed`/`--stores` would serve, as one transaction
-/// of the plain INSERTs a shop uses to register charges.
+/// of the plain INSERTs a shop uses to register charges. Card charges (`card=N` in
+/// `--mix`) are left out: a shop registers only its konbini charges.
 fn print_inserts(args: &Args) {
     let mut p = Population::new(args.charges, args.seed);
     p.stores = args.stores;
+    p.mix = args.mix;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let _ = writeln!(out, "BEGIN;");
     for i in 0..args.charges {
         let c = p.plan(i);
+        if c.is_card() {
+            continue;
+        }
         let _ = writeln!(
             out,
             "INSERT INTO charges (charge_id, store_id, requested_amount) VALUES ('{}', '{}', {});",

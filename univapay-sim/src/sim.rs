@@ -1,12 +1,12 @@
 //! The simulator handle: its shared state, how it is started and served, and the methods
 //! tests use to put charges in place and look at what happened.
 
-use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use axum::Router;
+use chrono::{DateTime, Utc};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -14,18 +14,11 @@ use crate::charge::SimCharge;
 use crate::clock::SimClock;
 use crate::config::{Credentials, Reply, SimConfig};
 use crate::counters::{CounterSnapshot, Counters};
+use crate::lifecycle::{self, Event};
+use crate::listing::PopulationIndex;
 use crate::ratelimit::Limiter;
 use crate::seed::Population;
-
-/// The charges and scripts the simulator holds, behind one lock.
-#[derive(Default)]
-pub(crate) struct Data {
-    pub charges: HashMap<String, SimCharge>,
-    /// Seeded charges that were removed.
-    pub removed: HashSet<String>,
-    pub scripts: HashMap<String, VecDeque<Reply>>,
-    pub per_charge_requests: HashMap<String, u64>,
-}
+use crate::store::Data;
 
 pub(crate) struct Inner {
     /// The exact Authorization value a request must carry.
@@ -34,7 +27,10 @@ pub(crate) struct Inner {
     pub config: RwLock<Arc<SimConfig>>,
     pub clock: SimClock,
     pub data: Mutex<Data>,
+    /// Lock order: `population` before `data`, never the other way round.
     pub population: RwLock<Option<Population>>,
+    /// The population ordered per store for the list routes, built on first use.
+    pub population_index: Mutex<Option<Arc<PopulationIndex>>>,
     pub limiter: Mutex<Limiter>,
     pub counters: Counters,
 }
@@ -85,6 +81,7 @@ impl Sim {
                 clock: SimClock::default(),
                 data: Mutex::new(Data::default()),
                 population: RwLock::new(None),
+                population_index: Mutex::new(None),
                 limiter: Mutex::new(Limiter::new()),
                 counters: Counters::default(),
             }),
@@ -179,6 +176,11 @@ impl Sim {
             .population
             .write()
             .unwrap_or_else(|p| p.into_inner()) = Some(population.clone());
+        *self
+            .inner
+            .population_index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
         population
     }
 
@@ -191,47 +193,93 @@ impl Sim {
             .clone()
     }
 
-    fn seeded(&self, id: &str) -> Option<SimCharge> {
-        let pop = self
-            .inner
-            .population
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
-        let pop = pop.as_ref()?;
-        let i = pop.index_of(id)?;
-        Some(pop.plan(i).at(self.inner.clock.now()))
+    /// Simulated now.
+    pub(crate) fn now(&self) -> DateTime<Utc> {
+        self.inner.clock.now()
     }
 
-    /// Adds or replaces a charge.
+    pub(crate) fn population_guard(&self) -> RwLockReadGuard<'_, Option<Population>> {
+        self.inner
+            .population
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the held data once every transition due now has been applied, then
+    /// publishes the events of those transitions and of whatever `f` changed.
+    pub(crate) fn with_data<R>(
+        &self,
+        f: impl FnOnce(&mut Data, Option<&Population>, DateTime<Utc>) -> (R, Vec<Event>),
+    ) -> R {
+        let pop = self.population_guard();
+        let mut d = self.data();
+        let now = self.now();
+        let mut events = lifecycle::settle(&mut d, pop.as_ref(), now);
+        let (r, more) = f(&mut d, pop.as_ref(), now);
+        drop(d);
+        drop(pop);
+        events.extend(more);
+        self.publish(events);
+        r
+    }
+
+    /// The charge as it is now: held, or seeded and computed from its plan.
+    pub(crate) fn charge_in(
+        d: &Data,
+        pop: Option<&Population>,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Option<SimCharge> {
+        if let Some(c) = d.charge(id) {
+            return Some(c.clone());
+        }
+        if d.removed.contains(id) {
+            return None;
+        }
+        let pop = pop?;
+        Some(pop.plan(pop.index_of(id)?).at(now))
+    }
+
+    /// Adds or replaces a charge. A change of status into `awaiting` or a final one makes
+    /// its webhook event, as at UnivaPay.
     pub fn upsert(&self, charge: SimCharge) {
-        self.data().charges.insert(charge.id.clone(), charge);
+        self.with_data(|d, pop, now| {
+            let old = Self::charge_in(d, pop, &charge.id, now).map(|c| c.status);
+            (
+                (),
+                lifecycle::commit(d, old.as_deref(), charge, now)
+                    .into_iter()
+                    .collect(),
+            )
+        })
     }
 
     /// Changes a charge in place (a seeded one is taken as it is now, and frozen there).
     /// Panics if there is no such charge (a test bug).
     pub fn update(&self, id: &str, f: impl FnOnce(SimCharge) -> SimCharge) {
-        let current = self.charge(id).unwrap_or_else(|| panic!("no charge {id}"));
-        self.data().charges.insert(id.to_owned(), f(current));
+        self.with_data(|d, pop, now| {
+            let current =
+                Self::charge_in(d, pop, id, now).unwrap_or_else(|| panic!("no charge {id}"));
+            let old = current.status.clone();
+            let new = f(current);
+            (
+                (),
+                lifecycle::commit(d, Some(&old), new, now)
+                    .into_iter()
+                    .collect(),
+            )
+        })
     }
 
     /// The charge as the simulator holds it now.
     pub fn charge(&self, id: &str) -> Option<SimCharge> {
-        {
-            let d = self.data();
-            if let Some(c) = d.charges.get(id) {
-                return Some(c.clone());
-            }
-            if d.removed.contains(id) {
-                return None;
-            }
-        }
-        self.seeded(id)
+        self.with_data(|d, pop, now| (Self::charge_in(d, pop, id, now), vec![]))
     }
 
     /// Removes a charge (its GET then answers 404, like an expired test-mode charge).
     pub fn remove(&self, id: &str) {
         let mut d = self.data();
-        d.charges.remove(id);
+        d.take(id);
         d.removed.insert(id.to_owned());
     }
 
@@ -255,5 +303,12 @@ impl Sim {
 
     pub fn counters(&self) -> CounterSnapshot {
         self.inner.counters.snapshot()
+    }
+
+    /// Hands the events of status changes to the webhook sender.
+    pub(crate) fn publish(&self, events: Vec<Event>) {
+        for _ in events {
+            crate::counters::bump(&self.inner.counters.transitions);
+        }
     }
 }

@@ -1,17 +1,22 @@
 //! The charge routes: `GET /stores/{store_id}/charges/{charge_id}`, the call the
-//! reconciler makes most, with its scripted replies and injected faults.
+//! reconciler makes most, with its scripted replies and injected faults; and `POST
+//! /charges` (step 2 of the seed flow: a charge with a token, under `Idempotency-Key`).
 
 use std::collections::VecDeque;
 
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use serde_json::json;
 
+use super::idempotency;
 use super::pipeline::{self, Call};
-use super::respond;
-use crate::config::{Fault, Reply};
+use super::respond::{self, ApiError};
+use crate::config::Reply;
+use crate::control::{NewCharge, create_charge};
 use crate::counters::bump;
+use crate::ratelimit::Route;
 use crate::sim::Sim;
 
 pub(super) async fn get_charge(
@@ -20,10 +25,61 @@ pub(super) async fn get_charge(
     headers: HeaderMap,
 ) -> Response {
     let url = format!("/stores/{store_id}/charges/{charge_id}");
-    pipeline::run(&sim, &url, &headers, async |call| {
+    pipeline::run(&sim, Route::ChargeGet, &url, &headers, async |call| {
         answer_charge(call, &store_id, &charge_id).await
     })
     .await
+}
+
+/// `POST /charges`: `transaction_token_id`, `amount`, `currency`, optional `metadata`.
+/// 201 with the charge (`pending`); its store is its token's.
+pub(super) async fn post_charge(
+    State(sim): State<Sim>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    pipeline::run(
+        &sim,
+        Route::ChargeCreate,
+        "/charges",
+        &headers,
+        async |call| {
+            let request = match idempotency::parse_body(&body) {
+                Ok(v) => v,
+                Err(e) => return e.response(),
+            };
+            let create: idempotency::Create<'_> = Box::new(|d, pop, now| {
+                let charge = create_charge(&call.sim, d, pop, now, new_charge(&request)?)
+                    .map_err(ApiError::from)?;
+                bump(&call.sim.inner.counters.charge_creates);
+                Ok((StatusCode::CREATED, charge.to_json()))
+            });
+            idempotency::once(call, "charges", &headers, &request, create)
+        },
+    )
+    .await
+}
+
+/// The fields of a charge request, checked for presence and type.
+fn new_charge(req: &serde_json::Value) -> Result<NewCharge, ApiError> {
+    let token_id = req
+        .get("transaction_token_id")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| ApiError::invalid("transaction_token_id", "REQUIRED_VALUE"))?;
+    let amount = req
+        .get("amount")
+        .and_then(|v| v.as_i64())
+        .ok_or_else(|| ApiError::invalid("amount", "REQUIRED_VALUE"))?;
+    let currency = req
+        .get("currency")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| ApiError::invalid("currency", "REQUIRED_VALUE"))?;
+    Ok(NewCharge {
+        token_id: token_id.into(),
+        amount,
+        currency: currency.into(),
+        metadata: req.get("metadata").cloned().unwrap_or_default(),
+    })
 }
 
 /// A scripted reply if one is queued for the charge, else perhaps an injected fault,
@@ -34,9 +90,7 @@ async fn answer_charge(call: &Call, store_id: &str, charge_id: &str) -> Response
         if let Some(resp) = play(reply).await {
             return resp;
         }
-    } else if let Some(fault) = call.draw_fault()
-        && let Some(resp) = inject(call, fault, charge_id).await
-    {
+    } else if let Some(resp) = call.random_fault(|| malformed_charge(charge_id)).await {
         return resp;
     }
     the_charge(call, store_id, charge_id)
@@ -81,30 +135,6 @@ async fn play(reply: Reply) -> Option<Response> {
         Reply::Hang => respond::hang(),
         Reply::Reset => respond::reset(),
     })
-}
-
-/// The fault's answer, or `None` when the fault only delays the normal one.
-async fn inject(call: &Call, fault: Fault, charge_id: &str) -> Option<Response> {
-    Some(match fault {
-        Fault::ServerError => server_error(),
-        Fault::Slow => {
-            tokio::time::sleep(call.cfg.faults.slow_delay).await;
-            return None;
-        }
-        Fault::Reset => respond::reset(),
-        Fault::Malformed => respond::json(StatusCode::OK, malformed_charge(charge_id)),
-    })
-}
-
-/// One of the four 5xx a gateway or the API itself sends, with UnivaPay's body.
-pub(super) fn server_error() -> Response {
-    let (status, code) = [
-        (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_SERVER_ERROR"),
-        (StatusCode::BAD_GATEWAY, "BAD_GATEWAY"),
-        (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),
-        (StatusCode::GATEWAY_TIMEOUT, "GATEWAY_TIMEOUT"),
-    ][rand::random_range(0..4)];
-    respond::error(status, code)
 }
 
 /// A 200 body that is not a usable charge: cut JSON, a proxy's HTML, or wrong types.

@@ -2,13 +2,16 @@
 //! API route runs the same steps ([`pipeline`]) before its own answer.
 
 mod charges;
+pub(crate) mod idempotency;
+mod lists;
 mod pipeline;
 mod respond;
+mod tokens;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use crate::sim::Sim;
 
@@ -19,6 +22,17 @@ pub(crate) fn router(sim: Sim) -> Router {
             "/stores/{store_id}/charges/{charge_id}",
             get(charges::get_charge),
         )
+        .route("/stores/{store_id}/charges", get(lists::list_charges))
+        .route(
+            "/stores/{store_id}/transaction_history",
+            get(lists::transaction_history),
+        )
+        .route(
+            "/stores/{store_id}/tokens/{token_id}",
+            get(tokens::get_token),
+        )
+        .route("/tokens", post(tokens::create_token))
+        .route("/charges", post(charges::post_charge))
         .route("/_sim/counters", get(counters))
         .with_state(sim)
 }

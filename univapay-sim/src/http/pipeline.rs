@@ -21,13 +21,14 @@ use tokio::time::Instant;
 use super::respond;
 use crate::config::{Fault, SimConfig};
 use crate::counters::bump;
-use crate::ratelimit::{Admission, RateHeaders};
+use crate::ratelimit::{Admission, RateHeaders, Route};
 use crate::sim::Sim;
 
 /// One request on its way through the steps.
 pub(crate) struct Call {
     pub sim: Sim,
     pub cfg: Arc<SimConfig>,
+    pub route: Route,
     authorized: bool,
     auth_present: bool,
     rate: Option<RateHeaders>,
@@ -39,11 +40,12 @@ pub(crate) struct Call {
 /// through them.
 pub(crate) async fn run(
     sim: &Sim,
+    route: Route,
     url: &str,
     headers: &HeaderMap,
     answer: impl AsyncFnOnce(&Call) -> Response,
 ) -> Response {
-    let mut call = Call::begin(sim, headers);
+    let mut call = Call::begin(sim, route, headers);
     call.admit(url);
     call.wait_latency().await;
     let resp = match call.gate() {
@@ -54,8 +56,12 @@ pub(crate) async fn run(
 }
 
 impl Call {
-    pub fn begin(sim: &Sim, headers: &HeaderMap) -> Call {
-        bump(&sim.inner.counters.requests);
+    pub fn begin(sim: &Sim, route: Route, headers: &HeaderMap) -> Call {
+        let counters = &sim.inner.counters;
+        bump(&counters.api_requests);
+        if route == Route::ChargeGet {
+            bump(&counters.requests);
+        }
         let presented = headers.get(header::AUTHORIZATION);
         let authorized = presented
             .and_then(|v| v.to_str().ok())
@@ -63,6 +69,7 @@ impl Call {
         Call {
             sim: sim.clone(),
             cfg: sim.config_arc(),
+            route,
             authorized,
             auth_present: presented.is_some(),
             rate: None,
@@ -77,7 +84,7 @@ impl Call {
             .limiter
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .admit(self.cfg.rate_limit, url, self.authorized);
+            .admit(self.cfg.rate_limit, self.route, url, self.authorized);
         match admission {
             Admission::Unlimited => {}
             Admission::Admitted(h) => self.rate = Some(h),
@@ -104,12 +111,19 @@ impl Call {
     /// The refusal this request gets before reaching its route, if any.
     pub fn gate(&self) -> Option<Response> {
         let counters = &self.sim.inner.counters;
+        let charge_get = self.route == Route::ChargeGet;
         if let Some(wait) = self.refused {
-            bump(&counters.rate_limited);
+            bump(&counters.api_rate_limited);
+            if charge_get {
+                bump(&counters.rate_limited);
+            }
             return Some(self.too_many_requests(wait));
         }
         if !self.authorized {
-            bump(&counters.unauthorized);
+            bump(&counters.api_unauthorized);
+            if charge_get {
+                bump(&counters.unauthorized);
+            }
             let code = if self.auth_present {
                 "INVALID_CREDENTIALS"
             } else {
@@ -131,8 +145,23 @@ impl Call {
         resp
     }
 
+    /// A random fault's answer, if one is drawn and it is more than a delay (a slow
+    /// fault sleeps here, then lets the normal answer go). `malformed` makes the body of
+    /// a malformed 200.
+    pub async fn random_fault(&self, malformed: impl FnOnce() -> String) -> Option<Response> {
+        Some(match self.draw_fault()? {
+            Fault::ServerError => respond::server_error(),
+            Fault::Slow => {
+                tokio::time::sleep(self.cfg.faults.slow_delay).await;
+                return None;
+            }
+            Fault::Reset => respond::reset(),
+            Fault::Malformed => respond::json(StatusCode::OK, malformed()),
+        })
+    }
+
     /// A fault drawn at the configured rates, already counted, if one was drawn.
-    pub fn draw_fault(&self) -> Option<Fault> {
+    fn draw_fault(&self) -> Option<Fault> {
         let fault = self.cfg.faults.pick(rand::random::<f64>())?;
         let c = &self.sim.inner.counters;
         bump(match fault {

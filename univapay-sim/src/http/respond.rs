@@ -32,6 +32,78 @@ pub(crate) fn error(status: StatusCode, code: &str) -> Response {
     json(status, error_body(code))
 }
 
+/// An error answer naming the fields at fault:
+/// `{"status":"error","code":...,"errors":[{"field":...,"reason":...}]}`.
+#[derive(Debug, Clone)]
+pub(crate) struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub errors: Vec<(String, String)>,
+}
+
+impl ApiError {
+    /// 400 for one field.
+    pub fn invalid(field: &str, reason: &str) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "VALIDATION_ERROR",
+            errors: vec![(field.into(), reason.into())],
+        }
+    }
+
+    pub fn body(&self) -> String {
+        let errors: Vec<_> = self
+            .errors
+            .iter()
+            .map(|(f, r)| serde_json::json!({"field": f, "reason": r}))
+            .collect();
+        json!({"status": "error", "code": self.code, "errors": errors}).to_string()
+    }
+
+    pub fn response(&self) -> Response {
+        json(self.status, self.body())
+    }
+}
+
+impl From<crate::control::SimError> for ApiError {
+    fn from(e: crate::control::SimError) -> ApiError {
+        use crate::control::SimError;
+        match e {
+            SimError::NoSuchToken(_) => ApiError {
+                status: StatusCode::NOT_FOUND,
+                code: "NOT_FOUND",
+                errors: vec![("transaction_token_id".into(), "NOT_FOUND".into())],
+            },
+            SimError::NoSuchCharge(_) => ApiError {
+                status: StatusCode::NOT_FOUND,
+                code: "NOT_FOUND",
+                errors: vec![],
+            },
+            SimError::AlreadyFinal { .. } => ApiError {
+                status: StatusCode::CONFLICT,
+                code: "CONFLICTED",
+                errors: vec![],
+            },
+            SimError::Invalid { field, reason } => ApiError {
+                status: StatusCode::BAD_REQUEST,
+                code: "VALIDATION_ERROR",
+                errors: vec![(field, reason)],
+            },
+        }
+    }
+}
+
+/// One of the four 5xx a gateway or the API itself sends, with UnivaPay's body.
+pub(crate) fn server_error() -> Response {
+    let (status, code) = [
+        (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_SERVER_ERROR"),
+        (StatusCode::BAD_GATEWAY, "BAD_GATEWAY"),
+        (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),
+        (StatusCode::GATEWAY_TIMEOUT, "GATEWAY_TIMEOUT"),
+    ][rand::random_range(0..4)];
+    error(status, code)
+}
+
 /// A status code given as a number (scripted replies), 500 if it is not one.
 pub(crate) fn status_from(code: u16) -> StatusCode {
     StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
