@@ -184,6 +184,8 @@ pub struct SimConfig {
     /// (UnivaPay's default: 30 days).
     pub konbini_expiry: Duration,
     pub discovery_faults: DiscoveryFaults,
+    /// Where webhooks go; `None` (the default) sends none.
+    pub webhook: Option<crate::webhook::WebhookTarget>,
 }
 
 impl Default for SimConfig {
@@ -200,6 +202,7 @@ impl Default for SimConfig {
             processing_delay: Duration::from_secs(2),
             konbini_expiry: Duration::from_secs(30 * 86_400),
             discovery_faults: DiscoveryFaults::default(),
+            webhook: None,
         }
     }
 }

@@ -29,6 +29,13 @@ pub(crate) struct Counters {
     pub charge_lists: AtomicU64,
     pub history_lists: AtomicU64,
     pub transitions: AtomicU64,
+    pub webhooks_sent: AtomicU64,
+    pub webhooks_delivered: AtomicU64,
+    pub webhooks_failed: AtomicU64,
+    pub webhooks_retried: AtomicU64,
+    pub webhooks_lost: AtomicU64,
+    pub webhooks_given_up: AtomicU64,
+    pub webhooks_dropped: AtomicU64,
 }
 
 /// Adds one.
@@ -94,6 +101,27 @@ pub struct CounterSnapshot {
     pub history_lists: u64,
     #[serde(default)]
     pub transitions: u64,
+    /// Webhook POSTs attempted (retries included).
+    #[serde(default)]
+    pub webhooks_sent: u64,
+    /// Attempts answered 2xx.
+    #[serde(default)]
+    pub webhooks_delivered: u64,
+    /// Attempts that failed: non-2xx, connection error or timeout.
+    #[serde(default)]
+    pub webhooks_failed: u64,
+    /// Failed attempts that were queued again.
+    #[serde(default)]
+    pub webhooks_retried: u64,
+    /// Events never sent: the loss share.
+    #[serde(default)]
+    pub webhooks_lost: u64,
+    /// Deliveries that failed all their retries.
+    #[serde(default)]
+    pub webhooks_given_up: u64,
+    /// Events not sent because the webhook was disabled.
+    #[serde(default)]
+    pub webhooks_dropped: u64,
 }
 
 impl Counters {
@@ -122,6 +150,13 @@ impl Counters {
             charge_lists: n(&self.charge_lists),
             history_lists: n(&self.history_lists),
             transitions: n(&self.transitions),
+            webhooks_sent: n(&self.webhooks_sent),
+            webhooks_delivered: n(&self.webhooks_delivered),
+            webhooks_failed: n(&self.webhooks_failed),
+            webhooks_retried: n(&self.webhooks_retried),
+            webhooks_lost: n(&self.webhooks_lost),
+            webhooks_given_up: n(&self.webhooks_given_up),
+            webhooks_dropped: n(&self.webhooks_dropped),
         }
     }
 }

@@ -14,6 +14,10 @@
 //!   paging over held and seeded charges, with filters;
 //! - `GET /heartbeat` (no auth) and `GET /_sim/counters` (the simulator's own).
 //!
+//! It delivers webhooks like UnivaPay ([`WebhookTarget`] in [`SimConfig::webhook`]):
+//! `charge_updated` and `charge_finished` POSTs with a verbatim `Authorization` value,
+//! a 3 s timeout, retries with backoff, a share lost, delays, all on simulated time.
+//!
 //! What it answers with:
 //! - charges set directly ([`Sim::upsert`], [`Sim::update`]) or made through the API or
 //!   the control methods ([`Sim::create_konbini_charge`], ...), and a seeded
@@ -37,6 +41,7 @@
 //! - `control`: the test-control API (create, issue, pay, expire, cancel, schedule, list);
 //! - `charge` and `token`: [`SimCharge`] and [`SimToken`], and their UnivaPay JSON;
 //! - `lifecycle`: how held charges change on simulated time, and the events that makes;
+//! - `webhook`: delivering those events (and seeded charges') to a [`WebhookTarget`];
 //! - `store`: what is held, behind one lock (charges indexed per store, tokens,
 //!   idempotency records, the timeline of transitions to come);
 //! - `listing`: a store's charges in creation order, held and seeded merged;
@@ -62,6 +67,7 @@ mod seed;
 mod sim;
 mod store;
 mod token;
+mod webhook;
 
 pub use bucket::{Limit, TokenBucket};
 pub use charge::{FINAL_STATUSES, SimCharge};
@@ -74,3 +80,4 @@ pub use seed::{CHAINS, Mix, Outcome, Planned, Population};
 pub use sim::{RunningSim, Sim};
 pub use store::Action;
 pub use token::{PAYMENT_TYPES, SimToken, iso_duration, konbini_deadline, parse_iso_duration};
+pub use webhook::WebhookTarget;

@@ -18,7 +18,6 @@ use crate::token::SimToken;
 
 /// A status change that UnivaPay reports by webhook.
 #[derive(Debug, Clone)]
-#[allow(dead_code)] // read by the webhook sender, which comes in the next change
 pub(crate) struct Event {
     /// `charge_updated` or `charge_finished`.
     pub name: &'static str,

@@ -19,6 +19,7 @@ use crate::listing::PopulationIndex;
 use crate::ratelimit::Limiter;
 use crate::seed::Population;
 use crate::store::Data;
+use crate::webhook::Webhooks;
 
 pub(crate) struct Inner {
     /// The exact Authorization value a request must carry.
@@ -33,6 +34,7 @@ pub(crate) struct Inner {
     pub population_index: Mutex<Option<Arc<PopulationIndex>>>,
     pub limiter: Mutex<Limiter>,
     pub counters: Counters,
+    pub webhooks: Webhooks,
 }
 
 /// Handle to a simulator. Clones share state.
@@ -41,11 +43,13 @@ pub struct Sim {
     pub(crate) inner: Arc<Inner>,
 }
 
-/// A running simulator: its address and the task serving it (aborted on drop).
+/// A running simulator: its address, the task serving it and the one delivering
+/// webhooks (both aborted on drop).
 pub struct RunningSim {
     pub sim: Sim,
     pub addr: SocketAddr,
     task: JoinHandle<()>,
+    webhook_task: JoinHandle<()>,
 }
 
 impl RunningSim {
@@ -58,6 +62,7 @@ impl RunningSim {
 impl Drop for RunningSim {
     fn drop(&mut self) {
         self.task.abort();
+        self.webhook_task.abort();
     }
 }
 
@@ -84,6 +89,7 @@ impl Sim {
                 population_index: Mutex::new(None),
                 limiter: Mutex::new(Limiter::new()),
                 counters: Counters::default(),
+                webhooks: Webhooks::default(),
             }),
         }
     }
@@ -125,10 +131,12 @@ impl Sim {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
+        let webhook_task = self.spawn_webhook_task();
         Ok(RunningSim {
             sim: self,
             addr,
             task,
+            webhook_task,
         })
     }
 
@@ -151,10 +159,20 @@ impl Sim {
             .clone()
     }
 
-    /// Changes the configuration (latency, rate limit, faults) from the next request on.
+    /// Changes the configuration (latency, rate limit, faults, webhook) from the next
+    /// request on. Configuring a webhook target where there was none starts seeded
+    /// charges' webhooks from simulated now.
     pub fn configure(&self, f: impl FnOnce(&mut SimConfig)) {
-        let mut c = self.inner.config.write().unwrap_or_else(|p| p.into_inner());
-        f(Arc::make_mut(&mut c));
+        let (had, has) = {
+            let mut c = self.inner.config.write().unwrap_or_else(|p| p.into_inner());
+            let had = c.webhook.is_some();
+            f(Arc::make_mut(&mut c));
+            (had, c.webhook.is_some())
+        };
+        if has && !had {
+            self.inner.webhooks.start_watermark(self.now());
+        }
+        self.inner.webhooks.wake.notify_one();
     }
 
     /// Simulated time.
@@ -162,15 +180,18 @@ impl Sim {
         &self.inner.clock
     }
 
-    /// Moves simulated time forward: seeded charges get on with their lives.
+    /// Moves simulated time forward: seeded charges get on with their lives, and
+    /// transitions and webhooks that became due happen.
     pub fn advance(&self, d: Duration) {
         self.inner.clock.advance(d);
+        self.inner.webhooks.wake.notify_one();
     }
 
     /// Serves a seeded population (replacing any earlier one), created as of simulated
     /// now. Returns it, with its `epoch` set, so the caller can list the same charges.
     pub fn seed(&self, mut population: Population) -> Population {
         population.epoch = self.inner.clock.now();
+        self.inner.webhooks.start_watermark(population.epoch);
         *self
             .inner
             .population
@@ -303,12 +324,5 @@ impl Sim {
 
     pub fn counters(&self) -> CounterSnapshot {
         self.inner.counters.snapshot()
-    }
-
-    /// Hands the events of status changes to the webhook sender.
-    pub(crate) fn publish(&self, events: Vec<Event>) {
-        for _ in events {
-            crate::counters::bump(&self.inner.counters.transitions);
-        }
     }
 }
