@@ -51,7 +51,8 @@
 //!   [`Reply`], [`Credentials`];
 //! - `ratelimit` and `bucket`: the buckets behind the rate-limit headers and 429s;
 //! - `counters`: [`CounterSnapshot`], what was seen and sent;
-//! - `http`: the routes, each run through the shared steps in `http::pipeline`.
+//! - `http`: the routes, each run through the shared steps in `http::pipeline`;
+//! - [`foreground`]: the shop's own charge GETs at a steady rate, sharing the bucket.
 
 mod bucket;
 mod charge;
@@ -59,6 +60,7 @@ mod clock;
 mod config;
 mod control;
 mod counters;
+pub mod foreground;
 mod http;
 mod lifecycle;
 mod listing;
@@ -75,6 +77,7 @@ pub use clock::SimClock;
 pub use config::{Credentials, DiscoveryFaults, Faults, RateLimitConfig, Reply, SimConfig};
 pub use control::SimError;
 pub use counters::CounterSnapshot;
+pub use foreground::{Foreground, ForegroundConfig, ForegroundStats};
 pub use http::idempotency::{RETRIEVED as IDEMPOTENCY_RETRIEVED, STORED as IDEMPOTENCY_STORED};
 pub use seed::{CHAINS, Mix, Outcome, Planned, Population};
 pub use sim::{RunningSim, Sim};
