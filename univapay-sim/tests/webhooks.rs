@@ -327,3 +327,62 @@ async fn the_background_task_delivers_without_being_asked() {
         [("charge_updated".into(), a.id, "awaiting".into())]
     );
 }
+
+#[tokio::test]
+async fn the_binary_delivers_webhooks_for_its_population() {
+    use tokio::io::AsyncBufReadExt;
+    let (rx, addr) = Receiver::start().await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_univapay-sim"))
+        .args(["--charges", "20", "--seed", "3", "--cards", "30"])
+        // A simulated week in well under a second.
+        .args(["--time-scale", "1000000"])
+        .args(["--webhook-url", &format!("http://{addr}/hook")])
+        .args(["--webhook-auth", AUTH, "--webhook-delay", "0s..30s"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next_line().await.unwrap().unwrap();
+    assert!(first.starts_with("univapay-sim listening on "), "{first}");
+    for _ in 0..300 {
+        if rx.events().iter().any(|e| e.0 == "charge_finished") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let posts = rx.posts();
+    assert!(
+        posts.iter().any(|p| p.1["event"] == "charge_finished"),
+        "{posts:?}"
+    );
+    assert!(posts.iter().all(|p| p.0.as_deref() == Some(AUTH)));
+    assert!(posts.iter().all(|p| p.1["data"]["id"].is_string()));
+    child.kill().await.unwrap();
+}
+
+#[test]
+fn the_binary_refuses_webhook_flags_that_make_no_sense() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_univapay-sim"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--webhook-url", "http://127.0.0.1:9/hook"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--webhook-auth"));
+    let out = run(&["--webhook-url", "ftp://x", "--webhook-auth", "a"]);
+    assert!(!out.status.success());
+    let out = run(&["--webhook-auth", "a"]);
+    assert!(!out.status.success(), "auth without a URL");
+    let out = run(&[
+        "--webhook-url",
+        "http://x",
+        "--webhook-auth",
+        "a",
+        "--webhook-delay",
+        "9s..1s",
+    ]);
+    assert!(!out.status.success());
+}
