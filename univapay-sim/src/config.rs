@@ -141,8 +141,8 @@ pub struct DiscoveryFaults {
     /// `resource_id` and no `charge_id`).
     pub items_without_ids: bool,
     /// Every page has this many items whatever `limit` says (past the 100 maximum): the
-    /// items from the cursor on, then the store's items over again until the page is
-    /// full; `has_more: false`.
+    /// items from the cursor on, then those same items over again until the page is full;
+    /// `has_more: false`.
     pub huge_page: Option<usize>,
     /// History rows of about one charge in four (by id) show `payment_type:
     /// "sim_unknown"` (the `payment_type` filter still applies to the real type).

@@ -315,14 +315,22 @@ impl Sim {
         })
     }
 
-    /// A token by id, held or seeded (404 ones excluded).
+    /// A token by id: held, seeded, or the implied `tok-{charge id}` of a charge set
+    /// with [`SimCharge::new`] (removed ones excluded).
     pub fn token(&self, id: &str) -> Option<SimToken> {
         let pop = self.population_guard();
         let d = self.data();
         if d.removed_tokens.contains(id) {
             return None;
         }
-        find_token(&d, pop.as_ref(), id)
+        if let Some(t) = find_token(&d, pop.as_ref(), id) {
+            return Some(t);
+        }
+        let charge = Sim::charge_in(&d, pop.as_ref(), id.strip_prefix("tok-")?, self.now())?;
+        charge
+            .transaction_token_id
+            .is_none()
+            .then(|| lifecycle::implied_token(&charge))
     }
 
     /// The tokens created or inserted (seeded ones are computed, not listed), oldest

@@ -10,7 +10,9 @@
 //!
 //! A page walks the merged order from just past the cursor (or the `from`/`to` bound),
 //! renders each charge as it is now, keeps the ones the filter wants, and stops at
-//! `limit` items plus one (to know `has_more`).
+//! `limit` items plus one (to know `has_more`). So a filter that matches rarely makes a
+//! long walk (every charge passed is rendered: about a microsecond each in a release
+//! build), and the data lock is held for it.
 
 use std::cmp::Ordering;
 use std::collections::BTreeSet;

@@ -424,3 +424,38 @@ async fn the_control_api_pays_expires_cancels_and_schedules() {
     assert_eq!(sim.charges().len(), 5);
     assert_eq!(sim.counters().transitions, 2 + 2 + 1 + 2 + 1);
 }
+
+#[tokio::test]
+async fn a_charge_set_directly_has_an_implied_konbini_token() {
+    let sim = start_still(SimConfig::default()).await;
+    let mut c = univapay_sim::SimCharge::new("c1", STORE, 500);
+    c.metadata = json!({"convenience_store": "lawson"});
+    sim.upsert(c);
+    sim.upsert(univapay_sim::SimCharge::new("c2", STORE, 500));
+    let (status, charge) = get_json(&sim, &format!("/stores/{STORE}/charges/c1")).await;
+    assert_eq!(status, 200);
+    assert_eq!(charge["transaction_token_id"], "tok-c1");
+    let (status, token) = get_json(&sim, &format!("/stores/{STORE}/tokens/tok-c1")).await;
+    assert_eq!(status, 200);
+    assert_eq!(token["payment_type"], "konbini");
+    assert_eq!(token["data"]["convenience_store"], "lawson");
+    let (_, token) = get_json(&sim, &format!("/stores/{STORE}/tokens/tok-c2")).await;
+    assert_eq!(
+        token["data"]["convenience_store"],
+        Value::Null,
+        "brand unknown"
+    );
+    let other = Population::store_id(2);
+    assert_eq!(
+        get(&sim, &format!("/stores/{other}/tokens/tok-c1"))
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        get(&sim, &format!("/stores/{STORE}/tokens/tok-c3"))
+            .await
+            .status(),
+        404
+    );
+}

@@ -12,6 +12,9 @@
 //! (`convenience` for konbini, `card` for cards, else the payment type), `payment_type`
 //! and `mode`. Other parameters (`metadata` among them) are ignored.
 //!
+//! A history row's `amount`/`currency` are the charge's requested ones; `status` is the
+//! charge's status now. Rows for card charges have an empty `user_data`.
+//!
 //! [`crate::DiscoveryFaults`] bend both routes' pages.
 
 use std::collections::HashMap;
