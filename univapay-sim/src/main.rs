@@ -5,6 +5,9 @@
 //! stdout, so a parent process can read the address. `GET /_sim/counters` reports the
 //! counters as JSON at any time; on SIGINT/SIGTERM they are printed as JSON and the process
 //! exits 0.
+//!
+//! With `--webhook-url` it delivers webhooks there as simulated time passes (see
+//! `WebhookTarget`); `--cards` adds card charges to the seeded population.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -12,7 +15,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use univapay_sim::{Credentials, Faults, Limit, Mix, Population, RateLimitConfig, Sim, SimConfig};
+use univapay_sim::{
+    Credentials, Faults, Limit, Mix, Population, RateLimitConfig, Sim, SimConfig, WebhookTarget,
+};
 
 /// A fake UnivaPay charge API with konbini lifecycles, rate limits, latency and faults.
 #[derive(Debug, Parser)]
@@ -37,7 +42,8 @@ struct Args {
     /// Number of stores the charges are spread over.
     #[arg(long, default_value_t = 3)]
     stores: u32,
-    /// Outcome weights, e.g. `paid=70,expired=20,canceled=7,underpaid=2,foreign=1`.
+    /// Outcome weights, e.g. `paid=70,expired=20,canceled=7,underpaid=2,foreign=1`; add
+    /// `card=N` for card charges (weighed against the sum of the others; 0 by default).
     #[arg(
         long,
         default_value = "paid=70,expired=20,canceled=7,underpaid=2,foreign=1"
@@ -89,6 +95,49 @@ struct Args {
     fault_malformed: f64,
     #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
     slow_delay: Duration,
+
+    /// Weight of card charges in the seeded population (as `card=N` in `--mix`).
+    #[arg(long)]
+    cards: Option<u32>,
+
+    /// Deliver webhooks to this URL (`http://...`), like UnivaPay.
+    #[arg(long)]
+    webhook_url: Option<String>,
+    /// The `Authorization` value sent with every webhook, verbatim (required with
+    /// `--webhook-url`).
+    #[arg(long, requires = "webhook_url")]
+    webhook_auth: Option<String>,
+    /// Share of webhooks simply lost (0 to 1).
+    #[arg(long, default_value_t = 0.0, requires = "webhook_url")]
+    webhook_loss: f64,
+    /// Simulated delay before a webhook is sent: `5s`, or a range `0s..30s` drawn from
+    /// uniformly.
+    #[arg(long, default_value = "0s", value_parser = parse_delay_range, requires = "webhook_url")]
+    webhook_delay: std::ops::Range<Duration>,
+    /// Retries of a failed delivery (doubling backoff from 10 s of simulated time).
+    #[arg(long, default_value_t = 10, requires = "webhook_url")]
+    webhook_retries: u32,
+    /// Seed of the webhook loss and delay draws (default: `--seed`).
+    #[arg(long, requires = "webhook_url")]
+    webhook_seed: Option<u64>,
+}
+
+/// `5s` or `0s..30s`.
+fn parse_delay_range(s: &str) -> Result<std::ops::Range<Duration>, String> {
+    let parse = |p: &str| humantime::parse_duration(p.trim()).map_err(|e| format!("{p:?}: {e}"));
+    match s.split_once("..") {
+        Some((a, b)) => {
+            let (a, b) = (parse(a)?, parse(b)?);
+            if b < a {
+                return Err(format!("{s:?}: the range ends before it starts"));
+            }
+            Ok(a..b)
+        }
+        None => {
+            let d = parse(s)?;
+            Ok(d..d)
+        }
+    }
 }
 
 impl Args {
@@ -122,7 +171,42 @@ impl Args {
                 slow_delay: self.slow_delay,
             },
             count_per_charge: false,
+            webhook: self.webhook()?,
+            ..SimConfig::default()
         })
+    }
+
+    fn webhook(&self) -> Result<Option<WebhookTarget>, String> {
+        let Some(url) = &self.webhook_url else {
+            return Ok(None);
+        };
+        if !url.starts_with("http://") {
+            return Err("--webhook-url must be an http:// URL".into());
+        }
+        let auth = self
+            .webhook_auth
+            .clone()
+            .ok_or("--webhook-url needs --webhook-auth (the Authorization value to send)")?;
+        if !(0.0..=1.0).contains(&self.webhook_loss) {
+            return Err("--webhook-loss must be in 0..=1".into());
+        }
+        let mut target = WebhookTarget::new(url, auth)
+            .with_loss(self.webhook_loss)
+            .with_delay(self.webhook_delay.clone());
+        target.retries = self.webhook_retries;
+        target.seed = self.webhook_seed.unwrap_or(self.seed);
+        Ok(Some(target))
+    }
+
+    /// The population `--charges`, `--seed`, `--stores`, `--mix` and `--cards` describe.
+    fn population(&self) -> Population {
+        let mut p = Population::new(self.charges, self.seed);
+        p.stores = self.stores;
+        p.mix = self.mix;
+        if let Some(w) = self.cards {
+            p.mix.card = w;
+        }
+        p
     }
 }
 
@@ -159,10 +243,7 @@ fn main() -> ExitCode {
         );
         sim.clock().set_scale(args.time_scale);
         if args.charges > 0 {
-            let mut p = Population::new(args.charges, args.seed);
-            p.stores = args.stores;
-            p.mix = args.mix;
-            sim.seed(p);
+            sim.seed(args.population());
         }
         let running = match sim.serve(args.listen).await {
             Ok(r) => r,
@@ -198,14 +279,17 @@ async fn wait_for_signal() {
 }
 
 /// The same population as `--charges`/`--seed`/`--stores` would serve, as one transaction
-/// of the plain INSERTs a shop uses to register charges.
+/// of the plain INSERTs a shop uses to register charges. Card charges (`--cards`, or
+/// `card=N` in `--mix`) are left out: a shop registers only its konbini charges.
 fn print_inserts(args: &Args) {
-    let mut p = Population::new(args.charges, args.seed);
-    p.stores = args.stores;
+    let p = args.population();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let _ = writeln!(out, "BEGIN;");
     for i in 0..args.charges {
         let c = p.plan(i);
+        if c.is_card() {
+            continue;
+        }
         let _ = writeln!(
             out,
             "INSERT INTO charges (charge_id, store_id, requested_amount) VALUES ('{}', '{}', {});",

@@ -1,5 +1,5 @@
-//! Seeded populations: `count` konbini charges described by a seed and a mix, computed on
-//! demand from their index instead of stored, so a million of them cost no memory.
+//! Seeded populations: `count` charges described by a seed and a mix, computed on demand
+//! from their index instead of stored, so a million of them cost no memory.
 //!
 //! Each charge follows the konbini lifecycle on simulated time: `pending` when created,
 //! `awaiting` (with a payment number) a few seconds later, then final: paid
@@ -7,6 +7,16 @@
 //! A few are paid with an amount or a currency that differs from the request, which the
 //! reconciler must flag. The same `(seed, index)` always gives the same charge, which is
 //! how a benchmark registers in its database exactly the charges the simulator serves.
+//!
+//! A population can also hold card charges ([`Mix::card`], 0 by default so that callers
+//! who register every seeded charge as konbini keep seeing only konbini charges). A card
+//! charge goes `pending -> successful` (or `failed`/`canceled`) a few seconds after it is
+//! created, carries no konbini metadata, and its token says `payment_type: card`. Whether
+//! a charge is a card is drawn from its own hash, so turning cards on changes no konbini
+//! charge's plan: only which indices are cards.
+//!
+//! Every seeded charge has a transaction token, computed like the charge
+//! ([`Population::token_id`], [`Planned::token`]).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -15,6 +25,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::SimCharge;
+use crate::token::SimToken;
 
 /// Relative weights of the final outcomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +37,10 @@ pub struct Mix {
     pub underpaid: u32,
     /// Paid the right number in another currency.
     pub foreign_currency: u32,
+    /// Weight of card charges against the sum of the outcome weights above: with the
+    /// default outcomes (summing to 100), `card: 10` makes about 10 in 110 charges cards.
+    /// 0 by default; see [`Mix::with_cards`].
+    pub card: u32,
 }
 
 impl Default for Mix {
@@ -36,11 +51,23 @@ impl Default for Mix {
             canceled: 7,
             underpaid: 2,
             foreign_currency: 1,
+            card: 0,
         }
     }
 }
 
 impl Mix {
+    /// The same mix with card charges of this weight (see [`Mix::card`]).
+    pub fn with_cards(mut self, weight: u32) -> Self {
+        self.card = weight;
+        self
+    }
+
+    /// Whether the charge whose card draw is `h` is a card charge.
+    fn is_card(&self, h: u64) -> bool {
+        self.card > 0 && h % (self.total() + u64::from(self.card)) < u64::from(self.card)
+    }
+
     fn total(&self) -> u64 {
         [
             self.paid,
@@ -74,7 +101,7 @@ impl Mix {
     }
 }
 
-/// `paid=70,expired=20,canceled=7,underpaid=2,foreign=1`; names left out weigh 0.
+/// `paid=70,expired=20,canceled=7,underpaid=2,foreign=1,card=10`; names left out weigh 0.
 impl FromStr for Mix {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -84,6 +111,7 @@ impl FromStr for Mix {
             canceled: 0,
             underpaid: 0,
             foreign_currency: 0,
+            card: 0,
         };
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (k, v) = part
@@ -99,15 +127,16 @@ impl FromStr for Mix {
                 "canceled" => m.canceled = v,
                 "underpaid" => m.underpaid = v,
                 "foreign" => m.foreign_currency = v,
+                "card" => m.card = v,
                 other => {
                     return Err(format!(
-                        "unknown outcome {other:?} (paid, expired, canceled, underpaid, foreign)"
+                        "unknown outcome {other:?} (paid, expired, canceled, underpaid, foreign, card)"
                     ));
                 }
             }
         }
         if m.total() == 0 {
-            return Err("all weights are 0".into());
+            return Err("all outcome weights are 0".into());
         }
         Ok(m)
     }
@@ -121,6 +150,16 @@ pub enum Outcome {
     Canceled,
     Underpaid,
     ForeignCurrency,
+}
+
+impl Outcome {
+    /// A card cannot be paid short or in another currency: those end as plain payments.
+    fn for_card(self) -> Outcome {
+        match self {
+            Outcome::Underpaid | Outcome::ForeignCurrency => Outcome::Paid,
+            o => o,
+        }
+    }
 }
 
 /// The konbini chains UnivaPay supports (`convenience_store` on the token).
@@ -185,18 +224,69 @@ impl Population {
         (i < self.count).then_some(i)
     }
 
+    /// The id of the `index`-th charge's transaction token.
+    pub fn token_id(&self, index: u64) -> String {
+        format!("11f0{:04x}-0001-4000-8000-{index:012x}", self.tag())
+    }
+
+    /// The index of a token id of this population.
+    pub fn index_of_token(&self, id: &str) -> Option<u64> {
+        let rest = id.strip_prefix(&format!("11f0{:04x}-0001-4000-8000-", self.tag()))?;
+        if rest.len() != 12 {
+            return None;
+        }
+        let i = u64::from_str_radix(rest, 16).ok()?;
+        (i < self.count).then_some(i)
+    }
+
     /// The store ids charges are spread over.
     pub fn store_id(k: u32) -> String {
         format!("11ef0000-0000-0000-0000-{:012x}", u64::from(k) + 1)
     }
 
-    /// The `index`-th charge's plan.
-    pub fn plan(&self, index: u64) -> Planned {
+    /// All the store ids of this population.
+    pub fn store_ids(&self) -> Vec<String> {
+        (0..self.stores.max(1)).map(Self::store_id).collect()
+    }
+
+    /// The same population with card charges of this weight (see [`Mix::card`]).
+    pub fn with_cards(mut self, weight: u32) -> Self {
+        self.mix.card = weight;
+        self
+    }
+
+    /// The `index`-th charge's draws: a fixed sequence of hashes, so every field of a plan
+    /// depends only on the seed and the index.
+    fn draws(&self, index: u64) -> impl FnMut() -> u64 {
         let mut h = splitmix(self.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let mut next = || {
+        move || {
             h = splitmix(h);
             h
-        };
+        }
+    }
+
+    /// The store index and creation time of the `index`-th charge: the first draws of its
+    /// plan, without the rest (what a listing needs to order a whole population).
+    pub(crate) fn store_and_created(&self, index: u64) -> (u32, DateTime<Utc>) {
+        let mut next = self.draws(index);
+        let store = (next() % u64::from(self.stores.max(1))) as u32;
+        let _amount = next();
+        let _chain = next();
+        let spread_ms = self.spread.as_millis().max(1) as u64;
+        (store, self.epoch - ms(next() % spread_ms))
+    }
+
+    /// Whether the `index`-th charge is a card charge. Drawn apart from the plan's other
+    /// draws so that the card weight changes nothing else.
+    pub fn is_card(&self, index: u64) -> bool {
+        self.mix.is_card(splitmix(
+            self.seed ^ 0xCA4D ^ index.wrapping_mul(0xD6E8_FEB8_6659_FD93),
+        ))
+    }
+
+    /// The `index`-th charge's plan.
+    pub fn plan(&self, index: u64) -> Planned {
+        let mut next = self.draws(index);
         let store = (next() % u64::from(self.stores.max(1))) as u32;
         // Konbini totals run from a few hundred yen to a few tens of thousands.
         let amount = 300 + (next() % 3000) as i64 * 10;
@@ -214,6 +304,13 @@ impl Population {
             _ => awaiting_at + ms(pay_ms),
         };
         let payment_number = format!("{:011}", next() % 100_000_000_000);
+        let card = self.is_card(index);
+        let (final_at, outcome) = if card {
+            // A card is authorised and captured at once, for exactly the amount asked.
+            (awaiting_at, outcome.for_card())
+        } else {
+            (final_at, outcome)
+        };
         Planned {
             index,
             id: self.charge_id(index),
@@ -225,6 +322,9 @@ impl Population {
             final_at,
             outcome,
             payment_number,
+            payment_type: if card { "card" } else { "konbini" },
+            token_id: self.token_id(index),
+            expiry: self.expiry,
         }
     }
 }
@@ -233,7 +333,7 @@ fn ms(n: u64) -> chrono::Duration {
     chrono::Duration::milliseconds(n as i64)
 }
 
-fn splitmix(mut z: u64) -> u64 {
+pub(crate) fn splitmix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -254,15 +354,30 @@ pub struct Planned {
     pub final_at: DateTime<Utc>,
     pub outcome: Outcome,
     pub payment_number: String,
+    /// `konbini`, or `card` for the card share of the mix.
+    pub payment_type: &'static str,
+    /// The charge's transaction token ([`Planned::token`]).
+    pub token_id: String,
+    /// The payment deadline after creation (the token's `expiration_period`).
+    pub expiry: Duration,
 }
 
 impl Planned {
+    pub fn is_card(&self) -> bool {
+        self.payment_type == "card"
+    }
+
     /// The charge as UnivaPay reports it at simulated time `t`.
     pub fn at(&self, t: DateTime<Utc>) -> SimCharge {
         let mut c = SimCharge::new(self.id.clone(), self.store_id.clone(), self.amount);
+        c.transaction_token_id = Some(self.token_id.clone());
         c.created_on = self
             .created
             .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        if self.is_card() {
+            c.metadata = json!({"order_id": format!("order-{}", self.index)});
+            return self.card_at(c, t);
+        }
         c.metadata =
             json!({"order_id": format!("order-{}", self.index), "convenience_store": self.chain});
         if t < self.awaiting_at {
@@ -288,6 +403,40 @@ impl Planned {
             }
             Outcome::ForeignCurrency => c.paid_with(self.amount, "USD"),
         }
+    }
+
+    fn card_at(&self, c: SimCharge, t: DateTime<Utc>) -> SimCharge {
+        if t < self.final_at {
+            return c;
+        }
+        match self.outcome {
+            Outcome::Expired => {
+                let mut c = c.with_status("failed");
+                c.error = Some(crate::charge::card_declined());
+                c
+            }
+            Outcome::Canceled => c.with_status("canceled"),
+            _ => c.paid(),
+        }
+    }
+
+    /// The charge's transaction token as `GET /stores/{sid}/tokens/{id}` shows it.
+    pub fn token(&self) -> SimToken {
+        let created_on = self
+            .created
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let mut t = if self.is_card() {
+            SimToken::card(&self.token_id, &self.store_id)
+        } else {
+            SimToken::konbini(&self.token_id, &self.store_id, self.chain)
+                .with_expiration_period(self.expiry)
+        };
+        t.created_on = created_on;
+        t.email = Some(format!("customer-{}@sim.invalid", self.index));
+        if let Some(name) = t.data.get_mut("customer_name") {
+            *name = json!(format!("Sim Customer {}", self.index));
+        }
+        t
     }
 
     /// The status at simulated time `t` (what [`Planned::at`] would report).

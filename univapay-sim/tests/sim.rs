@@ -426,3 +426,35 @@ fn print_inserts_registers_the_population_it_would_serve() {
     }
     assert_eq!(lines.len(), 5);
 }
+
+#[test]
+fn print_inserts_leaves_card_charges_out() {
+    let out = Command::new(env!("CARGO_BIN_EXE_univapay-sim"))
+        .args([
+            "--charges",
+            "200",
+            "--seed",
+            "7",
+            "--cards",
+            "50",
+            "--print-inserts",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let p = Population::new(200, 7).with_cards(50);
+    let konbini: Vec<_> = (0..200)
+        .map(|i| p.plan(i))
+        .filter(|c| !c.is_card())
+        .collect();
+    assert!(
+        konbini.len() < 190 && konbini.len() > 100,
+        "{}",
+        konbini.len()
+    );
+    assert_eq!(text.lines().count(), konbini.len() + 2);
+    for c in konbini {
+        assert!(text.contains(&format!("'{}'", c.id)));
+    }
+}
