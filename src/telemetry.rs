@@ -1,9 +1,11 @@
 //! Logging setup: tracing to stderr, filtered by `RUST_LOG`, as text (no colours unless
 //! stderr is a terminal, so journald gets clean lines) or as JSON for log shippers.
 
-use std::io::IsTerminal;
+use std::cell::RefCell;
+use std::io::{IsTerminal, Write};
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::LogFormat;
 
@@ -16,7 +18,7 @@ pub fn init(format: LogFormat) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(Stderr)
         .with_target(false);
     let _ = match format {
         // journald stamps every line itself; a second timestamp only adds noise.
@@ -26,6 +28,60 @@ pub fn init(format: LogFormat) {
             .try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+thread_local! {
+    /// Lines logged by this thread inside [`batched`], not yet written.
+    static BATCH: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f`, collecting the lines this thread logs meanwhile and writing them to stderr
+/// with one `write` when it returns. The pass's writer thread logs a line per committed
+/// change, and a system call per line cost more CPU than the rest of the logging; a
+/// group's lines are written right after its commit, so nothing waits long in the buffer.
+pub fn batched<T>(f: impl FnOnce() -> T) -> T {
+    BATCH.with(|b| *b.borrow_mut() = Some(Vec::new()));
+    let out = f();
+    if let Some(buf) = BATCH.with(|b| b.borrow_mut().take())
+        && !buf.is_empty()
+    {
+        let _ = std::io::stderr().write_all(&buf);
+    }
+    out
+}
+
+/// stderr, through this thread's batch when there is one. (tracing-subscriber formats
+/// each event whole and hands it over in one `write_all`.)
+struct Stderr;
+
+impl<'a> MakeWriter<'a> for Stderr {
+    type Writer = StderrLine;
+    fn make_writer(&'a self) -> StderrLine {
+        StderrLine
+    }
+}
+
+struct StderrLine;
+
+impl Write for StderrLine {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let batched = BATCH.with(|b| match b.borrow_mut().as_mut() {
+            Some(buf) => {
+                buf.extend_from_slice(data);
+                true
+            }
+            None => false,
+        });
+        if batched {
+            Ok(data.len())
+        } else {
+            std::io::stderr().write(data)
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 /// True when stderr is connected to the journal: systemd sets `JOURNAL_STREAM` to the

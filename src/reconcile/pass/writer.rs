@@ -104,7 +104,7 @@ fn commit(ledger: &mut Ledger, run_id: i64, group: &[CheckResult]) -> Result<Cou
         return Ok(Counts::default());
     }
     let applied = ledger.apply(run_id, group)?;
-    log_applied(group, &applied);
+    crate::telemetry::batched(|| log_applied(group, &applied));
     Ok(applied.counts)
 }
 
