@@ -11,16 +11,7 @@
 //! charges, lets its checks finish within `schedule.drain_timeout`, commits and records
 //! its outcome, and [`run`] returns.
 //!
-//! Ticks come from tokio-cron-scheduler 0.15.1. Why that version:
-//! - It computes the next tick of a cron job from the tick's own time
-//!   (`iter_after(now)`), so a late or slow tick cannot leave `next_tick` in the past.
-//!   The "jobs stop firing, next_tick drifted into the past" report upstream (issue #113,
-//!   fix proposed in PR #114, both still open) concerns repeated (fixed-interval) jobs,
-//!   whose next tick is the previous one plus the interval; cron jobs, the only kind used
-//!   here, do not take that path.
-//! - It carries PR #106, which fixed the double run of time-zone jobs introduced by
-//!   PR #102 (issue #105: a job armed with `new_async_tz` fired both at the UTC and at
-//!   the local time), with regression tests for Paris, Tokyo and Shanghai.
+//! Ticks come from tokio-cron-scheduler (why that version: beside it in `Cargo.toml`).
 //!
 //! Even so, nothing here depends on a tick firing exactly once: a second tick during a
 //! pass is skipped by the pass slot, and a second tick after a pass finds no charge due
