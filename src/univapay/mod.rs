@@ -6,8 +6,10 @@ mod client;
 mod error;
 mod model;
 mod pacer;
+mod stats;
 
 pub use client::{Client, Fetched, RateLimit};
 pub use error::{ApiError, ErrorClass};
 pub use model::{ChargeJson, MAX_AMOUNT, ProviderCharge, ProviderError};
 pub use pacer::{Answer, Pacer, Ticket};
+pub use stats::{ClientStats, RequestResult};
