@@ -22,7 +22,7 @@ use crate::reconcile::{PassReport, Reconciler};
 /// Without --once or a command it runs as a daemon, reconciling on the `[schedule] cron`
 /// until SIGTERM or SIGINT.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None, args_conflicts_with_subcommands = true)]
+#[command(version, about, long_about = None)]
 pub struct Cli {
     /// Path of the config file.
     #[arg(long, value_name = "PATH", env = config::env::CONFIG, default_value = config::DEFAULT_CONFIG_PATH, global = true)]
@@ -118,8 +118,17 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    use clap::CommandFactory;
     use clap::error::ErrorKind;
     match Cli::try_parse_from(args) {
+        Ok(cli) if cli.once && cli.command.is_some() => {
+            let e = Cli::command().error(
+                ErrorKind::ArgumentConflict,
+                "--once cannot be used with a command",
+            );
+            report_fatal(usage_line(&e.render().to_string()));
+            Err(Exit::Fatal.into())
+        }
         Ok(cli) => Ok(cli),
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             let _ = e.print();

@@ -3,12 +3,14 @@
 
 mod bad_input;
 mod binary;
+mod commands;
 mod daemon;
 mod database;
 mod errors;
 mod helpers;
 mod hostile;
 mod lifecycle;
+mod metrics;
 mod pacing;
 mod processes;
 mod sandbox;
