@@ -763,3 +763,100 @@ async fn usage_errors_exit_1_with_the_usage_line() {
         .arg(&app.config_path));
     assert_eq!(r.code, Some(0), "{}", r.stderr);
 }
+
+/// Every command, many times, while the daemon runs passes every second over the same
+/// database: each does its job (WAL readers, short write transactions, `check` waiting
+/// for the pass lock), and neither side ever meets "database is locked".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commands_run_beside_the_daemon() {
+    let mut app = TestApp::spawn().await;
+    crate::daemon::configure(
+        &mut app,
+        "20s",
+        "[schedule]\ncron = \"* * * * * *\"\nrun_on_start = true\nlock_wait = \"20s\"\n\
+         [reconcile]\nrecheck_interval = \"1s\"\n",
+    );
+    app.sim
+        .configure(|c| c.latency = std::time::Duration::from_millis(2));
+    let mut db = app.db();
+    let tx = db.transaction().unwrap();
+    for i in 0..200 {
+        let id = format!("c{i}");
+        tx.execute(
+            "INSERT INTO charges (charge_id, store_id, requested_amount) VALUES (?1, ?2, ?3)",
+            rusqlite::params![id, STORE, 100 + i],
+        )
+        .unwrap();
+        app.sim.upsert(SimCharge::new(&id, STORE, 100 + i));
+    }
+    tx.commit().unwrap();
+    let mut daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_konbini-reconciler"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .current_dir(app.dir.path())
+        .arg("--config")
+        .arg(&app.config_path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    crate::daemon::wait_until(std::time::Duration::from_secs(10), "a first pass", || {
+        runs_count(&app) > 0
+    })
+    .await;
+
+    let started = std::time::Instant::now();
+    let mut rounds = 0;
+    while rounds < 3 || started.elapsed() < std::time::Duration::from_secs(2) {
+        let id = format!("new{rounds}");
+        let steps: Vec<(Vec<String>, i32)> = vec![
+            (vec!["status".into(), "--json".into()], 0),
+            (
+                vec!["register".into(), id.clone(), STORE.into(), "500".into()],
+                0,
+            ),
+            (vec!["recheck".into(), "c1".into(), id.clone()], 0),
+            (vec!["check".into(), "c2".into(), "c3".into()], 0),
+            (vec!["export".into()], 0),
+        ];
+        for (args, want) in steps {
+            let mut cmd = konbini(&app);
+            cmd.args(&args);
+            let r = tokio::task::spawn_blocking(move || run(&mut cmd))
+                .await
+                .unwrap();
+            assert_eq!(r.code, Some(want), "{args:?}: {}", r.stderr);
+            assert!(
+                !r.stderr.contains("database is locked"),
+                "{args:?}: {}",
+                r.stderr
+            );
+            if args[0] == "export" {
+                assert!(records(&r.stdout).len() > 200, "every charge exported");
+            }
+        }
+        rounds += 1;
+    }
+    let passes = app.count("SELECT count(*) FROM runs WHERE trigger = 'schedule'");
+    let checks = app.count("SELECT count(*) FROM runs WHERE trigger = 'check'");
+    assert!(passes >= 2, "the daemon kept running passes: {passes}");
+    assert_eq!(checks, rounds);
+
+    let pid = daemon.id().unwrap() as libc::pid_t;
+    // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped yet.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), daemon.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut err = String::new();
+    tokio::io::AsyncReadExt::read_to_string(daemon.stderr.as_mut().unwrap(), &mut err)
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    for bad in ["database is locked", "DatabaseBusy", "panicked", "ERROR"] {
+        assert!(!err.contains(bad), "{bad}: {err}");
+    }
+}
