@@ -860,3 +860,94 @@ async fn the_commands_run_beside_the_daemon() {
         assert!(!err.contains(bad), "{bad}: {err}");
     }
 }
+
+/// The systemd side of running the commands, as far as a machine without systemd as PID 1
+/// allows: `systemd-analyze verify` accepts a unit with exactly the properties and command
+/// line of `contrib/konbini-reconciler-ctl`, and both shipped units with the metrics
+/// drop-in. Skipped when systemd-analyze is not installed.
+#[test]
+fn the_systemd_wrapper_and_the_metrics_drop_in_verify() {
+    let Some(analyze) = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("systemd-analyze"))
+        .find(|p| p.is_file())
+    else {
+        eprintln!("skipped: systemd-analyze not installed");
+        return;
+    };
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bin = env!("CARGO_BIN_EXE_konbini-reconciler");
+    let script = std::fs::read_to_string(repo.join("contrib/konbini-reconciler-ctl")).unwrap();
+    let properties: Vec<&str> = script
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("--property="))
+        .map(|p| p.trim_end_matches(" \\"))
+        .collect();
+    assert!(properties.contains(&"DynamicUser=yes"), "{properties:?}");
+    assert!(
+        properties.contains(&"User=konbini-reconciler"),
+        "the same dynamic user as the units"
+    );
+    let command = script
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("/usr/local/bin/konbini-reconciler "))
+        .expect("the command line");
+    assert!(command.ends_with("\"$@\""), "{command}");
+    let units = tempfile::tempdir().unwrap();
+    let mut unit = String::from("[Service]\nType=exec\n");
+    for p in &properties {
+        unit.push_str(p);
+        unit.push('\n');
+    }
+    unit.push_str(&format!(
+        "ExecStart={}\n",
+        command
+            .replace("/usr/local/bin/konbini-reconciler", bin)
+            .replace("\"$@\"", "status")
+    ));
+    std::fs::write(units.path().join("konbini-reconciler-ctl.service"), unit).unwrap();
+    let drop_in =
+        std::fs::read_to_string(repo.join("monitoring/konbini-reconciler-metrics.conf")).unwrap();
+    for name in [
+        "konbini-reconciler.service",
+        "konbini-reconciler-once.service",
+    ] {
+        let text = std::fs::read_to_string(repo.join("systemd").join(name)).unwrap();
+        std::fs::write(
+            units.path().join(name),
+            text.replace("/usr/local/bin/konbini-reconciler", bin),
+        )
+        .unwrap();
+        let d = units.path().join(format!("{name}.d"));
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("metrics.conf"), &drop_in).unwrap();
+    }
+    // The shipped units name the timer; give verify one so it need not look elsewhere.
+    std::fs::copy(
+        repo.join("systemd/konbini-reconciler-once.timer"),
+        units.path().join("konbini-reconciler-once.timer"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(analyze)
+        .env("SYSTEMD_UNIT_PATH", format!("{}:", units.path().display()))
+        .arg("verify")
+        .args(
+            [
+                "konbini-reconciler-ctl.service",
+                "konbini-reconciler.service",
+                "konbini-reconciler-once.service",
+            ]
+            .map(|n| units.path().join(n)),
+        )
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.is_empty(),
+        "systemd-analyze: {said}"
+    );
+}
