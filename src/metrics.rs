@@ -387,3 +387,81 @@ pub async fn after_pass(settings: &Settings, client: &Client) {
         Err(e) => tracing::warn!(path = %shown, error = %e, "cannot write metrics.textfile"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn the_textfile_is_replaced_whole_and_readable_by_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.prom");
+        write_textfile(&path, "a 1\n").unwrap();
+        write_textfile(&path, "a 2\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a 2\n");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+        assert_eq!(names(dir.path()), ["k.prom"], "no temporary file left");
+    }
+
+    #[test]
+    fn a_planted_temp_name_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        let tmp = dir
+            .path()
+            .join(format!(".k.prom.{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        let path = dir.path().join("k.prom");
+        write_textfile(&path, "a 1\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a 1\n");
+        assert_eq!(names(dir.path()), ["k.prom", "victim"]);
+    }
+
+    #[test]
+    fn a_missing_directory_is_an_error_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("no").join("k.prom");
+        assert!(write_textfile(&path, "a 1\n").is_err());
+        assert!(names(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn an_empty_ledger_renders_zeros_and_no_pass_figures() {
+        let s = Snapshot {
+            overview: Overview {
+                figures: crate::ledger::Figures::default(),
+                last_run: None,
+                last_pass: None,
+                last_failure: None,
+            },
+            api: ClientStats::default(),
+            budget_share: 0.5,
+            taken_at: Utc::now(),
+        };
+        let text = render(&s);
+        for state in State::ALL {
+            assert!(
+                text.contains(&format!("konbini_charges{{state=\"{state}\"}} 0")),
+                "{text}"
+            );
+        }
+        assert!(text.contains("konbini_api_requests_total{result=\"ok\"} 0"));
+        // No pass yet: no timestamp (the "no recent pass" alert then sees it as absent).
+        assert!(!text.contains("konbini_last_pass_timestamp_seconds"));
+        assert!(!text.contains("konbini_rate_limit_remaining"));
+        assert_eq!(s.budget_share_used(), None);
+    }
+}
