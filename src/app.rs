@@ -1,32 +1,92 @@
-//! The command-line program: `--once` and the daemon, and how their endings map to exit
-//! codes. Everything a user sees on stderr when the program cannot go on is one line that
-//! names the cause.
+//! The command-line program: `--once`, the daemon and the operator's commands
+//! ([`crate::commands`]), and how their endings map to exit codes. Everything a user sees
+//! on stderr when the program cannot go on is one line that names the cause.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use crate::commands::{self, CommandError, recheck};
 use crate::config::{self, ProcessEnv, Settings};
-use crate::ledger::Trigger;
+use crate::domain::{ChargeId, Currency, State, StoreId};
+use crate::ledger::{ExportFilter, NewCharge, Trigger};
 use crate::lock::{Acquired, PassLock};
 use crate::reconcile::{PassReport, Reconciler};
 
 /// Reconciles UnivaPay konbini charges into a SQLite ledger.
 ///
-/// Without --once it runs as a daemon, reconciling on the `[schedule] cron` until SIGTERM
-/// or SIGINT.
+/// Without --once or a command it runs as a daemon, reconciling on the `[schedule] cron`
+/// until SIGTERM or SIGINT.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 pub struct Cli {
     /// Path of the config file.
-    #[arg(long, value_name = "PATH", env = config::env::CONFIG, default_value = config::DEFAULT_CONFIG_PATH)]
+    #[arg(long, value_name = "PATH", env = config::env::CONFIG, default_value = config::DEFAULT_CONFIG_PATH, global = true)]
     pub config: PathBuf,
     /// Run one pass over the due charges, print a summary and exit.
     #[arg(long)]
     pub once: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The operator's commands. They use the database and credentials of the config, and run
+/// beside the daemon.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// What the ledger says now: charges and amounts per state, mismatches, unchecked and
+    /// due charges, the last run.
+    Status {
+        /// One JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register a charge (the plain INSERT, validated); creates the database if needed.
+    #[command(allow_negative_numbers = true)]
+    Register {
+        #[arg(value_parser = commands::parse_charge_id)]
+        charge_id: ChargeId,
+        #[arg(value_parser = commands::parse_store_id)]
+        store_id: StoreId,
+        /// The amount asked for, in minor units (yen).
+        #[arg(value_parser = commands::parse_amount)]
+        amount: i64,
+        #[arg(long, value_name = "CUR", default_value = "JPY", value_parser = commands::parse_currency)]
+        currency: Currency,
+        /// The payment deadline, if known.
+        #[arg(long, value_name = "RFC3339", value_parser = commands::parse_time)]
+        expires_at: Option<DateTime<Utc>>,
+    },
+    /// Check these charges now, under the pass lock; one line each. Exits like --once.
+    Check {
+        #[arg(required = true, value_name = "CHARGE_ID", value_parser = commands::parse_charge_id)]
+        charge_ids: Vec<ChargeId>,
+    },
+    /// Make open charges due now (never reopens a final charge).
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["unchecked", "charge_ids"])))]
+    Recheck {
+        /// Every open charge that is no longer checked (given up after repeated 404s).
+        #[arg(long)]
+        unchecked: bool,
+        #[arg(value_name = "CHARGE_ID", value_parser = commands::parse_charge_id)]
+        charge_ids: Vec<ChargeId>,
+    },
+    /// The charges as CSV (RFC 4180) on stdout.
+    Export {
+        /// Only charges in this state.
+        #[arg(long, value_name = "STATE", value_parser = commands::parse_state)]
+        state: Option<State>,
+        /// Only charges updated at or after this time.
+        #[arg(long, value_name = "RFC3339", value_parser = commands::parse_time)]
+        since: Option<DateTime<Utc>>,
+        /// Only charges updated before this time.
+        #[arg(long, value_name = "RFC3339", value_parser = commands::parse_time)]
+        until: Option<DateTime<Utc>>,
+    },
 }
 
 /// The documented exit statuses.
@@ -39,8 +99,8 @@ pub enum Exit {
     Fatal = 1,
     /// The pass completed and flagged at least one new amount mismatch.
     Mismatch = 2,
-    /// `--once` only: another pass (the daemon's or another `--once`) still held the pass
-    /// lock when `schedule.lock_wait` ran out; no pass was run.
+    /// `--once` and `check`: another pass (the daemon's or another `--once`) still held the
+    /// pass lock when `schedule.lock_wait` ran out; nothing was checked.
     Locked = 3,
 }
 
@@ -51,27 +111,57 @@ impl From<Exit> for ExitCode {
 }
 
 /// Parses the command line. `--help` and `--version` print and exit 0; a usage error is
-/// one line on stderr and exit status 1 (clap's usual 2 means "mismatch" here).
+/// one line on stderr (clap's message and its usage line) and exit status 1 (clap's usual
+/// 2 means "mismatch" here).
 pub fn parse_args<I, T>(args: I) -> Result<Cli, ExitCode>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    use clap::CommandFactory;
     use clap::error::ErrorKind;
     match Cli::try_parse_from(args) {
+        Ok(cli) if cli.once && cli.command.is_some() => {
+            let e = Cli::command().error(
+                ErrorKind::ArgumentConflict,
+                "--once cannot be used with a command",
+            );
+            report_fatal(usage_line(&e.render().to_string()));
+            Err(Exit::Fatal.into())
+        }
         Ok(cli) => Ok(cli),
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             let _ = e.print();
             Err(ExitCode::SUCCESS)
         }
         Err(e) => {
-            let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            report_fatal(format_args!("{first} (see --help)"));
+            report_fatal(usage_line(&e.render().to_string()));
             Err(Exit::Fatal.into())
         }
     }
+}
+
+/// Clap's error text on one line: its first paragraph (the message, with any list of
+/// missing arguments) and its usage line.
+fn usage_line(rendered: &str) -> String {
+    let message: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let message = message.join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    let message = if message.is_empty() {
+        "invalid arguments"
+    } else {
+        message
+    };
+    let usage = rendered
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Usage: "))
+        .map(|u| format!("; usage: {}", u.trim()))
+        .unwrap_or_default();
+    format!("{message}{usage} (see --help)")
 }
 
 /// Prints the one-line fatal error.
@@ -92,15 +182,12 @@ pub fn main(cli: Cli) -> ExitCode {
     for warning in &settings.warnings {
         tracing::warn!("{warning}");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    if let Some(command) = cli.command {
+        return run_command(command, settings).into();
+    }
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            report_fatal(format_args!("cannot start the async runtime: {e}"));
-            return Exit::Fatal.into();
-        }
+        Err(exit) => return exit.into(),
     };
     // The work runs as a spawned task, on a worker thread beside the HTTP connections'
     // tasks, rather than on this thread inside `block_on`: every answer would otherwise
@@ -120,6 +207,103 @@ pub fn main(cli: Cli) -> ExitCode {
         })
     });
     exit.into()
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            report_fatal(format_args!("cannot start the async runtime: {e}"));
+            Exit::Fatal
+        })
+}
+
+/// One of the operator's commands, with its report on stdout.
+pub fn run_command(command: Command, settings: Arc<Settings>) -> Exit {
+    let mut out = std::io::stdout();
+    let now = Utc::now();
+    let done = match command {
+        Command::Status { json } => commands::status::run(&settings, json, now, &mut out),
+        Command::Register {
+            charge_id,
+            store_id,
+            amount,
+            currency,
+            expires_at,
+        } => {
+            let charge = NewCharge {
+                charge_id,
+                store_id,
+                amount,
+                currency,
+                expires_at,
+            };
+            commands::register::run(&settings, &charge, &mut out)
+        }
+        Command::Check { charge_ids } => return run_check(settings, charge_ids),
+        Command::Recheck {
+            unchecked,
+            charge_ids,
+        } => {
+            let target = if unchecked {
+                recheck::Target::Unchecked
+            } else {
+                recheck::Target::Ids(charge_ids)
+            };
+            commands::recheck::run(&settings, &target, now, &mut out)
+        }
+        Command::Export {
+            state,
+            since,
+            until,
+        } => {
+            let filter = ExportFilter {
+                state,
+                since,
+                until,
+            };
+            commands::export::run(&settings, &filter, &mut out)
+        }
+    };
+    done.map_or_else(|e| command_failed(&e), |()| Exit::Clean)
+}
+
+fn command_failed(e: &CommandError) -> Exit {
+    report_fatal(e);
+    match e {
+        CommandError::Locked(_) => Exit::Locked,
+        _ => Exit::Fatal,
+    }
+}
+
+/// `check`: on the runtime, like `--once`, and with its exit statuses.
+fn run_check(settings: Arc<Settings>, ids: Vec<ChargeId>) -> Exit {
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(exit) => return exit,
+    };
+    runtime.block_on(async move {
+        let shutdown = crate::shutdown::on_signal();
+        let work = tokio::spawn(async move {
+            let mut out = std::io::stdout();
+            commands::check::run(settings, ids, shutdown, &mut out).await
+        });
+        match work.await {
+            Ok(Ok(Some(report))) => exit_for(&report),
+            Ok(Ok(None)) => {
+                tracing::info!(
+                    "shutdown requested while waiting for the pass lock; nothing checked"
+                );
+                Exit::Clean
+            }
+            Ok(Err(e)) => command_failed(&e),
+            Err(e) => {
+                report_fatal(format_args!("internal error: {e}"));
+                Exit::Fatal
+            }
+        }
+    })
 }
 
 /// The daemon: passes on the schedule until `shutdown`; 0 on a clean stop.
@@ -156,14 +340,7 @@ pub async fn run_once(settings: Arc<Settings>, shutdown: CancellationToken) -> E
     let guard = match lock.acquire_within(lock_wait, &shutdown).await {
         Ok(Acquired::Held(guard)) => guard,
         Ok(Acquired::Busy(busy)) => {
-            let holder = busy
-                .holder
-                .map_or_else(String::new, |pid| format!(" by pid {pid}"));
-            report_fatal(format_args!(
-                "another pass is running (pass lock {} held{holder}); gave up after {} (schedule.lock_wait)",
-                lock.path().display(),
-                humantime::format_duration(lock_wait)
-            ));
+            report_fatal(commands::check::lock_busy(&lock, &busy, lock_wait));
             return Exit::Locked;
         }
         Ok(Acquired::Cancelled) => {
@@ -175,7 +352,9 @@ pub async fn run_once(settings: Arc<Settings>, shutdown: CancellationToken) -> E
             return Exit::Fatal;
         }
     };
-    match reconciler.run_pass(&guard, Trigger::Once, shutdown).await {
+    let pass = reconciler.run_pass(&guard, Trigger::Once, shutdown).await;
+    crate::metrics::after_pass(reconciler.settings(), reconciler.client()).await;
+    match pass {
         Ok(report) => {
             println!("{}", report.summary_line());
             exit_for(&report)

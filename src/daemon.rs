@@ -256,6 +256,7 @@ impl Runner {
                 self.notifier.status(&format!("last pass failed: {e}"));
             }
         }
+        crate::metrics::after_pass(self.reconciler.settings(), self.reconciler.client()).await;
     }
 }
 

@@ -10,20 +10,26 @@
 //! - [`reconcile`]: the pure decision rules ([`reconcile::rules`]) and one pass
 //!   ([`reconcile::pass`]).
 //! - [`lock`]: the pass lock, one pass at a time across processes.
+//! - [`metrics`]: the Prometheus figures (the `[metrics] textfile`, `/metrics`).
 //! - [`daemon`]: passes on the cron schedule, never overlapping, until shutdown.
 //! - [`notify`]: systemd readiness, status, watchdog and stopping notifications.
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token passed down.
-//! - [`app`]: the command-line entry points (`--once`, the daemon) and exit codes.
+//! - [`app`]: the command-line entry points (`--once`, the daemon, the operator's
+//!   commands) and exit codes.
+//! - [`commands`]: the operator's commands: `status`, `register`, `check`, `recheck`,
+//!   `export`.
 //! - [`telemetry`]: tracing setup.
 //!
 //! `main.rs` only parses the command line and hands over to [`app::main`].
 
 pub mod app;
+pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod domain;
 pub mod ledger;
 pub mod lock;
+pub mod metrics;
 pub mod notify;
 pub mod reconcile;
 pub mod shutdown;

@@ -7,6 +7,7 @@ use reqwest::{StatusCode, Url, redirect};
 use secrecy::ExposeSecret;
 
 use super::pacer::{Answer, Pacer, Ticket};
+use super::stats::{ClientStats, Counters, RequestResult};
 use super::{ApiError, ProviderCharge};
 use crate::config::ApiSettings;
 use crate::domain::{ChargeId, StoreId};
@@ -62,6 +63,8 @@ pub struct Client {
     /// Shared by all clones: the rate-limit budget belongs to the credentials, not to
     /// one request.
     pacer: Pacer,
+    /// Shared by all clones, for the metrics: what this client has done.
+    counters: std::sync::Arc<Counters>,
 }
 
 impl std::fmt::Debug for Client {
@@ -103,6 +106,7 @@ impl Client {
             base_url: api.base_url.clone(),
             timeout: api.timeout,
             pacer: Pacer::new(api.max_requests_per_minute.map(|n| n.get())),
+            counters: Default::default(),
         })
     }
 
@@ -125,7 +129,15 @@ impl Client {
 
     /// Waits until the rate-limit budget allows one more request (see [`Pacer`]).
     pub async fn pace(&self) -> Ticket {
-        self.pacer.acquire().await
+        let asked = tokio::time::Instant::now();
+        let ticket = self.pacer.acquire().await;
+        self.counters.waited(asked.elapsed());
+        ticket
+    }
+
+    /// What this client (and its clones) has done so far, for the metrics.
+    pub fn stats(&self) -> ClientStats {
+        self.counters.snapshot()
     }
 
     /// [`get_charge`](Self::get_charge) with the pacer's permission already in hand.
@@ -140,8 +152,11 @@ impl Client {
             Ok(r) => r,
             Err(e) => {
                 self.pacer.observe(ticket, Answer::NoAnswer);
+                let result = Err(self.transport_error(e));
+                self.counters
+                    .request(RequestResult::of(&result), &RateLimit::default());
                 return Fetched {
-                    result: Err(self.transport_error(e)),
+                    result,
                     rate_limit: RateLimit::default(),
                 };
             }
@@ -163,6 +178,8 @@ impl Client {
         };
         self.pacer.observe(ticket, answer);
         let result = self.interpret(resp, retry_after, store, charge).await;
+        self.counters
+            .request(RequestResult::of(&result), &rate_limit);
         Fetched { result, rate_limit }
     }
 

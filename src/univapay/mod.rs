@@ -1,13 +1,16 @@
 //! UnivaPay: the HTTP client for the charge GET, the lenient charge model, the
 //! classification of everything that can go wrong into [`ErrorClass`]es the pass acts on,
-//! and the [`Pacer`] that keeps the client inside UnivaPay's rate limits.
+//! the [`Pacer`] that keeps the client inside UnivaPay's rate limits, and the client's
+//! [`ClientStats`] (requests by result, pacer waits) for the metrics.
 
 mod client;
 mod error;
 mod model;
 mod pacer;
+mod stats;
 
 pub use client::{Client, Fetched, RateLimit};
 pub use error::{ApiError, ErrorClass};
 pub use model::{ChargeJson, MAX_AMOUNT, ProviderCharge, ProviderError};
 pub use pacer::{Answer, Pacer, Ticket};
+pub use stats::{ClientStats, RequestResult};

@@ -46,12 +46,19 @@ impl Clock for ManualClock {
     }
 }
 
-/// Takes the pass lock of `rec`'s database, which a pass needs as proof.
+/// Takes the pass lock of `rec`'s database, which a pass needs as proof. Waits a little:
+/// a child another test is spawning holds a copy of every open file description between
+/// fork and exec, the lock's among them.
 pub fn hold_lock(rec: &Reconciler) -> konbini_reconciler::lock::PassGuard {
-    konbini_reconciler::lock::PassLock::for_database(&rec.settings().database.path)
-        .try_acquire()
-        .expect("lock file")
-        .expect("lock free")
+    let lock = konbini_reconciler::lock::PassLock::for_database(&rec.settings().database.path);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match lock.try_acquire().expect("lock file") {
+            Ok(guard) => return guard,
+            Err(busy) if std::time::Instant::now() >= deadline => panic!("lock held: {busy:?}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
 }
 
 pub struct TestApp {

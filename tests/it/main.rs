@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod binary;
+// mod commands; (being ported to the new harness)
 mod config;
 mod daemon;
 mod database;
@@ -11,6 +12,7 @@ mod errors;
 mod helpers;
 mod hostile;
 mod lifecycle;
+// mod metrics; (being ported to the new harness)
 mod pacing;
 mod processes;
 mod secrets;

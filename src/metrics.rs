@@ -1,0 +1,467 @@
+//! The Prometheus figures: what the ledger holds, how the last pass went, and what the
+//! UnivaPay client has done, in the Prometheus text exposition format (version 0.0.4, the
+//! one node_exporter's textfile collector reads).
+//!
+//! A [`Snapshot`] is gathered from the ledger and the client; [`render`] turns it into the
+//! text. The same text goes to the `[metrics] textfile` after every pass ([`after_pass`],
+//! written atomically: a temporary file in the same directory, then a rename) and to
+//! `/metrics` on the webhook listener. Rendering builds a fresh registry of the
+//! `prometheus` crate each time, so the figures are always the snapshot's, never
+//! leftovers of an earlier one.
+//!
+//! The names and their meaning are listed in the README ("Metrics"). Counters
+//! (`*_total`) count from the start of the process, so for `--once` they cover one pass;
+//! Prometheus's `rate()`/`increase()` take the resets in their stride.
+
+use std::io::Write;
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use prometheus::core::Collector;
+use prometheus::{Counter, Gauge, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::config::Settings;
+use crate::domain::State;
+use crate::ledger::{self, Ledger, LedgerError, Open, Overview};
+use crate::univapay::{Client, ClientStats, RequestResult};
+
+/// The `Content-Type` of [`render`]'s text, for `/metrics`.
+pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
+
+/// The `runs.outcome` values a finished pass can have, each a `konbini_last_pass_outcome`
+/// series (1 for the last pass's, 0 for the others), so an alert can name one.
+const OUTCOMES: [&str; 7] = [
+    "ok",
+    "interrupted",
+    "auth_failed",
+    "unreachable",
+    "failed",
+    "rate_limited",
+    "not_found_wall",
+];
+
+/// Everything the metrics report, taken at one moment.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub overview: Overview,
+    pub api: ClientStats,
+    /// `api.budget_share` as configured.
+    pub budget_share: f64,
+    pub taken_at: DateTime<Utc>,
+}
+
+impl Snapshot {
+    /// Reads the ledger's overview (blocking) and copies the client's counters.
+    pub fn gather(
+        ledger: &Ledger,
+        api: ClientStats,
+        budget_share: f64,
+        now: DateTime<Utc>,
+    ) -> Result<Snapshot, LedgerError> {
+        Ok(Snapshot {
+            overview: ledger.overview(now)?,
+            api,
+            budget_share,
+            taken_at: now,
+        })
+    }
+
+    /// [`gather`](Self::gather) from async code, on the blocking pool, with the ledger the
+    /// settings name (already migrated by whoever runs passes).
+    pub async fn take(settings: &Settings, client: &Client) -> Result<Snapshot, LedgerError> {
+        let api = client.stats();
+        let share = settings.api.budget_share;
+        let db = &settings.database;
+        ledger::with_ledger(&db.path, db.busy_timeout, Open::Existing, move |l| {
+            Snapshot::gather(&l, api, share, Utc::now())
+        })
+        .await
+    }
+
+    /// Requests of the last pass per second over UnivaPay's announced route refill per
+    /// second: how much of the whole budget the last pass used. `None` until a pass has
+    /// recorded its requests and UnivaPay has announced a rate.
+    pub fn budget_share_used(&self) -> Option<f64> {
+        let pass = self.overview.last_pass.as_ref()?;
+        let seconds = pass.duration()?.as_secs_f64();
+        let per_sec = self.api.per_minute_route? as f64 / 60.0;
+        (pass.requests > 0 && seconds > 0.0 && per_sec > 0.0)
+            .then(|| pass.requests as f64 / seconds / per_sec)
+    }
+}
+
+/// The snapshot in the Prometheus text format.
+pub fn render(s: &Snapshot) -> String {
+    let registry = Registry::new();
+    let add = |c: Box<dyn Collector>| {
+        // Every name below is fixed and distinct, so this cannot fail; if it ever did,
+        // one family would be missing rather than the whole text.
+        if let Err(e) = registry.register(c) {
+            tracing::warn!(error = %e, "metric not rendered");
+        }
+    };
+    add(ledger_figures(&s.overview));
+    add(last_pass(&s.overview));
+    add(api_figures(&s.api));
+    add(budget(s));
+    let mut text = String::new();
+    if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut text) {
+        tracing::warn!(error = %e, "metrics not rendered");
+    }
+    text
+}
+
+/// A set of metrics gathered as one collector, so each group is built in one place.
+struct Group(Vec<Box<dyn Collector>>);
+
+impl Collector for Group {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.iter().flat_map(|c| c.desc()).collect()
+    }
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.0.iter().flat_map(|c| c.collect()).collect()
+    }
+}
+
+fn int_gauge(name: &str, help: &str, v: u64) -> Box<dyn Collector> {
+    let g = IntGauge::new(name, help).expect("valid metric name");
+    g.set(i64::try_from(v).unwrap_or(i64::MAX));
+    Box::new(g)
+}
+
+fn gauge(name: &str, help: &str, v: f64) -> Box<dyn Collector> {
+    let g = Gauge::new(name, help).expect("valid metric name");
+    g.set(v);
+    Box::new(g)
+}
+
+fn ledger_figures(o: &Overview) -> Box<dyn Collector> {
+    let f = &o.figures;
+    let charges = IntGaugeVec::new(
+        Opts::new("konbini_charges", "Charges in the ledger, by state."),
+        &["state"],
+    )
+    .expect("valid metric");
+    let amounts = IntGaugeVec::new(
+        Opts::new(
+            "konbini_charges_requested_amount",
+            "Sum of requested_amount (minor units) of the charges in each state, by currency.",
+        ),
+        &["state", "currency"],
+    )
+    .expect("valid metric");
+    for state in State::ALL {
+        charges
+            .with_label_values(&[state.as_str()])
+            .set(f.count(state) as i64);
+    }
+    for t in &f.by_state {
+        amounts
+            .with_label_values(&[t.state.as_str(), t.currency.as_str()])
+            .set(t.requested_amount);
+    }
+    Box::new(Group(vec![
+        Box::new(charges),
+        Box::new(amounts),
+        int_gauge(
+            "konbini_mismatches",
+            "Charges flagged with an amount mismatch (the flag is sticky).",
+            f.mismatches,
+        ),
+        int_gauge(
+            "konbini_unchecked",
+            "Open charges no longer checked (given up after repeated 404s).",
+            f.unchecked,
+        ),
+        int_gauge(
+            "konbini_due",
+            "Charges due for a check now (the backlog).",
+            f.due,
+        ),
+        int_gauge(
+            "konbini_open_past_expiry",
+            "Open charges whose expires_at has passed.",
+            f.open_past_expiry,
+        ),
+        int_gauge(
+            "konbini_open_with_errors",
+            "Open charges whose last check failed.",
+            f.open_with_errors,
+        ),
+    ]))
+}
+
+fn last_pass(o: &Overview) -> Box<dyn Collector> {
+    let Some(pass) = &o.last_pass else {
+        return Box::new(Group(Vec::new()));
+    };
+    let mut group: Vec<Box<dyn Collector>> = Vec::new();
+    if let Some(at) = pass
+        .finished_at
+        .as_deref()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+    {
+        group.push(gauge(
+            "konbini_last_pass_timestamp_seconds",
+            "When the last pass (--once or scheduled) finished, in Unix time.",
+            at.timestamp_millis() as f64 / 1000.0,
+        ));
+    }
+    if let Some(d) = pass.duration() {
+        group.push(gauge(
+            "konbini_pass_duration_seconds",
+            "How long the last pass took.",
+            d.as_secs_f64(),
+        ));
+    }
+    let outcome = IntGaugeVec::new(
+        Opts::new(
+            "konbini_last_pass_outcome",
+            "1 for the outcome of the last pass (runs.outcome), 0 for the others.",
+        ),
+        &["outcome"],
+    )
+    .expect("valid metric");
+    for o in OUTCOMES {
+        outcome.with_label_values(&[o]).set(0);
+    }
+    outcome.with_label_values(&[pass.outcome.as_str()]).set(1);
+    group.push(Box::new(outcome));
+    let count = |v: i64| u64::try_from(v).unwrap_or(0);
+    group.push(int_gauge(
+        "konbini_last_pass_checked",
+        "Charges the last pass checked.",
+        count(pass.checked),
+    ));
+    group.push(int_gauge(
+        "konbini_last_pass_transitions",
+        "State changes in the last pass.",
+        count(pass.transitions),
+    ));
+    group.push(int_gauge(
+        "konbini_last_pass_new_mismatches",
+        "Amount mismatches first flagged by the last pass.",
+        count(pass.mismatches),
+    ));
+    group.push(int_gauge(
+        "konbini_last_pass_errors",
+        "Checks of the last pass that failed.",
+        count(pass.errors),
+    ));
+    if let Some(due) = pass.due {
+        group.push(int_gauge(
+            "konbini_last_pass_due",
+            "Charges that were due when the last pass began.",
+            count(due),
+        ));
+    }
+    Box::new(Group(group))
+}
+
+fn api_figures(a: &ClientStats) -> Box<dyn Collector> {
+    let requests = IntCounterVec::new(
+        Opts::new(
+            "konbini_api_requests_total",
+            "UnivaPay charge GETs by result (ok, not_found, rate_limited (429), server_error, \
+             transport, auth, malformed, rejected), since the process started.",
+        ),
+        &["result"],
+    )
+    .expect("valid metric");
+    for r in RequestResult::ALL {
+        requests
+            .with_label_values(&[r.as_str()])
+            .inc_by(a.requests(r));
+    }
+    let waits = prometheus::IntCounter::new(
+        "konbini_pacer_waits_total",
+        "Requests that waited for the rate-limit budget, since the process started.",
+    )
+    .expect("valid metric");
+    waits.inc_by(a.pacer_waits);
+    let waited = Counter::new(
+        "konbini_pacer_wait_seconds_total",
+        "Time requests spent waiting for the rate-limit budget, added up.",
+    )
+    .expect("valid metric");
+    waited.inc_by(a.pacer_wait.as_secs_f64());
+    let mut group: Vec<Box<dyn Collector>> =
+        vec![Box::new(requests), Box::new(waits), Box::new(waited)];
+    if let Some(n) = a.remaining_route {
+        group.push(int_gauge(
+            "konbini_rate_limit_remaining",
+            "Requests left in UnivaPay's route bucket, as its last answer said.",
+            n,
+        ));
+    }
+    if let Some(n) = a.per_minute_route {
+        group.push(int_gauge(
+            "konbini_rate_limit_per_minute",
+            "UnivaPay's announced route refill, requests per minute.",
+            n,
+        ));
+    }
+    Box::new(Group(group))
+}
+
+fn budget(s: &Snapshot) -> Box<dyn Collector> {
+    let mut group = vec![gauge(
+        "konbini_budget_share",
+        "Share of UnivaPay's route budget this program may use (api.budget_share).",
+        s.budget_share,
+    )];
+    if let Some(used) = s.budget_share_used() {
+        group.push(gauge(
+            "konbini_budget_share_used",
+            "Requests per second of the last pass over UnivaPay's announced refill per second.",
+            used,
+        ));
+    }
+    Box::new(Group(group))
+}
+
+/// Replaces `path` with `text` atomically: readers (node_exporter) see the old file or the
+/// new one, never half of one. The file is made readable by all (0644), whatever the
+/// umask, because the collector runs as another user.
+pub fn write_textfile(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"))?;
+    // Not ending in .prom, so the collector never reads it half-written.
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let open = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)
+    };
+    // A temp file left by a crashed process of the same pid is ours to replace;
+    // create_new never follows a symlink planted in its place.
+    let mut file = match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(&tmp)?;
+            open()?
+        }
+        other => other?,
+    };
+    let written = (|| {
+        file.write_all(text.as_bytes())?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// After a pass: the textfile, when `[metrics] textfile` is set. A failure is a warning
+/// (the pass itself went fine), never an error.
+pub async fn after_pass(settings: &Settings, client: &Client) {
+    let Some(path) = settings.metrics.as_ref().and_then(|m| m.textfile.clone()) else {
+        return;
+    };
+    let text = match Snapshot::take(settings, client).await {
+        Ok(s) => render(&s),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics not written: cannot read the ledger");
+            return;
+        }
+    };
+    let shown = path.display().to_string();
+    let written = tokio::task::spawn_blocking(move || write_textfile(&path, &text)).await;
+    match written {
+        Ok(Ok(())) => tracing::debug!(path = %shown, "metrics written"),
+        Ok(Err(e)) => tracing::warn!(path = %shown, error = %e, "cannot write metrics.textfile"),
+        Err(e) => tracing::warn!(path = %shown, error = %e, "cannot write metrics.textfile"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn the_textfile_is_replaced_whole_and_readable_by_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.prom");
+        write_textfile(&path, "a 1\n").unwrap();
+        write_textfile(&path, "a 2\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a 2\n");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+        assert_eq!(names(dir.path()), ["k.prom"], "no temporary file left");
+    }
+
+    #[test]
+    fn a_planted_temp_name_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        let tmp = dir
+            .path()
+            .join(format!(".k.prom.{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        let path = dir.path().join("k.prom");
+        write_textfile(&path, "a 1\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a 1\n");
+        assert_eq!(names(dir.path()), ["k.prom", "victim"]);
+    }
+
+    #[test]
+    fn a_missing_directory_is_an_error_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("no").join("k.prom");
+        assert!(write_textfile(&path, "a 1\n").is_err());
+        assert!(names(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn an_empty_ledger_renders_zeros_and_no_pass_figures() {
+        let s = Snapshot {
+            overview: Overview {
+                figures: crate::ledger::Figures::default(),
+                last_run: None,
+                last_pass: None,
+                last_failure: None,
+            },
+            api: ClientStats::default(),
+            budget_share: 0.5,
+            taken_at: Utc::now(),
+        };
+        let text = render(&s);
+        for state in State::ALL {
+            assert!(
+                text.contains(&format!("konbini_charges{{state=\"{state}\"}} 0")),
+                "{text}"
+            );
+        }
+        assert!(text.contains("konbini_api_requests_total{result=\"ok\"} 0"));
+        // No pass yet: no timestamp (the "no recent pass" alert then sees it as absent).
+        assert!(!text.contains("konbini_last_pass_timestamp_seconds"));
+        assert!(!text.contains("konbini_rate_limit_remaining"));
+        assert_eq!(s.budget_share_used(), None);
+    }
+}
