@@ -6,6 +6,7 @@ mod binary;
 mod daemon;
 mod database;
 mod errors;
+mod harden;
 mod helpers;
 mod hostile;
 mod lifecycle;
