@@ -216,3 +216,112 @@ fn log_applied(group: &[CheckResult], applied: &Applied) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ChargeId, Currency, Requested, StoreId, Tracked};
+    use crate::ledger::DueCharge;
+
+    fn result(id: &str, not_found_count: u32) -> CheckResult {
+        let mut after = Tracked::new();
+        after.not_found_count = not_found_count;
+        CheckResult {
+            charge: DueCharge {
+                charge_id: ChargeId::parse(id).unwrap(),
+                store_id: StoreId::parse("s").unwrap(),
+                requested: Requested {
+                    amount: 1,
+                    currency: Currency::JPY,
+                },
+                tracked: Tracked::new(),
+                next_check_at: String::new(),
+                updated_at: String::new(),
+            },
+            decision: Decision {
+                after,
+                next_check_at: None,
+                events: Vec::new(),
+            },
+            checked_at: chrono::Utc::now(),
+        }
+    }
+
+    /// A 404 whose counted decision says `not_found_count` 1 and wall decision 0.
+    fn not_found(id: &str) -> ToWriter {
+        ToWriter::NotFound {
+            result: Box::new(result(id, 1)),
+            in_wall: Box::new(result(id, 0).decision),
+        }
+    }
+
+    /// Feeds `msgs` through `gather` the way `run` does, returning what would be
+    /// committed: (charge id, not_found_count) in order.
+    fn written(msgs: Vec<ToWriter>) -> Vec<(String, u32)> {
+        let (tx, mut rx) = mpsc::channel(msgs.len().max(1));
+        for m in msgs {
+            tx.try_send(m).ok().unwrap();
+        }
+        drop(tx);
+        let mut held = Held::default();
+        let mut out = Vec::new();
+        while let Some(first) = rx.blocking_recv() {
+            let mut group = Vec::new();
+            gather(&mut rx, first, &mut group, &mut held, |_| Ok(())).unwrap();
+            out.extend(group.into_iter().map(|r| {
+                (
+                    r.charge.charge_id.to_string(),
+                    r.decision.after.not_found_count,
+                )
+            }));
+        }
+        out
+    }
+
+    #[test]
+    fn held_404s_are_counted_once_another_answer_comes() {
+        let w = written(vec![
+            not_found("a"),
+            not_found("b"),
+            ToWriter::Checked(Box::new(result("ok", 0))),
+            not_found("c"),
+            ToWriter::End { wall: false },
+        ]);
+        assert_eq!(
+            w,
+            [("a", 1), ("b", 1), ("ok", 0), ("c", 1)].map(|(i, n)| (i.to_owned(), n))
+        );
+    }
+
+    #[test]
+    fn held_404s_of_a_wall_are_written_uncounted_at_the_end() {
+        let w = written(vec![
+            not_found("a"),
+            not_found("b"),
+            not_found("c"),
+            ToWriter::End { wall: true },
+        ]);
+        assert_eq!(
+            w,
+            [("a", 0), ("b", 0), ("c", 0)].map(|(i, n)| (i.to_owned(), n))
+        );
+        // Too few for a wall: the pass says so, and they count.
+        let w = written(vec![not_found("a"), ToWriter::End { wall: false }]);
+        assert_eq!(w, [("a".to_owned(), 1)]);
+    }
+
+    #[test]
+    fn no_more_than_hold_max_are_held() {
+        let mut msgs: Vec<_> = (0..HOLD_MAX + 2)
+            .map(|i| not_found(&format!("n{i}")))
+            .collect();
+        msgs.push(ToWriter::Checked(Box::new(result("ok", 0))));
+        msgs.push(ToWriter::End { wall: false });
+        let w = written(msgs);
+        assert_eq!(w.len(), HOLD_MAX + 3);
+        // The first HOLD_MAX went uncounted (the safe direction); the rest counted.
+        assert!(w[..HOLD_MAX].iter().all(|(_, n)| *n == 0));
+        assert_eq!(w[HOLD_MAX].1, 1);
+        assert_eq!(w[HOLD_MAX + 1].1, 1);
+    }
+}
