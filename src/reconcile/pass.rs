@@ -51,6 +51,11 @@ use writer::ToWriter;
 /// that are really gone.
 pub const WALL_MIN: u64 = 3;
 
+/// The longest pause recorded in `runs.resume_at`, like the cap on `Retry-After`: past
+/// it, a request finds out whether UnivaPay still wants quiet (a refill computed from odd
+/// headers can come out at hours).
+pub const MAX_RECORDED_PAUSE: Duration = Duration::from_secs(3600);
+
 /// The time source of a pass; tests substitute a fixed or stepped clock.
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> DateTime<Utc>;
@@ -269,7 +274,9 @@ impl Reconciler {
             counts,
             elapsed: started.elapsed(),
             detail,
-            resume_at: tally.paused.map(|p| after(self.clock.now(), p.wait)),
+            resume_at: tally
+                .paused
+                .map(|p| after(self.clock.now(), p.wait.min(MAX_RECORDED_PAUSE))),
         };
         self.finish(ledger, &report).await?;
         Ok(report)
@@ -644,7 +651,10 @@ pub fn verdict(t: &Tally, max_pause: Duration) -> (Outcome, Option<String>) {
 }
 
 fn after(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
-    t + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// Counts one finished check toward [`Reconciler::progress`] when dropped.
