@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::commands::{self, CommandError, recheck};
 use crate::config::{self, ProcessEnv, Settings};
 use crate::domain::{ChargeId, Currency, State, StoreId};
-use crate::ledger::{ExportFilter, NewCharge, Trigger};
+use crate::ledger::{ExportFilter, NewCharge, Outcome, Trigger};
 use crate::lock::{Acquired, PassLock};
 use crate::reconcile::{PassReport, Reconciler};
 
@@ -102,6 +102,10 @@ pub enum Exit {
     /// `--once` and `check`: another pass (the daemon's or another `--once`) still held the
     /// pass lock when `schedule.lock_wait` ran out; nothing was checked.
     Locked = 3,
+    /// `--once` only: UnivaPay asked for a pause longer than a pass waits, so the pass
+    /// ended early (`runs.outcome = 'rate_limited'`, `runs.resume_at`); the charges not
+    /// reached stay due. Not fatal: config, ledger and credentials are fine.
+    RateLimited = 4,
 }
 
 impl From<Exit> for ExitCode {
@@ -329,6 +333,11 @@ pub async fn run_daemon(settings: Arc<Settings>, shutdown: CancellationToken) ->
 /// [`Exit::Locked`].
 pub async fn run_once(settings: Arc<Settings>, shutdown: CancellationToken) -> Exit {
     let lock_wait = settings.schedule.lock_wait;
+    // Before the lock file is made beside it: `/dev/null.lock` says nothing useful.
+    if let Err(e) = crate::ledger::check_path(&settings.database.path) {
+        report_fatal(e);
+        return Exit::Fatal;
+    }
     let lock = PassLock::for_database(&settings.database.path);
     let reconciler = match Reconciler::new(settings) {
         Ok(r) => r,
@@ -366,13 +375,21 @@ pub async fn run_once(settings: Arc<Settings>, shutdown: CancellationToken) -> E
     }
 }
 
-/// Maps a finished pass to the contract's exit status, printing the cause of a fatal one.
+/// Maps a finished pass to the contract's exit status, printing the cause of a fatal one
+/// (and of an early end for a rate limit). A new mismatch outranks a rate limit: it is
+/// news that must not be lost.
 pub fn exit_for(report: &PassReport) -> Exit {
     if report.outcome.is_failure() {
         report_fatal(report.detail.as_deref().unwrap_or(report.outcome.as_str()));
         Exit::Fatal
     } else if report.counts.mismatches > 0 {
         Exit::Mismatch
+    } else if report.outcome == Outcome::RateLimited {
+        eprintln!(
+            "konbini-reconciler: {}",
+            report.detail.as_deref().unwrap_or(report.outcome.as_str())
+        );
+        Exit::RateLimited
     } else {
         Exit::Clean
     }

@@ -13,6 +13,10 @@
 //!
 //! Ticks come from tokio-cron-scheduler (why that version: beside it in `Cargo.toml`).
 //!
+//! The systemd watchdog's keep-alives mean "passes are making progress": a pass that
+//! finishes no check for [`stall_limit`] stops them (with one error in the log), so that
+//! `WatchdogSec=` restarts a wedged process rather than watching it skip every tick.
+//!
 //! Even so, nothing here depends on a tick firing exactly once: a second tick during a
 //! pass is skipped by the pass slot, and a second tick after a pass finds no charge due
 //! (every check moves the charge's `next_check_at` forward). Two limits of the library
@@ -32,10 +36,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::config::ScheduleSettings;
-use crate::ledger::{LedgerError, Trigger};
+use crate::config::{ScheduleSettings, Settings};
+use crate::ledger::{LedgerError, Outcome, Trigger};
 use crate::lock::{LockError, PassLock};
-use crate::notify::Notifier;
+use crate::notify::{Health, Notifier, ProgressWatch};
 use crate::reconcile::Reconciler;
 
 /// Why the daemon could not start, or did not stop cleanly.
@@ -76,6 +80,22 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// How often the schedule's time zone is checked for a new UTC offset.
 const OFFSET_CHECK_EVERY: Duration = Duration::from_secs(60);
 
+/// How long a pass may go without finishing a single check before it counts as stuck:
+/// twice the longest one check can honestly take, which is a wait for UnivaPay's
+/// permission (at most `schedule.drain_timeout`, else the pass ends as `rate_limited`),
+/// the spacing of `api.max_requests_per_minute`, the request itself (`api.timeout`), and
+/// two waits for the database's write lock (`database.busy_timeout`). With the defaults,
+/// 2 x (30 s + 30 s + 2 x 5 s) = 140 s.
+pub fn stall_limit(s: &Settings) -> Duration {
+    let spacing = s
+        .api
+        .max_requests_per_minute
+        .map_or(Duration::ZERO, |n| Duration::from_secs(60) / n.get());
+    let one_check =
+        s.schedule.drain_timeout + spacing + s.api.timeout + s.database.busy_timeout * 2;
+    one_check * 2
+}
+
 /// Runs the daemon until `shutdown` is cancelled. `Err` when the ledger cannot be opened,
 /// the lock file cannot be created, the schedule cannot be armed, or the pass in flight
 /// outlives the drain deadline. A failing pass is logged and does not stop the daemon.
@@ -99,7 +119,7 @@ pub async fn run(
         counts: Counts::default(),
     });
     let mut schedule = Schedule::arm(runner.clone(), &settings.schedule).await?;
-    let watchdog = notifier.spawn_watchdog();
+    let watchdog = notifier.spawn_watchdog(runner.clone().alive(stall_limit(&settings)));
     let zone = zone_name(settings.schedule.timezone);
     notifier.ready(&format!(
         "waiting for the schedule {:?} ({zone})",
@@ -193,6 +213,34 @@ struct Runner {
 }
 
 impl Runner {
+    /// The watchdog's check: false while a pass has finished no check for `limit`.
+    fn alive(self: Arc<Self>, limit: Duration) -> impl FnMut() -> bool + Send + 'static {
+        let mut watch = ProgressWatch::new(limit, tokio::time::Instant::now());
+        move || {
+            let busy = self.slot.available_permits() == 0;
+            let progress = self.reconciler.progress();
+            match watch.check(busy, progress, tokio::time::Instant::now()) {
+                Health::Moving => true,
+                Health::Recovered => {
+                    tracing::warn!(
+                        "the pass is making progress again; watchdog keep-alives resumed"
+                    );
+                    true
+                }
+                Health::Stuck { for_, newly } => {
+                    if newly {
+                        tracing::error!(
+                            stuck_for_s = for_.as_secs(),
+                            limit_s = watch.limit().as_secs(),
+                            "the pass has finished no check for longer than the limit; watchdog keep-alives stopped so that systemd (WatchdogSec=) restarts the process"
+                        );
+                    }
+                    false
+                }
+            }
+        }
+    }
+
     /// Starts a pass unless one is running. Never waits: called from the scheduler.
     fn tick(self: &Arc<Self>, cause: &'static str) {
         if self.shutdown.is_cancelled() {
@@ -247,6 +295,12 @@ impl Runner {
                         outcome = report.outcome.as_str(),
                         detail = report.detail.as_deref().unwrap_or(""),
                         "pass failed"
+                    );
+                } else if report.outcome == Outcome::RateLimited {
+                    tracing::warn!(
+                        run_id = report.run_id,
+                        detail = report.detail.as_deref().unwrap_or(""),
+                        "pass ended early: rate limited"
                     );
                 }
                 self.notifier.status(&report.summary_line());
@@ -363,7 +417,6 @@ mod tests {
     use chrono::Timelike;
 
     use super::*;
-    use crate::config::Settings;
 
     fn runner(dir: &std::path::Path) -> Arc<Runner> {
         let text = format!(

@@ -21,6 +21,11 @@
 //! so two acquisitions inside one process exclude each other as well (the tests rely on
 //! that).
 //!
+//! The lock is keyed on the database's real file, not on how `database.path` spells it:
+//! a symlink, a relative path and `./x/../ledger.db` all name one lock, `<real path>.lock`
+//! (see [`PassLock::for_database`]). Otherwise two processes configured with two
+//! spellings of one ledger would each hold "the" lock and run passes at once.
+//!
 //! The file is created on first use and never deleted: removing it while it is held would
 //! let the next process lock a new file of the same name while the old holder runs on.
 //! It holds the holder's process id, for the operator and for the "lock held" message.
@@ -72,9 +77,10 @@ pub enum Acquired {
 const RETRY_EVERY: Duration = Duration::from_millis(50);
 
 impl PassLock {
-    /// The lock for the database at `database`: the file `<database>.lock` beside it.
+    /// The lock for the database at `database`: the file `<real path>.lock` beside the
+    /// database's real file ([`real_path`]).
     pub fn for_database(database: &Path) -> PassLock {
-        let mut name = database.as_os_str().to_owned();
+        let mut name = real_path(database).into_os_string();
         name.push(".lock");
         PassLock {
             path: PathBuf::from(name),
@@ -174,6 +180,38 @@ impl PassLock {
     }
 }
 
+/// Symlinks followed at most this deep, as the kernel does (`MAXSYMLINKS`).
+const MAX_SYMLINKS: usize = 40;
+
+/// The real path of a database file, however it is spelled: absolute, with symlinks,
+/// `.` and `..` resolved. For a database not created yet, its directory's real path plus
+/// its name (a dangling symlink is followed to where the file will be created). When not
+/// even the directory exists, `path` as given: opening the lock file then reports the
+/// missing directory.
+pub fn real_path(path: &Path) -> PathBuf {
+    let mut p = path.to_owned();
+    for _ in 0..MAX_SYMLINKS {
+        if let Ok(real) = std::fs::canonicalize(&p) {
+            return real;
+        }
+        match std::fs::read_link(&p) {
+            // `join` keeps an absolute target as it is and puts a relative one beside the
+            // link, as the kernel reads it.
+            Ok(target) => p = p.parent().unwrap_or(Path::new("")).join(target),
+            Err(_) => break,
+        }
+    }
+    let (Some(dir), Some(name)) = (p.parent(), p.file_name()) else {
+        return path.to_owned();
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    std::fs::canonicalize(dir).map_or_else(|_| path.to_owned(), |d| d.join(name))
+}
+
 fn read_pid(file: &mut File) -> Option<u32> {
     let mut text = String::new();
     file.rewind().ok()?;
@@ -204,6 +242,53 @@ mod tests {
     fn lock_file_sits_beside_the_database() {
         let lock = PassLock::for_database(Path::new("/var/lib/k/ledger.db"));
         assert_eq!(lock.path(), Path::new("/var/lib/k/ledger.db.lock"));
+    }
+
+    #[test]
+    fn every_spelling_of_one_database_shares_one_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::create_dir(real.join("x")).unwrap();
+        let want = real.join("ledger.db.lock");
+        // Not created yet, then created: the same lock either way.
+        for create in [false, true] {
+            if create {
+                std::fs::write(real.join("ledger.db"), b"").unwrap();
+                std::os::unix::fs::symlink(real.join("ledger.db"), real.join("link.db")).unwrap();
+                std::os::unix::fs::symlink("x/../ledger.db", real.join("x/../rel-link.db"))
+                    .unwrap();
+            }
+            let mut spellings = vec![
+                real.join("ledger.db"),
+                real.join("x/../ledger.db"),
+                real.join("./x/.././ledger.db"),
+            ];
+            if create {
+                spellings.push(real.join("link.db"));
+                spellings.push(real.join("rel-link.db"));
+            }
+            for p in spellings {
+                assert_eq!(PassLock::for_database(&p).path(), want, "{}", p.display());
+            }
+        }
+        // A dangling symlink leads to where the database will be created.
+        std::os::unix::fs::symlink(real.join("later.db"), real.join("dangling.db")).unwrap();
+        assert_eq!(
+            PassLock::for_database(&real.join("dangling.db")).path(),
+            real.join("later.db.lock")
+        );
+        // And the lock itself holds across spellings.
+        let held = PassLock::for_database(&real.join("link.db"))
+            .try_acquire()
+            .unwrap()
+            .unwrap();
+        assert!(
+            PassLock::for_database(&real.join("x/../ledger.db"))
+                .try_acquire()
+                .unwrap()
+                .is_err()
+        );
+        drop(held);
     }
 
     #[test]

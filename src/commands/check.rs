@@ -159,7 +159,7 @@ async fn check_under_lock(
         })
         .collect();
     drop(drain_guard);
-    let (outcome, detail) = verdict(&tally);
+    let (outcome, detail) = verdict(&tally, reconciler.max_pause());
     let results: Vec<CheckResult> = steps
         .iter()
         .filter_map(|(_, s)| match s {
@@ -196,6 +196,7 @@ async fn check_under_lock(
         counts: applied.counts,
         elapsed: started.elapsed(),
         detail,
+        resume_at: None,
     })
 }
 
@@ -204,6 +205,7 @@ enum Seen {
     Reached,
     Unreachable(String),
     Auth(String),
+    Paused(crate::univapay::Paused),
 }
 
 fn record(tally: &mut Tally, seen: Option<Seen>) {
@@ -216,13 +218,19 @@ fn record(tally: &mut Tally, seen: Option<Seen>) {
         Some(Seen::Auth(e)) => {
             tally.auth.get_or_insert(e);
         }
+        Some(Seen::Paused(p)) => {
+            tally.paused.get_or_insert(p);
+        }
         None => {}
     }
 }
 
 async fn check(reconciler: &Reconciler, charge: DueCharge, stop: &Stop) -> (Step, Option<Seen>) {
     match reconciler.check_one(charge, stop).await {
-        Checked::Decided { result, no_answer } => (
+        // A few named charges are no 404 wall: each 404 counts as it would alone.
+        Checked::Decided {
+            result, no_answer, ..
+        } => (
             Step::Done { result },
             Some(no_answer.map_or(Seen::Reached, Seen::Unreachable)),
         ),
@@ -235,6 +243,13 @@ async fn check(reconciler: &Reconciler, charge: DueCharge, stop: &Stop) -> (Step
             )
         }
         Checked::Skipped => (Step::NotChecked("stopped"), None),
+        Checked::Paused(p) => {
+            stop.stop.cancel();
+            (
+                Step::NotChecked("UnivaPay asked for a pause"),
+                Some(Seen::Paused(p)),
+            )
+        }
     }
 }
 

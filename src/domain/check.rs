@@ -67,6 +67,9 @@ pub enum EventKind {
     UnknownStatus,
     /// The charge is no longer checked after repeated 404s.
     GaveUp,
+    /// The payment number or slip URL changed after it was first seen; `detail` names the
+    /// old and the new value.
+    PaymentChanged,
 }
 
 impl EventKind {
@@ -77,6 +80,7 @@ impl EventKind {
             EventKind::Error => "error",
             EventKind::UnknownStatus => "unknown_status",
             EventKind::GaveUp => "gave_up",
+            EventKind::PaymentChanged => "payment_changed",
         }
     }
 }

@@ -194,6 +194,7 @@ impl Ledger {
             path: path.to_owned(),
             message,
         };
+        check_path(path)?;
         if let Some(parent) = path.parent()
             && !parent.as_os_str().is_empty()
             && !parent.is_dir()
@@ -312,6 +313,28 @@ impl Ledger {
             .execute(
                 "UPDATE runs SET outcome = 'failed', finished_at = ?2, detail = ?3 WHERE id = ?1",
                 params![run_id, ts(now), detail],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The latest `runs.resume_at`: until when UnivaPay asked that nothing be sent. An
+    /// operator clears it with `UPDATE runs SET resume_at = NULL`.
+    pub fn resume_at(&self) -> Result<Option<DateTime<Utc>>, LedgerError> {
+        let at: Option<String> = self
+            .conn
+            .query_row("SELECT max(resume_at) FROM runs", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        // Written by us in RFC 3339; anything else (a hand edit) is no pause.
+        Ok(at.and_then(|t| DateTime::parse_from_rfc3339(&t).ok().map(|t| t.to_utc())))
+    }
+
+    /// Records until when UnivaPay asked that nothing be sent (`runs.resume_at`).
+    pub fn set_resume_at(&self, run_id: i64, resume_at: &str) -> Result<(), LedgerError> {
+        self.conn
+            .execute(
+                "UPDATE runs SET resume_at = ?2 WHERE id = ?1",
+                params![run_id, resume_at],
             )
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -441,6 +464,45 @@ impl Ledger {
             )
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+}
+
+/// Refuses a database path that names something other than a regular file (a device such
+/// as `/dev/null`, a directory, a FIFO, a socket): SQLite would fail on it with a
+/// misleading message, block on a FIFO, or hint at a full disk. A path that does not exist
+/// yet is fine (the database is created there); a symlink is judged by what it points to.
+pub fn check_path(path: &Path) -> Result<(), LedgerError> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(_) => return Ok(()),
+    };
+    if meta.is_file() {
+        return Ok(());
+    }
+    Err(LedgerError::Open {
+        path: path.to_owned(),
+        message: format!(
+            "not a regular file ({}); database.path must name a SQLite database file, or a place to create one",
+            file_kind(&meta)
+        ),
+    })
+}
+
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
     }
 }
 

@@ -9,6 +9,17 @@
 //! 3. [`verdict`]: a pure function from what the checks saw to the run's outcome;
 //! 4. [`finish`](Reconciler::finish): the `runs` row gets its outcome and counts.
 //!
+//! Two outcomes end a pass early or change what it writes:
+//! - `rate_limited`: UnivaPay imposes a wait longer than a pass sits idle
+//!   ([`Reconciler::max_pause`], `schedule.drain_timeout`): the pass stops taking charges,
+//!   leaves the rest due, and records `runs.resume_at`. The next pass, in this process or
+//!   another, reads the latest `resume_at` first and sends nothing before it: it waits if
+//!   the rest of the pause is short, and otherwise ends at once as `rate_limited` again.
+//! - `not_found_wall`: every check (at least [`WALL_MIN`]) answered 404. The writer holds
+//!   back 404 results until the pass has seen another answer, so that the 404s of such a
+//!   pass are written without counting toward any charge's `not_found_limit` (see
+//!   [`writer`]).
+//!
 //! Bounded channels join the threads, so memory stays flat however many charges are due.
 //!
 //! Stopping: `shutdown` stops the taking of new charges; checks in flight get the drain
@@ -28,12 +39,22 @@ use tokio_util::sync::CancellationToken;
 
 use super::rules::{self, Policy};
 use crate::config::{ReconcileSettings, Settings};
+use crate::domain::Decision;
 use crate::ledger::{
     self, CheckResult, Counts, DueCharge, DueRow, Ledger, LedgerError, Open, Outcome, Trigger,
 };
 use crate::lock::PassGuard;
-use crate::univapay::{ApiError, Client, ErrorClass};
+use crate::univapay::{ApiError, Client, ErrorClass, PauseCause, Paused};
 use writer::ToWriter;
+
+/// The fewest 404s that make a pass of nothing but 404s a wall rather than a few charges
+/// that are really gone.
+pub const WALL_MIN: u64 = 3;
+
+/// The longest pause recorded in `runs.resume_at`, like the cap on `Retry-After`: past
+/// it, a request finds out whether UnivaPay still wants quiet (a refill computed from odd
+/// headers can come out at hours).
+pub const MAX_RECORDED_PAUSE: Duration = Duration::from_secs(3600);
 
 /// The time source of a pass; tests substitute a fixed or stepped clock.
 pub trait Clock: Send + Sync + 'static {
@@ -60,6 +81,8 @@ pub struct PassReport {
     pub elapsed: Duration,
     /// Why the pass did not end `ok`, when it did not.
     pub detail: Option<String>,
+    /// No request before this time: UnivaPay asked for a pause (`runs.resume_at`).
+    pub resume_at: Option<DateTime<Utc>>,
 }
 
 impl PassReport {
@@ -96,21 +119,30 @@ pub struct Reconciler {
     client: Client,
     clock: Arc<dyn Clock>,
     policy: Policy,
+    /// Counts checks finished (and pass stages passed), for the daemon's watchdog: a pass
+    /// whose count stops moving is stuck.
+    progress: Arc<AtomicU64>,
 }
 
 /// How one [`Reconciler::check_one`] ended.
 #[derive(Debug)]
 pub enum Checked {
-    /// Decided and ready to write. `no_answer` says why when no HTTP answer came.
+    /// Decided and ready to write. `no_answer` says why when no HTTP answer came. For a
+    /// 404, `in_wall` is the decision to write instead should every check of the pass
+    /// answer 404 (then it does not count toward `not_found_limit`).
     Decided {
         result: Box<CheckResult>,
         no_answer: Option<String>,
+        in_wall: Option<Box<Decision>>,
     },
     /// UnivaPay refused our credentials: nothing to write, and the pass must stop.
     AuthRejected(ApiError),
     /// Stopped before the request went out, or abandoned in flight: the charge is
     /// untouched and stays due.
     Skipped,
+    /// UnivaPay imposes a wait longer than a pass sits idle; nothing was sent, the charge
+    /// is untouched and stays due, and the pass must stop.
+    Paused(Paused),
 }
 
 /// The two ways a pass is told to stop. `stop` ends the taking of new charges (shutdown,
@@ -162,7 +194,24 @@ impl Reconciler {
             client,
             clock,
             policy,
+            progress: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// The longest a check waits for UnivaPay's permission (a 429's pause, the refill of
+    /// its bucket) before the pass ends early as `rate_limited`: `schedule.drain_timeout`,
+    /// the time a pass is already given to wind down.
+    pub fn max_pause(&self) -> Duration {
+        self.settings.schedule.drain_timeout
+    }
+
+    /// A number that grows while passes make progress (a check finished, a stage passed).
+    pub fn progress(&self) -> u64 {
+        self.progress.load(Ordering::Relaxed)
+    }
+
+    fn beat(&self) {
+        self.progress.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn settings(&self) -> &Settings {
@@ -202,7 +251,11 @@ impl Reconciler {
         shutdown: CancellationToken,
     ) -> Result<PassReport, LedgerError> {
         let started = Instant::now();
-        let (ledger, run_id) = self.begin(held, trigger).await?;
+        let (ledger, run_id, recorded) = self.begin(held, trigger).await?;
+        if let Some(report) = self.respect_pause(run_id, trigger, recorded, started) {
+            self.finish(ledger, &report).await?;
+            return Ok(report);
+        }
         let (stop, drain_guard) = Stop::with_drain(&shutdown, self.settings.schedule.drain_timeout);
         let checked = self.check_due(ledger, run_id, &stop).await;
         drop(drain_guard);
@@ -213,7 +266,7 @@ impl Reconciler {
                 return Err(e);
             }
         };
-        let (outcome, detail) = verdict(&tally);
+        let (outcome, detail) = verdict(&tally, self.max_pause());
         let report = PassReport {
             run_id,
             trigger,
@@ -221,27 +274,63 @@ impl Reconciler {
             counts,
             elapsed: started.elapsed(),
             detail,
+            resume_at: tally
+                .paused
+                .map(|p| after(self.clock.now(), p.wait.min(MAX_RECORDED_PAUSE))),
         };
         self.finish(ledger, &report).await?;
         Ok(report)
     }
 
+    /// A pause recorded by an earlier pass (`runs.resume_at`) that has not ended: a short
+    /// rest is imposed on the client and the pass goes on; a longer one ends this pass at
+    /// once, as `rate_limited`, without a request.
+    fn respect_pause(
+        &self,
+        run_id: i64,
+        trigger: Trigger,
+        recorded: Option<DateTime<Utc>>,
+        started: Instant,
+    ) -> Option<PassReport> {
+        let resume_at = recorded?;
+        let left = (resume_at - self.clock.now()).to_std().ok()?;
+        if left <= self.max_pause() {
+            self.client.pause_for(left);
+            return None;
+        }
+        Some(PassReport {
+            run_id,
+            trigger,
+            outcome: Outcome::RateLimited,
+            counts: Counts::default(),
+            elapsed: started.elapsed(),
+            detail: Some(format!(
+                "UnivaPay asked for a pause until {} (recorded by an earlier pass); no request before then, every due charge stays due",
+                ledger::ts(resume_at)
+            )),
+            resume_at: Some(resume_at),
+        })
+    }
+
     /// Stage 1: runs left `running` are closed as `interrupted` (with the lock held no
     /// other pass can be running, so such a row was left by a process that died mid-pass),
-    /// and this pass's `runs` row is inserted. Returns the connection the writer will use.
+    /// and this pass's `runs` row is inserted. Returns the connection the writer will use,
+    /// and the latest `runs.resume_at` (a pause UnivaPay asked for).
     async fn begin(
         &self,
         _held: &PassGuard,
         trigger: Trigger,
-    ) -> Result<(Ledger, i64), LedgerError> {
+    ) -> Result<(Ledger, i64, Option<DateTime<Utc>>), LedgerError> {
         let start_at = self.clock.now();
-        let (ledger, closed, run_id) = self
+        let (ledger, closed, run_id, resume_at) = self
             .with_ledger(Open::Migrate, move |ledger| {
                 let closed = ledger.close_abandoned_runs()?;
+                let resume_at = ledger.resume_at()?;
                 let run_id = ledger.begin_run(trigger, start_at)?;
-                Ok((ledger, closed, run_id))
+                Ok((ledger, closed, run_id, resume_at))
             })
             .await?;
+        self.beat();
         if closed > 0 {
             tracing::warn!(
                 runs = closed,
@@ -249,7 +338,7 @@ impl Reconciler {
             );
         }
         tracing::debug!(run_id, trigger = trigger.as_str(), "pass started");
-        Ok((ledger, run_id))
+        Ok((ledger, run_id, resume_at))
     }
 
     /// Stage 2: every charge due when the pass began, read, checked and written. Returns
@@ -275,6 +364,9 @@ impl Reconciler {
                 self.check_and_send(row, stop, &stats, &to_writer)
             })
             .await;
+        // The checks are done: the writer learns how to write the 404s it held back.
+        let wall = is_wall(&stats.tally(false));
+        let _ = to_writer.send(ToWriter::End { wall }).await;
         drop(to_writer);
 
         let path = &self.settings.database.path;
@@ -342,15 +434,29 @@ impl Reconciler {
         stats: &PassStats,
         to_writer: &mpsc::Sender<ToWriter>,
     ) {
+        // Whatever way this check ends, it ended: the pass is not stuck.
+        let _beat = Beat(self);
         let msg = match row {
             Err(bad) => ToWriter::Bad(bad),
             Ok(charge) => match self.check_one(charge, stop).await {
-                Checked::Decided { result, no_answer } => {
-                    stats.observe(no_answer);
-                    ToWriter::Checked(result)
+                Checked::Decided {
+                    result,
+                    no_answer,
+                    in_wall,
+                } => {
+                    stats.observe(no_answer, in_wall.is_some());
+                    match in_wall {
+                        Some(in_wall) => ToWriter::NotFound { result, in_wall },
+                        None => ToWriter::Checked(result),
+                    }
                 }
                 Checked::AuthRejected(e) => {
                     stats.record_auth(&e);
+                    stop.stop.cancel();
+                    return;
+                }
+                Checked::Paused(p) => {
+                    stats.record_pause(p);
                     stop.stop.cancel();
                     return;
                 }
@@ -371,7 +477,10 @@ impl Reconciler {
         // A charge still waiting for the rate-limit budget when the pass stops is not
         // sent at all; it stays due, untouched.
         let ticket = tokio::select! {
-            t = self.client.pace() => t,
+            t = self.client.pace(self.max_pause()) => match t {
+                Ok(t) => t,
+                Err(paused) => return Checked::Paused(paused),
+            },
             () = stop.stop.cancelled() => return Checked::Skipped,
         };
         let fetched = tokio::select! {
@@ -386,14 +495,23 @@ impl Reconciler {
             tracing::debug!(charge_id = %charge.charge_id, error = %e, "check failed");
         }
         let now = self.clock.now();
+        let jitter = rand::random::<f64>();
         let decision = rules::decide(
             &charge.tracked,
             &charge.requested,
             result.as_ref(),
             now,
             &self.policy,
-            rand::random::<f64>(),
+            jitter,
         );
+        let in_wall = matches!(result, Err(ApiError::NotFound)).then(|| {
+            Box::new(rules::decide_not_found_in_wall(
+                &charge.tracked,
+                now,
+                &self.policy,
+                jitter,
+            ))
+        });
         Checked::Decided {
             result: Box::new(CheckResult {
                 charge,
@@ -404,6 +522,7 @@ impl Reconciler {
                 .err()
                 .filter(ApiError::is_unreachable)
                 .map(|e| e.to_string()),
+            in_wall,
         }
     }
 
@@ -412,6 +531,9 @@ impl Reconciler {
         let finished_at = self.clock.now();
         let to_store = report.clone();
         ledger::blocking(&self.settings.database.path, move || {
+            if let Some(at) = to_store.resume_at {
+                ledger.set_resume_at(to_store.run_id, &ledger::ts(at))?;
+            }
             ledger.finish_run(
                 to_store.run_id,
                 to_store.outcome,
@@ -421,6 +543,7 @@ impl Reconciler {
             )
         })
         .await?;
+        self.beat();
         let c = &report.counts;
         tracing::info!(
             run_id = report.run_id,
@@ -463,12 +586,22 @@ pub struct Tally {
     pub last_unreachable: Option<String>,
     /// The credentials were refused (the first such error).
     pub auth: Option<String>,
+    /// Checks answered 404 (counted in `reached` too).
+    pub not_found: u64,
+    /// UnivaPay imposed a wait longer than a pass sits idle (the longest seen).
+    pub paused: Option<Paused>,
     /// Every due row was read and handled.
     pub complete: bool,
 }
 
-/// Stage 3: the outcome of a pass, and why, from its tally.
-pub fn verdict(t: &Tally) -> (Outcome, Option<String>) {
+/// Whether every check of the pass, at least [`WALL_MIN`] of them, answered 404.
+pub fn is_wall(t: &Tally) -> bool {
+    t.not_found >= WALL_MIN && t.not_found == t.reached + t.unreachable
+}
+
+/// Stage 3: the outcome of a pass, and why, from its tally. `max_pause` is the wait a
+/// pass sits through, named in the detail of a `rate_limited` pass.
+pub fn verdict(t: &Tally, max_pause: Duration) -> (Outcome, Option<String>) {
     if let Some(e) = &t.auth {
         return (
             Outcome::AuthFailed,
@@ -489,10 +622,48 @@ pub fn verdict(t: &Tally) -> (Outcome, Option<String>) {
             )),
         );
     }
+    if is_wall(t) {
+        return (
+            Outcome::NotFoundWall,
+            Some(format!(
+                "every one of the {} charges checked answered 404 (not found): is api.base_url right, and are the credentials those of the account and mode (test or live) the charges belong to? These 404s do not count toward reconcile.not_found_limit",
+                t.not_found
+            )),
+        );
+    }
+    if let Some(p) = &t.paused {
+        let why = match p.cause {
+            PauseCause::RateLimited => "",
+            PauseCause::Refill => " (its rate-limit headers)",
+        };
+        return (
+            Outcome::RateLimited,
+            Some(format!(
+                "{p}{why}, longer than a pass waits (schedule.drain_timeout {}); the pass ended early, the charges not reached stay due, and no request goes before runs.resume_at",
+                humantime::format_duration(max_pause)
+            )),
+        );
+    }
     if !t.complete {
         return (Outcome::Interrupted, Some("stopped by shutdown".to_owned()));
     }
     (Outcome::Ok, None)
+}
+
+fn after(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// Counts one finished check toward [`Reconciler::progress`] when dropped.
+struct Beat<'a>(&'a Reconciler);
+
+impl Drop for Beat<'_> {
+    fn drop(&mut self) {
+        self.0.beat();
+    }
 }
 
 /// Counters shared by the concurrent checks of one pass.
@@ -504,10 +675,15 @@ struct PassStats {
     unreachable: AtomicU64,
     last_unreachable: std::sync::Mutex<Option<String>>,
     auth: std::sync::Mutex<Option<String>>,
+    not_found: AtomicU64,
+    paused: std::sync::Mutex<Option<Paused>>,
 }
 
 impl PassStats {
-    fn observe(&self, no_answer: Option<String>) {
+    fn observe(&self, no_answer: Option<String>, not_found: bool) {
+        if not_found {
+            self.not_found.fetch_add(1, Ordering::Relaxed);
+        }
         let Some(why) = no_answer else {
             self.reached.fetch_add(1, Ordering::Relaxed);
             return;
@@ -524,12 +700,22 @@ impl PassStats {
         }
     }
 
+    fn record_pause(&self, p: Paused) {
+        if let Ok(mut slot) = self.paused.lock()
+            && slot.is_none_or(|q| q.wait < p.wait)
+        {
+            *slot = Some(p);
+        }
+    }
+
     fn tally(&self, complete: bool) -> Tally {
         Tally {
             reached: self.reached.load(Ordering::Relaxed),
             unreachable: self.unreachable.load(Ordering::Relaxed),
             last_unreachable: self.last_unreachable.lock().ok().and_then(|g| g.clone()),
-            auth: self.auth.lock().ok().and_then(|mut a| a.take()),
+            auth: self.auth.lock().ok().and_then(|a| a.clone()),
+            not_found: self.not_found.load(Ordering::Relaxed),
+            paused: self.paused.lock().ok().and_then(|p| *p),
             complete,
         }
     }
@@ -546,34 +732,120 @@ mod tests {
             complete: true,
             ..Tally::default()
         };
-        assert_eq!(verdict(&ok), (Outcome::Ok, None));
+        let v = |t: &Tally| verdict(t, Duration::from_secs(30));
+        assert_eq!(v(&ok), (Outcome::Ok, None));
         let empty = Tally {
             complete: true,
             ..Tally::default()
         };
-        assert_eq!(verdict(&empty).0, Outcome::Ok);
+        assert_eq!(v(&empty).0, Outcome::Ok);
         let auth = Tally {
             auth: Some("401".into()),
             ..ok.clone()
         };
-        assert_eq!(verdict(&auth).0, Outcome::AuthFailed);
+        assert_eq!(v(&auth).0, Outcome::AuthFailed);
         let down = Tally {
             reached: 0,
             unreachable: 4,
             ..ok.clone()
         };
-        let (o, d) = verdict(&down);
+        let (o, d) = v(&down);
         assert_eq!(o, Outcome::Unreachable);
         assert!(d.unwrap().contains("any of 4 charges"));
         let some_down = Tally {
             unreachable: 4,
             ..ok.clone()
         };
-        assert_eq!(verdict(&some_down).0, Outcome::Ok);
+        assert_eq!(v(&some_down).0, Outcome::Ok);
         let cut = Tally {
             complete: false,
             ..ok
         };
-        assert_eq!(verdict(&cut).0, Outcome::Interrupted);
+        assert_eq!(v(&cut).0, Outcome::Interrupted);
+    }
+
+    #[test]
+    fn a_pass_of_nothing_but_404s_is_a_wall() {
+        let v = |t: &Tally| verdict(t, Duration::from_secs(30));
+        let wall = Tally {
+            reached: 3,
+            not_found: 3,
+            complete: true,
+            ..Tally::default()
+        };
+        assert!(is_wall(&wall));
+        let (o, d) = v(&wall);
+        assert_eq!(o, Outcome::NotFoundWall);
+        assert!(o.is_failure());
+        let d = d.unwrap();
+        assert!(
+            d.contains("every one of the 3") && d.contains("api.base_url"),
+            "{d}"
+        );
+        // Too few to say; one other answer; a timeout among them: not a wall.
+        for t in [
+            Tally {
+                reached: 2,
+                not_found: 2,
+                ..wall.clone()
+            },
+            Tally {
+                reached: 4,
+                not_found: 3,
+                ..wall.clone()
+            },
+            Tally {
+                unreachable: 1,
+                ..wall.clone()
+            },
+        ] {
+            assert!(!is_wall(&t), "{t:?}");
+            assert_ne!(v(&t).0, Outcome::NotFoundWall);
+        }
+        // Credentials refused still come first.
+        let auth = Tally {
+            auth: Some("401".into()),
+            ..wall.clone()
+        };
+        assert_eq!(v(&auth).0, Outcome::AuthFailed);
+        // A wall interrupted by shutdown is still a wall.
+        assert_eq!(
+            v(&Tally {
+                complete: false,
+                ..wall
+            })
+            .0,
+            Outcome::NotFoundWall
+        );
+    }
+
+    #[test]
+    fn a_long_pause_ends_the_pass_as_rate_limited() {
+        let paused = Tally {
+            reached: 5,
+            paused: Some(Paused {
+                wait: Duration::from_secs(3600),
+                cause: PauseCause::RateLimited,
+            }),
+            complete: false,
+            ..Tally::default()
+        };
+        let (o, d) = verdict(&paused, Duration::from_secs(30));
+        assert_eq!(o, Outcome::RateLimited);
+        assert!(!o.is_failure());
+        let d = d.unwrap();
+        assert!(
+            d.contains("pause of 1h") && d.contains("drain_timeout 30s"),
+            "{d}"
+        );
+        let refill = Tally {
+            paused: Some(Paused {
+                wait: Duration::from_secs(120),
+                cause: PauseCause::Refill,
+            }),
+            ..paused
+        };
+        let d = verdict(&refill, Duration::from_secs(30)).1.unwrap();
+        assert!(d.contains("refill") && d.contains("2m"), "{d}");
     }
 }

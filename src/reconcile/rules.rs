@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::domain::text::{MAX_ERROR, clean};
 use crate::domain::{
     Decision, EventKind, NewEvent, ProviderStatus, Requested, State, Tracked, backoff,
 };
@@ -28,10 +29,19 @@ pub fn map_status(status: &ProviderStatus) -> Option<State> {
 
 /// The mismatch rule. Whenever the answer has a non-null `charged_amount`, the charge is
 /// flagged if that amount differs from ours, if `charged_currency` differs from ours
-/// (case-insensitive), or if the answer's `requested_amount` differs from ours. Returns the
+/// (case-insensitive), or if the answer's `requested_amount` differs from ours. A
+/// `successful` answer without a charged amount is flagged too: "paid exactly what was
+/// asked" cannot be verified, and a final charge is never looked at again. Returns the
 /// human-readable detail, e.g. `charged 90 JPY, requested 100 JPY`.
 pub fn mismatch(requested: &Requested, answer: &ProviderCharge) -> Option<String> {
-    let charged = answer.charged_amount?;
+    let Some(charged) = answer.charged_amount else {
+        return (answer.status == ProviderStatus::Successful).then(|| {
+            format!(
+                "successful, but the charged amount was missing from UnivaPay's answer; requested {} {}",
+                requested.amount, requested.currency
+            )
+        });
+    };
     let charged_currency = answer.charged_currency.unwrap_or(requested.currency);
     let mut parts = Vec::new();
     if charged != requested.amount || charged_currency != requested.currency {
@@ -88,11 +98,45 @@ pub fn decide(
                 (!d.after.state.is_final()).then(|| after(now, policy.recheck_interval));
         }
         Err(err) => {
-            d.next_check_at =
-                apply_error(&mut d, before, err, policy, jitter).map(|delay| after(now, delay));
+            d.next_check_at = apply_error(&mut d, before, err, policy, jitter, Count404::Yes)
+                .map(|delay| after(now, delay));
         }
     }
     d
+}
+
+/// A 404 in a pass where every check answered 404: a wrong `base_url`, a maintenance page
+/// or the wrong account, not charges that are gone. Recorded and retried like any failed
+/// check, but not counted toward `not_found_limit`, so no charge is given up for it.
+pub fn decide_not_found_in_wall(
+    before: &Tracked,
+    now: DateTime<Utc>,
+    policy: &Policy,
+    jitter: f64,
+) -> Decision {
+    let mut d = Decision {
+        after: before.clone(),
+        next_check_at: None,
+        events: Vec::new(),
+    };
+    d.next_check_at = apply_error(
+        &mut d,
+        before,
+        &ApiError::NotFound,
+        policy,
+        jitter,
+        Count404::No,
+    )
+    .map(|delay| after(now, delay));
+    d
+}
+
+/// Whether a 404 counts toward `not_found_limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Count404 {
+    Yes,
+    /// Every check of the pass answered 404: the fault is not this charge's.
+    No,
 }
 
 /// An answer: the status, amounts and payment details it reports, and the events they
@@ -114,13 +158,70 @@ fn apply_answer(
     t.provider_status = Some(word);
     t.charged_amount = answer.charged_amount;
     t.charged_currency = answer.charged_currency.map(|c| c.to_string());
-    if let Some(n) = answer.payment_number() {
-        t.payment_number = Some(n);
-    }
-    if let Some(u) = answer.payment_url() {
-        t.payment_url = Some(u);
-    }
+    take_payment_details(d, before, answer);
     flag_mismatch(d, before, requested, answer);
+}
+
+/// The payment number and slip URL: a valid new value is stored (with a
+/// `payment_changed` event when it replaces another); a value of the wrong shape is
+/// refused, the old one kept, and the refusal becomes `last_error` with one `error`
+/// event when it first appears (not on every check).
+fn take_payment_details(d: &mut Decision, before: &Tracked, answer: &ProviderCharge) {
+    let mut refused = Vec::new();
+    let number = (
+        "payment_number",
+        before.payment_number.as_deref(),
+        answer.payment_number(),
+    );
+    if let Some(n) = take_detail(d, before.state, answer, number, &mut refused) {
+        d.after.payment_number = Some(n);
+    }
+    let url = (
+        "payment_url",
+        before.payment_url.as_deref(),
+        answer.payment_url(),
+    );
+    if let Some(u) = take_detail(d, before.state, answer, url, &mut refused) {
+        d.after.payment_url = Some(u);
+    }
+    if refused.is_empty() {
+        return;
+    }
+    let why = clean(&refused.join("; "), MAX_ERROR);
+    if before.last_error.as_deref() != Some(why.as_str()) {
+        d.events.push(error_event(before, why.clone()));
+    }
+    d.after.last_error = Some(why);
+}
+
+/// One payment detail: the value to store, if any. A refusal goes to `refused`; a new
+/// value replacing another is a `payment_changed` event.
+fn take_detail(
+    d: &mut Decision,
+    before: State,
+    answer: &ProviderCharge,
+    (field, old, reported): (&str, Option<&str>, Option<Result<String, String>>),
+    refused: &mut Vec<String>,
+) -> Option<String> {
+    let new = match reported? {
+        Ok(v) => v,
+        Err(why) => {
+            refused.push(why);
+            return None;
+        }
+    };
+    if let Some(old) = old
+        && old != new
+    {
+        d.events.push(NewEvent {
+            kind: EventKind::PaymentChanged,
+            from_state: Some(before),
+            to_state: Some(d.after.state),
+            provider_status: Some(answer.status.as_str().to_owned()),
+            detail: Some(format!("{field} changed from {old:?} to {new:?}")),
+        });
+    }
+    Some(new)
 }
 
 /// A status word we do not know is recorded once, when it first appears.
@@ -155,11 +256,12 @@ fn move_state(d: &mut Decision, before: &Tracked, answer: &ProviderCharge) {
         to_state: Some(new_state),
         provider_status: Some(answer.status.as_str().to_owned()),
         detail: answer.error.as_ref().map(|e| {
-            format!(
+            let text = format!(
                 "provider error {}: {}",
                 e.code.as_deref().unwrap_or("-"),
                 e.message.as_deref().unwrap_or("-")
-            )
+            );
+            clean(&text, MAX_ERROR)
         }),
     });
 }
@@ -196,9 +298,16 @@ fn apply_error(
     err: &ApiError,
     policy: &Policy,
     jitter: f64,
+    count: Count404,
 ) -> Option<Duration> {
     let t = &mut d.after;
-    t.last_error = Some(err.to_string());
+    let text = match (err.class(), count) {
+        (ErrorClass::NotFound, Count404::No) => format!(
+            "{err}; not counted toward not_found_limit: every check of this pass answered 404"
+        ),
+        _ => clean(&err.to_string(), MAX_ERROR),
+    };
+    t.last_error = Some(text.clone());
     t.consecutive_errors = before.consecutive_errors.saturating_add(1);
     let mut delay = backoff(
         t.consecutive_errors,
@@ -209,7 +318,10 @@ fn apply_error(
     if let Some(ra) = err.retry_after() {
         delay = delay.max(ra);
     }
-    d.events.push(error_event(before, err.to_string()));
+    d.events.push(error_event(before, text));
+    if count == Count404::No {
+        return (!before.state.is_final()).then_some(delay);
+    }
     if err.class() != ErrorClass::NotFound {
         d.after.not_found_count = 0;
         return (!before.state.is_final()).then_some(delay);
@@ -324,7 +436,7 @@ mod tests {
     #[test]
     fn mismatch_kinds() {
         assert_eq!(
-            mismatch(&YEN_1000, &answer("successful")),
+            mismatch(&YEN_1000, &answer("awaiting")),
             None,
             "no charged amount yet"
         );
@@ -437,6 +549,165 @@ mod tests {
             assert_eq!(gave_up, n == 3);
             assert_eq!(d.next_check_at.is_none(), n == 3);
             t = d.after;
+        }
+    }
+
+    #[test]
+    fn a_successful_answer_without_a_charged_amount_is_a_mismatch() {
+        let d = decide(
+            &at(State::Awaiting),
+            &YEN_1000,
+            Ok(&answer("successful")),
+            now(),
+            &POLICY,
+            0.5,
+        );
+        assert_eq!(d.after.state, State::Successful);
+        assert!(d.after.amount_mismatch);
+        assert!(d.new_mismatch());
+        let detail = d.after.mismatch_detail.unwrap();
+        assert!(detail.contains("charged amount was missing"), "{detail}");
+        assert!(detail.contains("requested 1000 JPY"), "{detail}");
+        // Not yet paid: nothing to verify, nothing flagged.
+        for status in ["pending", "awaiting", "failed", "canceled"] {
+            assert_eq!(mismatch(&YEN_1000, &answer(status)), None, "{status}");
+        }
+    }
+
+    fn with_payment(
+        status: &str,
+        number: serde_json::Value,
+        url: serde_json::Value,
+    ) -> ProviderCharge {
+        let mut a = answer(status);
+        a.metadata
+            .insert("internal_convenience_payment_number".into(), number);
+        a.metadata
+            .insert("internal_convenience_payment_url".into(), url);
+        a
+    }
+
+    #[test]
+    fn payment_details_that_change_are_events_and_bad_ones_are_refused_once() {
+        let first = with_payment("awaiting", "1111-2222".into(), "https://x.test/a".into());
+        let d = decide(
+            &at(State::Pending),
+            &YEN_1000,
+            Ok(&first),
+            now(),
+            &POLICY,
+            0.5,
+        );
+        assert_eq!(d.after.payment_number.as_deref(), Some("1111-2222"));
+        assert!(
+            !d.events.iter().any(|e| e.kind == EventKind::PaymentChanged),
+            "first seen"
+        );
+
+        let changed = with_payment("awaiting", "3333-4444".into(), "https://x.test/b".into());
+        let d2 = decide(&d.after, &YEN_1000, Ok(&changed), now(), &POLICY, 0.5);
+        let details: Vec<_> = d2
+            .events
+            .iter()
+            .filter(|e| e.kind == EventKind::PaymentChanged)
+            .map(|e| e.detail.clone().unwrap())
+            .collect();
+        assert_eq!(
+            details,
+            [
+                r#"payment_number changed from "1111-2222" to "3333-4444""#,
+                r#"payment_url changed from "https://x.test/a" to "https://x.test/b""#
+            ]
+        );
+
+        let hostile = with_payment(
+            "awaiting",
+            "9".repeat(1_000_000).into(),
+            "javascript:alert(1)".into(),
+        );
+        let d3 = decide(&d2.after, &YEN_1000, Ok(&hostile), now(), &POLICY, 0.5);
+        assert_eq!(
+            d3.after.payment_number.as_deref(),
+            Some("3333-4444"),
+            "old kept"
+        );
+        assert_eq!(
+            d3.after.payment_url.as_deref(),
+            Some("https://x.test/b"),
+            "old kept"
+        );
+        let err = d3.after.last_error.clone().unwrap();
+        assert!(
+            err.contains("payment number") && err.contains("payment URL"),
+            "{err}"
+        );
+        assert!(err.chars().count() <= MAX_ERROR);
+        assert_eq!(
+            d3.events.iter().map(|e| e.kind).collect::<Vec<_>>(),
+            [EventKind::Error]
+        );
+        assert!(
+            d3.next_check_at.is_some(),
+            "still checked on the usual schedule"
+        );
+        // The same refusal again is not news.
+        let d4 = decide(&d3.after, &YEN_1000, Ok(&hostile), now(), &POLICY, 0.5);
+        assert!(d4.events.is_empty(), "{:?}", d4.events);
+        assert_eq!(d4.after, d3.after);
+    }
+
+    #[test]
+    fn a_404_in_a_wall_is_recorded_but_not_counted() {
+        let before = Tracked {
+            not_found_count: POLICY.not_found_limit - 1,
+            ..at(State::Awaiting)
+        };
+        let d = decide_not_found_in_wall(&before, now(), &POLICY, 0.0);
+        assert_eq!(d.after.not_found_count, before.not_found_count);
+        assert_eq!(d.after.state, State::Awaiting);
+        assert!(
+            d.next_check_at.is_some_and(|t| t > now()),
+            "still due later"
+        );
+        assert_eq!(
+            d.events.iter().map(|e| e.kind).collect::<Vec<_>>(),
+            [EventKind::Error],
+            "no gave_up"
+        );
+        assert!(d.after.last_error.unwrap().contains("not counted"));
+        // The same 404 outside a wall is the last straw.
+        let counted = decide(
+            &before,
+            &YEN_1000,
+            Err(&ApiError::NotFound),
+            now(),
+            &POLICY,
+            0.0,
+        );
+        assert!(counted.events.iter().any(|e| e.kind == EventKind::GaveUp));
+    }
+
+    #[test]
+    fn hostile_error_text_is_stored_clean_and_capped() {
+        let err = ApiError::Malformed(format!("\u{1b}[31mbad\n{}", "x".repeat(1_000_000)));
+        let d = decide(
+            &at(State::Pending),
+            &YEN_1000,
+            Err(&err),
+            now(),
+            &POLICY,
+            0.5,
+        );
+        for text in [
+            d.after.last_error.unwrap(),
+            d.events[0].detail.clone().unwrap(),
+        ] {
+            assert!(text.chars().count() <= MAX_ERROR);
+            assert!(
+                text.starts_with("malformed answer from UnivaPay: bad xxx"),
+                "{text:.60}"
+            );
+            assert!(!text.chars().any(char::is_control));
         }
     }
 

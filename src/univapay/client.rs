@@ -6,7 +6,7 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue, RETRY_AFTER
 use reqwest::{StatusCode, Url, redirect};
 use secrecy::ExposeSecret;
 
-use super::pacer::{Answer, Pacer, Ticket};
+use super::pacer::{Answer, Pacer, Paused, Ticket};
 use super::stats::{ClientStats, Counters, RequestResult};
 use super::{ApiError, ProviderCharge};
 use crate::config::ApiSettings;
@@ -121,18 +121,30 @@ impl Client {
     }
 
     /// `GET /stores/{store}/charges/{charge}`, checked to be an answer about that charge,
-    /// sent when the pacer allows.
-    pub async fn get_charge(&self, store: &StoreId, charge: &ChargeId) -> Fetched {
-        let ticket = self.pace().await;
-        self.get_charge_paced(ticket, store, charge).await
+    /// sent when the pacer allows; [`Paused`] (nothing sent) when UnivaPay imposes a wait
+    /// longer than `max_pause`.
+    pub async fn get_charge(
+        &self,
+        store: &StoreId,
+        charge: &ChargeId,
+        max_pause: Duration,
+    ) -> Result<Fetched, Paused> {
+        let ticket = self.pace(max_pause).await?;
+        Ok(self.get_charge_paced(ticket, store, charge).await)
     }
 
-    /// Waits until the rate-limit budget allows one more request (see [`Pacer`]).
-    pub async fn pace(&self) -> Ticket {
+    /// Waits until the rate-limit budget allows one more request (see [`Pacer`]), or
+    /// returns [`Paused`] at once when UnivaPay imposes a wait longer than `max_pause`.
+    pub async fn pace(&self, max_pause: Duration) -> Result<Ticket, Paused> {
         let asked = tokio::time::Instant::now();
-        let ticket = self.pacer.acquire().await;
+        let ticket = self.pacer.acquire(max_pause).await;
         self.counters.waited(asked.elapsed());
         ticket
+    }
+
+    /// Holds every request of this client for `d`: a pause an earlier pass recorded.
+    pub fn pause_for(&self, d: Duration) {
+        self.pacer.pause_for(d);
     }
 
     /// What this client (and its clones) has done so far, for the metrics.
@@ -195,9 +207,9 @@ impl Client {
         match status {
             s if s.is_success() => {
                 let body = body?;
-                let c = ProviderCharge::from_json(&body).map_err(ApiError::Malformed)?;
+                let c = ProviderCharge::from_json(&body).map_err(ApiError::malformed)?;
                 if c.id != *charge {
-                    return Err(ApiError::Malformed(format!(
+                    return Err(ApiError::malformed(format!(
                         "answer is for charge {}, not {charge}",
                         c.id
                     )));
@@ -205,7 +217,7 @@ impl Client {
                 if let Some(s) = &c.store_id
                     && s != store
                 {
-                    return Err(ApiError::Malformed(format!(
+                    return Err(ApiError::malformed(format!(
                         "answer is for store {s}, not {store}"
                     )));
                 }
@@ -257,7 +269,7 @@ impl Client {
             ApiError::Timeout(self.timeout)
         } else {
             // Connection refused or reset, TLS failure, a body cut short: all worth a retry.
-            ApiError::Connect(error_chain(&e))
+            ApiError::connect(error_chain(&e))
         }
     }
 }

@@ -2,8 +2,13 @@
 
 use std::time::Duration;
 
+use crate::domain::text::{MAX_ERROR, clean};
+
 /// One failed charge GET. Messages never contain credentials: the request URL holds only
-/// the store and charge ids, and the Authorization header is never formatted.
+/// the store and charge ids, and the Authorization header is never formatted. Text that
+/// came from the network is cleaned and capped when the error is made ([`ApiError::malformed`],
+/// [`ApiError::connect`]), so every message is one line of at most a few hundred
+/// characters, whatever the answer held.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
     #[error("cannot connect to UnivaPay: {0}")]
@@ -44,6 +49,17 @@ pub enum ErrorClass {
 }
 
 impl ApiError {
+    /// An unusable answer, `why` cleaned and capped at [`MAX_ERROR`] characters (a parse
+    /// error can quote the offending value, which the answer chose).
+    pub fn malformed(why: impl AsRef<str>) -> ApiError {
+        ApiError::Malformed(clean(why.as_ref(), MAX_ERROR))
+    }
+
+    /// A transport failure, `why` cleaned and capped like [`malformed`](Self::malformed).
+    pub fn connect(why: impl AsRef<str>) -> ApiError {
+        ApiError::Connect(clean(why.as_ref(), MAX_ERROR))
+    }
+
     pub fn class(&self) -> ErrorClass {
         match self {
             ApiError::Connect(_)

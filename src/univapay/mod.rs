@@ -12,5 +12,5 @@ mod stats;
 pub use client::{Client, Fetched, RateLimit};
 pub use error::{ApiError, ErrorClass};
 pub use model::{ChargeJson, MAX_AMOUNT, ProviderCharge, ProviderError};
-pub use pacer::{Answer, Pacer, Ticket};
+pub use pacer::{ASSUMED_REFILL_PER_MINUTE, Answer, Pacer, PauseCause, Paused, Ticket};
 pub use stats::{ClientStats, RequestResult};

@@ -6,10 +6,17 @@
 //! `metadata` values may be of any JSON type. Checked means: the id is there and is an id,
 //! the status is a string, amounts are whole numbers in a sane range and currencies are
 //! three letters. Anything else is a malformed answer.
+//!
+//! Text the rest of the crate may store or log is made safe here ([`crate::domain::text`]):
+//! an unknown status word and the provider error's code are cleaned and capped at
+//! [`MAX_WORD`], its message and every parse error at [`MAX_ERROR`]. The payment number
+//! and slip URL are checked for shape, not cleaned: a value that is not one is refused
+//! whole (see [`ProviderCharge::payment_number`]).
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::domain::text::{MAX_ERROR, MAX_WORD, clean, is_https_url, is_payment_number};
 use crate::domain::{ChargeId, Currency, ProviderStatus, StoreId};
 
 /// Larger than any konbini payment could be (the chains cap a payment at 300,000 yen), and
@@ -60,8 +67,13 @@ pub struct ProviderCharge {
 }
 
 impl ProviderCharge {
-    /// Parses a response body. The message of an `Err` is safe to store and log.
+    /// Parses a response body. The message of an `Err` is safe to store and log: one line
+    /// of at most [`MAX_ERROR`] characters (serde's messages quote the offending value).
     pub fn from_json(body: &[u8]) -> Result<Self, String> {
+        Self::parse(body).map_err(|e| clean(&e, MAX_ERROR))
+    }
+
+    fn parse(body: &[u8]) -> Result<Self, String> {
         // serde would read a JSON array into the struct by position; only an object is a
         // charge.
         match body.iter().find(|b| !b.is_ascii_whitespace()) {
@@ -79,21 +91,55 @@ impl ProviderCharge {
         Self::try_from(json)
     }
 
-    /// The konbini payment number, once the charge is awaiting payment.
-    pub fn payment_number(&self) -> Option<String> {
-        match self.metadata.get("internal_convenience_payment_number")? {
-            Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
-            Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        }
+    /// The konbini payment number, once the charge is awaiting payment: `None` when
+    /// absent, `Some(Err(why))` when it is not 1 to 64 letters, digits and hyphens (`why`
+    /// is safe to store and log; the value itself is not kept).
+    pub fn payment_number(&self) -> Option<Result<String, String>> {
+        let v = match self.metadata.get("internal_convenience_payment_number")? {
+            Value::Null => return None,
+            Value::String(s) if s.trim().is_empty() => return None,
+            Value::String(s) => s.trim().to_owned(),
+            Value::Number(n) => n.to_string(),
+            other => {
+                return Some(Err(format!(
+                    "payment number refused: {} is not text",
+                    kind(other)
+                )));
+            }
+        };
+        Some(if is_payment_number(&v) {
+            Ok(v)
+        } else {
+            Err(format!(
+                "payment number {:?} refused: not 1 to 64 letters, digits and hyphens",
+                clean(&v, 40)
+            ))
+        })
     }
 
-    /// The payment slip URL (Seven-Eleven only).
-    pub fn payment_url(&self) -> Option<String> {
-        match self.metadata.get("internal_convenience_payment_url")? {
-            Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
-            _ => None,
-        }
+    /// The payment slip URL (Seven-Eleven only): `None` when absent, `Some(Err(why))`
+    /// when it is not an `https://` URL of at most 2048 printable characters (a link shown
+    /// to customers must not be `javascript:`, `http:` or anything else).
+    pub fn payment_url(&self) -> Option<Result<String, String>> {
+        let v = match self.metadata.get("internal_convenience_payment_url")? {
+            Value::Null => return None,
+            Value::String(s) if s.trim().is_empty() => return None,
+            Value::String(s) => s.trim(),
+            other => {
+                return Some(Err(format!(
+                    "payment URL refused: {} is not text",
+                    kind(other)
+                )));
+            }
+        };
+        Some(if is_https_url(v) {
+            Ok(v.to_owned())
+        } else {
+            Err(format!(
+                "payment URL {:?} refused: only https:// URLs of up to 2048 characters are stored",
+                clean(v, 80)
+            ))
+        })
     }
 }
 
@@ -119,7 +165,18 @@ fn currency(field: &str, v: Option<String>) -> Result<Option<Currency>, String> 
 }
 
 fn truncate(s: &str) -> String {
-    s.chars().take(16).collect()
+    clean(s, 16)
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 impl TryFrom<ChargeJson> for ProviderCharge {
@@ -137,14 +194,29 @@ impl TryFrom<ChargeJson> for ProviderCharge {
             ),
         };
         let status = match j.status {
-            Some(s) if !s.is_empty() && s.len() <= 64 => ProviderStatus::parse(&s),
-            Some(_) => return Err("status is empty or too long".into()),
             None => return Err("charge has no status".into()),
+            Some(s) if s.is_empty() || s.len() > MAX_WORD => {
+                return Err("status is empty or too long".into());
+            }
+            // A word we do not know is stored and logged as it came: it must be printable.
+            Some(s) if clean(&s, MAX_WORD) != s => {
+                return Err(format!(
+                    "status {:?} holds control characters or spaces",
+                    truncate(&s)
+                ));
+            }
+            Some(s) => ProviderStatus::parse(&s),
         };
         let error = match j.error {
             Some(Value::Object(o)) if !o.is_empty() => Some(ProviderError {
-                code: o.get("code").and_then(scalar_text),
-                message: o.get("message").and_then(scalar_text),
+                code: o
+                    .get("code")
+                    .and_then(scalar_text)
+                    .map(|c| clean(&c, MAX_WORD)),
+                message: o
+                    .get("message")
+                    .and_then(scalar_text)
+                    .map(|m| clean(&m, MAX_ERROR)),
             }),
             _ => None,
         };
@@ -163,7 +235,7 @@ impl TryFrom<ChargeJson> for ProviderCharge {
             charged_currency: currency("charged_currency", j.charged_currency)?,
             error,
             metadata,
-            mode: j.mode,
+            mode: j.mode.map(|m| clean(&m, MAX_WORD)),
         })
     }
 }
@@ -213,10 +285,10 @@ mod tests {
         assert_eq!(c.status, ProviderStatus::Awaiting);
         assert_eq!(c.requested_amount, Some(1500));
         assert_eq!(c.charged_amount, None);
-        assert_eq!(c.payment_number().as_deref(), Some("1234-5678"));
+        assert_eq!(c.payment_number(), Some(Ok("1234-5678".to_owned())));
         assert_eq!(
-            c.payment_url().as_deref(),
-            Some("https://example.test/slip")
+            c.payment_url(),
+            Some(Ok("https://example.test/slip".to_owned()))
         );
         assert_eq!(c.metadata["orderid"], 123456);
     }
@@ -273,7 +345,80 @@ mod tests {
             br#"{"id": "c1", "status": "awaiting", "metadata": {"internal_convenience_payment_number": 98765}}"#,
         )
         .unwrap();
-        assert_eq!(c.payment_number().as_deref(), Some("98765"));
+        assert_eq!(c.payment_number(), Some(Ok("98765".to_owned())));
         assert_eq!(c.payment_url(), None);
+    }
+
+    fn with_metadata(meta: Value) -> ProviderCharge {
+        let body = serde_json::json!({"id": "c1", "status": "awaiting", "metadata": meta});
+        ProviderCharge::from_json(body.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn payment_details_of_the_wrong_shape_are_refused_without_their_value() {
+        let long = "9".repeat(1_000_000);
+        for bad in [
+            serde_json::json!("12 34"),
+            serde_json::json!("1234\n5678"),
+            serde_json::json!("\u{1b}[31m1234"),
+            serde_json::json!(long),
+            serde_json::json!({"n": 1}),
+            serde_json::json!(true),
+        ] {
+            let c = with_metadata(serde_json::json!({"internal_convenience_payment_number": bad}));
+            let why = c.payment_number().unwrap().unwrap_err();
+            assert!(why.contains("payment number"), "{why}");
+            assert!(
+                why.len() < 200 && !why.chars().any(char::is_control),
+                "{why}"
+            );
+        }
+        for bad in [
+            "http://example.test/slip",
+            "javascript:alert(1)",
+            "https://",
+            "https://example.test/a b",
+            "//example.test/slip",
+        ] {
+            let c = with_metadata(serde_json::json!({"internal_convenience_payment_url": bad}));
+            let why = c.payment_url().unwrap().unwrap_err();
+            assert!(why.contains("only https://"), "{why}");
+        }
+        let c = with_metadata(serde_json::json!({
+            "internal_convenience_payment_number": null,
+            "internal_convenience_payment_url": "  "
+        }));
+        assert_eq!((c.payment_number(), c.payment_url()), (None, None));
+    }
+
+    #[test]
+    fn provider_text_is_cleaned_and_capped() {
+        let body = serde_json::json!({
+            "id": "c1", "status": "failed", "mode": "te\u{1b}[2Jst",
+            "error": {"code": "3\n23", "message": format!("line\nbreak {}", "m".repeat(1_000_000))}
+        });
+        let c = ProviderCharge::from_json(body.to_string().as_bytes()).unwrap();
+        let e = c.error.unwrap();
+        assert_eq!(e.code.as_deref(), Some("3 23"));
+        let m = e.message.unwrap();
+        assert!(
+            m.starts_with("line break m") && m.chars().count() == MAX_ERROR,
+            "{}",
+            m.len()
+        );
+        assert_eq!(c.mode.as_deref(), Some("test"));
+        for status in ["awai\\u001b[0mting", "new\\nline", "nul\\u0000"] {
+            let body = format!(r#"{{"id": "c1", "status": "{status}"}}"#);
+            let e = ProviderCharge::from_json(body.as_bytes()).unwrap_err();
+            assert!(e.contains("control characters"), "{e}");
+        }
+        // serde quotes the offending value; the message is capped all the same.
+        let body = serde_json::json!({"id": "c1", "status": "successful", "charged_amount": "x".repeat(1_000_000)});
+        let e = ProviderCharge::from_json(body.to_string().as_bytes()).unwrap_err();
+        assert!(
+            e.chars().count() <= MAX_ERROR && e.contains("invalid type"),
+            "{}",
+            e.len()
+        );
     }
 }

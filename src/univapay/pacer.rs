@@ -18,6 +18,12 @@
 //! - Until the first answer with the headers arrives, one request at a time goes (a
 //!   probe). An answer without them means the server announces no budget: requests then
 //!   go unpaced (still under the configured cap and the 429 pause).
+//! - A refill rate that is missing or 0 (a proxy that sends `X-Remaining-Requests-Route`
+//!   alone, or absurd values) is taken as [`ASSUMED_REFILL_PER_MINUTE`]: time alone then
+//!   still lets the next request go, and every answer's remaining count clamps the mirror
+//!   as usual. No state of the pacer waits on something that may never come: every wait
+//!   is either a time that passes or the answer to a request in flight, which ends within
+//!   `api.timeout`.
 //!
 //! Over a long pass this settles at the refill rate with the server's bucket nearly empty
 //! (a token or two of margin plus what refills during one round trip): the whole budget is
@@ -31,8 +37,15 @@
 //! whole client stops: nothing goes until `max(Retry-After, backoff)` has passed, where the
 //! backoff doubles with each 429 in a row from 1 s up to 60 s and is scaled by a random
 //! factor in `[0.5, 1]` so that several clients do not come back in step. The mirror is
-//! reset to an empty bucket. (The charge that got the 429 is rescheduled by the pure rules
-//! with its own backoff; this is the client-wide part.)
+//! reset to an empty bucket, or, when the server never announced a budget, requests go
+//! back to one probe at a time. (The charge that got the 429 is rescheduled by the pure
+//! rules with its own backoff; this is the client-wide part.)
+//!
+//! A wait the server imposes (a 429's pause, or the refill the mirror needs) that is
+//! longer than the caller's `max_pause` is not slept through: [`Pacer::acquire`] returns
+//! [`Paused`] at once, so a pass can end early and leave the rest due instead of holding
+//! the pass lock for an hour. The pause stays in force for later calls, and
+//! [`Pacer::pause_for`] re-imposes one recorded by an earlier process.
 //!
 //! `api.max_requests_per_minute` adds our own ceiling: requests are spaced evenly at that
 //! rate (a bucket of one token), whatever the server would allow. It is done here rather
@@ -52,8 +65,8 @@ const RESERVE: f64 = 1.0;
 /// First client-wide pause after a 429 without `Retry-After`, doubled per 429 in a row.
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
-/// With a budget but no refill rate known, look again after this long.
-const NO_RATE_RECHECK: Duration = Duration::from_secs(1);
+/// The refill assumed when the server reports what remains but no rate, or a rate of 0.
+pub const ASSUMED_REFILL_PER_MINUTE: u32 = 60;
 /// The shortest wait: a computed wait can round to zero nanoseconds, and waiting zero
 /// would look again at an unchanged clock forever. Tokio's timer has this resolution.
 const MIN_WAIT: Duration = Duration::from_millis(1);
@@ -127,8 +140,46 @@ impl Cap {
 }
 
 enum Wait {
+    /// Our own ceiling (`api.max_requests_per_minute`): always slept through.
     For(Duration),
+    /// What the server imposes (a 429's pause, the refill of its bucket): slept through
+    /// only up to the caller's `max_pause`.
+    Server(Duration, PauseCause),
     UntilAnswer,
+}
+
+/// Why UnivaPay makes requests wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseCause {
+    /// A 429 (its `Retry-After`, or the backoff after 429s in a row), or a pause recorded
+    /// by an earlier pass.
+    RateLimited,
+    /// The announced refill needs this long before the bucket holds another request.
+    Refill,
+}
+
+/// The server asked for a pause longer than the caller is willing to wait; nothing was
+/// sent. The pause stays in force: later requests wait for it or are refused the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Paused {
+    /// How long until a request may go.
+    pub wait: Duration,
+    pub cause: PauseCause,
+}
+
+impl std::fmt::Display for Paused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Whole seconds, rounded up: a pause of 3599.9 s is "1h".
+        let secs = self.wait.as_secs() + u64::from(self.wait.subsec_nanos() > 0);
+        let wait = humantime::format_duration(Duration::from_secs(secs.max(1)));
+        match self.cause {
+            PauseCause::RateLimited => write!(f, "UnivaPay asked for a pause of {wait} (429)"),
+            PauseCause::Refill => write!(
+                f,
+                "UnivaPay's announced refill allows the next request only in {wait}"
+            ),
+        }
+    }
 }
 
 /// Permission to send one request. Report the answer with [`Pacer::observe`]; dropping
@@ -137,6 +188,15 @@ pub struct Ticket {
     seq: u64,
     probe: bool,
     pacer: Option<Pacer>,
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket")
+            .field("seq", &self.seq)
+            .field("probe", &self.probe)
+            .finish()
+    }
 }
 
 impl Drop for Ticket {
@@ -179,8 +239,9 @@ impl Pacer {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits until a request may go without overdrawing the budget.
-    pub async fn acquire(&self) -> Ticket {
+    /// Waits until a request may go without overdrawing the budget, or returns
+    /// [`Paused`] at once when the server imposes a wait longer than `max_pause`.
+    pub async fn acquire(&self, max_pause: Duration) -> Result<Ticket, Paused> {
         let _turn = self.inner.turn.lock().await;
         loop {
             let changed = self.inner.changed.notified();
@@ -189,16 +250,19 @@ impl Pacer {
             changed.as_mut().enable();
             let wait = match self.state().try_issue(Instant::now()) {
                 Ok((seq, probe)) => {
-                    return Ticket {
+                    return Ok(Ticket {
                         seq,
                         probe,
                         pacer: Some(self.clone()),
-                    };
+                    });
                 }
                 Err(w) => w,
             };
             match wait {
-                Wait::For(d) => {
+                Wait::Server(d, cause) if d > max_pause => {
+                    return Err(Paused { wait: d, cause });
+                }
+                Wait::For(d) | Wait::Server(d, _) => {
                     tokio::select! {
                         () = tokio::time::sleep(d.max(MIN_WAIT)) => {}
                         () = &mut changed => {}
@@ -207,6 +271,14 @@ impl Pacer {
                 Wait::UntilAnswer => changed.await,
             }
         }
+    }
+
+    /// Stops every request for `d` from now, as a 429 would (without growing the backoff):
+    /// a pause that an earlier pass, perhaps of another process, recorded.
+    pub fn pause_for(&self, d: Duration) {
+        let until = Instant::now() + d;
+        let mut st = self.state();
+        st.blocked_until = Some(st.blocked_until.map_or(until, |b| b.max(until)));
     }
 
     /// Reports how the request of `ticket` was answered.
@@ -243,11 +315,18 @@ impl Pacer {
                 let pause = backoff.max(retry_after.unwrap_or(Duration::ZERO));
                 let until = now + pause;
                 st.blocked_until = Some(st.blocked_until.map_or(until, |b| b.max(until)));
-                // The server's bucket is empty now, whatever we thought.
-                st.mirror = Some(Mirror {
-                    tokens: 0.0,
-                    at: now,
-                });
+                if st.mirror.is_some() {
+                    // The server's bucket is empty now, whatever we thought.
+                    st.mirror = Some(Mirror {
+                        tokens: 0.0,
+                        at: now,
+                    });
+                } else {
+                    // A 429 from a server that never announced a budget (a proxy or WAF in
+                    // front of it, say): there is no bucket to model, so after the pause
+                    // one probe goes, and its answer decides again.
+                    st.unannounced = false;
+                }
                 tracing::warn!(
                     pause_ms = pause.as_millis() as u64,
                     retry_after_s = retry_after.map(|d| d.as_secs()),
@@ -265,7 +344,7 @@ impl State {
     fn try_issue(&mut self, now: Instant) -> Result<(u64, bool), Wait> {
         if let Some(until) = self.blocked_until {
             if until > now {
-                return Err(Wait::For(until - now));
+                return Err(Wait::Server(until - now, PauseCause::RateLimited));
             }
             self.blocked_until = None;
         }
@@ -279,16 +358,14 @@ impl State {
         }
         let mut probe = false;
         let need = 1.0 + RESERVE;
-        let (per_sec, cap) = (self.per_sec, self.cap_tokens());
+        let (per_sec, cap) = (self.refill_rate(), self.cap_tokens());
         match &mut self.mirror {
             Some(m) => {
                 m.refill(now, per_sec, cap);
                 if m.tokens < need {
-                    return Err(Wait::For(if per_sec > 0.0 {
-                        Duration::from_secs_f64((need - m.tokens) / per_sec)
-                    } else {
-                        NO_RATE_RECHECK
-                    }));
+                    let wait = Duration::try_from_secs_f64((need - m.tokens) / per_sec)
+                        .unwrap_or(Duration::MAX);
+                    return Err(Wait::Server(wait, PauseCause::Refill));
                 }
                 m.tokens -= 1.0;
             }
@@ -304,6 +381,17 @@ impl State {
         }
         self.issued += 1;
         Ok((self.issued, probe))
+    }
+
+    /// The refill rate in tokens per second: the announced one, or
+    /// [`ASSUMED_REFILL_PER_MINUTE`] when none (or 0) was announced, so that the mirror
+    /// always refills with time.
+    fn refill_rate(&self) -> f64 {
+        if self.per_sec.is_finite() && self.per_sec > 0.0 {
+            self.per_sec
+        } else {
+            f64::from(ASSUMED_REFILL_PER_MINUTE) / 60.0
+        }
     }
 
     /// Most tokens the mirror may hold: the largest bucket content seen, and never less
@@ -327,7 +415,7 @@ impl State {
         let remaining = remaining as f64;
         self.burst = self.burst.max(remaining + 1.0);
         let at_most = remaining - (self.issued - seq) as f64;
-        let (per_sec, cap) = (self.per_sec, self.cap_tokens());
+        let (per_sec, cap) = (self.refill_rate(), self.cap_tokens());
         match &mut self.mirror {
             Some(m) => {
                 m.refill(now, per_sec, cap);
@@ -359,6 +447,9 @@ mod tests {
     use super::*;
     use univapay_sim::{Limit, TokenBucket};
 
+    /// A caller that waits out any pause.
+    const WAIT_ANY: Duration = Duration::MAX;
+
     fn headers(remaining: u64, per_minute: u64) -> RateLimit {
         RateLimit {
             remaining_exact: Some(remaining),
@@ -389,7 +480,7 @@ mod tests {
                 use std::sync::atomic::Ordering::SeqCst;
                 while next.fetch_add(1, SeqCst) < n {
                     loop {
-                        let ticket = pacer.acquire().await;
+                        let ticket = pacer.acquire(WAIT_ANY).await.unwrap();
                         tokio::time::sleep(latency / 2).await;
                         let taken = server.lock().unwrap().try_take(Instant::now());
                         tokio::time::sleep(latency / 2).await;
@@ -463,10 +554,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn only_one_probe_before_the_budget_is_known() {
         let pacer = Pacer::new(None);
-        let first = pacer.acquire().await;
+        let first = pacer.acquire(WAIT_ANY).await.unwrap();
         let second = tokio::spawn({
             let p = pacer.clone();
-            async move { p.acquire().await }
+            async move { p.acquire(WAIT_ANY).await.unwrap() }
         });
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(!second.is_finished(), "waits for the probe's answer");
@@ -481,10 +572,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_server_without_headers_is_not_paced() {
         let pacer = Pacer::new(None);
-        let t = pacer.acquire().await;
+        let t = pacer.acquire(WAIT_ANY).await.unwrap();
         pacer.observe(t, Answer::Http(RateLimit::default()));
         let start = Instant::now();
-        let tickets: Vec<_> = futures::future::join_all((0..100).map(|_| pacer.acquire())).await;
+        let tickets: Vec<_> =
+            futures::future::join_all((0..100).map(|_| pacer.acquire(WAIT_ANY))).await;
         assert_eq!(tickets.len(), 100);
         assert_eq!(start.elapsed(), Duration::ZERO);
     }
@@ -492,9 +584,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retry_after_stops_every_request_that_long() {
         let pacer = Pacer::new(None);
-        let t = pacer.acquire().await;
+        let t = pacer.acquire(WAIT_ANY).await.unwrap();
         pacer.observe(t, Answer::Http(headers(100, 6000)));
-        let t = pacer.acquire().await;
+        let t = pacer.acquire(WAIT_ANY).await.unwrap();
         let at = Instant::now();
         pacer.observe(
             t,
@@ -507,7 +599,7 @@ mod tests {
             .map(|_| {
                 let p = pacer.clone();
                 tokio::spawn(async move {
-                    let t = p.acquire().await;
+                    let t = p.acquire(WAIT_ANY).await.unwrap();
                     let when = Instant::now();
                     p.observe(t, Answer::Http(headers(100, 6000)));
                     when
@@ -525,7 +617,7 @@ mod tests {
         let pacer = Pacer::new(None);
         let mut pauses = vec![];
         for _ in 0..4 {
-            let t = pacer.acquire().await;
+            let t = pacer.acquire(WAIT_ANY).await.unwrap();
             let at = Instant::now();
             pacer.observe(
                 t,
@@ -534,7 +626,7 @@ mod tests {
                     retry_after: None,
                 },
             );
-            let next = pacer.acquire().await;
+            let next = pacer.acquire(WAIT_ANY).await.unwrap();
             pauses.push(Instant::now() - at);
             pacer.observe(next, Answer::NoAnswer);
         }
@@ -547,9 +639,9 @@ mod tests {
             );
         }
         // A good answer ends the run of 429s.
-        let t = pacer.acquire().await;
+        let t = pacer.acquire(WAIT_ANY).await.unwrap();
         pacer.observe(t, Answer::Http(headers(50, 6000)));
-        let t = pacer.acquire().await;
+        let t = pacer.acquire(WAIT_ANY).await.unwrap();
         let at = Instant::now();
         pacer.observe(
             t,
@@ -558,18 +650,18 @@ mod tests {
                 retry_after: None,
             },
         );
-        drop(pacer.acquire().await);
+        drop(pacer.acquire(WAIT_ANY).await.unwrap());
         assert!(Instant::now() - at <= Duration::from_secs(1));
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_configured_cap_spaces_requests_evenly() {
         let pacer = Pacer::new(Some(120));
-        let t = pacer.acquire().await;
+        let t = pacer.acquire(WAIT_ANY).await.unwrap();
         pacer.observe(t, Answer::Http(headers(10_000, 1_000_000)));
         let start = Instant::now();
         for _ in 0..10 {
-            let t = pacer.acquire().await;
+            let t = pacer.acquire(WAIT_ANY).await.unwrap();
             pacer.observe(t, Answer::Http(headers(10_000, 1_000_000)));
         }
         // 120 per minute is one every 500 ms, whatever the server would allow.
@@ -579,24 +671,24 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lost_probe_lets_another_go() {
         let pacer = Pacer::new(None);
-        let probe = pacer.acquire().await;
+        let probe = pacer.acquire(WAIT_ANY).await.unwrap();
         drop(probe);
-        let again = tokio::time::timeout(Duration::from_millis(1), pacer.acquire()).await;
+        let again = tokio::time::timeout(Duration::from_millis(1), pacer.acquire(WAIT_ANY)).await;
         assert!(again.is_ok());
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_older_answer_never_raises_the_estimate() {
         let pacer = Pacer::new(None);
-        let t = pacer.acquire().await;
+        let t = pacer.acquire(WAIT_ANY).await.unwrap();
         pacer.observe(t, Answer::Http(headers(10, 60)));
-        let a = pacer.acquire().await;
-        let b = pacer.acquire().await;
+        let a = pacer.acquire(WAIT_ANY).await.unwrap();
+        let b = pacer.acquire(WAIT_ANY).await.unwrap();
         // b (newer) says the bucket is nearly empty; a (older) arrives later with more.
         pacer.observe(b, Answer::Http(headers(1, 60)));
         pacer.observe(a, Answer::Http(headers(9, 60)));
         let start = Instant::now();
-        drop(pacer.acquire().await);
+        drop(pacer.acquire(WAIT_ANY).await.unwrap());
         // Needs 2 tokens from 1 at one per second.
         assert!(
             start.elapsed() >= Duration::from_secs(1),
@@ -608,16 +700,210 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn requests_that_never_get_an_answer_do_not_stall_it() {
         let pacer = Pacer::new(None);
-        let t = pacer.acquire().await;
+        let t = pacer.acquire(WAIT_ANY).await.unwrap();
         pacer.observe(t, Answer::Http(headers(5, 60)));
         let start = Instant::now();
         for _ in 0..20 {
-            let t = tokio::time::timeout(Duration::from_secs(60), pacer.acquire())
+            let t = tokio::time::timeout(Duration::from_secs(60), pacer.acquire(WAIT_ANY))
                 .await
-                .expect("keeps going");
+                .expect("keeps going")
+                .unwrap();
             pacer.observe(t, Answer::NoAnswer);
         }
         // Four at once (one token kept in reserve), then one a second.
         assert_eq!(start.elapsed(), Duration::from_secs(16));
+    }
+
+    fn route(remaining: Option<u64>, per_minute: Option<u64>) -> RateLimit {
+        RateLimit {
+            remaining_route: remaining,
+            per_minute_route: per_minute,
+            ..RateLimit::default()
+        }
+    }
+
+    fn too_many(rate_limit: RateLimit, retry_after: Option<u64>) -> Answer {
+        Answer::RateLimited {
+            rate_limit,
+            retry_after: retry_after.map(Duration::from_secs),
+        }
+    }
+
+    /// The first answer a WAF or CDN might give: 429, no headers at all.
+    #[tokio::test(start_paused = true)]
+    async fn a_429_without_headers_before_any_budget_does_not_stall() {
+        let pacer = Pacer::new(None);
+        let t = pacer.acquire(WAIT_ANY).await.unwrap();
+        pacer.observe(t, too_many(RateLimit::default(), None));
+        let start = Instant::now();
+        let t = tokio::time::timeout(Duration::from_secs(5), pacer.acquire(WAIT_ANY))
+            .await
+            .expect("goes after the backoff")
+            .unwrap();
+        assert!(start.elapsed() <= Duration::from_secs(1));
+        // One probe at a time until an answer says how things are.
+        let second = tokio::time::timeout(Duration::from_secs(5), pacer.acquire(WAIT_ANY)).await;
+        assert!(
+            second.is_err(),
+            "a second request waits for the probe's answer"
+        );
+        pacer.observe(t, Answer::Http(RateLimit::default()));
+        let start = Instant::now();
+        let all = futures::future::join_all((0..50).map(|_| pacer.acquire(WAIT_ANY))).await;
+        assert!(all.iter().all(Result::is_ok));
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "no budget announced: unpaced"
+        );
+    }
+
+    /// A count of what remains without a refill rate, or a refill rate of 0: the mirror
+    /// can only be raised by time, so a rate is assumed rather than waiting forever.
+    #[tokio::test(start_paused = true)]
+    async fn remaining_without_refill_or_a_refill_of_zero_keeps_going() {
+        for per_minute in [None, Some(0)] {
+            let pacer = Pacer::new(None);
+            let start = Instant::now();
+            for _ in 0..10 {
+                let t = tokio::time::timeout(Duration::from_secs(5), pacer.acquire(WAIT_ANY))
+                    .await
+                    .unwrap_or_else(|_| panic!("stalled with per_minute {per_minute:?}"))
+                    .unwrap();
+                pacer.observe(t, Answer::Http(route(Some(0), per_minute)));
+            }
+            // Two tokens at the assumed one per second for each request after the first.
+            assert!(
+                start.elapsed() <= Duration::from_secs(20),
+                "{:?}",
+                start.elapsed()
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_longer_than_the_caller_waits_is_refused_at_once_and_kept() {
+        let pacer = Pacer::new(None);
+        let t = pacer.acquire(WAIT_ANY).await.unwrap();
+        pacer.observe(t, Answer::Http(headers(100, 6000)));
+        let t = pacer.acquire(WAIT_ANY).await.unwrap();
+        pacer.observe(t, too_many(headers(0, 6000), Some(3600)));
+        let start = Instant::now();
+        let max = Duration::from_secs(30);
+        let p = pacer.acquire(max).await.expect_err("refused");
+        assert_eq!(start.elapsed(), Duration::ZERO, "not slept through");
+        assert_eq!(p.cause, PauseCause::RateLimited);
+        assert!(p.wait > Duration::from_secs(3599), "{p:?}");
+        assert!(p.to_string().contains("pause of 1h"), "{p}");
+        // Still in force for the next caller; its last ten seconds are waited out.
+        tokio::time::advance(Duration::from_secs(3590)).await;
+        let start = Instant::now();
+        let t = pacer.acquire(max).await.unwrap();
+        assert!(
+            start.elapsed() >= Duration::from_secs(9),
+            "{:?}",
+            start.elapsed()
+        );
+        // A short pause is waited out.
+        pacer.observe(t, too_many(headers(0, 6000), Some(2)));
+        let start = Instant::now();
+        assert!(pacer.acquire(max).await.is_ok());
+        assert!(start.elapsed() >= Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_recorded_earlier_holds_every_request() {
+        let pacer = Pacer::new(None);
+        pacer.pause_for(Duration::from_secs(90));
+        let p = pacer.acquire(Duration::from_secs(30)).await.unwrap_err();
+        assert_eq!(p.cause, PauseCause::RateLimited);
+        pacer.pause_for(Duration::from_secs(5));
+        assert!(
+            pacer.acquire(Duration::from_secs(30)).await.is_err(),
+            "the longer one stands"
+        );
+        let start = Instant::now();
+        drop(pacer.acquire(WAIT_ANY).await.unwrap());
+        assert!(start.elapsed() >= Duration::from_secs(89));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refill_too_slow_for_a_pass_is_a_pause_too() {
+        let pacer = Pacer::new(None);
+        let t = pacer.acquire(WAIT_ANY).await.unwrap();
+        // One request a minute and none left: the two tokens a request needs take two
+        // minutes, longer than a pass should sit waiting.
+        pacer.observe(t, Answer::Http(route(Some(0), Some(1))));
+        let p = pacer.acquire(Duration::from_secs(30)).await.unwrap_err();
+        assert_eq!(p.cause, PauseCause::Refill);
+    }
+
+    fn answer_strategy() -> impl Strategy<Value = (u8, Option<u64>, Option<u64>, Option<u64>)> {
+        let count = prop_oneof![
+            Just(None),
+            (0u64..5).prop_map(Some),
+            (0u64..1_000_000).prop_map(Some),
+            Just(Some(u64::MAX)),
+        ];
+        let rate = prop_oneof![
+            Just(None),
+            Just(Some(0)),
+            (1u64..100).prop_map(Some),
+            (1u64..10_000_000).prop_map(Some),
+            Just(Some(u64::MAX)),
+        ];
+        let retry = prop_oneof![Just(None), (0u64..120).prop_map(Some), Just(Some(3600))];
+        (0u8..4, count, rate, retry)
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Whatever headers arrive (none, some, absurd, contradictory, 429s with or without
+        /// them), the next request either goes within a bounded time or is refused at once
+        /// as a pause longer than the caller waits: the pacer never waits on nothing.
+        #[test]
+        fn any_answers_lead_to_progress_or_a_bounded_refusal(
+            answers in proptest::collection::vec(answer_strategy(), 1..30),
+            cap in proptest::option::of(1u32..1000),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let max = Duration::from_secs(30);
+                let pacer = Pacer::new(cap);
+                for (kind, remaining, per_minute, retry) in answers {
+                    // The longest honest wait: a pause up to `max`, then a refill up to
+                    // `max`, then our own ceiling's spacing (at most a minute).
+                    let got = tokio::time::timeout(max * 3 + Duration::from_secs(61), pacer.acquire(max))
+                        .await
+                        .expect("acquire ended");
+                    let t = match got {
+                        Ok(t) => t,
+                        Err(p) => {
+                            assert!(p.wait > max, "{p:?}");
+                            tokio::time::advance(p.wait).await;
+                            continue;
+                        }
+                    };
+                    let rl = RateLimit {
+                        remaining_route: remaining,
+                        per_minute_route: per_minute,
+                        remaining_exact: remaining,
+                        per_minute_exact: None,
+                    };
+                    let answer = match kind {
+                        0 => Answer::NoAnswer,
+                        1 => too_many(rl, retry),
+                        _ => Answer::Http(rl),
+                    };
+                    pacer.observe(t, answer);
+                }
+            });
+        }
     }
 }

@@ -9,6 +9,7 @@ mod config;
 mod daemon;
 mod database;
 mod errors;
+// mod harden; (being ported to the new harness)
 mod helpers;
 mod hostile;
 mod lifecycle;
