@@ -3,70 +3,55 @@
 //! ever creates one.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use assert_cmd::Command;
 use konbini_reconciler::lock::PassLock;
 use univapay_sim::{Reply, SimCharge};
 
-use crate::helpers::{STORE, TestApp};
+use crate::helpers::{STORE, TestApp, wait_until};
+use crate::util::{Finished, TestCommand};
 
 /// The binary with the test's config, in the test's directory, with a clean environment.
-fn konbini(app: &TestApp) -> Command {
-    konbini_with(app, &app.config_path)
+fn konbini(app: &TestApp) -> TestCommand {
+    app.command()
 }
 
-fn konbini_with(app: &TestApp, config: &Path) -> Command {
-    let mut cmd = Command::cargo_bin("konbini-reconciler").unwrap();
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .current_dir(app.dir.path())
-        .arg("--config")
-        .arg(config);
+/// The same, with the config at `config` instead.
+fn konbini_with(app: &TestApp, config: &Path) -> TestCommand {
+    let mut cmd = TestCommand::new(app.dir.path());
+    cmd.config(config);
     cmd
 }
 
-struct Ran {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(cmd: &mut Command) -> Ran {
-    let out = cmd.output().unwrap();
-    Ran {
-        code: out.status.code(),
-        stdout: String::from_utf8(out.stdout).expect("stdout is UTF-8"),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// Exit 1 with exactly one `konbini-reconciler: error:` line on stderr containing `needle`.
+/// Runs `cmd` to its end; every command's stdout is UTF-8 text.
 #[track_caller]
-fn assert_one_error_line(r: &Ran, needle: &str) {
-    assert_eq!(r.code, Some(1), "stdout {} stderr {}", r.stdout, r.stderr);
-    assert_eq!(r.stderr.lines().count(), 1, "one line: {}", r.stderr);
+fn run(cmd: &mut TestCommand) -> Finished {
+    let r = cmd.run();
     assert!(
-        r.stderr.starts_with("konbini-reconciler: error: "),
-        "{}",
-        r.stderr
+        std::str::from_utf8(r.stdout_bytes()).is_ok(),
+        "stdout is UTF-8: {:?}",
+        r.stdout_bytes()
     );
-    assert!(
-        r.stderr.contains(needle),
-        "wanted {needle:?} in {}",
-        r.stderr
-    );
-    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    r
+}
+
+/// Exit 1 with exactly one `konbini-reconciler: error:` line on stderr, and nothing else,
+/// containing `needle`.
+#[track_caller]
+fn assert_one_error_line(r: &Finished, needle: &str) {
+    r.assert_fatal(&[needle]);
+    let err = r.stderr();
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("konbini-reconciler: error: "), "{err}");
 }
 
 /// A config like the test's, but for a database at `db` (which does not exist yet).
 fn config_for(app: &TestApp, db: &Path) -> PathBuf {
     let path = app.dir.path().join("other.toml");
-    std::fs::write(
-        &path,
-        crate::helpers::config_text(&app.sim.base_url(), db, ""),
-    )
-    .unwrap();
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    app.config
+        .clone()
+        .with(|c| c.database.path = Some(db.to_owned()))
+        .write(&path);
     path
 }
 
@@ -118,11 +103,11 @@ async fn only_register_creates_the_database() {
         let r = run(konbini_with(&app, &config).args(args));
         assert_one_error_line(&r, "no such database");
         assert!(
-            r.stderr.contains("fresh.db"),
+            r.stderr().contains("fresh.db"),
             "names the file: {}",
-            r.stderr
+            r.stderr()
         );
-        assert!(r.stdout.is_empty(), "{args:?}: {}", r.stdout);
+        assert!(r.stdout().is_empty(), "{args:?}: {}", r.stdout());
         assert_eq!(
             files_like(dir.path(), "fresh"),
             Vec::<String>::new(),
@@ -134,19 +119,19 @@ async fn only_register_creates_the_database() {
     assert!(!db.exists());
 
     let r = run(konbini_with(&app, &config).args(["register", "ch-1", STORE, "1500"]));
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code(), Some(0), "{}", r.stderr());
     assert_eq!(
-        r.stdout,
+        r.stdout(),
         format!("registered ch-1: store {STORE}, 1500 JPY; due now\n")
     );
     assert!(db.exists());
     let r = run(konbini_with(&app, &config).arg("status"));
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code(), Some(0), "{}", r.stderr());
     assert!(
-        r.stdout
+        r.stdout()
             .contains("pending              1            1500 JPY"),
         "{}",
-        r.stdout
+        r.stdout()
     );
 }
 
@@ -163,9 +148,9 @@ async fn register_validates_inserts_and_is_idempotent() {
         "--expires-at",
         "2026-12-01T09:00:00+09:00",
     ]));
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code(), Some(0), "{}", r.stderr());
     assert_eq!(
-        r.stdout,
+        r.stdout(),
         format!(
             "registered ch-usd: store {STORE}, 1000000000000 USD, expires 2026-12-01T00:00:00.000Z; due now\n"
         )
@@ -227,9 +212,9 @@ async fn register_validates_inserts_and_is_idempotent() {
         let r = run(konbini(&app)
             .args(["register", "ch-usd", STORE, "1000000000000"])
             .args(extra));
-        assert_eq!(r.code, Some(0), "{extra:?}: {}", r.stderr);
+        assert_eq!(r.code(), Some(0), "{extra:?}: {}", r.stderr());
         assert_eq!(
-            r.stdout,
+            r.stdout(),
             "ch-usd is already registered with these values; nothing changed\n"
         );
     }
@@ -268,11 +253,11 @@ async fn register_validates_inserts_and_is_idempotent() {
         let r = run(konbini(&app).arg("register").args(&args));
         assert_one_error_line(&r, needle);
         assert!(
-            r.stderr.contains("already registered with other values"),
+            r.stderr().contains("already registered with other values"),
             "{}",
-            r.stderr
+            r.stderr()
         );
-        assert!(r.stdout.is_empty());
+        assert!(r.stdout().is_empty());
     }
     assert_eq!(dump(&app), before);
 
@@ -318,8 +303,8 @@ async fn status_shows_states_amounts_problems_and_the_last_run() {
     let app = TestApp::spawn().await;
     // Before any run.
     let r = run(konbini(&app).args(["status", "--json"]));
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
-    let j: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(r.code(), Some(0), "{}", r.stderr());
+    let j: serde_json::Value = serde_json::from_str(&r.stdout()).unwrap();
     assert_eq!(j["last_run"], serde_json::Value::Null);
     assert_eq!(j["charges"]["pending"]["count"], 0);
 
@@ -345,8 +330,8 @@ async fn status_shows_states_amounts_problems_and_the_last_run() {
     let last_run: i64 = app.count("SELECT max(id) FROM runs");
 
     let r = run(konbini(&app).arg("status"));
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
-    for line in r.stdout.lines() {
+    assert_eq!(r.code(), Some(0), "{}", r.stderr());
+    for line in r.stdout().lines() {
         assert!(line.chars().count() <= 80, "wider than 80: {line:?}");
     }
     for want in [
@@ -365,13 +350,17 @@ async fn status_shows_states_amounts_problems_and_the_last_run() {
         &format!("last run    #{last_run} once ok at "),
         "            checked 4, transitions 3, mismatches 1, errors 1",
     ] {
-        assert!(r.stdout.contains(want), "missing {want:?} in\n{}", r.stdout);
+        assert!(
+            r.stdout().contains(want),
+            "missing {want:?} in\n{}",
+            r.stdout()
+        );
     }
 
     let r = run(konbini(&app).args(["status", "--json"]));
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
-    assert_eq!(r.stdout.lines().count(), 1, "one object: {}", r.stdout);
-    let j: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(r.code(), Some(0), "{}", r.stderr());
+    assert_eq!(r.stdout().lines().count(), 1, "one object: {}", r.stdout());
+    let j: serde_json::Value = serde_json::from_str(&r.stdout()).unwrap();
     assert_eq!(j["charges"]["pending"]["count"], 3);
     assert_eq!(j["charges"]["pending"]["requested_amount"], 505);
     assert_eq!(j["charges"]["pending"]["requested_by_currency"]["USD"], 5);
@@ -385,7 +374,7 @@ async fn status_shows_states_amounts_problems_and_the_last_run() {
     assert_eq!(j["last_run"]["outcome"], "ok");
     assert_eq!(j["last_run"]["checked"], 4);
     assert_eq!(j["last_failure"], serde_json::Value::Null);
-    assert!(r.stderr.is_empty(), "{}", r.stderr);
+    assert!(r.stderr().is_empty(), "{}", r.stderr());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -401,8 +390,9 @@ async fn check_prints_a_line_per_charge_and_exits_like_once() {
     let runs_before = runs_count(&app);
 
     let r = run(konbini(&app).args(["check", "paid", "short", "paid"]));
-    assert_eq!(r.code, Some(2), "a new mismatch: {}", r.stderr);
-    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(r.code(), Some(2), "a new mismatch: {}", r.stderr());
+    let stdout = r.stdout();
+    let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
         lines,
         [
@@ -421,40 +411,34 @@ async fn check_prints_a_line_per_charge_and_exits_like_once() {
         "only the named ones"
     );
     assert_eq!(app.sim.requests_for("untouched"), 0);
-    let last: (String, String, i64, i64, i64, i64) = app
-        .db()
-        .query_row(
-            "SELECT trigger, outcome, checked, transitions, mismatches, errors
-             FROM runs ORDER BY id DESC LIMIT 1",
-            [],
-            |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            },
-        )
-        .unwrap();
-    assert_eq!(last, ("check".into(), "ok".into(), 2, 2, 1, 0));
+    let last = app.last_run();
+    assert_eq!(
+        (
+            &last.trigger[..],
+            &last.outcome[..],
+            last.checked,
+            last.transitions,
+            last.mismatches,
+            last.errors
+        ),
+        ("check", "ok", 2, 2, 1, 0),
+        "{last:?}"
+    );
     assert_eq!(runs_count(&app), runs_before + 1);
 
     // Again: final charges are checked once more, nothing is news: exit 0.
     let r = run(konbini(&app).args(["check", "short"]));
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code(), Some(0), "{}", r.stderr());
     assert!(
-        r.stdout
+        r.stdout()
             .starts_with("short: successful (unchanged), UnivaPay status successful"),
         "{}",
-        r.stdout
+        r.stdout()
     );
     assert!(
-        r.stdout.contains("mismatch (flagged before)"),
+        r.stdout().contains("mismatch (flagged before)"),
         "{}",
-        r.stdout
+        r.stdout()
     );
 
     // A failed check is a line with the error, and the charge is due again later.
@@ -466,9 +450,9 @@ async fn check_prints_a_line_per_charge_and_exits_like_once() {
         },
     );
     let r = run(konbini(&app).args(["check", "untouched"]));
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code(), Some(0), "{}", r.stderr());
     assert_eq!(
-        r.stdout,
+        r.stdout(),
         "untouched: pending (unchanged), requested 50 JPY, charged -, error: UnivaPay server error 503\n"
     );
     assert_eq!(
@@ -484,7 +468,7 @@ async fn check_refuses_unknown_ids_before_any_request() {
     let before = dump(&app);
     let r = run(konbini(&app).args(["check", "known", "nope", "nada"]));
     assert_one_error_line(&r, "not in the ledger: nope, nada; nothing checked");
-    assert!(r.stdout.is_empty());
+    assert!(r.stdout().is_empty());
     assert_eq!(app.sim.counters().requests, 0, "no request at all");
     assert_eq!(dump(&app), before);
     assert_eq!(runs_count(&app), 0, "no run begun");
@@ -495,14 +479,14 @@ async fn check_refuses_unknown_ids_before_any_request() {
     ] {
         let r = run(konbini(&app).args(args));
         assert_one_error_line(&r, "");
-        assert_ne!(r.code, Some(2));
+        assert_ne!(r.code(), Some(2));
     }
     let r = run(konbini(&app).arg("check"));
     assert!(
-        r.stderr
+        r.stderr()
             .contains("usage: konbini-reconciler check <CHARGE_ID>..."),
         "{}",
-        r.stderr
+        r.stderr()
     );
 }
 
@@ -516,16 +500,20 @@ async fn check_obeys_the_pass_lock_with_exit_3() {
         .unwrap();
     let before = dump(&app);
     let r = run(konbini(&app).args(["check", "a"]));
-    assert_eq!(r.code, Some(3), "{}", r.stderr);
-    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
-    assert!(r.stderr.contains("another pass is running"), "{}", r.stderr);
-    assert!(r.stderr.contains("schedule.lock_wait"), "{}", r.stderr);
+    assert_eq!(r.code(), Some(3), "{}", r.stderr());
+    assert_eq!(r.stderr().lines().count(), 1, "{}", r.stderr());
+    assert!(
+        r.stderr().contains("another pass is running"),
+        "{}",
+        r.stderr()
+    );
+    assert!(r.stderr().contains("schedule.lock_wait"), "{}", r.stderr());
     assert_eq!(app.sim.counters().requests, 0);
     assert_eq!(dump(&app), before);
     assert_eq!(runs_count(&app), 0);
     drop(held);
     let r = run(konbini(&app).args(["check", "a"]));
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code(), Some(0), "{}", r.stderr());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -536,13 +524,17 @@ async fn check_with_rejected_credentials_is_fatal() {
     let r = run(konbini(&app)
         .env("UNIVAPAY_SECRET", "wrong-secret")
         .args(["check", "a", "b"]));
-    assert_eq!(r.code, Some(1), "{}", r.stderr);
-    assert!(r.stderr.contains("credentials rejected"), "{}", r.stderr);
-    assert!(!r.stderr.contains("wrong-secret"));
+    assert_eq!(r.code(), Some(1), "{}", r.stderr());
     assert!(
-        r.stdout.contains("not checked (credentials rejected)"),
+        r.stderr().contains("credentials rejected"),
         "{}",
-        r.stdout
+        r.stderr()
+    );
+    assert!(!r.stderr().contains("wrong-secret"));
+    assert!(
+        r.stdout().contains("not checked (credentials rejected)"),
+        "{}",
+        r.stdout()
     );
     let outcome: String = app
         .db()
@@ -575,9 +567,9 @@ async fn recheck_makes_open_charges_due_and_never_reopens_final_ones() {
     assert_eq!(dump(&app), before);
 
     let r = run(konbini(&app).args(["recheck", "open", "done"]));
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code(), Some(0), "{}", r.stderr());
     assert_eq!(
-        r.stdout,
+        r.stdout(),
         format!("open: due now (was due {open_was})\ndone: successful is final; not reopened\n")
     );
     assert!(app.row("open").next_check_at.unwrap() < open_was);
@@ -590,12 +582,12 @@ async fn recheck_makes_open_charges_due_and_never_reopens_final_ones() {
     );
 
     let r = run(konbini(&app).args(["recheck", "--unchecked"]));
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
-    assert_eq!(r.stdout, "gone: due now (was no longer checked)\n");
+    assert_eq!(r.code(), Some(0), "{}", r.stderr());
+    assert_eq!(r.stdout(), "gone: due now (was no longer checked)\n");
     assert!(app.row("gone").next_check_at.is_some());
     assert_eq!(app.row("done").next_check_at, None);
     let r = run(konbini(&app).args(["recheck", "--unchecked"]));
-    assert_eq!(r.stdout, "no charge is unchecked; nothing changed\n");
+    assert_eq!(r.stdout(), "no charge is unchecked; nothing changed\n");
 
     // Due now means the next pass checks them.
     app.after_recheck();
@@ -628,11 +620,11 @@ async fn export_writes_rfc_4180_csv() {
     let app = TestApp::spawn().await;
     // An empty ledger: the header alone.
     let r = run(konbini(&app).arg("export"));
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code(), Some(0), "{}", r.stderr());
     let header = "charge_id,store_id,origin,state,provider_status,requested_amount,\
                   requested_currency,charged_amount,charged_currency,amount_mismatch,\
                   mismatch_detail,payment_number,konbini,expires_at,created_at,updated_at\r\n";
-    assert_eq!(r.stdout, header);
+    assert_eq!(r.stdout(), header);
 
     app.create("short", 1000);
     app.sim.update("short", |c| c.paid_with(900, "JPY"));
@@ -655,17 +647,17 @@ async fn export_writes_rfc_4180_csv() {
         .unwrap();
 
     let r = run(konbini(&app).arg("export"));
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
-    assert!(r.stdout.starts_with(header), "{}", r.stdout);
+    assert_eq!(r.code(), Some(0), "{}", r.stderr());
+    assert!(r.stdout().starts_with(header), "{}", r.stdout());
     // Quoted where needed, quotes doubled, the newline kept inside the quotes.
     assert!(
-        r.stdout.contains(
+        r.stdout().contains(
             "\"charged 900 JPY, \"\"requested\"\" 1000\nper the shop, ブランド\",\"a,b\",seven_eleven,"
         ),
         "{}",
-        r.stdout
+        r.stdout()
     );
-    let rows = records(&r.stdout);
+    let rows = records(&r.stdout());
     assert_eq!(rows.len(), 3);
     assert_eq!(rows[1][0], "plain", "updated_at order");
     assert_eq!(rows[2][0], "short");
@@ -684,8 +676,8 @@ async fn export_writes_rfc_4180_csv() {
     // Filters: state, and updated_at from --since (inclusive) to --until (exclusive).
     let ids = |args: &[&str]| -> Vec<String> {
         let r = run(konbini(&app).arg("export").args(args));
-        assert_eq!(r.code, Some(0), "{args:?}: {}", r.stderr);
-        records(&r.stdout)
+        assert_eq!(r.code(), Some(0), "{args:?}: {}", r.stderr());
+        records(&r.stdout())
             .into_iter()
             .skip(1)
             .map(|r| r[0].clone())
@@ -719,7 +711,7 @@ async fn export_writes_rfc_4180_csv() {
     ] {
         let r = run(konbini(&app).arg("export").args(args));
         assert_one_error_line(&r, needle);
-        assert!(r.stdout.is_empty());
+        assert!(r.stdout().is_empty());
     }
 }
 
@@ -752,16 +744,13 @@ async fn usage_errors_exit_1_with_the_usage_line() {
         assert_one_error_line(&r, usage);
     }
     let r = run(konbini(&app).args(["status", "--help"]));
-    assert_eq!(r.code, Some(0));
-    assert!(r.stdout.contains("--json"), "{}", r.stdout);
+    assert_eq!(r.code(), Some(0));
+    assert!(r.stdout().contains("--json"), "{}", r.stdout());
     // --config also after the command.
-    let r = run(Command::cargo_bin("konbini-reconciler")
-        .unwrap()
-        .env_clear()
-        .current_dir(app.dir.path())
+    let r = run(TestCommand::new(app.dir.path())
         .args(["status", "--config"])
         .arg(&app.config_path));
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code(), Some(0), "{}", r.stderr());
 }
 
 /// Every command, many times, while the daemon runs passes every second over the same
@@ -770,14 +759,14 @@ async fn usage_errors_exit_1_with_the_usage_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_commands_run_beside_the_daemon() {
     let mut app = TestApp::spawn().await;
-    crate::daemon::configure(
-        &mut app,
-        "20s",
-        "[schedule]\ncron = \"* * * * * *\"\nrun_on_start = true\nlock_wait = \"20s\"\n\
-         [reconcile]\nrecheck_interval = \"1s\"\n",
-    );
-    app.sim
-        .configure(|c| c.latency = std::time::Duration::from_millis(2));
+    app.reconfigure(|c| {
+        c.api.timeout = Some(Duration::from_secs(20));
+        c.schedule.cron = Some("* * * * * *".into());
+        c.schedule.run_on_start = Some(true);
+        c.schedule.lock_wait = Some(Duration::from_secs(20));
+        c.reconcile.recheck_interval = Some(Duration::from_secs(1));
+    });
+    app.sim.configure(|c| c.latency = Duration::from_millis(2));
     let mut db = app.db();
     let tx = db.transaction().unwrap();
     for i in 0..200 {
@@ -790,30 +779,20 @@ async fn the_commands_run_beside_the_daemon() {
         app.sim.upsert(SimCharge::new(&id, STORE, 100 + i));
     }
     tx.commit().unwrap();
-    let mut daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_konbini-reconciler"))
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .current_dir(app.dir.path())
-        .arg("--config")
-        .arg(&app.config_path)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    crate::daemon::wait_until(std::time::Duration::from_secs(10), "a first pass", || {
+    let mut daemon = konbini(&app).spawn();
+    // Generous: on a loaded machine the daemon's start and first pass can be slow.
+    wait_until(Duration::from_secs(60), "a first pass", || {
         runs_count(&app) > 0
     })
     .await;
 
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let mut rounds = 0;
     let passes = || app.count("SELECT count(*) FROM runs WHERE trigger = 'schedule'");
     // At least three rounds, and on until the daemon has run passes in between (on a
     // loaded machine a round can outlast several ticks, each skipped while `check` holds
     // the lock).
-    while rounds < 3 || (passes() < 3 && started.elapsed() < std::time::Duration::from_secs(20)) {
+    while rounds < 3 || (passes() < 3 && started.elapsed() < Duration::from_secs(60)) {
         let id = format!("new{rounds}");
         let steps: Vec<(Vec<String>, i32)> = vec![
             (vec!["status".into(), "--json".into()], 0),
@@ -831,14 +810,14 @@ async fn the_commands_run_beside_the_daemon() {
             let r = tokio::task::spawn_blocking(move || run(&mut cmd))
                 .await
                 .unwrap();
-            assert_eq!(r.code, Some(want), "{args:?}: {}", r.stderr);
+            assert_eq!(r.code(), Some(want), "{args:?}: {}", r.stderr());
             assert!(
-                !r.stderr.contains("database is locked"),
+                !r.stderr().contains("database is locked"),
                 "{args:?}: {}",
-                r.stderr
+                r.stderr()
             );
             if args[0] == "export" {
-                assert!(records(&r.stdout).len() > 200, "every charge exported");
+                assert!(records(&r.stdout()).len() > 200, "every charge exported");
             }
         }
         rounds += 1;
@@ -848,18 +827,10 @@ async fn the_commands_run_beside_the_daemon() {
     assert!(passes >= 3, "the daemon kept running passes: {passes}");
     assert_eq!(checks, rounds);
 
-    let pid = daemon.id().unwrap() as libc::pid_t;
-    // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped yet.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let status = tokio::time::timeout(std::time::Duration::from_secs(10), daemon.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    let mut err = String::new();
-    tokio::io::AsyncReadExt::read_to_string(daemon.stderr.as_mut().unwrap(), &mut err)
-        .await
-        .unwrap();
-    assert_eq!(status.code(), Some(0), "{err}");
+    daemon.signal(libc::SIGTERM);
+    let out = daemon.finish(Duration::from_secs(30)).await;
+    let err = out.stderr();
+    assert_eq!(out.code(), Some(0), "{err}");
     for bad in ["database is locked", "DatabaseBusy", "panicked", "ERROR"] {
         assert!(!err.contains(bad), "{bad}: {err}");
     }

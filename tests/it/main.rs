@@ -4,7 +4,7 @@
 
 mod bad_input;
 mod binary;
-// mod commands; (being ported to the new harness)
+mod commands;
 mod config;
 mod daemon;
 mod database;
@@ -13,7 +13,7 @@ mod errors;
 mod helpers;
 mod hostile;
 mod lifecycle;
-// mod metrics; (being ported to the new harness)
+mod metrics;
 mod pacing;
 mod processes;
 mod secrets;

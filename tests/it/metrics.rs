@@ -5,9 +5,8 @@
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use konbini_reconciler::ledger::{Figures, Overview, RunRow, StateTotal};
@@ -16,44 +15,32 @@ use konbini_reconciler::univapay::ClientStats;
 use prometheus_parse::{Scrape, Value};
 use univapay_sim::SimCharge;
 
-use crate::helpers::TestApp;
+use crate::config::TestConfig;
+use crate::helpers::{TestApp, wait_until};
+use crate::util::Finished;
 
 /// Points the test's config at a textfile in `metrics/` of its directory.
-fn with_textfile(app: &TestApp) -> PathBuf {
+fn with_textfile(app: &mut TestApp) -> PathBuf {
     let dir = app.dir.path().join("metrics");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("konbini_reconciler.prom");
-    rewrite_config(
-        app,
-        &format!("[metrics]\ntextfile = \"{}\"\n", path.display()),
-    );
+    app.reconfigure(|c| set_textfile(c, &path));
     path
 }
 
-fn rewrite_config(app: &TestApp, extra: &str) {
-    let text = crate::helpers::config_text(&app.sim.base_url(), &app.db_path, extra);
-    std::fs::write(&app.config_path, text).unwrap();
+/// `metrics.textfile = path` in `c` (a key without a typed field).
+fn set_textfile(c: &mut TestConfig, path: &Path) {
+    *c = std::mem::take(c).set("metrics.textfile", path.to_str().unwrap());
 }
 
 /// `--once` through the real binary under a strict umask, as under systemd (`UMask=0077`).
-fn once(app: &TestApp, env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_konbini-reconciler"));
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .envs(env.iter().copied())
-        .current_dir(app.dir.path())
-        .arg("--config")
-        .arg(&app.config_path)
-        .arg("--once")
-        .stdin(Stdio::null());
-    // SAFETY: umask(2) is async-signal-safe and touches only the child's own state.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::umask(0o077);
-            Ok(())
-        });
+fn once(app: &TestApp, env: &[(&str, &str)]) -> Finished {
+    let mut cmd = app.command();
+    cmd.once().umask(0o077);
+    for (k, v) in env {
+        cmd.env(k, v);
     }
-    cmd.output().unwrap()
+    cmd.run()
 }
 
 fn parse(text: &str) -> Scrape {
@@ -139,8 +126,8 @@ fn promtool_accepts_metrics(text: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn once_writes_a_textfile_prometheus_can_read() {
-    let app = TestApp::spawn().await;
-    let textfile = with_textfile(&app);
+    let mut app = TestApp::spawn().await;
+    let textfile = with_textfile(&mut app);
     app.create("paid", 1500);
     app.sim.update("paid", SimCharge::paid);
     app.create("short", 1000);
@@ -158,13 +145,7 @@ async fn once_writes_a_textfile_prometheus_can_read() {
         .unwrap();
 
     let started = now_s();
-    let out = once(&app, &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    once(&app, &[]).assert_code(2);
     let text = std::fs::read_to_string(&textfile).unwrap();
     let mode = std::fs::metadata(&textfile).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o644, "readable by the collector despite UMask=0077");
@@ -246,11 +227,10 @@ async fn once_writes_a_textfile_prometheus_can_read() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_pass_shows_in_the_textfile() {
-    let app = TestApp::spawn().await;
-    let textfile = with_textfile(&app);
+    let mut app = TestApp::spawn().await;
+    let textfile = with_textfile(&mut app);
     app.create("a", 100);
-    let out = once(&app, &[("UNIVAPAY_SECRET", "wrong-secret")]);
-    assert_eq!(out.status.code(), Some(1));
+    once(&app, &[("UNIVAPAY_SECRET", "wrong-secret")]).assert_code(1);
     let s = parse(&std::fs::read_to_string(&textfile).unwrap());
     assert_eq!(
         value(
@@ -272,47 +252,37 @@ async fn a_failed_pass_shows_in_the_textfile() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_textfile_that_cannot_be_written_is_a_warning_not_a_failure() {
-    let app = TestApp::spawn().await;
+    let mut app = TestApp::spawn().await;
     let missing = app.dir.path().join("no-such-dir").join("k.prom");
-    rewrite_config(
-        &app,
-        &format!("[metrics]\ntextfile = \"{}\"\n", missing.display()),
-    );
+    app.reconfigure(|c| set_textfile(c, &missing));
     app.create("a", 100);
     let out = once(&app, &[]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    let err = out.stderr();
+    assert_eq!(out.code(), Some(0), "{err}");
     assert!(err.contains("cannot write metrics.textfile"), "{err}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("pass 1 ok"));
+    assert!(out.stdout().contains("pass 1 ok"), "{}", out.stdout());
     assert!(!missing.parent().unwrap().exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_writes_the_textfile_after_every_pass() {
-    use konbini_reconciler::config::Settings;
     use konbini_reconciler::notify::Notifier;
     use konbini_reconciler::reconcile::Reconciler;
-    use std::sync::Arc;
     use tokio_util::sync::CancellationToken;
 
-    let app = TestApp::spawn().await;
+    let mut app = TestApp::spawn().await;
     let textfile = app.dir.path().join("daemon.prom");
-    let text = crate::helpers::config_text(
-        &app.sim.base_url(),
-        &app.db_path,
-        &format!(
-            "{}[metrics]\ntextfile = \"{}\"\n",
-            crate::daemon::EVERY_SECOND,
-            textfile.display()
-        ),
-    );
-    let settings =
-        Arc::new(Settings::from_toml(&text, &app.config_path, &[("UNUSED", "")]).unwrap());
+    app.reconfigure(|c| {
+        c.schedule.cron = Some("* * * * * *".into());
+        c.schedule.run_on_start = Some(false);
+        set_textfile(c, &textfile);
+    });
     app.create("a", 100);
     app.sim.update("a", SimCharge::paid);
     let stop = CancellationToken::new();
+    // The real clock: the daemon runs on wall-clock time, unlike the stepped test passes.
     let daemon = tokio::spawn(konbini_reconciler::daemon::run(
-        Reconciler::new(settings).unwrap(),
+        Reconciler::new(app.settings.clone()).unwrap(),
         Notifier::disabled(),
         stop.clone(),
     ));
@@ -327,12 +297,13 @@ async fn the_daemon_writes_the_textfile_after_every_pass() {
                 _ => f64::NAN,
             })
     };
-    crate::daemon::wait_until(Duration::from_secs(5), "a first textfile", || {
+    // Generous limits: a tick is due every second, but a loaded machine can be slow.
+    wait_until(Duration::from_secs(30), "a first textfile", || {
         stamp().is_some()
     })
     .await;
     let first = stamp().unwrap();
-    crate::daemon::wait_until(Duration::from_secs(5), "a later pass's textfile", || {
+    wait_until(Duration::from_secs(30), "a later pass's textfile", || {
         stamp().is_some_and(|t| t > first)
     })
     .await;
@@ -342,7 +313,7 @@ async fn the_daemon_writes_the_textfile_after_every_pass() {
         1.0
     );
     stop.cancel();
-    tokio::time::timeout(Duration::from_secs(5), daemon)
+    tokio::time::timeout(Duration::from_secs(30), daemon)
         .await
         .unwrap()
         .unwrap()
@@ -356,11 +327,11 @@ async fn node_exporter_reads_the_textfile() {
     let Some(exporter) = tool(&["prometheus-node-exporter", "node_exporter"]) else {
         return;
     };
-    let app = TestApp::spawn().await;
-    let textfile = with_textfile(&app);
+    let mut app = TestApp::spawn().await;
+    let textfile = with_textfile(&mut app);
     app.create("a", 100);
     app.sim.update("a", SimCharge::paid);
-    assert_eq!(once(&app, &[]).status.code(), Some(0));
+    once(&app, &[]).assert_code(0);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

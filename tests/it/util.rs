@@ -11,7 +11,8 @@
 //!
 //! Root ignores file modes, so a command can drop to `nobody`
 //! ([`TestCommand::unprivileged`]) for permission tests to mean something, and can run
-//! under a file-size limit ([`TestCommand::file_size_limit`]) to stand in for a full disk.
+//! under a file-size limit ([`TestCommand::file_size_limit`]) to stand in for a full disk,
+//! or under a service's umask ([`TestCommand::umask`]).
 
 use std::ffi::{CString, OsStr};
 use std::io::{Read, Write};
@@ -91,6 +92,15 @@ impl TestCommand {
         self
     }
 
+    pub fn args<I, S>(&mut self, args: I) -> &mut Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.cmd.args(args);
+        self
+    }
+
     /// `--config path`.
     pub fn config(&mut self, path: &Path) -> &mut Self {
         self.cmd.arg("--config").arg(path);
@@ -122,6 +132,20 @@ impl TestCommand {
         if is_root() {
             // std drops the supplementary groups before setuid when running as root.
             self.cmd.gid(NOBODY).uid(NOBODY);
+        }
+        self
+    }
+
+    /// Runs the child under the file-creation mask `mask`, as a service manager would
+    /// (systemd's `UMask=`), whatever the test process's own umask is.
+    pub fn umask(&mut self, mask: libc::mode_t) -> &mut Self {
+        // SAFETY: the closure runs between fork and exec and calls only umask, which is
+        // async-signal-safe and cannot fail.
+        unsafe {
+            self.cmd.pre_exec(move || {
+                libc::umask(mask);
+                Ok(())
+            });
         }
         self
     }
