@@ -24,6 +24,14 @@ pub fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// Whether `s` is one word that [`clean`] would leave as it is (no whitespace, no control
+/// or invisible format characters), checked without allocating: the status word of every
+/// answer goes through this.
+pub fn is_clean_word(s: &str) -> bool {
+    !s.chars()
+        .any(|c| c.is_whitespace() || c.is_control() || is_invisible_format(c))
+}
+
 /// `s` made safe to store and log: ANSI escape sequences removed, every other control
 /// character (NUL, DEL, C1, bidirectional overrides) removed, newlines, tabs and other
 /// whitespace runs turned into one space, trimmed, and cut to at most `max_chars`
@@ -130,6 +138,17 @@ pub fn is_https_url(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clean_words_are_what_clean_leaves_alone() {
+        for w in ["awaiting", "sim_unknown", "状態", "a-b.c"] {
+            assert!(is_clean_word(w), "{w}");
+            assert_eq!(clean(w, 64), w);
+        }
+        for w in ["a b", "a\nb", "a\u{1b}[31mb", "a\u{202e}b", "a\0b", "tab\t"] {
+            assert!(!is_clean_word(w), "{w:?}");
+        }
+    }
     use proptest::prelude::*;
 
     #[test]
