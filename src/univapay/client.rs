@@ -136,14 +136,36 @@ impl Client {
         charge: &ChargeId,
     ) -> Fetched {
         let url = self.charge_url(store, charge);
+        let (body, rate_limit) = self.get_paced(ticket, url).await;
+        Fetched {
+            result: body.and_then(|b| checked_charge(&b, store, charge)),
+            rate_limit,
+        }
+    }
+
+    /// `base_url` with these path segments appended (each must be path-safe: an id, or
+    /// a fixed word).
+    pub(super) fn endpoint(&self, segments: &[&str]) -> Url {
+        let mut url = self.base_url.clone();
+        if let Ok(mut segs) = url.path_segments_mut() {
+            segs.pop_if_empty().extend(segments);
+        }
+        url
+    }
+
+    /// One GET with the pacer's permission in hand, its answer reported to the pacer: the
+    /// body of a 2xx answer (at most [`MAX_BODY_BYTES`]), or the error it amounts to.
+    /// Every request of the client goes through here.
+    pub(super) async fn get_paced(
+        &self,
+        ticket: Ticket,
+        url: Url,
+    ) -> (Result<Vec<u8>, ApiError>, RateLimit) {
         let resp = match self.http.get(url).send().await {
             Ok(r) => r,
             Err(e) => {
                 self.pacer.observe(ticket, Answer::NoAnswer);
-                return Fetched {
-                    result: Err(self.transport_error(e)),
-                    rate_limit: RateLimit::default(),
-                };
+                return (Err(self.transport_error(e)), RateLimit::default());
             }
         };
         let rate_limit = RateLimit::from_headers(resp.headers());
@@ -162,38 +184,18 @@ impl Client {
             Answer::Http(rate_limit)
         };
         self.pacer.observe(ticket, answer);
-        let result = self.interpret(resp, retry_after, store, charge).await;
-        Fetched { result, rate_limit }
+        (self.interpret(resp, retry_after).await, rate_limit)
     }
 
     async fn interpret(
         &self,
         resp: reqwest::Response,
         retry_after: Option<Duration>,
-        store: &StoreId,
-        charge: &ChargeId,
-    ) -> Result<ProviderCharge, ApiError> {
+    ) -> Result<Vec<u8>, ApiError> {
         let status = resp.status();
         let body = self.read_capped(resp).await;
         match status {
-            s if s.is_success() => {
-                let body = body?;
-                let c = ProviderCharge::from_json(&body).map_err(ApiError::Malformed)?;
-                if c.id != *charge {
-                    return Err(ApiError::Malformed(format!(
-                        "answer is for charge {}, not {charge}",
-                        c.id
-                    )));
-                }
-                if let Some(s) = &c.store_id
-                    && s != store
-                {
-                    return Err(ApiError::Malformed(format!(
-                        "answer is for store {s}, not {store}"
-                    )));
-                }
-                Ok(c)
-            }
+            s if s.is_success() => body,
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(ApiError::Auth {
                 status: status.as_u16(),
                 code: body.ok().and_then(|b| error_code(&b)),
@@ -243,6 +245,29 @@ impl Client {
             ApiError::Connect(error_chain(&e))
         }
     }
+}
+
+/// A charge answer's body, checked to be about exactly that charge of that store.
+pub(super) fn checked_charge(
+    body: &[u8],
+    store: &StoreId,
+    charge: &ChargeId,
+) -> Result<ProviderCharge, ApiError> {
+    let c = ProviderCharge::from_json(body).map_err(ApiError::Malformed)?;
+    if c.id != *charge {
+        return Err(ApiError::Malformed(format!(
+            "answer is for charge {}, not {charge}",
+            c.id
+        )));
+    }
+    if let Some(s) = &c.store_id
+        && s != store
+    {
+        return Err(ApiError::Malformed(format!(
+            "answer is for store {s}, not {store}"
+        )));
+    }
+    Ok(c)
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
