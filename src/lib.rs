@@ -9,6 +9,7 @@
 //! - [`ledger`]: SQLite (schema, migrations, due-charge streaming, transactional writes).
 //! - [`reconcile`]: the pure decision rules ([`reconcile::rules`]) and one pass
 //!   ([`reconcile::pass`]).
+//! - [`discovery`]: the sweep that finds konbini charges UnivaPay has and the ledger lacks.
 //! - [`lock`]: the pass lock, one pass at a time across processes.
 //! - [`daemon`]: passes on the cron schedule, never overlapping, until shutdown.
 //! - [`notify`]: systemd readiness, status, watchdog and stopping notifications.
@@ -21,6 +22,7 @@
 pub mod app;
 pub mod config;
 pub mod daemon;
+pub mod discovery;
 pub mod domain;
 pub mod ledger;
 pub mod lock;
