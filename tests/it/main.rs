@@ -7,6 +7,7 @@ mod binary;
 mod config;
 mod daemon;
 mod database;
+mod discovery;
 mod errors;
 mod helpers;
 mod hostile;
