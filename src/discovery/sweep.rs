@@ -640,3 +640,61 @@ fn history_unavailable(listing: Listing, e: &ApiError) -> bool {
     listing == Listing::KonbiniHistory
         && matches!(e.class(), ErrorClass::NotFound | ErrorClass::Rejected)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(s: &str) -> StoreId {
+        StoreId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn verdicts() {
+        assert_eq!(verdict(&[]), (SweepOutcome::Ok, None));
+        let ok = (store("a"), StoreEnd::Complete);
+        assert_eq!(verdict(std::slice::from_ref(&ok)).0, SweepOutcome::Ok);
+        let partial = (store("b"), StoreEnd::Partial("100 pages read".into()));
+        let (o, d) = verdict(&[ok.clone(), partial.clone()]);
+        assert_eq!(o, SweepOutcome::Partial);
+        assert_eq!(d.as_deref(), Some("store b: 100 pages read"));
+        let down = (store("c"), StoreEnd::Unreachable("timeout".into()));
+        assert_eq!(
+            verdict(std::slice::from_ref(&down)).0,
+            SweepOutcome::Unreachable
+        );
+        assert_eq!(
+            verdict(&[ok.clone(), down.clone()]).0,
+            SweepOutcome::Partial
+        );
+        let auth = (
+            store("d"),
+            StoreEnd::Auth("credentials rejected by UnivaPay (401)".into()),
+        );
+        let (o, d) = verdict(&[partial, auth]);
+        assert_eq!(o, SweepOutcome::AuthFailed);
+        assert!(d.unwrap().contains("api.secret"));
+        let cut = (store("e"), StoreEnd::Interrupted);
+        assert_eq!(verdict(&[down, cut]).0, SweepOutcome::Interrupted);
+    }
+
+    #[test]
+    fn enrichment_folds_into_the_outcome() {
+        assert_eq!(
+            merge_enrichment(SweepOutcome::Ok, None, StoreEnd::Complete),
+            (SweepOutcome::Ok, None)
+        );
+        let (o, d) = merge_enrichment(
+            SweepOutcome::Partial,
+            Some("store a: x".into()),
+            StoreEnd::Partial("looking up a token failed".into()),
+        );
+        assert_eq!(o, SweepOutcome::Partial);
+        assert_eq!(
+            d.as_deref(),
+            Some("store a: x; enrichment: looking up a token failed")
+        );
+        let (o, _) = merge_enrichment(SweepOutcome::Ok, None, StoreEnd::Auth("401".into()));
+        assert_eq!(o, SweepOutcome::AuthFailed);
+    }
+}

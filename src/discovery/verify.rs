@@ -270,3 +270,128 @@ pub fn registration(
         detail,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::univapay::ProviderCharge;
+
+    fn looked(token: TokenFacts, created: Option<&str>, capture_at: bool) -> Looked {
+        let charge = ProviderCharge::from_json(
+            br#"{"id": "c1", "store_id": "s1", "status": "awaiting",
+                 "requested_amount": 1500, "requested_currency": "JPY"}"#,
+        )
+        .unwrap();
+        Looked {
+            charge: VerifiedCharge {
+                charge,
+                token_id: TokenId::parse("t1"),
+                created_on: created.map(|c| c.parse().unwrap()),
+                has_capture_at: capture_at,
+            },
+            token,
+        }
+    }
+
+    fn konbini(brand: Option<&str>, period: Option<&str>) -> TokenFacts {
+        TokenFacts {
+            payment_type: Some("konbini".into()),
+            convenience_store: brand.map(str::to_owned),
+            expiration_period: period.map(str::to_owned),
+            expiration_time_shift: None,
+        }
+    }
+
+    fn listed(brand: Option<&str>) -> Listed {
+        Listed {
+            charge_id: ChargeId::parse("c1").ok(),
+            payment_type: Some("konbini".into()),
+            convenience_store: brand.map(str::to_owned),
+            token_id: None,
+            created_on: None,
+        }
+    }
+
+    #[test]
+    fn a_registration_takes_amounts_from_the_charge_and_the_rest_from_the_token() {
+        let s = StoreId::parse("s1").unwrap();
+        let l = looked(
+            konbini(Some("seven_eleven"), Some("P7D")),
+            Some("2026-11-27T16:00:00Z"),
+            false,
+        );
+        let src = Source::Listing(Listing::KonbiniHistory);
+        let d = registration(&s, &listed(Some("lawson")), src, None, &l).unwrap();
+        assert_eq!(
+            (d.requested_amount, d.requested_currency.as_str()),
+            (1500, "JPY")
+        );
+        assert_eq!(
+            d.konbini.as_deref(),
+            Some("seven_eleven"),
+            "the token over the row"
+        );
+        assert_eq!(d.expires_at, Some("2026-12-05T14:59:59Z".parse().unwrap()));
+        assert_eq!(d.provider_status, "awaiting");
+        assert_eq!(
+            d.detail,
+            "found in the transaction history of store s1: 1500 JPY, seven_eleven, \
+             payable until 2026-12-05T14:59:59.000Z"
+        );
+        // The row's brand when the token has none; no deadline without a period, or
+        // with capture_at.
+        let l = looked(konbini(None, None), Some("2026-11-27T16:00:00Z"), false);
+        let d = registration(&s, &listed(Some("lawson")), src, None, &l).unwrap();
+        assert_eq!((d.konbini.as_deref(), d.expires_at), (Some("lawson"), None));
+        let l = looked(
+            konbini(None, Some("P7D")),
+            Some("2026-11-27T16:00:00Z"),
+            true,
+        );
+        assert_eq!(
+            registration(&s, &listed(None), Source::Webhook, None, &l)
+                .unwrap()
+                .expires_at,
+            None
+        );
+    }
+
+    #[test]
+    fn older_than_the_window_or_without_amounts_is_skipped() {
+        let s = StoreId::parse("s1").unwrap();
+        let l = looked(konbini(None, None), Some("2026-01-01T00:00:00Z"), false);
+        let from = "2026-02-01T00:00:00Z".parse().unwrap();
+        let src = Source::Listing(Listing::Charges);
+        assert!(matches!(
+            registration(&s, &listed(None), src, Some(from), &l),
+            Err(Halt::Skip(SkipReason::OutsideLookback, _))
+        ));
+        let mut l = looked(konbini(None, None), None, false);
+        l.charge.charge.requested_amount = None;
+        assert!(matches!(
+            registration(&s, &listed(None), src, None, &l),
+            Err(Halt::Skip(SkipReason::Unverified, _))
+        ));
+    }
+
+    #[test]
+    fn what_a_token_says_about_the_payment() {
+        assert_eq!(not_konbini(&konbini(None, None)), None);
+        let card = TokenFacts {
+            payment_type: Some("card".into()),
+            ..konbini(None, None)
+        };
+        assert!(matches!(
+            not_konbini(&card),
+            Some(Halt::Skip(SkipReason::NotKonbini, _))
+        ));
+        let odd = TokenFacts {
+            payment_type: None,
+            ..konbini(None, None)
+        };
+        assert!(matches!(
+            not_konbini(&odd),
+            Some(Halt::Skip(SkipReason::UnknownPaymentType, _))
+        ));
+    }
+}

@@ -1077,3 +1077,139 @@ async fn bad_discovery_config_is_exit_1_naming_the_key() {
     }
     assert_eq!(app.sim.counters().api_requests, 0);
 }
+
+// ---- the charge list fallback, and pacing ---------------------------------------------------
+
+/// A proxy in front of the simulator for credentials that cannot read the transaction
+/// history: `/transaction_history` answers 404, every other GET is passed on (with its
+/// rate-limit headers). Returns its base URL.
+async fn without_history(upstream: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let (client, upstream) = (client.clone(), upstream.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let mut lines = head.split("\r\n");
+                let path = lines
+                    .next()
+                    .unwrap_or("")
+                    .split(' ')
+                    .nth(1)
+                    .unwrap_or("/")
+                    .to_owned();
+                let auth = lines
+                    .find_map(|l| {
+                        l.split_once(':')
+                            .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+                    })
+                    .map(|(_, v)| v.trim().to_owned())
+                    .unwrap_or_default();
+                let (status, mut extra, body) = if path.contains("/transaction_history") {
+                    (
+                        404,
+                        String::new(),
+                        r#"{"status":"error","code":"NOT_FOUND","errors":[]}"#.to_owned(),
+                    )
+                } else {
+                    let r = client
+                        .get(format!("{upstream}{path}"))
+                        .header("Authorization", auth)
+                        .send()
+                        .await
+                        .unwrap();
+                    let mut extra = String::new();
+                    for (k, v) in r.headers() {
+                        if k.as_str().starts_with("x-") {
+                            extra.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap()));
+                        }
+                    }
+                    (r.status().as_u16(), extra, r.text().await.unwrap())
+                };
+                extra.push_str(&format!(
+                    "content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+                    body.len()
+                ));
+                let _ = sock
+                    .write_all(format!("HTTP/1.1 {status} X\r\n{extra}\r\n{body}").as_bytes())
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_history_the_charge_list_and_tokens_decide() {
+    let mut app = app_with_discovery(&[STORE.to_owned()]).await;
+    let pop = app.sim.seed(Population {
+        stores: 1,
+        ..Population::new(300, 9).with_cards(40)
+    });
+    let db = app.db();
+    let (mut missing, mut cards) = (BTreeSet::new(), 0u64);
+    for i in 0..pop.count {
+        let p = pop.plan(i);
+        if p.is_card() {
+            cards += 1;
+        } else if i % 2 == 0 {
+            missing.insert(p.id);
+        } else {
+            db.execute(
+                "INSERT INTO charges (charge_id, store_id, requested_amount) VALUES (?1, ?2, ?3)",
+                rusqlite::params![p.id, p.store_id, p.amount],
+            )
+            .unwrap();
+        }
+    }
+    let proxy = without_history(app.sim.base_url()).await;
+    app.reconfigure(|c| c.api.base_url = Some(proxy));
+    settle(&app);
+    let r = sweep(&app).await;
+    assert_eq!(r.outcome, SweepOutcome::Ok, "{r:?}");
+    assert_eq!(discovered(&app), missing);
+    let c = app.sim.counters();
+    assert_eq!(c.history_lists, 0);
+    assert_eq!(c.charge_lists, r.counts.pages);
+    assert_eq!(
+        r.counts.requests,
+        1 + c.charge_lists + c.token_gets + c.requests,
+        "one history page refused, then the list"
+    );
+    // Each unknown charge's token once; a card costs that one request, a konbini charge
+    // its charge GET besides.
+    assert_eq!(c.token_gets, cards + missing.len() as u64);
+    assert_eq!(c.requests, missing.len() as u64);
+    assert_eq!(skips(&app, "not_konbini").len() as u64, cards);
+    assert!(cards > 20, "{cards}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_is_paced_by_the_rate_limit_like_a_pass() {
+    let app = app_with_discovery(&[STORE.to_owned()]).await;
+    app.sim
+        .configure(|c| c.rate_limit = Some(univapay_sim::RateLimitConfig::new(10, 3000)));
+    for i in 0..40 {
+        app.sim.create_konbini_charge(STORE, 100 + i, "lawson");
+    }
+    settle(&app);
+    let r = sweep(&app).await;
+    assert_eq!(r.outcome, SweepOutcome::Ok, "{r:?}");
+    assert_eq!(r.counts.discovered, 40);
+    let c = app.sim.counters();
+    assert_eq!(
+        c.api_rate_limited, 0,
+        "the pacer kept every route inside its bucket"
+    );
+}
