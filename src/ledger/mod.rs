@@ -1,5 +1,6 @@
 //! The SQLite ledger: opening and migrating the database, streaming due charges, and
-//! writing check results, each charge's change in one transaction.
+//! writing check results, each charge's change in one transaction. Discovery's
+//! registrations, watermarks and skips are in `discovery`.
 //!
 //! Everything here is blocking (rusqlite); the pass calls it from dedicated threads, never
 //! from async tasks.

@@ -500,6 +500,36 @@ async fn off_makes_no_list_history_or_token_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_the_daemon_sends_no_list_history_or_token_request_either() {
+    let app = TestApp::spawn_with(|c| {
+        c.schedule.cron = Some("* * * * * *".into());
+    })
+    .await;
+    seed_and_register_most(&app, 60, 3);
+    let stop = CancellationToken::new();
+    let reconciler = konbini_reconciler::reconcile::Reconciler::new(app.settings.clone()).unwrap();
+    let handle = tokio::spawn(konbini_reconciler::daemon::run(
+        reconciler,
+        konbini_reconciler::notify::Notifier::disabled(),
+        stop.clone(),
+    ));
+    wait_until(Duration::from_secs(10), "two passes", || {
+        app.count("SELECT count(*) FROM runs WHERE outcome = 'ok'") >= 2
+    })
+    .await;
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .expect("stops")
+        .unwrap()
+        .expect("clean stop");
+    let c = app.sim.counters();
+    assert!(c.requests > 0, "the passes ran");
+    assert_eq!((c.history_lists, c.charge_lists, c.token_gets), (0, 0, 0));
+    assert_eq!(app.count("SELECT count(*) FROM discovery_sweeps"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_sweeps_when_due_and_not_again_within_the_interval() {
     let app = app_with_discovery(&[STORE.to_owned()]).await;
     let (pop, missing) = seed_and_register_most(&app, 200, 3);
