@@ -3,7 +3,7 @@
 //! store's new watermark; then, when asked, enrichment. See the module doc of
 //! [`crate::discovery`] for the design.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::rules::{self, Broken, Fresh, ItemVerdict, Mark, Next, Paging, Placement};
 use super::verify::{Halt, Source, Verifier};
 use crate::config::DiscoverySettings;
-use crate::domain::StoreId;
+use crate::domain::{ChargeId, StoreId};
 use crate::ledger::{
     DiscoveryBatch, LedgerError, NewDiscovered, Open, Skip, SkipReason, SweepCounts, SweepOutcome,
     Trigger,
@@ -144,8 +144,10 @@ enum ItemOutcome {
     Handled,
     Register(NewDiscovered),
     Skip(Skip),
-    /// Left for a later sweep (after the window, or after an item that stopped the page).
+    /// After the window (a listing that ignores `to`): the next sweep's.
     Later,
+    /// To be verified; still so when verification stopped before it.
+    Pending,
     /// Verification stopped here; the page stops here.
     Halt(Halt),
     /// Not looked at: the sweep's verification limit is reached.
@@ -401,47 +403,72 @@ impl Sweep<'_> {
             .rec
             .with_ledger(Open::Existing, move |l| l.known_charges(&ids))
             .await?;
-        let (from, to) = (mark.from(), mark.to());
         let mut outcomes: Vec<ItemOutcome> = Vec::with_capacity(fresh.items.len());
         let mut candidates = Vec::new();
         for (i, item) in fresh.items.iter().enumerate() {
-            let id = item.charge_id.as_ref().expect("fresh items have ids");
-            let outcome = match rules::placement(item.created_on, from, to) {
-                Placement::Before => ItemOutcome::Ignored,
-                Placement::After => ItemOutcome::Later,
-                Placement::Inside if known.contains(id) => ItemOutcome::Handled,
-                Placement::Inside => match rules::item_verdict(item) {
-                    ItemVerdict::NotKonbini => {
-                        self.other_types += 1;
-                        ItemOutcome::Handled
-                    }
-                    ItemVerdict::UnknownType(w) => ItemOutcome::Skip(Skip {
-                        charge_id: id.clone(),
-                        store_id: store.clone(),
-                        reason: SkipReason::UnknownPaymentType,
-                        detail: format!(
-                            "{} payment_type {:?}",
-                            listing.as_str(),
-                            w.chars().take(32).collect::<String>()
-                        ),
-                    }),
-                    ItemVerdict::Candidate if self.verify_left == 0 => ItemOutcome::OverLimit,
-                    ItemVerdict::Candidate => {
-                        self.verify_left -= 1;
-                        candidates.push(i);
-                        ItemOutcome::Later
-                    }
-                },
-            };
+            let outcome = self.decide(store, listing, item, &known, mark);
+            if matches!(outcome, ItemOutcome::Pending) {
+                candidates.push(i);
+            }
             outcomes.push(outcome);
         }
-        self.verify_all(store, listing, fresh, &candidates, from, &mut outcomes)
-            .await;
+        self.verify_all(
+            store,
+            listing,
+            fresh,
+            &candidates,
+            mark.from(),
+            &mut outcomes,
+        )
+        .await;
         Ok(self.fold(store, page, fresh, outcomes, mark, next))
     }
 
+    /// What a listed item needs, before any request: nothing, a skip record, or a
+    /// verification (`Pending`, within the sweep's verification limit).
+    fn decide(
+        &mut self,
+        store: &StoreId,
+        listing: Listing,
+        item: &Listed,
+        known: &HashSet<ChargeId>,
+        mark: &Mark,
+    ) -> ItemOutcome {
+        // Fresh items all have ids; one without would simply not be looked at.
+        let Some(id) = &item.charge_id else {
+            return ItemOutcome::Ignored;
+        };
+        match rules::placement(item.created_on, mark.from(), mark.to()) {
+            Placement::Before => return ItemOutcome::Ignored,
+            Placement::After => return ItemOutcome::Later,
+            Placement::Inside if known.contains(id) => return ItemOutcome::Handled,
+            Placement::Inside => {}
+        }
+        match rules::item_verdict(item) {
+            ItemVerdict::NotKonbini => {
+                self.other_types += 1;
+                ItemOutcome::Handled
+            }
+            ItemVerdict::UnknownType(w) => ItemOutcome::Skip(Skip {
+                charge_id: id.clone(),
+                store_id: store.clone(),
+                reason: SkipReason::UnknownPaymentType,
+                detail: format!(
+                    "{} payment_type {:?}",
+                    listing.as_str(),
+                    w.chars().take(32).collect::<String>()
+                ),
+            }),
+            ItemVerdict::Candidate if self.verify_left == 0 => ItemOutcome::OverLimit,
+            ItemVerdict::Candidate => {
+                self.verify_left -= 1;
+                ItemOutcome::Pending
+            }
+        }
+    }
+
     /// Verifies the candidates, `api.concurrency` at a time, in listing order; after the
-    /// first one that halts, the rest are not asked about (they stay `Later`).
+    /// first one that halts, the rest are not asked about (they stay `Pending`).
     async fn verify_all(
         &self,
         store: &StoreId,
@@ -468,12 +495,14 @@ impl Sweep<'_> {
                     false
                 }
                 Err(Halt::Skip(reason, detail)) => {
-                    outcomes[i] = ItemOutcome::Skip(Skip {
-                        charge_id: fresh.items[i].charge_id.clone().expect("candidate id"),
-                        store_id: store.clone(),
-                        reason,
-                        detail,
-                    });
+                    if let Some(id) = &fresh.items[i].charge_id {
+                        outcomes[i] = ItemOutcome::Skip(Skip {
+                            charge_id: id.clone(),
+                            store_id: store.clone(),
+                            reason,
+                            detail,
+                        });
+                    }
                     false
                 }
                 Err(h) => {
@@ -510,8 +539,9 @@ impl Sweep<'_> {
         let mut stop = None;
         for (item, outcome) in fresh.items.iter().zip(outcomes) {
             match outcome {
-                // Before the window, or after it (a listing that ignores `from`/`to`).
-                ItemOutcome::Ignored | ItemOutcome::Later => {}
+                // Before the window, or after it (a listing that ignores `from`/`to`); a
+                // pending item comes only after a halt, which has ended the loop.
+                ItemOutcome::Ignored | ItemOutcome::Later | ItemOutcome::Pending => {}
                 ItemOutcome::Handled => mark.handled(item.created_on),
                 ItemOutcome::Register(d) => {
                     batch.found.push(d);

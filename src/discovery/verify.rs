@@ -66,7 +66,8 @@ type TokenCell = Arc<OnceCell<Result<TokenFacts, ApiError>>>;
 pub struct Verifier {
     client: Client,
     shutdown: CancellationToken,
-    tokens: Mutex<HashMap<TokenId, TokenCell>>,
+    /// Keyed by store too: a token is read through its store's path.
+    tokens: Mutex<HashMap<(StoreId, TokenId), TokenCell>>,
     requests: AtomicU64,
 }
 
@@ -110,7 +111,9 @@ impl Verifier {
     async fn token(&self, store: &StoreId, token: &TokenId) -> Result<TokenFacts, Halt> {
         let cell = {
             let mut map = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(token.clone()).or_default().clone()
+            map.entry((store.clone(), token.clone()))
+                .or_default()
+                .clone()
         };
         let fetched = cell
             .get_or_try_init(|| async {
