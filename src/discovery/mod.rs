@@ -25,9 +25,9 @@
 //!    registration is by charge id and never duplicates.
 //!
 //! # What ends a listing early (the rest waits for the next sweep)
-//! A page with more items than asked for, `has_more` with no items, a page of items all
-//! seen before in the sweep, a cursor used before, 100 pages for one store, 1,000
-//! verifications in one sweep, a transient failure (the charge at fault is retried on
+//! A page of more than twice the items asked for, `has_more` with no items, a page of
+//! items all seen before in the sweep, a cursor used before, 100 pages for one store,
+//! 1,000 verifications in one sweep, a transient failure (the charge at fault is retried on
 //! the next sweeps, [`crate::ledger::MAX_ATTEMPTS`] times in all, then skipped as
 //! `unreachable`), shutdown. Items without ids are counted and skipped. 401/403 stops
 //! the whole sweep. Every sweep has a `discovery_sweeps` row and one log line; every
