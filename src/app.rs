@@ -328,7 +328,8 @@ pub async fn run_daemon(settings: Arc<Settings>, shutdown: CancellationToken) ->
     }
 }
 
-/// `--once`: one pass under the pass lock, a summary line on stdout, and the exit status.
+/// `--once`: one pass under the pass lock (after a discovery sweep, when one is due), a
+/// summary line on stdout, and the exit status.
 /// Waits up to `schedule.lock_wait` for a pass that is already running, then gives up with
 /// [`Exit::Locked`].
 pub async fn run_once(settings: Arc<Settings>, shutdown: CancellationToken) -> Exit {
@@ -361,6 +362,10 @@ pub async fn run_once(settings: Arc<Settings>, shutdown: CancellationToken) -> E
             return Exit::Fatal;
         }
     };
+    if let Err(e) = crate::discovery::before_pass(&reconciler, &guard, &shutdown).await {
+        report_fatal(e);
+        return Exit::Fatal;
+    }
     let pass = reconciler.run_pass(&guard, Trigger::Once, shutdown).await;
     crate::metrics::after_pass(reconciler.settings(), reconciler.client()).await;
     match pass {

@@ -135,6 +135,14 @@ pub async fn run(
     if settings.schedule.run_on_start {
         runner.tick("start");
     }
+    // Discovery sweeps on their own interval (none when it is off), one at a time with
+    // the passes: a sweep holds the same slot and lock.
+    runner.passes.spawn(crate::discovery::every_interval(
+        runner.reconciler.clone(),
+        runner.lock.clone(),
+        runner.slot.clone(),
+        shutdown.clone(),
+    ));
 
     let mut offset_check = tokio::time::interval(OFFSET_CHECK_EVERY);
     offset_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -9,6 +9,7 @@
 //! - [`ledger`]: SQLite (schema, migrations, due-charge streaming, transactional writes).
 //! - [`reconcile`]: the pure decision rules ([`reconcile::rules`]) and one pass
 //!   ([`reconcile::pass`]).
+//! - [`discovery`]: the sweep that finds konbini charges UnivaPay has and the ledger lacks.
 //! - [`lock`]: the pass lock, one pass at a time across processes.
 //! - [`metrics`]: the Prometheus figures (the `[metrics] textfile`, `/metrics`).
 //! - [`daemon`]: passes on the cron schedule, never overlapping, until shutdown.
@@ -26,6 +27,7 @@ pub mod app;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod discovery;
 pub mod domain;
 pub mod ledger;
 pub mod lock;

@@ -1,9 +1,11 @@
 //! The SQLite ledger: opening and migrating the database, streaming due charges, and
-//! writing check results, each charge's change in one transaction.
+//! writing check results, each charge's change in one transaction. Discovery's
+//! registrations, watermarks and skips are in `discovery`.
 //!
 //! Everything here is blocking (rusqlite); the pass calls it from dedicated threads, never
 //! from async tasks.
 
+mod discovery;
 mod ops;
 mod schema;
 
@@ -19,6 +21,10 @@ use crate::domain::{ChargeId, Currency, Decision, NewEvent, Requested, State, St
 // The run types live in `domain`; they are part of what the ledger stores.
 pub use crate::domain::{Counts, Outcome, Trigger};
 
+pub use discovery::{
+    DISCOVERED_EVENT, DiscoveryBatch, Enrichment, MAX_ATTEMPTS, NewDiscovered, Skip, SkipReason,
+    SweepCounts, SweepOutcome,
+};
 pub use ops::{
     EXPORT_COLUMNS, ExportFilter, ExportRow, Figures, NewCharge, Overview, Rechecked, Registered,
     RunRow, StateTotal,

@@ -215,8 +215,79 @@ FROM charges
 WHERE state IN ('pending', 'awaiting');
 "#;
 
+/// Discovery: per store, how far the sweeps have looked (`swept_to`); one row per sweep;
+/// the charges a sweep or a webhook spent requests on and did not register, and why; the
+/// registered charges enrichment has looked up. And a shop that INSERTs a charge the
+/// reconciler discovered first is not refused: the same values are taken as its
+/// registration (one `registered` event), different ones are refused with a message.
+const V3: &str = r#"
+CREATE TABLE discovery_watermarks (
+    store_id   TEXT PRIMARY KEY NOT NULL,
+    swept_to   TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE discovery_sweeps (
+    id          INTEGER PRIMARY KEY,
+    trigger     TEXT NOT NULL CHECK (trigger IN ('once', 'schedule')),
+    started_at  TEXT NOT NULL,
+    finished_at TEXT,
+    outcome     TEXT NOT NULL DEFAULT 'running'
+                CHECK (outcome IN ('running', 'ok', 'partial', 'interrupted', 'auth_failed',
+                                   'unreachable', 'failed')),
+    stores      INTEGER NOT NULL DEFAULT 0,
+    requests    INTEGER NOT NULL DEFAULT 0,
+    pages       INTEGER NOT NULL DEFAULT 0,
+    items       INTEGER NOT NULL DEFAULT 0,
+    discovered  INTEGER NOT NULL DEFAULT 0,
+    skipped     INTEGER NOT NULL DEFAULT 0,
+    enriched    INTEGER NOT NULL DEFAULT 0,
+    pid         INTEGER,
+    detail      TEXT
+) STRICT;
+CREATE INDEX discovery_sweeps_started ON discovery_sweeps (started_at);
+
+CREATE TABLE discovery_skips (
+    charge_id  TEXT PRIMARY KEY NOT NULL,
+    store_id   TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    detail     TEXT,
+    attempts   INTEGER NOT NULL DEFAULT 1,
+    first_at   TEXT NOT NULL,
+    last_at    TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE discovery_enriched (
+    charge_id TEXT PRIMARY KEY NOT NULL,
+    at        TEXT NOT NULL,
+    outcome   TEXT NOT NULL
+) STRICT;
+
+CREATE TRIGGER charges_register_discovered BEFORE INSERT ON charges
+WHEN NEW.origin = 'registered'
+     AND EXISTS (SELECT 1 FROM charges WHERE charge_id = NEW.charge_id AND origin = 'discovered')
+BEGIN
+    SELECT RAISE(ABORT, 'charge was discovered at UnivaPay with another store_id, requested_amount or requested_currency')
+    WHERE NOT EXISTS (SELECT 1 FROM charges
+                      WHERE charge_id = NEW.charge_id AND store_id = NEW.store_id
+                        AND requested_amount = NEW.requested_amount
+                        AND requested_currency = NEW.requested_currency);
+    INSERT INTO charge_events (charge_id, at, kind, detail)
+    SELECT NEW.charge_id, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), 'registered',
+           'registered by the shop after discovery'
+    WHERE NOT EXISTS (SELECT 1 FROM charge_events
+                      WHERE charge_id = NEW.charge_id AND kind = 'registered');
+    UPDATE charges SET expires_at = coalesce(expires_at, NEW.expires_at),
+                       konbini = coalesce(konbini, NEW.konbini)
+    WHERE charge_id = NEW.charge_id
+      AND ((expires_at IS NULL AND NEW.expires_at IS NOT NULL)
+           OR (konbini IS NULL AND NEW.konbini IS NOT NULL));
+    SELECT RAISE(IGNORE);
+END;
+"#;
+
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1), M::up(V2)])
+    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3)])
 }
 
 #[cfg(test)]
@@ -293,6 +364,69 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("expires_at is not a timestamp"), "{e}");
+    }
+
+    #[test]
+    fn a_shop_registering_a_discovered_charge_is_not_refused() {
+        let c = db();
+        c.execute(
+            "INSERT INTO charges (charge_id, store_id, requested_amount, origin, konbini)
+             VALUES ('d', 's', 500, 'discovered', 'lawson')",
+            [],
+        )
+        .unwrap();
+        // The shop's plain INSERT, same values: taken as its registration.
+        let n = c
+            .execute(
+                "INSERT INTO charges (charge_id, store_id, requested_amount, expires_at)
+                 VALUES ('d', 's', 500, '2026-12-01T15:00:00Z')",
+                [],
+            )
+            .unwrap();
+        assert_eq!(n, 0);
+        let (origin, expires, konbini): (String, String, String) = c
+            .query_row(
+                "SELECT origin, expires_at, konbini FROM charges WHERE charge_id = 'd'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (origin.as_str(), expires.as_str(), konbini.as_str()),
+            ("discovered", "2026-12-01T15:00:00.000Z", "lawson")
+        );
+        // Again: still accepted, still one event.
+        c.execute(
+            "INSERT INTO charges (charge_id, store_id, requested_amount) VALUES ('d', 's', 500)",
+            [],
+        )
+        .unwrap();
+        let events: i64 = c
+            .query_row(
+                "SELECT count(*) FROM charge_events WHERE charge_id = 'd' AND kind = 'registered'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(events, 1);
+        // Other values: refused, with a message that says why.
+        let e = c
+            .execute(
+                "INSERT INTO charges (charge_id, store_id, requested_amount) VALUES ('d', 's', 501)",
+                [],
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("discovered at UnivaPay with another"), "{e}");
+        // A registered charge inserted twice is the usual conflict.
+        let e = c
+            .execute(
+                "INSERT INTO charges (charge_id, store_id, requested_amount) VALUES ('c', 's', 1)",
+                [],
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("UNIQUE"), "{e}");
     }
 
     #[test]

@@ -160,17 +160,42 @@ impl Client {
         charge: &ChargeId,
     ) -> Fetched {
         let url = self.charge_url(store, charge);
+        let (body, rate_limit) = self.get_paced(ticket, url).await;
+        let result = body.and_then(|b| checked_charge(&b, store, charge));
+        self.count(&result, &rate_limit);
+        Fetched { result, rate_limit }
+    }
+
+    /// Counts one request by how it ended, for the metrics. Each caller of
+    /// [`get_paced`](Self::get_paced) counts after checking the body, so that an answer
+    /// that cannot be read counts as `malformed`, not `ok`.
+    pub(super) fn count<T>(&self, result: &Result<T, ApiError>, rate_limit: &RateLimit) {
+        self.counters.request(RequestResult::of(result), rate_limit);
+    }
+
+    /// `base_url` with these path segments appended (each must be path-safe: an id, or
+    /// a fixed word).
+    pub(super) fn endpoint(&self, segments: &[&str]) -> Url {
+        let mut url = self.base_url.clone();
+        if let Ok(mut segs) = url.path_segments_mut() {
+            segs.pop_if_empty().extend(segments);
+        }
+        url
+    }
+
+    /// One GET with the pacer's permission in hand, its answer reported to the pacer: the
+    /// body of a 2xx answer (at most [`MAX_BODY_BYTES`]), or the error it amounts to.
+    /// Every request of the client goes through here.
+    pub(super) async fn get_paced(
+        &self,
+        ticket: Ticket,
+        url: Url,
+    ) -> (Result<Vec<u8>, ApiError>, RateLimit) {
         let resp = match self.http.get(url).send().await {
             Ok(r) => r,
             Err(e) => {
                 self.pacer.observe(ticket, Answer::NoAnswer);
-                let result = Err(self.transport_error(e));
-                self.counters
-                    .request(RequestResult::of(&result), &RateLimit::default());
-                return Fetched {
-                    result,
-                    rate_limit: RateLimit::default(),
-                };
+                return (Err(self.transport_error(e)), RateLimit::default());
             }
         };
         let rate_limit = RateLimit::from_headers(resp.headers());
@@ -189,40 +214,18 @@ impl Client {
             Answer::Http(rate_limit)
         };
         self.pacer.observe(ticket, answer);
-        let result = self.interpret(resp, retry_after, store, charge).await;
-        self.counters
-            .request(RequestResult::of(&result), &rate_limit);
-        Fetched { result, rate_limit }
+        (self.interpret(resp, retry_after).await, rate_limit)
     }
 
     async fn interpret(
         &self,
         resp: reqwest::Response,
         retry_after: Option<Duration>,
-        store: &StoreId,
-        charge: &ChargeId,
-    ) -> Result<ProviderCharge, ApiError> {
+    ) -> Result<Vec<u8>, ApiError> {
         let status = resp.status();
         let body = self.read_capped(resp).await;
         match status {
-            s if s.is_success() => {
-                let body = body?;
-                let c = ProviderCharge::from_json(&body).map_err(ApiError::malformed)?;
-                if c.id != *charge {
-                    return Err(ApiError::malformed(format!(
-                        "answer is for charge {}, not {charge}",
-                        c.id
-                    )));
-                }
-                if let Some(s) = &c.store_id
-                    && s != store
-                {
-                    return Err(ApiError::malformed(format!(
-                        "answer is for store {s}, not {store}"
-                    )));
-                }
-                Ok(c)
-            }
+            s if s.is_success() => body,
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(ApiError::Auth {
                 status: status.as_u16(),
                 code: body.ok().and_then(|b| error_code(&b)),
@@ -242,7 +245,7 @@ impl Client {
             .content_length()
             .is_some_and(|n| n > MAX_BODY_BYTES as u64)
         {
-            return Err(ApiError::Malformed(format!(
+            return Err(ApiError::malformed(format!(
                 "body larger than {MAX_BODY_BYTES} bytes"
             )));
         }
@@ -251,7 +254,7 @@ impl Client {
             match resp.chunk().await {
                 Ok(Some(chunk)) => {
                     if body.len() + chunk.len() > MAX_BODY_BYTES {
-                        return Err(ApiError::Malformed(format!(
+                        return Err(ApiError::malformed(format!(
                             "body larger than {MAX_BODY_BYTES} bytes"
                         )));
                     }
@@ -272,6 +275,29 @@ impl Client {
             ApiError::connect(error_chain(&e))
         }
     }
+}
+
+/// A charge answer's body, checked to be about exactly that charge of that store.
+pub(super) fn checked_charge(
+    body: &[u8],
+    store: &StoreId,
+    charge: &ChargeId,
+) -> Result<ProviderCharge, ApiError> {
+    let c = ProviderCharge::from_json(body).map_err(ApiError::malformed)?;
+    if c.id != *charge {
+        return Err(ApiError::malformed(format!(
+            "answer is for charge {}, not {charge}",
+            c.id
+        )));
+    }
+    if let Some(s) = &c.store_id
+        && s != store
+    {
+        return Err(ApiError::malformed(format!(
+            "answer is for store {s}, not {store}"
+        )));
+    }
+    Ok(c)
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -1,16 +1,21 @@
 //! UnivaPay: the HTTP client for the charge GET, the lenient charge model, the
 //! classification of everything that can go wrong into [`ErrorClass`]es the pass acts on,
 //! the [`Pacer`] that keeps the client inside UnivaPay's rate limits, and the client's
-//! [`ClientStats`] (requests by result, pacer waits) for the metrics.
+//! [`ClientStats`] (requests by result, pacer waits) for the metrics. Discovery's
+//! requests (list pages, tokens) are in `listing`, on the same client and pacer.
 
 mod client;
 mod error;
+mod listing;
 mod model;
 mod pacer;
 mod stats;
 
 pub use client::{Client, Fetched, RateLimit};
 pub use error::{ApiError, ErrorClass};
+pub use listing::{
+    Listed, Listing, MAX_PAGE_LIMIT, Page, PageQuery, TokenFacts, TokenId, VerifiedCharge,
+};
 pub use model::{ChargeJson, MAX_AMOUNT, ProviderCharge, ProviderError};
 pub use pacer::{ASSUMED_REFILL_PER_MINUTE, Answer, Pacer, PauseCause, Paused, Ticket};
 pub use stats::{ClientStats, RequestResult};

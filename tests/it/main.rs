@@ -8,6 +8,7 @@ mod commands;
 mod config;
 mod daemon;
 mod database;
+mod discovery;
 mod errors;
 // mod harden; (being ported to the new harness)
 mod helpers;

@@ -1,0 +1,108 @@
+//! Enrichment (`discovery.enrich`, off by default): registered charges that lack their
+//! brand or deadline get them from their transaction token. The charge GET gives the
+//! token's id, the token GET the brand and the deadline's inputs: two requests per
+//! charge, once per charge (`discovery_enriched` remembers it, whatever was found). Only
+//! columns still NULL are filled: what the shop wrote stands.
+
+use futures::StreamExt;
+
+use super::rules::{PaymentKind, brand, deadline, payment_kind};
+use super::sweep::{StoreEnd, Sweep};
+use super::verify::{Halt, Looked};
+use crate::domain::ChargeId;
+use crate::ledger::{Enrichment, LedgerError, Open};
+
+/// Charges enriched in one sweep at most (two requests each).
+pub const MAX_ENRICHED_PER_SWEEP: usize = 200;
+
+/// Enriches what is waiting. `None` when nothing was; else how it ended.
+pub(super) async fn run(sweep: &mut Sweep<'_>) -> Result<Option<StoreEnd>, LedgerError> {
+    let todo = sweep
+        .rec()
+        .with_ledger(Open::Existing, |l| {
+            l.charges_to_enrich(MAX_ENRICHED_PER_SWEEP)
+        })
+        .await?;
+    if todo.is_empty() {
+        return Ok(None);
+    }
+    let concurrency = sweep.rec().settings().api.concurrency;
+    let mut found = Vec::new();
+    let mut end = StoreEnd::Complete;
+    {
+        let verifier = &sweep.verifier;
+        let mut looks = futures::stream::iter(todo)
+            .map(|(charge, store)| async move {
+                let looked = verifier.look(&store, &charge, None).await;
+                (charge, looked)
+            })
+            .buffered(concurrency);
+        while let Some((charge, looked)) = looks.next().await {
+            match looked {
+                Ok(l) => found.push(enrichment(&charge, &l)),
+                Err(Halt::Skip(reason, _)) => found.push(Enrichment {
+                    charge_id: charge.clone(),
+                    konbini: None,
+                    expires_at: None,
+                    outcome: reason.as_str().to_owned(),
+                }),
+                Err(Halt::Retry(e)) => {
+                    end = StoreEnd::Partial(format!("looking up a token failed: {e}"));
+                    break;
+                }
+                Err(Halt::Auth(e)) => {
+                    end = StoreEnd::Auth(e.to_string());
+                    break;
+                }
+                Err(Halt::Interrupted) => {
+                    end = StoreEnd::Interrupted;
+                    break;
+                }
+            }
+        }
+    }
+    let (sweep_id, now) = (sweep.sweep_id, sweep.rec().now());
+    let filled = sweep
+        .rec()
+        .with_ledger(Open::Existing, move |mut l| {
+            l.commit_enrichment(Some(sweep_id), &found, now)
+        })
+        .await?;
+    sweep.totals.enriched += filled;
+    sweep.flush().await?;
+    Ok(Some(end))
+}
+
+/// What a charge's token says, as the columns take it. Pure.
+pub fn enrichment(charge: &ChargeId, looked: &Looked) -> Enrichment {
+    let t = &looked.token;
+    if payment_kind(t.payment_type.as_deref()) != PaymentKind::Konbini {
+        return Enrichment {
+            charge_id: charge.clone(),
+            konbini: None,
+            expires_at: None,
+            outcome: "not_konbini".to_owned(),
+        };
+    }
+    let c = &looked.charge;
+    let konbini = brand(t.convenience_store.as_deref());
+    let expires_at = c.created_on.and_then(|created| {
+        deadline(
+            created,
+            t.expiration_period.as_deref(),
+            t.expiration_time_shift.as_deref(),
+            c.has_capture_at,
+        )
+    });
+    let outcome = if konbini.is_some() || expires_at.is_some() {
+        "filled"
+    } else {
+        "nothing_known"
+    };
+    Enrichment {
+        charge_id: charge.clone(),
+        konbini,
+        expires_at,
+        outcome: outcome.to_owned(),
+    }
+}

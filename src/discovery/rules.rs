@@ -1,0 +1,606 @@
+//! The pure decisions of discovery, over plain values: which listed item is worth a
+//! request, what a token's payment type means, the payment deadline a token implies, the
+//! window a sweep looks at, and the paging guard that ends a misbehaving listing.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DateTime, FixedOffset, NaiveTime, Utc};
+
+use crate::domain::ChargeId;
+use crate::univapay::{Listed, Page};
+
+/// Payment types UnivaPay documents besides konbini. A history row or token with one of
+/// these is simply not ours; any other word is recorded as unknown.
+pub const OTHER_PAYMENT_TYPES: [&str; 7] = [
+    "card",
+    "qr_scan",
+    "apple_pay",
+    "paidy",
+    "qr_merchant",
+    "online",
+    "bank_transfer",
+];
+
+/// What a `payment_type` word says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaymentKind {
+    Konbini,
+    /// A documented payment type other than konbini.
+    Other(String),
+    /// A word nobody documented.
+    Unknown(String),
+    /// No payment type given.
+    Missing,
+}
+
+pub fn payment_kind(word: Option<&str>) -> PaymentKind {
+    match word {
+        None => PaymentKind::Missing,
+        Some("konbini") => PaymentKind::Konbini,
+        Some(w) if OTHER_PAYMENT_TYPES.contains(&w) => PaymentKind::Other(w.to_owned()),
+        Some(w) => PaymentKind::Unknown(w.to_owned()),
+    }
+}
+
+/// What to do with a listed item whose charge the ledger does not hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemVerdict {
+    /// Verify it (charge GET, token GET) and register it if it is konbini.
+    Candidate,
+    /// The row says another payment type: not ours, no request.
+    NotKonbini,
+    /// The row names a payment type nobody knows: skipped and recorded, no request.
+    UnknownType(String),
+}
+
+/// A listed item's verdict from its own fields. A row without a payment type (and every
+/// charge list item) is a candidate: its token decides.
+pub fn item_verdict(item: &Listed) -> ItemVerdict {
+    match payment_kind(item.payment_type.as_deref()) {
+        PaymentKind::Konbini | PaymentKind::Missing => ItemVerdict::Candidate,
+        PaymentKind::Other(_) => ItemVerdict::NotKonbini,
+        PaymentKind::Unknown(w) => ItemVerdict::UnknownType(w),
+    }
+}
+
+/// A brand as the `charges.konbini` column takes it (lower-case letters, digits and `_`,
+/// 1 to 64 characters), else `None`.
+pub fn brand(word: Option<&str>) -> Option<String> {
+    let w = word?.trim();
+    let ok = (1..=64).contains(&w.len())
+        && w.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    ok.then(|| w.to_owned())
+}
+
+/// The longest `expiration_period` believed: UnivaPay's konbini periods are days or weeks.
+const MAX_PERIOD: Duration = Duration::from_secs(400 * 86_400);
+
+/// The payment deadline of a konbini charge created at `created` with a token whose
+/// `expiration_period` is `period` and `expiration_time_shift` is `shift`:
+///
+/// the calendar day that `created + period` falls on, in Japan time (or in the time
+/// shift's own UTC offset when it gives one), ending at 23:59:59, or at the time of day
+/// the shift gives (`HH:MM[:SS[.fff]]` with `Z` or `±HH:MM`).
+///
+/// `None` (unknown) when the token gives no period (the store's default applies, which
+/// the API does not tell), when the period or the shift cannot be read, when the period
+/// uses years or months (no fixed length), or when the charge sets its own `capture_at`.
+pub fn deadline(
+    created: DateTime<Utc>,
+    period: Option<&str>,
+    shift: Option<&str>,
+    has_capture_at: bool,
+) -> Option<DateTime<Utc>> {
+    if has_capture_at {
+        return None;
+    }
+    let period = parse_iso_duration(period?)?;
+    if period > MAX_PERIOD {
+        return None;
+    }
+    let jst = FixedOffset::east_opt(9 * 3600)?;
+    let (time, offset) = match shift {
+        None => (NaiveTime::from_hms_opt(23, 59, 59)?, jst),
+        Some(s) => parse_time_shift(s)?,
+    };
+    let due = created + chrono::Duration::from_std(period).ok()?;
+    let day = due.with_timezone(&offset).date_naive();
+    day.and_time(time)
+        .and_local_timezone(offset)
+        .single()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// ISO 8601 durations with fixed-length units: `P7D`, `PT720H`, `P1W`, `P1DT12H30M`.
+pub fn parse_iso_duration(s: &str) -> Option<Duration> {
+    let rest = s.trim().strip_prefix('P')?;
+    let (date, time) = match rest.split_once('T') {
+        Some((d, t)) if !t.is_empty() => (d, Some(t)),
+        Some(_) => return None,
+        None => (rest, None),
+    };
+    if date.is_empty() && time.is_none() {
+        return None;
+    }
+    let mut secs = sum_units(date, &[('W', 7 * 86_400), ('D', 86_400)])?;
+    if let Some(t) = time {
+        secs = secs.checked_add(sum_units(t, &[('H', 3_600), ('M', 60), ('S', 1)])?)?;
+    }
+    Some(Duration::from_secs(secs))
+}
+
+/// `12D3H`-like parts: whole numbers each followed by one of `units`, in that order.
+fn sum_units(s: &str, units: &[(char, u64)]) -> Option<u64> {
+    let mut total = 0u64;
+    let mut number = String::new();
+    let mut allowed = units;
+    for ch in s.chars() {
+        if ch.is_ascii_digit() {
+            number.push(ch);
+            continue;
+        }
+        let pos = allowed.iter().position(|(u, _)| *u == ch)?;
+        let n: u64 = number.parse().ok()?;
+        total = total.checked_add(n.checked_mul(allowed[pos].1)?)?;
+        number.clear();
+        allowed = &allowed[pos + 1..];
+    }
+    number.is_empty().then_some(total)
+}
+
+/// `09:00:00.000+09:00` or `15:00Z` as a time of day and its UTC offset.
+pub fn parse_time_shift(s: &str) -> Option<(NaiveTime, FixedOffset)> {
+    let s = s.trim();
+    let (time, offset) = if let Some(t) = s.strip_suffix('Z') {
+        (t, FixedOffset::east_opt(0)?)
+    } else {
+        let at = s.rfind(['+', '-'])?;
+        let (t, o) = s.split_at(at);
+        let sign = if o.starts_with('-') { -1 } else { 1 };
+        let (hh, mm) = o[1..].split_once(':')?;
+        if hh.len() != 2 || mm.len() != 2 {
+            return None;
+        }
+        let secs = hh.parse::<i32>().ok()? * 3600 + mm.parse::<i32>().ok()? * 60;
+        (t, FixedOffset::east_opt(sign * secs)?)
+    };
+    let time = ["%H:%M:%S%.f", "%H:%M:%S", "%H:%M"]
+        .iter()
+        .find_map(|f| NaiveTime::parse_from_str(time, f).ok())?;
+    Some((time, offset))
+}
+
+/// How long after its creation a charge is first looked at: a shop that registers its
+/// charges right after creating them is never raced by a sweep.
+pub const SETTLE: Duration = Duration::from_secs(2 * 60);
+
+/// The creation times one store's sweep looks at, both ends inclusive: from the
+/// watermark (never further back than `lookback`) to `SETTLE` ago. `None` when that is
+/// empty.
+pub fn window(
+    now: DateTime<Utc>,
+    lookback: Duration,
+    watermark: Option<DateTime<Utc>>,
+) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    let floor = now - chrono::Duration::from_std(lookback).ok()?;
+    let from = watermark.map_or(floor, |w| w.max(floor));
+    let to = now - chrono::Duration::from_std(SETTLE).ok()?;
+    (from <= to).then_some((from, to))
+}
+
+/// Where a listed item falls against the window (by its listed creation time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    Inside,
+    /// Created before the window (the listing ignored `from`): not looked at.
+    Before,
+    /// Created after the window (the listing ignored `to`): left for a later sweep.
+    After,
+}
+
+pub fn placement(
+    created: Option<DateTime<Utc>>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Placement {
+    match created {
+        Some(t) if t < from => Placement::Before,
+        Some(t) if t > to => Placement::After,
+        _ => Placement::Inside,
+    }
+}
+
+/// How far one store has been looked at during a sweep: everything created up to `at`
+/// is handled. Advanced item by item, in listing order; stopping at an item not handled
+/// caps it there (`from` is inclusive, so the next sweep starts with that item).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    pub at: DateTime<Utc>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+}
+
+impl Mark {
+    pub fn new(from: DateTime<Utc>, to: DateTime<Utc>) -> Mark {
+        Mark { at: from, from, to }
+    }
+
+    /// An item created at `created` is handled.
+    pub fn handled(&mut self, created: Option<DateTime<Utc>>) {
+        if let Some(t) = created {
+            self.at = self.at.max(t.min(self.to));
+        }
+    }
+
+    /// The item created at `created` is not handled: nothing from it on may count as
+    /// handled. (A listing out of creation order cannot make the mark pass it.)
+    pub fn stop_before(&mut self, created: Option<DateTime<Utc>>) {
+        if let Some(t) = created {
+            self.at = self.at.min(t).max(self.from);
+        }
+    }
+
+    /// The listing ended: everything in the window is handled.
+    pub fn complete(&mut self) {
+        self.at = self.to;
+    }
+
+    /// The window's start.
+    pub fn from(&self) -> DateTime<Utc> {
+        self.from
+    }
+
+    /// The window's end.
+    pub fn to(&self) -> DateTime<Utc> {
+        self.to
+    }
+}
+
+/// Why a listing was given up on before its end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Broken {
+    /// `has_more: true` on a page without items.
+    EmptyPageWithMore,
+    /// More than twice the items asked for: not a page of this listing.
+    Oversized { items: usize, limit: u32 },
+    /// A page with nothing not seen before in this sweep.
+    Repeats,
+    /// A cursor used before in this sweep.
+    CursorLoop,
+}
+
+impl std::fmt::Display for Broken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Broken::EmptyPageWithMore => f.write_str("a page without items said has_more"),
+            Broken::Oversized { items, limit } => {
+                write!(
+                    f,
+                    "a page of {items} items, when at most {limit} were asked for"
+                )
+            }
+            Broken::Repeats => f.write_str("a page repeated only items already seen"),
+            Broken::CursorLoop => f.write_str("the cursor led back to a page already read"),
+        }
+    }
+}
+
+/// What comes after a page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Ask for the page after this cursor.
+    More(ChargeId),
+    /// The listing ended.
+    Done,
+    /// Give up on the listing for this sweep.
+    Stop(Broken),
+    /// The sweep's page limit for one store is reached; the next sweep goes on.
+    PageLimit,
+}
+
+/// A page's items that are worth looking at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fresh {
+    /// Items with an id not seen before in this sweep, in listing order.
+    pub items: Vec<Listed>,
+    /// Items seen before in this sweep (counted, not looked at again).
+    pub repeats: u64,
+    /// Items without a usable id (counted and skipped).
+    pub without_id: u64,
+}
+
+/// The guard of one store's listing in one sweep: every id and cursor it has seen, so a
+/// listing that repeats itself or loops ends, and at most `max_pages` pages.
+#[derive(Debug)]
+pub struct Paging {
+    limit: u32,
+    max_pages: u32,
+    pages: u32,
+    seen: HashSet<ChargeId>,
+    cursors: HashSet<ChargeId>,
+}
+
+impl Paging {
+    pub fn new(limit: u32, max_pages: u32) -> Paging {
+        Paging {
+            limit,
+            max_pages: max_pages.max(1),
+            pages: 0,
+            seen: HashSet::new(),
+            cursors: HashSet::new(),
+        }
+    }
+
+    /// Takes a page in: its fresh items, or why the page cannot be used at all.
+    pub fn admit(&mut self, page: &Page) -> Result<Fresh, Broken> {
+        self.pages += 1;
+        // A few items over the limit (a server that repeats the cursor's item) are
+        // tolerated; twice the limit is not a page of this listing.
+        if page.items.len() > 2 * self.limit as usize {
+            return Err(Broken::Oversized {
+                items: page.items.len(),
+                limit: self.limit,
+            });
+        }
+        let mut fresh = Fresh::default();
+        for item in &page.items {
+            match &item.charge_id {
+                None => fresh.without_id += 1,
+                Some(id) if !self.seen.insert(id.clone()) => fresh.repeats += 1,
+                Some(_) => fresh.items.push(item.clone()),
+            }
+        }
+        Ok(fresh)
+    }
+
+    /// What follows an admitted page.
+    pub fn next(&mut self, page: &Page, fresh: &Fresh) -> Next {
+        if !page.has_more {
+            return Next::Done;
+        }
+        let Some(last) = fresh.items.last().and_then(|i| i.charge_id.clone()) else {
+            return Next::Stop(if page.items.is_empty() {
+                Broken::EmptyPageWithMore
+            } else {
+                Broken::Repeats
+            });
+        };
+        if !self.cursors.insert(last.clone()) {
+            return Next::Stop(Broken::CursorLoop);
+        }
+        if self.pages >= self.max_pages {
+            return Next::PageLimit;
+        }
+        Next::More(last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    fn item(id: Option<&str>) -> Listed {
+        Listed {
+            charge_id: id.map(|i| ChargeId::parse(i).unwrap()),
+            payment_type: None,
+            convenience_store: None,
+            token_id: None,
+            created_on: None,
+        }
+    }
+
+    fn page(ids: &[Option<&str>], has_more: bool) -> Page {
+        Page {
+            items: ids.iter().map(|i| item(*i)).collect(),
+            has_more,
+        }
+    }
+
+    #[test]
+    fn payment_types() {
+        assert_eq!(payment_kind(Some("konbini")), PaymentKind::Konbini);
+        assert_eq!(
+            payment_kind(Some("card")),
+            PaymentKind::Other("card".into())
+        );
+        assert_eq!(
+            payment_kind(Some("sim_unknown")),
+            PaymentKind::Unknown("sim_unknown".into())
+        );
+        assert_eq!(payment_kind(None), PaymentKind::Missing);
+        let mut row = item(Some("c"));
+        assert_eq!(item_verdict(&row), ItemVerdict::Candidate);
+        row.payment_type = Some("card".into());
+        assert_eq!(item_verdict(&row), ItemVerdict::NotKonbini);
+        row.payment_type = Some("cash".into());
+        assert_eq!(item_verdict(&row), ItemVerdict::UnknownType("cash".into()));
+    }
+
+    #[test]
+    fn brands_fit_the_column() {
+        assert_eq!(brand(Some("pay_easy")).as_deref(), Some("pay_easy"));
+        assert_eq!(brand(Some("Seven Eleven")), None);
+        assert_eq!(brand(Some("")), None);
+        assert_eq!(brand(None), None);
+    }
+
+    #[test]
+    fn deadline_is_the_end_of_the_day_in_japan() {
+        // 16:00Z is already the 28th in Japan; seven days later is the 5th of December,
+        // which ends at 23:59:59 JST = 14:59:59Z.
+        let created = t("2026-11-27T16:00:00Z");
+        assert_eq!(
+            deadline(created, Some("P7D"), None, false),
+            Some(t("2026-12-05T14:59:59Z"))
+        );
+        assert_eq!(
+            deadline(created, Some("PT24H"), Some("09:00:00.000+09:00"), false),
+            Some(t("2026-11-29T00:00:00Z"))
+        );
+        assert_eq!(
+            deadline(
+                t("2026-11-27T10:00:00Z"),
+                Some("P1D"),
+                Some("15:00Z"),
+                false
+            ),
+            Some(t("2026-11-28T15:00:00Z"))
+        );
+        // Unsure: no period, a period of months, garbage, capture_at.
+        assert_eq!(deadline(created, None, None, false), None);
+        assert_eq!(deadline(created, Some("P1M"), None, false), None);
+        assert_eq!(deadline(created, Some("7 days"), None, false), None);
+        assert_eq!(deadline(created, Some("P7D"), Some("noon"), false), None);
+        assert_eq!(deadline(created, Some("P7D"), None, true), None);
+        assert_eq!(deadline(created, Some("P9999D"), None, false), None);
+    }
+
+    #[test]
+    fn iso_durations() {
+        let d = |s| parse_iso_duration(s).map(|d| d.as_secs());
+        assert_eq!(d("P7D"), Some(7 * 86_400));
+        assert_eq!(d("PT720H"), Some(30 * 86_400));
+        assert_eq!(d("P1W"), Some(7 * 86_400));
+        assert_eq!(d("P1DT1H1M1S"), Some(90_061));
+        for bad in [
+            "", "P", "PT", "7D", "P1M", "P1Y", "PT1D", "P1H", "PD", "P1D2D",
+        ] {
+            assert_eq!(d(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_window_starts_at_the_watermark_within_the_lookback() {
+        let now = t("2026-11-27T12:00:00Z");
+        let day = Duration::from_secs(86_400);
+        let (from, to) = window(now, 35 * day, None).unwrap();
+        assert_eq!(from, t("2026-10-23T12:00:00Z"));
+        assert_eq!(to, t("2026-11-27T11:58:00Z"));
+        let (from, _) = window(now, 35 * day, Some(t("2026-11-27T10:00:00Z"))).unwrap();
+        assert_eq!(from, t("2026-11-27T10:00:00Z"));
+        // A watermark older than the lookback: the lookback wins.
+        let (from, _) = window(now, day, Some(t("2026-01-01T00:00:00Z"))).unwrap();
+        assert_eq!(from, t("2026-11-26T12:00:00Z"));
+        // Swept up to a minute ago: nothing settled since.
+        assert_eq!(window(now, day, Some(t("2026-11-27T11:59:00Z"))), None);
+    }
+
+    #[test]
+    fn the_mark_never_passes_an_item_not_handled() {
+        let (from, to) = (t("2026-11-01T00:00:00Z"), t("2026-11-10T00:00:00Z"));
+        let mut m = Mark::new(from, to);
+        m.handled(Some(t("2026-11-02T00:00:00Z")));
+        m.handled(None);
+        m.handled(Some(t("2026-11-05T00:00:00Z")));
+        assert_eq!(m.at, t("2026-11-05T00:00:00Z"));
+        // Listed out of order: an earlier item not handled pulls the mark back to it.
+        m.stop_before(Some(t("2026-11-04T00:00:00Z")));
+        assert_eq!(m.at, t("2026-11-04T00:00:00Z"));
+        // Past the window's end: capped there.
+        let mut m = Mark::new(from, to);
+        m.handled(Some(t("2026-12-01T00:00:00Z")));
+        assert_eq!(m.at, to);
+        m.complete();
+        assert_eq!(m.at, to);
+    }
+
+    #[test]
+    fn paging_follows_the_last_new_item() {
+        let mut p = Paging::new(3, 10);
+        let first = page(&[Some("a"), Some("b"), Some("c")], true);
+        let f = p.admit(&first).unwrap();
+        assert_eq!(f.items.len(), 3);
+        assert_eq!(
+            p.next(&first, &f),
+            Next::More(ChargeId::parse("c").unwrap())
+        );
+        // The repeat_items misbehaviour: the cursor's item first, the page's first last.
+        let huge = page(&[Some("x"); 7], true);
+        assert_eq!(
+            p.admit(&huge),
+            Err(Broken::Oversized { items: 7, limit: 3 })
+        );
+        let second = page(&[Some("c"), Some("d"), Some("d")], true);
+        let f = p.admit(&second).unwrap();
+        assert_eq!((f.items.len(), f.repeats, f.without_id), (1, 2, 0));
+        assert_eq!(
+            p.next(&second, &f),
+            Next::More(ChargeId::parse("d").unwrap())
+        );
+        let last = page(&[Some("e"), None], false);
+        let f = p.admit(&last).unwrap();
+        assert_eq!(f.without_id, 1);
+        assert_eq!(p.next(&last, &f), Next::Done);
+    }
+
+    #[test]
+    fn misbehaving_listings_end() {
+        let mut p = Paging::new(100, 10);
+        let empty = page(&[], true);
+        let f = p.admit(&empty).unwrap();
+        assert_eq!(p.next(&empty, &f), Next::Stop(Broken::EmptyPageWithMore));
+
+        let mut p = Paging::new(100, 10);
+        let same = page(&[Some("a"), Some("b")], true);
+        let f = p.admit(&same).unwrap();
+        assert!(matches!(p.next(&same, &f), Next::More(_)));
+        let f = p.admit(&same).unwrap();
+        assert_eq!(p.next(&same, &f), Next::Stop(Broken::Repeats));
+
+        let mut p = Paging::new(100, 2);
+        let one = page(&[Some("a")], true);
+        let f = p.admit(&one).unwrap();
+        assert!(matches!(p.next(&one, &f), Next::More(_)));
+        let two = page(&[Some("b")], true);
+        let f = p.admit(&two).unwrap();
+        assert_eq!(p.next(&two, &f), Next::PageLimit);
+    }
+
+    fn arb_page() -> impl Strategy<Value = Page> {
+        (
+            prop::collection::vec(prop::option::of(0u8..20), 0..6),
+            any::<bool>(),
+        )
+            .prop_map(|(ids, has_more)| Page {
+                items: ids
+                    .into_iter()
+                    .map(|i| {
+                        let id = i.map(|i| format!("c{i}"));
+                        item(id.as_deref())
+                    })
+                    .collect(),
+                has_more,
+            })
+    }
+
+    proptest! {
+        /// Whatever a server answers, a store's listing ends within the page limit, and
+        /// no id is handed out for a look twice.
+        #[test]
+        fn any_listing_ends_and_never_repeats(pages in prop::collection::vec(arb_page(), 1..40)) {
+            let mut p = Paging::new(5, 8);
+            let mut handed = HashSet::new();
+            let mut asked = 0;
+            for page in pages.iter().cycle() {
+                asked += 1;
+                prop_assert!(asked <= 8, "more pages than the limit");
+                let Ok(fresh) = p.admit(page) else { break };
+                for i in &fresh.items {
+                    prop_assert!(handed.insert(i.charge_id.clone().unwrap()));
+                }
+                match p.next(page, &fresh) {
+                    Next::More(_) => continue,
+                    _ => break,
+                }
+            }
+        }
+    }
+}
