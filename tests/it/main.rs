@@ -9,7 +9,7 @@ mod config;
 mod daemon;
 mod database;
 mod errors;
-// mod harden; (being ported to the new harness)
+mod harden;
 mod helpers;
 mod hostile;
 mod lifecycle;
