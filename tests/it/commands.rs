@@ -544,6 +544,77 @@ async fn check_with_rejected_credentials_is_fatal() {
     assert_eq!(app.row("a").last_checked_at, None);
 }
 
+/// UnivaPay asking for a pause far longer than a pass waits (a `Retry-After` of years,
+/// taken as the 1 h cap) does not make `check` sleep through it holding the pass lock: the
+/// charge that met the 429 gets its error line, the one after it is reported not checked
+/// and left as it was, and the exit status is `--once`'s for a rate-limited pass, 4, with
+/// the pause named on stderr.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_stopped_by_a_long_pause_reports_the_rest_not_checked_and_exits_4() {
+    // One at a time, so that the second charge is asked for only after the 429.
+    let app = TestApp::spawn_with(|c| c.api.concurrency = Some(1)).await;
+    app.create("first", 100);
+    app.create("second", 100);
+    let second_before = app.row("second");
+    app.sim.push_reply(
+        "first",
+        Reply::WithHeaders {
+            status: 429,
+            body: String::new(),
+            headers: vec![("Retry-After".into(), "999999999".into())],
+        },
+    );
+    // Far less than the hour of the pause: the command must not wait it out.
+    let r = konbini(&app)
+        .args(["check", "first", "second"])
+        .spawn()
+        .finish(Duration::from_secs(60))
+        .await;
+    r.assert_code(4);
+    assert_eq!(
+        r.stdout(),
+        "first: pending (unchanged), requested 100 JPY, charged -, error: rate limited by \
+         UnivaPay (429)\n\
+         second: not checked (UnivaPay asked for a pause)\n"
+    );
+    let err = r.stderr();
+    let own: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("konbini-reconciler: "))
+        .collect();
+    assert_eq!(own.len(), 1, "{err}");
+    assert!(
+        own[0].contains("pause of 1h (429)") && own[0].contains("schedule.drain_timeout"),
+        "{err}"
+    );
+    assert!(!own[0].contains("error:"), "not fatal: {err}");
+    assert_eq!(
+        app.sim.requests_for("second"),
+        0,
+        "nothing sent after the 429"
+    );
+    assert_eq!(
+        app.row("second"),
+        second_before,
+        "left as it was, still due"
+    );
+    assert_eq!(
+        app.row("first").last_error.as_deref(),
+        Some("rate limited by UnivaPay (429)")
+    );
+    let last = app.last_run();
+    assert_eq!(
+        (
+            &last.trigger[..],
+            &last.outcome[..],
+            last.checked,
+            last.errors
+        ),
+        ("check", "rate_limited", 1, 1),
+        "{last:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn recheck_makes_open_charges_due_and_never_reopens_final_ones() {
     let app = TestApp::spawn().await;

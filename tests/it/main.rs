@@ -10,7 +10,7 @@ mod daemon;
 mod database;
 mod discovery;
 mod errors;
-// mod harden; (being ported to the new harness)
+mod harden;
 mod helpers;
 mod hostile;
 mod lifecycle;

@@ -12,8 +12,10 @@ use std::time::Duration;
 use konbini_reconciler::lock::PassLock;
 use univapay_sim::Credentials;
 
-use super::{bare, make_due, once, one_fatal_line, run, stderr, write_config};
+use super::{make_due, one_fatal_line, run_within, write_config_with_database};
+use crate::config::TestConfig;
 use crate::helpers::TestApp;
+use crate::util::TestCommand;
 
 fn mkfifo(path: &Path) {
     let c = CString::new(path.as_os_str().as_bytes()).unwrap();
@@ -42,25 +44,25 @@ async fn the_lock_holds_however_the_database_path_is_spelled() {
         Path::new("./x/../ledger.db").to_owned(),
         dir.join("dirlink/x/../ledger.db"),
     ] {
-        write_config(&app, &spelling, "");
-        let out = run(&mut once(&app), Duration::from_secs(20)).await;
+        write_config_with_database(&app, &spelling);
+        let out = run_within(app.command().once(), Duration::from_secs(20)).await;
         assert_eq!(
-            out.status.code(),
+            out.code(),
             Some(3),
             "{}: {}",
             spelling.display(),
-            stderr(&out)
+            out.stderr()
         );
         assert!(
-            stderr(&out).contains("another pass is running"),
+            out.stderr().contains("another pass is running"),
             "{}",
-            stderr(&out)
+            out.stderr()
         );
     }
     assert_eq!(app.sim.counters().requests, 0, "no second pass ran");
     drop(held);
-    let out = run(&mut once(&app), Duration::from_secs(20)).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = run_within(app.command().once(), Duration::from_secs(20)).await;
+    out.assert_code(0);
     assert!(app.row("a").last_checked_at.is_some());
 }
 
@@ -80,17 +82,13 @@ async fn a_database_path_that_is_not_a_file_says_so() {
         (a_dir.clone(), "a directory"),
         (fifo.clone(), "a FIFO"),
     ] {
-        write_config(&app, &path, "");
+        write_config_with_database(&app, &path);
         for daemon in [false, true] {
-            let mut cmd = if daemon {
-                let mut c = bare(&app);
-                c.arg("--config").arg(&app.config_path);
-                c
-            } else {
-                once(&app)
-            };
-            let out = run(&mut cmd, Duration::from_secs(20)).await;
-            assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+            let mut cmd = app.command();
+            if !daemon {
+                cmd.once();
+            }
+            let out = run_within(&mut cmd, Duration::from_secs(20)).await;
             let line = one_fatal_line(&out);
             assert!(
                 line.contains(&format!("not a regular file ({kind})"))
@@ -114,12 +112,13 @@ async fn a_database_path_that_is_not_a_file_says_so() {
 #[tokio::test(flavor = "multi_thread")]
 async fn config_and_secret_files_must_be_regular_files() {
     let app = TestApp::spawn().await;
-    let out = run(
-        bare(&app).arg("--config").arg("/dev/zero").arg("--once"),
+    let out = run_within(
+        TestCommand::new(app.dir.path())
+            .config(Path::new("/dev/zero"))
+            .once(),
         Duration::from_secs(10),
     )
     .await;
-    assert_eq!(out.status.code(), Some(1));
     let line = one_fatal_line(&out);
     assert!(
         line.contains("/dev/zero") && line.contains("not a regular file"),
@@ -130,16 +129,14 @@ async fn config_and_secret_files_must_be_regular_files() {
     mkfifo(&fifo);
     let creds = Credentials::default();
     for secret_file in [fifo.display().to_string(), "/dev/urandom".to_owned()] {
-        let text = format!(
-            "[api]\nbase_url = \"{}\"\napp_token = \"{}\"\nsecret_file = \"{secret_file}\"\n\
-             [database]\npath = \"{}\"\n",
-            app.sim.base_url(),
-            creds.app_token,
-            app.db_path.display()
-        );
-        std::fs::write(&app.config_path, text).unwrap();
-        let out = run(&mut once(&app), Duration::from_secs(10)).await;
-        assert_eq!(out.status.code(), Some(1), "{secret_file}");
+        TestConfig::new(&app.sim.base_url(), &creds, &app.db_path)
+            .with(|c| {
+                c.api.secret = None;
+                c.api.secret_file = Some(secret_file.clone());
+            })
+            .write(&app.config_path);
+        let out = run_within(app.command().once(), Duration::from_secs(10)).await;
+        assert_eq!(out.code(), Some(1), "{secret_file}");
         let line = one_fatal_line(&out);
         assert!(
             line.contains("api.secret_file") && line.contains("not a regular file"),
@@ -160,9 +157,9 @@ async fn a_readable_config_with_an_inline_secret_is_one_warning() {
         std::os::unix::fs::PermissionsExt::from_mode(0o644),
     )
     .unwrap();
-    let out = run(&mut once(&app), Duration::from_secs(20)).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let err = stderr(&out);
+    let out = run_within(app.command().once(), Duration::from_secs(20)).await;
+    out.assert_code(0);
+    let err = out.stderr();
     let warnings: Vec<&str> = err
         .lines()
         .filter(|l| l.contains("readable by group or others"))
@@ -180,8 +177,8 @@ async fn a_readable_config_with_an_inline_secret_is_one_warning() {
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )
     .unwrap();
-    let out = run(&mut once(&app), Duration::from_secs(20)).await;
-    assert!(!stderr(&out).contains("readable by group or others"));
+    let out = run_within(app.command().once(), Duration::from_secs(20)).await;
+    assert!(!out.stderr().contains("readable by group or others"));
 }
 
 /// `UPDATE charges SET next_check_at = 'now'` (and `datetime('now')`, an offset, lower
@@ -193,8 +190,8 @@ async fn a_hand_written_next_check_at_makes_the_charge_due() {
     app.create("k", 100);
     app.sim.update("k", |c| c.awaiting("1234", None));
     make_due(&app);
-    let out = run(&mut once(&app), Duration::from_secs(20)).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = run_within(app.command().once(), Duration::from_secs(20)).await;
+    out.assert_code(0);
     assert_eq!(app.sim.requests_for("k"), 1);
     let forms = [
         "'now'",
@@ -210,8 +207,8 @@ async fn a_hand_written_next_check_at_makes_the_charge_due() {
                 [],
             )
             .unwrap();
-        let out = run(&mut once(&app), Duration::from_secs(20)).await;
-        assert_eq!(out.status.code(), Some(0), "{form}: {}", stderr(&out));
+        let out = run_within(app.command().once(), Duration::from_secs(20)).await;
+        assert_eq!(out.code(), Some(0), "{form}: {}", out.stderr());
         assert_eq!(
             app.sim.requests_for("k"),
             i as u64 + 2,

@@ -14,8 +14,8 @@ use konbini_reconciler::reconcile::{Clock, PassReport, Reconciler};
 use tokio_util::sync::CancellationToken;
 use univapay_sim::Reply;
 
-use super::{configure, last_run, once, run, stderr, stdout, wait_until};
-use crate::helpers::{TestApp, hold_lock};
+use super::{last_resume_at, run_within};
+use crate::helpers::{TestApp, hold_lock, wait_until};
 
 /// `n` pending charges `c0`, `c1`, ... at the fake and in the ledger.
 fn charges(app: &TestApp, n: usize) -> Vec<String> {
@@ -114,7 +114,7 @@ fn assert_untouched(app: &TestApp, id: &str) {
 }
 
 fn resume_at(app: &TestApp) -> DateTime<Utc> {
-    let at = last_run(app).3.expect("runs.resume_at");
+    let at = last_resume_at(app).expect("runs.resume_at");
     DateTime::parse_from_rfc3339(&at).unwrap().to_utc()
 }
 
@@ -138,7 +138,7 @@ async fn pass_of(rec: &Reconciler) -> PassReport {
 async fn a_long_retry_after_ends_the_pass_and_the_next_respects_it() {
     let far = (Utc::now() + chrono::Duration::hours(5)).to_rfc2822();
     for retry_after in ["3600", far.as_str()] {
-        let app = TestApp::spawn_with("concurrency = 1").await;
+        let app = TestApp::spawn_with(|c| c.api.concurrency = Some(1)).await;
         let ids = charges(&app, 5);
         app.sim.push_reply(
             &ids[0],
@@ -172,8 +172,7 @@ async fn a_long_retry_after_ends_the_pass_and_the_next_respects_it() {
             r.resume_at.map(konbini_reconciler::ledger::ts),
             Some(konbini_reconciler::ledger::ts(resume))
         );
-        let (outcome, ..) = last_run(&app);
-        assert_eq!(outcome, "rate_limited");
+        assert_eq!(app.last_run().outcome, "rate_limited");
 
         // This process again, and another one: nothing is sent.
         let asked = app.sim.counters().requests;
@@ -201,7 +200,11 @@ async fn a_long_retry_after_ends_the_pass_and_the_next_respects_it() {
 /// waits: the pass ends instead of creeping on at one request a minute.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_of_429s_ends_the_pass_within_a_bound() {
-    let app = TestApp::spawn_with("concurrency = 1\n[schedule]\ndrain_timeout = \"2s\"\n").await;
+    let app = TestApp::spawn_with(|c| {
+        c.api.concurrency = Some(1);
+        c.schedule.drain_timeout = Some(Duration::from_secs(2));
+    })
+    .await;
     app.sim.configure(|c| c.rate_limit = None);
     let ids = charges(&app, 20);
     for id in &ids {
@@ -221,7 +224,7 @@ async fn a_run_of_429s_ends_the_pass_within_a_bound() {
         "{:?}",
         r.counts
     );
-    assert!(last_run(&app).3.is_some(), "resume_at recorded");
+    assert!(last_resume_at(&app).is_some(), "resume_at recorded");
 }
 
 /// A pause that is nearly over when the next pass starts is waited out, not skipped.
@@ -255,24 +258,24 @@ async fn a_short_rest_of_a_recorded_pause_is_waited_out() {
 /// better clears the pause with one UPDATE.
 #[tokio::test(flavor = "multi_thread")]
 async fn once_exits_4_when_rate_limited_and_the_next_once_waits_for_resume_at() {
-    let app = TestApp::spawn_with("concurrency = 1").await;
+    let app = TestApp::spawn_with(|c| c.api.concurrency = Some(1)).await;
     let ids = charges(&app, 3);
     app.sim.push_reply(
         &ids[0],
         with_headers(&app, &ids[0], 429, &[("Retry-After", "3600")]),
     );
-    let out = run(&mut once(&app), Duration::from_secs(20)).await;
-    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
-    assert!(stdout(&out).contains("rate_limited"), "{}", stdout(&out));
+    let out = run_within(app.command().once(), Duration::from_secs(20)).await;
+    out.assert_code(4);
+    assert!(out.stdout().contains("rate_limited"), "{}", out.stdout());
     assert!(
-        stderr(&out).contains("pause of 1h") && stderr(&out).contains("drain_timeout"),
+        out.stderr().contains("pause of 1h") && out.stderr().contains("drain_timeout"),
         "{}",
-        stderr(&out)
+        out.stderr()
     );
     let asked = app.sim.counters().requests;
     let started = Instant::now();
-    let out = run(&mut once(&app), Duration::from_secs(20)).await;
-    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let out = run_within(app.command().once(), Duration::from_secs(20)).await;
+    out.assert_code(4);
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(
         app.sim.counters().requests,
@@ -284,8 +287,8 @@ async fn once_exits_4_when_rate_limited_and_the_next_once_waits_for_resume_at() 
     app.db()
         .execute("UPDATE runs SET resume_at = NULL", [])
         .unwrap();
-    let out = run(&mut once(&app), Duration::from_secs(20)).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = run_within(app.command().once(), Duration::from_secs(20)).await;
+    out.assert_code(0);
     assert_eq!(app.row(&ids[1]).state, "pending");
     assert!(app.row(&ids[1]).last_checked_at.is_some());
 }
@@ -293,7 +296,7 @@ async fn once_exits_4_when_rate_limited_and_the_next_once_waits_for_resume_at() 
 /// A new amount mismatch outranks the rate limit in the exit status: it is news.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_mismatch_in_a_rate_limited_pass_still_exits_2() {
-    let app = TestApp::spawn_with("concurrency = 1").await;
+    let app = TestApp::spawn_with(|c| c.api.concurrency = Some(1)).await;
     app.create("a-mismatch", 100);
     app.sim.update("a-mismatch", |c| c.paid_with(90, "JPY"));
     app.create("b-limited", 100);
@@ -302,9 +305,9 @@ async fn a_mismatch_in_a_rate_limited_pass_still_exits_2() {
         "b-limited",
         with_headers(&app, "b-limited", 429, &[("Retry-After", "3600")]),
     );
-    let out = run(&mut once(&app), Duration::from_secs(20)).await;
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert_eq!(last_run(&app).0, "rate_limited");
+    let out = run_within(app.command().once(), Duration::from_secs(20)).await;
+    out.assert_code(2);
+    assert_eq!(app.last_run().outcome, "rate_limited");
 }
 
 /// A clock that blocks its caller while `wedged` is set: a pass stuck on something that
@@ -361,12 +364,13 @@ async fn gather_pings(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stuck_pass_stops_the_watchdog_keep_alives() {
     let mut app = TestApp::spawn().await;
-    configure(
-        &mut app,
-        "500ms",
-        "busy_timeout = \"100ms\"\n",
-        "[schedule]\ncron = \"0 0 0 1 1 *\"\nrun_on_start = true\ndrain_timeout = \"500ms\"\n",
-    );
+    app.reconfigure(|c| {
+        c.api.timeout = Some(Duration::from_millis(500));
+        c.database.busy_timeout = Some(Duration::from_millis(100));
+        c.schedule.cron = Some("0 0 0 1 1 *".to_owned());
+        c.schedule.run_on_start = Some(true);
+        c.schedule.drain_timeout = Some(Duration::from_millis(500));
+    });
     let limit = konbini_reconciler::daemon::stall_limit(&app.settings);
     assert_eq!(limit, Duration::from_millis(2400));
     app.create("a", 100);

@@ -9,7 +9,7 @@ use konbini_reconciler::ledger::Outcome;
 use serde_json::{Value, json};
 use univapay_sim::{Reply, SimCharge};
 
-use super::{events, make_due, once, run, stderr};
+use super::{make_due, run_within};
 use crate::helpers::{STORE, TestApp};
 
 /// A million characters with a terminal escape, a newline and a NUL inside.
@@ -132,9 +132,13 @@ async fn hostile_text_does_not_reach_the_log_raw() {
         app.create(id, 100);
         app.sim.push_reply(id, hostile_answer(id, i));
     }
-    let out = run(once(&app).env("RUST_LOG", "trace"), Duration::from_secs(30)).await;
-    let err = stderr(&out);
-    assert!(out.status.code().is_some(), "{err:.2000}");
+    let out = run_within(
+        app.command().once().env("RUST_LOG", "trace"),
+        Duration::from_secs(30),
+    )
+    .await;
+    let err = out.stderr();
+    assert!(out.code().is_some(), "{err:.2000}");
     assert!(err.len() < 256 * 1024, "{} bytes of log", err.len());
     assert!(
         !err.contains('\u{1b}'),
@@ -176,8 +180,8 @@ async fn payment_details_are_checked_and_changes_recorded() {
         c.awaiting("3333-4444", Some("javascript:alert(document.cookie)"))
     });
     make_due(&app);
-    let out = run(&mut once(&app), Duration::from_secs(20)).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = run_within(app.command().once(), Duration::from_secs(20)).await;
+    out.assert_code(0);
     let row = app.row("k");
     assert_eq!(row.payment_number.as_deref(), Some("3333-4444"));
     assert_eq!(
@@ -185,11 +189,11 @@ async fn payment_details_are_checked_and_changes_recorded() {
         Some("https://pay.example/slip/1"),
         "the old URL is kept"
     );
-    let events = events(&app, "k");
+    let events = app.events("k");
     let changed: Vec<_> = events
         .iter()
-        .filter(|e| e.0 == "payment_changed")
-        .map(|e| e.1.clone().unwrap())
+        .filter(|e| e.kind == "payment_changed")
+        .map(|e| e.detail.clone().unwrap())
         .collect();
     assert_eq!(
         changed,
@@ -197,12 +201,12 @@ async fn payment_details_are_checked_and_changes_recorded() {
     );
     let refused: Vec<_> = events
         .iter()
-        .filter(|e| e.0 == "error")
-        .map(|e| e.1.clone().unwrap())
+        .filter(|e| e.kind == "error")
+        .map(|e| e.detail.clone().unwrap())
         .collect();
     assert_eq!(refused.len(), 1, "{events:?}");
     assert!(refused[0].contains("only https://"), "{}", refused[0]);
-    let log = stderr(&out);
+    let log = out.stderr();
     assert!(
         log.lines().any(|l| l.contains("WARN")
             && l.contains("payment details changed")
@@ -247,8 +251,8 @@ async fn a_payment_without_an_amount_is_a_mismatch() {
         }
         app.sim.push_reply(id, Reply::Json(body));
     }
-    let out = run(&mut once(&app), Duration::from_secs(20)).await;
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = run_within(app.command().once(), Duration::from_secs(20)).await;
+    out.assert_code(2);
     for id in ["null-amount", "no-amount"] {
         let row = app.row(id);
         assert_eq!(row.state, "successful", "{id}");

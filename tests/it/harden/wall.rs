@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use konbini_reconciler::ledger::Outcome;
 
-use super::{configure, events, last_run, once, one_fatal_line, run, stdout, wait_until};
-use crate::helpers::TestApp;
+use super::{one_fatal_line, run_within};
+use crate::helpers::{TestApp, wait_until};
 
 /// Registered here (in one transaction), unknown at the fake: every GET answers 404.
 fn unknown(app: &TestApp, n: usize) -> Vec<String> {
@@ -39,7 +39,7 @@ fn assert_not_counted(app: &TestApp, ids: &[String]) {
             row.last_error
         );
         assert!(
-            !events(app, id).iter().any(|e| e.0 == "gave_up"),
+            !app.events(id).iter().any(|e| e.kind == "gave_up"),
             "{id} given up"
         );
     }
@@ -50,7 +50,7 @@ fn assert_not_counted(app: &TestApp, ids: &[String]) {
 /// up, however many passes go by (the limit here is 2).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wall_of_404s_is_a_fault_that_gives_no_charge_up() {
-    let app = TestApp::spawn_with("[reconcile]\nnot_found_limit = 2\n").await;
+    let app = TestApp::spawn_with(|c| c.reconcile.not_found_limit = Some(2)).await;
     let ids = unknown(&app, 5);
     for _ in 0..4 {
         let r = app.pass().await;
@@ -65,14 +65,18 @@ async fn a_wall_of_404s_is_a_fault_that_gives_no_charge_up() {
         assert_not_counted(&app, &ids);
         app.after_backoff();
     }
-    assert_eq!(last_run(&app).0, "not_found_wall");
+    assert_eq!(app.last_run().outcome, "not_found_wall");
 }
 
 /// More 404s than the writer holds back (so some are written before the pass knows):
 /// none counts all the same.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wall_larger_than_what_is_held_back_counts_nothing_either() {
-    let app = TestApp::spawn_with("concurrency = 16\n[reconcile]\nnot_found_limit = 1\n").await;
+    let app = TestApp::spawn_with(|c| {
+        c.api.concurrency = Some(16);
+        c.reconcile.not_found_limit = Some(1);
+    })
+    .await;
     let ids = unknown(&app, 300);
     let r = app.pass().await;
     assert_eq!(r.outcome, Outcome::NotFoundWall);
@@ -84,7 +88,7 @@ async fn a_wall_larger_than_what_is_held_back_counts_nothing_either() {
 /// count as before (a charge really gone is still given up in the end).
 #[tokio::test(flavor = "multi_thread")]
 async fn not_found_beside_a_found_charge_or_too_few_still_counts() {
-    let app = TestApp::spawn_with("[reconcile]\nnot_found_limit = 2\n").await;
+    let app = TestApp::spawn_with(|c| c.reconcile.not_found_limit = Some(2)).await;
     let ids = unknown(&app, 4);
     app.create("zz-known", 100);
     app.sim.update("zz-known", |c| c.awaiting("1234", None));
@@ -118,14 +122,13 @@ async fn not_found_beside_a_found_charge_or_too_few_still_counts() {
 async fn once_exits_1_on_a_wall_of_404s() {
     let app = TestApp::spawn().await;
     let ids = unknown(&app, 3);
-    let out = run(&mut once(&app), Duration::from_secs(20)).await;
-    assert_eq!(out.status.code(), Some(1));
+    let out = run_within(app.command().once(), Duration::from_secs(20)).await;
     let line = one_fatal_line(&out);
     assert!(
         line.contains("answered 404") && line.contains("api.base_url"),
         "{line}"
     );
-    assert!(stdout(&out).contains("not_found_wall"), "{}", stdout(&out));
+    assert!(out.stdout().contains("not_found_wall"), "{}", out.stdout());
     assert_not_counted(&app, &ids);
 }
 
@@ -133,29 +136,21 @@ async fn once_exits_1_on_a_wall_of_404s() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_daemon_logs_a_wall_of_404s_as_an_error() {
     let mut app = TestApp::spawn().await;
-    configure(
-        &mut app,
-        "2s",
-        "",
-        "[schedule]\ncron = \"0 0 0 1 1 *\"\nrun_on_start = true\n",
-    );
+    app.reconfigure(|c| {
+        c.schedule.cron = Some("0 0 0 1 1 *".to_owned());
+        c.schedule.run_on_start = Some(true);
+    });
     unknown(&app, 3);
-    let mut daemon = super::bare(&app);
-    daemon.arg("--config").arg(&app.config_path);
-    let child = daemon.spawn().unwrap();
-    wait_until(Duration::from_secs(10), "a finished run", || {
+    let mut daemon = app.command().spawn();
+    // Generous: the daemon's first pass on a loaded machine; the test is about its log.
+    wait_until(Duration::from_secs(60), "a finished run", || {
         app.count("SELECT count(*) FROM runs WHERE outcome = 'not_found_wall'") == 1
     })
     .await;
-    let pid = child.id().unwrap() as libc::pid_t;
-    // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped yet.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    let log = super::stderr(&out);
+    daemon.signal(libc::SIGTERM);
+    let out = daemon.finish(Duration::from_secs(10)).await;
+    out.assert_code(0);
+    let log = out.stderr();
     assert!(
         log.lines()
             .any(|l| l.contains("ERROR") && l.contains("not_found_wall") && l.contains("404")),
