@@ -19,7 +19,9 @@ use tokio_util::sync::CancellationToken;
 use super::{CommandError, writing};
 use crate::config::Settings;
 use crate::domain::ChargeId;
-use crate::ledger::{self, Applied, CheckResult, DueCharge, Ledger, Open, Trigger};
+use crate::ledger::{
+    self, Applied, CheckResult, Counts, DueCharge, Ledger, Open, Outcome, Trigger,
+};
 use crate::lock::{Acquired, Busy, PassGuard, PassLock};
 use crate::reconcile::pass::{Checked, Stop, Tally, verdict};
 use crate::reconcile::{PassReport, Reconciler};
@@ -121,14 +123,26 @@ async fn check_under_lock(
 ) -> Result<PassReport, CommandError> {
     let started = Instant::now();
     let now = reconciler.now();
-    let (ledger, run_id, rows) = reconciler
+    let (ledger, run_id, rows, recorded_pause) = reconciler
         .with_ledger(Open::Migrate, move |l| {
             l.close_abandoned_runs()?;
+            let recorded_pause = l.resume_at()?;
             let run_id = l.begin_run(Trigger::Check, now)?;
             let rows = l.charges_by_id(&ids)?;
-            Ok((l, run_id, ids.into_iter().zip(rows).collect::<Vec<_>>()))
+            Ok((
+                l,
+                run_id,
+                ids.into_iter().zip(rows).collect::<Vec<_>>(),
+                recorded_pause,
+            ))
         })
         .await?;
+    // A pause UnivaPay asked for binds support's checks as much as the passes: the shop's
+    // own requests share the budget.
+    if let Err(resume_at) = reconciler.honour_pause(recorded_pause) {
+        return paused_before_start(reconciler, ledger, run_id, &rows, resume_at, started, out)
+            .await;
+    }
     let settings = reconciler.settings();
     let (stop, drain_guard) = Stop::with_drain(&shutdown, settings.schedule.drain_timeout);
     let mut tally = Tally {
@@ -169,6 +183,8 @@ async fn check_under_lock(
         .collect();
     let finished_at = reconciler.now();
     let stored_detail = detail.clone();
+    let resume_at = tally.paused.as_ref().map(|p| reconciler.resume_at(p));
+    let stored_resume = resume_at.map(ledger::ts);
     let applied = ledger::blocking(&settings.database.path, move || {
         let mut ledger = ledger;
         let applied = match ledger.apply(run_id, &results) {
@@ -185,6 +201,9 @@ async fn check_under_lock(
             stored_detail.as_deref(),
             finished_at,
         )?;
+        if let Some(at) = &stored_resume {
+            ledger.set_resume_at(run_id, at)?;
+        }
         Ok(applied)
     })
     .await?;
@@ -196,7 +215,55 @@ async fn check_under_lock(
         counts: applied.counts,
         elapsed: started.elapsed(),
         detail,
-        resume_at: None,
+        resume_at,
+    })
+}
+
+/// A pause recorded earlier has not ended: nothing is sent, every charge is reported not
+/// checked, and the run ends `rate_limited`.
+async fn paused_before_start(
+    reconciler: &Reconciler,
+    ledger: ledger::Ledger,
+    run_id: i64,
+    rows: &[(ChargeId, Option<ledger::DueRow>)],
+    resume_at: chrono::DateTime<chrono::Utc>,
+    started: Instant,
+    out: &mut (dyn Write + Send),
+) -> Result<PassReport, CommandError> {
+    let detail = format!(
+        "UnivaPay asked for a pause until {} (recorded by an earlier run); no request before then",
+        ledger::ts(resume_at)
+    );
+    let finished_at = reconciler.now();
+    let stored = detail.clone();
+    ledger::blocking(&reconciler.settings().database.path, move || {
+        ledger.finish_run(
+            run_id,
+            Outcome::RateLimited,
+            Counts::default(),
+            Some(&stored),
+            finished_at,
+        )
+    })
+    .await?;
+    let lines: Vec<String> = rows
+        .iter()
+        .map(|(id, _)| format!("{id}: not checked (UnivaPay asked for a pause)"))
+        .collect();
+    writing(|| {
+        for l in &lines {
+            writeln!(out, "{l}")?;
+        }
+        out.flush()
+    })?;
+    Ok(PassReport {
+        run_id,
+        trigger: Trigger::Check,
+        outcome: Outcome::RateLimited,
+        counts: Counts::default(),
+        elapsed: started.elapsed(),
+        detail: Some(detail),
+        resume_at: Some(resume_at),
     })
 }
 

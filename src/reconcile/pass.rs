@@ -274,12 +274,32 @@ impl Reconciler {
             counts,
             elapsed: started.elapsed(),
             detail,
-            resume_at: tally
-                .paused
-                .map(|p| after(self.clock.now(), p.wait.min(MAX_RECORDED_PAUSE))),
+            resume_at: tally.paused.as_ref().map(|p| self.resume_at(p)),
         };
         self.finish(ledger, &report).await?;
         Ok(report)
+    }
+
+    /// When requests may go again after UnivaPay asked for `pause` (what `runs.resume_at`
+    /// records), capped at [`MAX_RECORDED_PAUSE`].
+    pub fn resume_at(&self, pause: &crate::univapay::Paused) -> DateTime<Utc> {
+        after(self.clock.now(), pause.wait.min(MAX_RECORDED_PAUSE))
+    }
+
+    /// A recorded pause (`runs.resume_at`) that has not ended: a short one is imposed on
+    /// the client (`Ok`); a longer one is returned, and nothing may be sent before it.
+    pub fn honour_pause(&self, recorded: Option<DateTime<Utc>>) -> Result<(), DateTime<Utc>> {
+        let Some(resume_at) = recorded else {
+            return Ok(());
+        };
+        let Ok(left) = (resume_at - self.clock.now()).to_std() else {
+            return Ok(());
+        };
+        if left <= self.max_pause() {
+            self.client.pause_for(left);
+            return Ok(());
+        }
+        Err(resume_at)
     }
 
     /// A pause recorded by an earlier pass (`runs.resume_at`) that has not ended: a short
@@ -292,12 +312,7 @@ impl Reconciler {
         recorded: Option<DateTime<Utc>>,
         started: Instant,
     ) -> Option<PassReport> {
-        let resume_at = recorded?;
-        let left = (resume_at - self.clock.now()).to_std().ok()?;
-        if left <= self.max_pause() {
-            self.client.pause_for(left);
-            return None;
-        }
+        let resume_at = self.honour_pause(recorded).err()?;
         Some(PassReport {
             run_id,
             trigger,

@@ -613,6 +613,22 @@ async fn check_stopped_by_a_long_pause_reports_the_rest_not_checked_and_exits_4(
         ("check", "rate_limited", 1, 1),
         "{last:?}"
     );
+    // The pause is recorded, and binds what comes next: neither a pass nor another check
+    // sends a request before it ends.
+    assert!(last.resume_at.is_some(), "resume_at recorded: {last:?}");
+    let sent = app.sim.counters().requests;
+    konbini(&app).once().run().assert_code(4);
+    let again = konbini(&app).args(["check", "second"]).run();
+    again.assert_code(4);
+    assert_eq!(
+        again.stdout(),
+        "second: not checked (UnivaPay asked for a pause)\n"
+    );
+    assert_eq!(
+        app.sim.counters().requests,
+        sent,
+        "nothing sent during the pause"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

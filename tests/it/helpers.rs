@@ -113,6 +113,8 @@ pub struct RunRow {
     pub mismatches: i64,
     pub errors: i64,
     pub detail: Option<String>,
+    /// No request before this time (a pause UnivaPay asked for).
+    pub resume_at: Option<String>,
 }
 
 impl TestApp {
@@ -287,7 +289,7 @@ impl TestApp {
         let mut stmt = db
             .prepare(
                 "SELECT id, trigger, started_at, finished_at, outcome, checked, transitions,
-                        mismatches, errors, detail
+                        mismatches, errors, detail, resume_at
                  FROM runs ORDER BY id",
             )
             .unwrap();
@@ -303,6 +305,7 @@ impl TestApp {
                 mismatches: r.get(7)?,
                 errors: r.get(8)?,
                 detail: r.get(9)?,
+                resume_at: r.get(10)?,
             })
         })
         .unwrap()
