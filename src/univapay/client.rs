@@ -102,7 +102,10 @@ impl Client {
             http,
             base_url: api.base_url.clone(),
             timeout: api.timeout,
-            pacer: Pacer::new(api.max_requests_per_minute.map(|n| n.get())),
+            pacer: Pacer::with_share(
+                api.max_requests_per_minute.map(|n| n.get()),
+                api.budget_share,
+            ),
         })
     }
 
@@ -126,6 +129,12 @@ impl Client {
     /// Waits until the rate-limit budget allows one more request (see [`Pacer`]).
     pub async fn pace(&self) -> Ticket {
         self.pacer.acquire().await
+    }
+
+    /// Requests per minute the pacer allows this client (`api.budget_share` of the
+    /// announced route rate, under `api.max_requests_per_minute`); `None` until known.
+    pub fn budget_per_minute(&self) -> Option<f64> {
+        self.pacer.budget_per_minute()
     }
 
     /// [`get_charge`](Self::get_charge) with the pacer's permission already in hand.
