@@ -1,14 +1,16 @@
 //! The decision logic of reconciliation, as pure functions over plain values: status
 //! mapping, the mismatch rule, next-check times, and [`decide`], which turns one
 //! observation of a charge into its new ledger values and event rows. No I/O here, and no
-//! clock or randomness either: the caller passes `now` and the jitter.
+//! clock or randomness either: the caller passes `now` and the jitter. When an open charge
+//! is due again after an answer is the cadence's to say ([`super::cadence`]).
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::cadence::Cadence;
 use crate::domain::{
-    Decision, EventKind, NewEvent, ProviderStatus, Requested, State, Tracked, backoff,
+    ChargeDates, Decision, EventKind, NewEvent, ProviderStatus, Requested, State, Tracked, backoff,
 };
 use crate::univapay::{ApiError, ErrorClass, ProviderCharge};
 
@@ -52,9 +54,10 @@ pub fn mismatch(requested: &Requested, answer: &ProviderCharge) -> Option<String
 }
 
 /// Timing knobs, from `[reconcile]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
-    pub recheck_interval: Duration,
+    /// When an open charge is due again after an answer.
+    pub cadence: Cadence,
     pub retry_backoff: Duration,
     pub retry_backoff_max: Duration,
     pub not_found_limit: u32,
@@ -66,11 +69,13 @@ fn after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
 
 /// Decides what one observation (an answer or an error) does to a charge.
 ///
-/// `jitter` in `[0, 1)` spreads retry times after errors. Auth errors abort the pass before
-/// reaching here; if one does arrive it is treated like any refused request.
+/// `jitter` in `[0, 1)` spreads retry times after errors, and the next checks of a
+/// jittered schedule. Auth errors abort the pass before reaching here; if one does arrive
+/// it is treated like any refused request.
 pub fn decide(
     before: &Tracked,
     requested: &Requested,
+    dates: &ChargeDates,
     observation: Result<&ProviderCharge, &ApiError>,
     now: DateTime<Utc>,
     policy: &Policy,
@@ -85,7 +90,7 @@ pub fn decide(
         Ok(answer) => {
             apply_answer(&mut d, before, requested, answer);
             d.next_check_at =
-                (!d.after.state.is_final()).then(|| after(now, policy.recheck_interval));
+                (!d.after.state.is_final()).then(|| policy.cadence.next_check(now, dates, jitter));
         }
         Err(err) => {
             d.next_check_at =
@@ -255,11 +260,15 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::Map;
 
-    const POLICY: Policy = Policy {
-        recheck_interval: Duration::from_secs(300),
+    static POLICY: std::sync::LazyLock<Policy> = std::sync::LazyLock::new(|| Policy {
+        cadence: Cadence::flat(Duration::from_secs(300)),
         retry_backoff: Duration::from_secs(30),
         retry_backoff_max: Duration::from_secs(3600),
         not_found_limit: 3,
+    });
+    const NO_DATES: ChargeDates = ChargeDates {
+        created_at: None,
+        expires_at: None,
     };
     const YEN_1000: Requested = Requested {
         amount: 1000,
@@ -371,6 +380,7 @@ mod tests {
         let d = decide(
             &at(State::Pending),
             &YEN_1000,
+            &NO_DATES,
             Ok(&answer("awaiting")),
             now(),
             &POLICY,
@@ -386,6 +396,7 @@ mod tests {
         let d = decide(
             &at(State::Awaiting),
             &YEN_1000,
+            &NO_DATES,
             Ok(&charged("successful", 1000, "JPY")),
             now(),
             &POLICY,
@@ -398,6 +409,7 @@ mod tests {
         let d = decide(
             &at(State::Awaiting),
             &YEN_1000,
+            &NO_DATES,
             Ok(&answer("awaiting")),
             now(),
             &POLICY,
@@ -407,10 +419,81 @@ mod tests {
     }
 
     #[test]
+    fn an_unchanged_answer_is_due_again_by_the_cadence() {
+        let day = Duration::from_secs(86_400);
+        let policy = Policy {
+            cadence: Cadence {
+                schedule: [(Duration::ZERO, 600), (2 * day, 7200)]
+                    .map(|(age, every)| crate::domain::RecheckStep {
+                        age,
+                        every: Duration::from_secs(every),
+                    })
+                    .into(),
+                expiry_grace: Duration::from_secs(300),
+                deadline_watch: day,
+                stretch: 1.0,
+            },
+            ..POLICY.clone()
+        };
+        let awaiting = at(State::Awaiting);
+        let decide_for = |dates: ChargeDates| {
+            decide(
+                &awaiting,
+                &YEN_1000,
+                &dates,
+                Ok(&answer("awaiting")),
+                now(),
+                &policy,
+                0.0,
+            )
+            .next_check_at
+            .unwrap()
+        };
+        let days_ago = |n: i64| Some(now() - chrono::Duration::days(n));
+        let young = ChargeDates {
+            created_at: days_ago(1),
+            expires_at: None,
+        };
+        assert_eq!(decide_for(young), now() + chrono::Duration::minutes(10));
+        let old = ChargeDates {
+            created_at: days_ago(3),
+            expires_at: None,
+        };
+        assert_eq!(decide_for(old), now() + chrono::Duration::hours(2));
+        let at_deadline = ChargeDates {
+            created_at: days_ago(3),
+            expires_at: Some(now() + chrono::Duration::minutes(3)),
+        };
+        assert_eq!(
+            decide_for(at_deadline),
+            now() + chrono::Duration::minutes(8)
+        );
+        // Errors keep their backoff, whatever the cadence.
+        let d = decide(
+            &awaiting,
+            &YEN_1000,
+            &old,
+            Err(&ApiError::Server(503)),
+            now(),
+            &policy,
+            0.0,
+        );
+        assert_eq!(d.next_check_at, Some(now() + chrono::Duration::seconds(15)));
+    }
+
+    #[test]
     fn decide_on_errors_backs_off_and_keeps_state() {
         let before = at(State::Awaiting);
         let err = ApiError::Server(503);
-        let d = decide(&before, &YEN_1000, Err(&err), now(), &POLICY, 0.0);
+        let d = decide(
+            &before,
+            &YEN_1000,
+            &NO_DATES,
+            Err(&err),
+            now(),
+            &POLICY,
+            0.0,
+        );
         assert_eq!(d.after.state, State::Awaiting);
         assert_eq!(d.after.consecutive_errors, 1);
         assert_eq!(d.next_check_at, Some(now() + chrono::Duration::seconds(15)));
@@ -420,7 +503,7 @@ mod tests {
         let rl = ApiError::RateLimited {
             retry_after: Some(Duration::from_secs(600)),
         };
-        let d = decide(&before, &YEN_1000, Err(&rl), now(), &POLICY, 0.0);
+        let d = decide(&before, &YEN_1000, &NO_DATES, Err(&rl), now(), &POLICY, 0.0);
         assert_eq!(
             d.next_check_at,
             Some(now() + chrono::Duration::seconds(600))
@@ -431,7 +514,15 @@ mod tests {
     fn not_found_gives_up_at_the_limit() {
         let mut t = at(State::Pending);
         for n in 1..=3 {
-            let d = decide(&t, &YEN_1000, Err(&ApiError::NotFound), now(), &POLICY, 0.5);
+            let d = decide(
+                &t,
+                &YEN_1000,
+                &NO_DATES,
+                Err(&ApiError::NotFound),
+                now(),
+                &POLICY,
+                0.5,
+            );
             assert_eq!(d.after.not_found_count, n);
             let gave_up = d.events.iter().any(|e| e.kind == EventKind::GaveUp);
             assert_eq!(gave_up, n == 3);
@@ -497,7 +588,7 @@ mod tests {
             let mut mismatch_events = 0;
             let mut final_at: Option<State> = None;
             for o in &obs {
-                let d = decide(&t, &YEN_1000, o.as_ref(), now(), &POLICY, jitter);
+                let d = decide(&t, &YEN_1000, &NO_DATES, o.as_ref(), now(), &POLICY, jitter);
                 let transitions: Vec<_> = d.events.iter().filter(|e| e.kind == EventKind::Transition).collect();
                 prop_assert!(transitions.len() <= 1);
                 prop_assert_eq!(transitions.len() == 1, d.after.state != t.state);
@@ -534,8 +625,8 @@ mod tests {
         #[test]
         fn the_same_answer_twice_is_a_no_op(o in observation().prop_filter("answers", Result::is_ok)) {
             let a = o.unwrap();
-            let first = decide(&Tracked::new(), &YEN_1000, Ok(&a), now(), &POLICY, 0.5);
-            let second = decide(&first.after, &YEN_1000, Ok(&a), now(), &POLICY, 0.5);
+            let first = decide(&Tracked::new(), &YEN_1000, &NO_DATES, Ok(&a), now(), &POLICY, 0.5);
+            let second = decide(&first.after, &YEN_1000, &NO_DATES, Ok(&a), now(), &POLICY, 0.5);
             prop_assert!(second.events.is_empty());
             prop_assert_eq!(second.after, first.after);
         }

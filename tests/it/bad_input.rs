@@ -327,7 +327,82 @@ fn cases(etc: &Path) -> Vec<Case> {
         etc.join("creds").display().to_string(),
     )];
     v.push(creds_dir);
+    v.extend(budget_cases());
     v
+}
+
+/// The budget share and the recheck schedule (issue 10).
+fn budget_cases() -> Vec<Case> {
+    let schedule = |steps: &str| with("", &format!("[reconcile]\nrecheck_schedule = {steps}"));
+    let key = "reconcile.recheck_schedule";
+    vec![
+        case(
+            "budget share 0",
+            with("budget_share = 0", ""),
+            "api.budget_share",
+        ),
+        case(
+            "budget share above 1",
+            with("budget_share = 1.5", ""),
+            "api.budget_share",
+        ),
+        case(
+            "negative budget share",
+            with("budget_share = -0.5", ""),
+            "api.budget_share",
+        ),
+        case(
+            "budget share as text",
+            with("budget_share = \"half\"", ""),
+            "api.budget_share",
+        ),
+        case("empty schedule", schedule("[]"), key),
+        case(
+            "unsorted schedule",
+            schedule(
+                r#"[{ age = "0s", every = "1m" }, { age = "1d", every = "30m" }, { age = "1h", every = "10m" }]"#,
+            ),
+            key,
+        ),
+        case(
+            "schedule with a repeated age",
+            schedule(r#"[{ age = "0s", every = "1m" }, { age = "0s", every = "2m" }]"#),
+            key,
+        ),
+        case(
+            "schedule with a zero interval",
+            schedule(r#"[{ age = "0s", every = "0s" }]"#),
+            key,
+        ),
+        case(
+            "schedule with a negative interval",
+            schedule(r#"[{ age = "0s", every = "-1m" }]"#),
+            key,
+        ),
+        case(
+            "schedule not starting at age 0",
+            schedule(r#"[{ age = "1h", every = "10m" }]"#),
+            key,
+        ),
+        case(
+            "schedule step with an unknown key",
+            schedule(r#"[{ age = "0s", every = "1m", often = true }]"#),
+            key,
+        ),
+        case(
+            "schedule and recheck_interval",
+            with(
+                "",
+                "[reconcile]\nrecheck_interval = \"5m\"\nrecheck_schedule = [{ age = \"0s\", every = \"1m\" }]",
+            ),
+            key,
+        ),
+        case(
+            "absurd deadline watch",
+            with("", "[reconcile]\ndeadline_watch = \"1000000years\""),
+            "reconcile.deadline_watch",
+        ),
+    ]
 }
 
 /// Runs the binary on `text` (its `@DB@` set to `db`) and checks the one-line refusal.

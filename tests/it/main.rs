@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod binary;
+mod budget;
 mod daemon;
 mod database;
 mod errors;
