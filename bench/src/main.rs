@@ -10,6 +10,11 @@
 //! Scenarios: `rate` (bucket-limited), `latency` (20 ms answers, concurrency 64), `cpu`
 //! (no latency), `scale` (10k, 100k, 1M all due), `idle` (1M rows, none due). No argument
 //! runs them all; `--quick` runs each at a small size as a smoke test.
+//!
+//! `konbini-bench month [...]` is another benchmark: a month on simulated time (see
+//! [`month`]).
+
+mod month;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -119,6 +124,9 @@ fn short(n: u64) -> String {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "month") {
+        return month::main(&args[1..]);
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let wanted: Vec<&str> = args
         .iter()

@@ -163,7 +163,7 @@ fn interval(key: &str, d: Duration) -> Result<(), Invalid> {
 
 /// The recheck schedule when neither `recheck_interval` nor `recheck_schedule` is set:
 /// every 10 minutes (every second pass of the default cron) for the first two days, when
-/// nearly all konbini payments are made, then every 2 hours, where the unpaid charges
+/// nearly all konbini payments are made, then every 3 hours, where the unpaid charges
 /// that dominate the calls spend most of their lives. With `deadline_watch` the last day
 /// before a known deadline is checked at the young pace again. See the README for the
 /// model behind it.
@@ -174,7 +174,7 @@ pub(crate) const DEFAULT_RECHECK_SCHEDULE: [RecheckStep; 2] = [
     },
     RecheckStep {
         age: Duration::from_secs(2 * 24 * 60 * 60),
-        every: Duration::from_secs(2 * 60 * 60),
+        every: Duration::from_secs(3 * 60 * 60),
     },
 ];
 

@@ -3,17 +3,18 @@
 //! need, and how far the intervals must stretch when that is more than the budget allows.
 //!
 //! - **By age.** `reconcile.recheck_schedule` gives the interval for each age (time since
-//!   `created_at`). A schedule of several steps is jittered: each check comes up to
-//!   [`EARLY_JITTER`] early, never late. Charges registered together so spread out, and,
-//!   because passes run on a cron, a charge due a moment after a tick does not wait a
-//!   whole extra tick: "every 10 minutes" on a 5-minute cron is every second tick, not
-//!   every third. A schedule of one step is the flat schedule of `recheck_interval`,
-//!   exactly as before (no jitter).
+//!   `created_at`). A schedule of several steps is jittered, early and never late: each
+//!   check comes [`LEAD`] (or a tenth of the interval, if less) plus up to [`EARLY_JITTER`]
+//!   of the interval early. Charges registered together so spread out, and, because
+//!   passes run on a cron, a charge checked a minute into a pass is still due by the tick
+//!   its interval ends on instead of waiting a whole extra tick: "every 10 minutes" on a
+//!   5-minute cron is every second tick, not every third. A schedule of one step is the
+//!   flat schedule of `recheck_interval`, exactly as before (no jitter, no lead).
 //! - **The deadline.** With `expires_at` known, a check is made at `expires_at +
 //!   expiry_grace` when the schedule would come later, so an unpaid charge turns `failed`
 //!   promptly; and during `deadline_watch` before the deadline, the charge is checked at
 //!   the schedule's first (young) interval, because customers who pay late pay on the
-//!   last day.
+//!   last day (a long interval is cut short to start the watch on time).
 //! - **The budget.** When the open charges need more checks per minute than the budget
 //!   share allows, every interval is multiplied by one factor ([`stretch_factor`]) so the
 //!   checks fit, instead of a backlog growing without bound. The deadline check is not
@@ -26,8 +27,13 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{ChargeDates, RecheckStep};
 
-/// A check of a jittered schedule comes up to this fraction of its interval early.
+/// A check of a jittered schedule comes up to this fraction of its interval early, on top
+/// of its lead.
 pub const EARLY_JITTER: f64 = 0.2;
+
+/// A check of a jittered schedule comes this much early (at most a tenth of its
+/// interval): the time a check may be made into a pass, after the tick.
+pub const LEAD: Duration = Duration::from_secs(60);
 
 /// Demand is stretched to fit this share of the budget, leaving room for retries after
 /// errors, deadline checks and the unevenness of passes.
@@ -115,21 +121,33 @@ impl Cadence {
         if self.watched(until_deadline) {
             every = every.min(self.young_interval());
         }
-        let mut factor = self.stretch.clamp(1.0, MAX_STRETCH);
-        if !self.is_flat() {
-            factor *= 1.0 - EARLY_JITTER * jitter.clamp(0.0, 1.0);
+        let every = scale(every, self.stretch.clamp(1.0, MAX_STRETCH));
+        let every = if self.is_flat() {
+            every
+        } else {
+            let lead = LEAD.min(every / 10);
+            scale(every, 1.0 - EARLY_JITTER * jitter.clamp(0.0, 1.0)).saturating_sub(lead)
+        };
+        let mut next = after(now, every);
+        if let Some(expires) = dates.expires_at {
+            // Into the deadline watch on time: a long interval must not overshoot its start.
+            let watch = before(expires, self.deadline_watch);
+            if !self.deadline_watch.is_zero() && now < watch && watch < next {
+                next = watch;
+            }
+            let deadline_check = after(expires, self.expiry_grace);
+            if now < deadline_check && deadline_check < next {
+                next = deadline_check;
+            }
         }
-        let next = after(now, scale(every, factor));
-        match dates.expires_at.map(|e| after(e, self.expiry_grace)) {
-            Some(deadline_check) if now < deadline_check && deadline_check < next => deadline_check,
-            _ => next,
-        }
+        next
     }
 
     /// Checks per minute the open charges need, unstretched. `by_step[k]` counts the open
     /// charges whose age falls in step `k` (outside the deadline watch); `watched` those
     /// in their deadline watch. A jittered schedule comes early, so it needs a little
-    /// more than its nominal intervals.
+    /// more than its nominal intervals (counted as the tenth of the mean jitter; the lead
+    /// is lost in the cron's ticks).
     pub fn demand_per_minute(&self, by_step: &[u64], watched: u64) -> f64 {
         let per_minute = |n: u64, every: Duration| n as f64 * 60.0 / every.as_secs_f64().max(1e-3);
         let nominal: f64 = self
@@ -161,6 +179,13 @@ pub fn stretch_factor(demand: f64, budget: Option<f64>) -> f64 {
 
 fn scale(d: Duration, factor: f64) -> Duration {
     Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(Duration::MAX)
+}
+
+fn before(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_sub_signed(d))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
 fn after(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
@@ -219,11 +244,17 @@ mod tests {
         assert_eq!(c.interval_at(HOUR - Duration::from_secs(1)), MIN);
         assert_eq!(c.interval_at(HOUR), 10 * MIN);
         assert_eq!(c.interval_at(30 * DAY), 30 * MIN);
-        // With no jitter the check comes exactly one interval later.
+        // With no jitter the check comes one interval, less the lead (a minute), later.
         let now = plus(2 * HOUR);
         assert_eq!(
             c.next_check(now, &born(t0()), 0.0),
-            now + chrono::Duration::minutes(10)
+            now + chrono::Duration::minutes(9)
+        );
+        // The lead is a tenth of a short interval.
+        let now = plus(Duration::from_secs(60));
+        assert_eq!(
+            c.next_check(now, &born(t0()), 0.0),
+            now + chrono::Duration::seconds(54)
         );
     }
 
@@ -231,14 +262,14 @@ mod tests {
     fn jitter_only_brings_a_check_forward() {
         let c = default_like();
         let now = plus(HOUR);
-        let latest = now + chrono::Duration::minutes(10);
-        let earliest = now + chrono::Duration::minutes(8);
+        let latest = now + chrono::Duration::minutes(9);
+        let earliest = now + chrono::Duration::minutes(7);
         assert_eq!(c.next_check(now, &born(t0()), 0.0), latest);
         let almost_one = c.next_check(now, &born(t0()), 0.999_999);
         assert!(almost_one >= earliest && almost_one < earliest + chrono::Duration::seconds(1));
         assert_eq!(
             c.next_check(now, &born(t0()), 0.5),
-            now + chrono::Duration::minutes(9)
+            now + chrono::Duration::minutes(8)
         );
     }
 
@@ -258,12 +289,12 @@ mod tests {
     fn an_unknown_or_future_created_at_is_young() {
         let c = default_like();
         let now = plus(10 * DAY);
-        let young = now + chrono::Duration::minutes(10);
+        let young = now + chrono::Duration::minutes(9);
         assert_eq!(c.next_check(now, &ChargeDates::default(), 0.0), young);
         assert_eq!(c.next_check(now, &born(plus(11 * DAY)), 0.0), young);
         assert_eq!(
             c.next_check(now, &born(t0()), 0.0),
-            now + chrono::Duration::hours(2)
+            now + chrono::Duration::minutes(119)
         );
     }
 
@@ -286,13 +317,13 @@ mod tests {
         let now = plus(3 * DAY);
         assert_eq!(
             c.next_check(now, &dates, 0.0),
-            now + chrono::Duration::hours(2)
+            now + chrono::Duration::minutes(119)
         );
         // After the deadline check, if UnivaPay still says open: the schedule again.
         let now = expires + chrono::Duration::minutes(6);
         assert_eq!(
             c.next_check(now, &dates, 0.0),
-            now + chrono::Duration::hours(2)
+            now + chrono::Duration::minutes(119)
         );
         // The deadline check is not stretched.
         let stretched = Cadence {
@@ -317,12 +348,18 @@ mod tests {
         let now = expires - chrono::Duration::hours(20);
         assert_eq!(
             c.next_check(now, &dates, 0.0),
-            now + chrono::Duration::minutes(10)
+            now + chrono::Duration::minutes(9)
         );
+        let now = expires - chrono::Duration::hours(27);
+        assert_eq!(
+            c.next_check(now, &dates, 0.0),
+            now + chrono::Duration::minutes(119)
+        );
+        // A long interval that would overshoot the start of the watch stops there.
         let now = expires - chrono::Duration::hours(25);
         assert_eq!(
             c.next_check(now, &dates, 0.0),
-            now + chrono::Duration::hours(2)
+            expires - chrono::Duration::hours(24)
         );
         let off = Cadence {
             deadline_watch: Duration::ZERO,
@@ -331,7 +368,7 @@ mod tests {
         let now = expires - chrono::Duration::hours(20);
         assert_eq!(
             off.next_check(now, &dates, 0.0),
-            now + chrono::Duration::hours(2)
+            now + chrono::Duration::minutes(119)
         );
     }
 
@@ -344,7 +381,7 @@ mod tests {
         let now = plus(HOUR);
         assert_eq!(
             c.next_check(now, &born(t0()), 0.0),
-            now + chrono::Duration::minutes(30)
+            now + chrono::Duration::minutes(29)
         );
         let flat = Cadence {
             stretch: 2.5,
@@ -401,8 +438,8 @@ mod tests {
 
         /// Whatever the dates and jitter: the next check is after now; never later than the
         /// stretched interval for the charge's age; never earlier than the jitter allows
-        /// unless the deadline check comes first; and a known deadline check that is
-        /// still ahead is never skipped over.
+        /// unless the deadline check or the start of the deadline watch comes first; and
+        /// neither of those, when still ahead, is ever skipped over.
         #[test]
         fn next_check_bounds(
             age_s in 0u64..40 * 86_400,
@@ -423,13 +460,18 @@ mod tests {
             prop_assert!(next <= longest);
             let shortest_every = every.min(c.young_interval());
             let shortest = now
-                + chrono::Duration::from_std(scale(shortest_every, stretch * (1.0 - EARLY_JITTER))).unwrap();
+                + chrono::Duration::from_std(scale(shortest_every, stretch * (1.0 - EARLY_JITTER))).unwrap()
+                - chrono::Duration::from_std(LEAD).unwrap();
             let deadline_check = expires.map(|e| e + chrono::Duration::minutes(5));
+            let watch_start = expires.map(|e| e - chrono::Duration::days(1));
             if next < shortest - chrono::Duration::milliseconds(1) {
-                prop_assert_eq!(Some(next), deadline_check);
+                prop_assert!(Some(next) == deadline_check || Some(next) == watch_start);
             }
             if let Some(d) = deadline_check.filter(|d| *d > now) {
                 prop_assert!(next <= d);
+            }
+            if let Some(w) = watch_start.filter(|w| *w > now) {
+                prop_assert!(next <= w, "the watch starts on time");
             }
         }
     }

@@ -242,7 +242,7 @@ impl Reconciler {
     ) -> Result<PassReport, LedgerError> {
         let started = Instant::now();
         let (ledger, run_id) = self.begin(held, trigger).await?;
-        let plan = match self.plan().await {
+        let (ledger, plan) = match self.plan(ledger).await {
             Ok(p) => p,
             Err(e) => {
                 self.mark_failed(run_id, &e).await;
@@ -268,8 +268,8 @@ impl Reconciler {
             elapsed: started.elapsed(),
             detail,
         };
+        let ledger = self.record_budget(ledger, run_id, plan).await?;
         self.finish(ledger, &report).await?;
-        self.record_budget(run_id, plan).await?;
         Ok(report)
     }
 
@@ -283,38 +283,35 @@ impl Reconciler {
     /// checks per minute the open charges need under the schedule (kept for
     /// [`stretch`](Self::stretch)). When the budget is known to be short, the pass reads
     /// the urgent charges first: young ones and those at or near their deadline.
-    async fn plan(&self) -> Result<Plan, LedgerError> {
+    async fn plan(&self, ledger: Ledger) -> Result<(Ledger, Plan), LedgerError> {
         let now = self.clock.now();
         let c = self.policy.cadence.clone();
-        let plan = self
-            .with_ledger(Open::Existing, move |ledger| {
-                let due = ledger.count_due(&ledger::ts(now))?;
-                if due == 0 {
-                    return Ok(Plan { due, demand: None });
-                }
-                let born_after: Vec<String> = c
-                    .schedule
-                    .iter()
-                    .skip(1)
-                    .map(|s| ts_before(now, s.age))
-                    .collect();
-                let watch_until = ts_after(now, c.deadline_watch);
-                let (mut by_step, watched) = ledger
-                    .count_open_by_age(&born_after, Some((&ledger::ts(now), &watch_until)))?;
-                // Bands run youngest first, the schedule's steps too.
-                by_step.truncate(c.schedule.len());
-                Ok(Plan {
-                    due,
-                    demand: Some(c.demand_per_minute(&by_step, watched)),
-                })
-            })
-            .await?;
+        let (ledger, plan) = ledger::blocking(&self.settings.database.path, move || {
+            let due = ledger.count_due(&ledger::ts(now))?;
+            if due == 0 {
+                return Ok((ledger, Plan { due, demand: None }));
+            }
+            let born_after: Vec<String> = c
+                .schedule
+                .iter()
+                .skip(1)
+                .map(|s| ts_before(now, s.age))
+                .collect();
+            let watch_until = ts_after(now, c.deadline_watch);
+            let (mut by_step, watched) =
+                ledger.count_open_by_age(&born_after, Some((&ledger::ts(now), &watch_until)))?;
+            // Bands run youngest first, the schedule's steps too.
+            by_step.truncate(c.schedule.len());
+            let demand = Some(c.demand_per_minute(&by_step, watched));
+            Ok((ledger, Plan { due, demand }))
+        })
+        .await?;
         if let Some(d) = plan.demand {
             self.load.demand.store(d.to_bits(), Ordering::Relaxed);
         }
         let urgency = (self.stretch() > 1.0).then(|| self.urgency(now)).flatten();
         *self.load.urgency.lock().unwrap_or_else(|p| p.into_inner()) = urgency;
-        Ok(plan)
+        Ok((ledger, plan))
     }
 
     /// The urgency bounds for a pass starting at `now`: young is the schedule's first
@@ -334,7 +331,12 @@ impl Reconciler {
 
     /// Writes the plan's figures and the stretch into the run's row; warns when the
     /// schedule had to stretch.
-    async fn record_budget(&self, run_id: i64, plan: Plan) -> Result<(), LedgerError> {
+    async fn record_budget(
+        &self,
+        ledger: Ledger,
+        run_id: i64,
+        plan: Plan,
+    ) -> Result<Ledger, LedgerError> {
         let stretch = self.stretch();
         if stretch > 1.0 {
             tracing::warn!(
@@ -347,8 +349,9 @@ impl Reconciler {
                 "the open charges need more checks than the budget share allows; recheck intervals stretched"
             );
         }
-        self.with_ledger(Open::Existing, move |ledger| {
-            ledger.record_budget(run_id, plan.due, stretch)
+        ledger::blocking(&self.settings.database.path, move || {
+            ledger.record_budget(run_id, plan.due, stretch)?;
+            Ok(ledger)
         })
         .await
     }
