@@ -10,6 +10,12 @@
 //! Scenarios: `rate` (bucket-limited), `latency` (20 ms answers, concurrency 64), `cpu`
 //! (no latency), `scale` (10k, 100k, 1M all due), `idle` (1M rows, none due). No argument
 //! runs them all; `--quick` runs each at a small size as a smoke test.
+//!
+//! `konbini-bench month [...]` is another benchmark: a month on simulated time (see
+//! [`month`]).
+
+mod discovery;
+mod month;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -141,6 +147,23 @@ fn main() {
     if args.first().map(String::as_str) == Some("--reference-loop") {
         if let Err(e) = reference::main(&args[1..]) {
             eprintln!("konbini-bench: reference loop: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if args.first().is_some_and(|a| a == "month") {
+        return month::main(&args[1..]);
+    }
+    if args.first().is_some_and(|a| a == "discovery") {
+        let quick = args.iter().any(|a| a == "--quick");
+        let work = std::env::temp_dir().join(format!("konbini-bench-{}", std::process::id()));
+        let ran = build_binaries().and_then(|bin_dir| {
+            std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+            discovery::run(&bin_dir, &work, quick)
+        });
+        let _ = std::fs::remove_dir_all(&work);
+        if let Err(e) = ran {
+            eprintln!("konbini-bench: error: {e}");
             std::process::exit(1);
         }
         return;

@@ -391,6 +391,7 @@ mod tests {
     fn result(before: State, after: Tracked, events: Vec<EventKind>) -> CheckResult {
         CheckResult {
             charge: DueCharge {
+                dates: Default::default(),
                 charge_id: ChargeId::parse("ch_1").unwrap(),
                 store_id: StoreId::parse("st").unwrap(),
                 requested: Requested {

@@ -118,6 +118,8 @@ pub(super) struct FileReconcile {
     #[serde(with = "humantime_serde")]
     pub expiry_grace: Duration,
     #[serde(with = "humantime_serde")]
+    pub deadline_watch: Duration,
+    #[serde(with = "humantime_serde")]
     pub retry_backoff: Duration,
     #[serde(with = "humantime_serde")]
     pub retry_backoff_max: Duration,
@@ -131,6 +133,7 @@ impl Default for FileReconcile {
             recheck_interval: None,
             recheck_schedule: None,
             expiry_grace: Duration::from_secs(5 * 60),
+            deadline_watch: Duration::from_secs(24 * 60 * 60),
             retry_backoff: Duration::from_secs(30),
             retry_backoff_max: Duration::from_secs(60 * 60),
             not_found_limit: 5,

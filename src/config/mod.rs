@@ -115,6 +115,9 @@ pub struct ReconcileSettings {
     pub recheck_schedule: Vec<RecheckStep>,
     /// A charge with `expires_at` is checked this long after it.
     pub expiry_grace: Duration,
+    /// During this long before a known `expires_at`, a charge is checked at the
+    /// schedule's first interval (zero: off).
+    pub deadline_watch: Duration,
     pub retry_backoff: Duration,
     pub retry_backoff_max: Duration,
     pub not_found_limit: u32,
@@ -311,7 +314,27 @@ mod tests {
         assert_eq!(s.api.concurrency, 8);
         assert_eq!(s.database.path, PathBuf::from("konbini-reconciler.db"));
         assert_eq!(s.schedule.cron, "0 */5 * * * *");
-        assert_eq!(s.reconcile.recheck_interval, Duration::from_secs(300));
+        assert_eq!(
+            s.reconcile.recheck_schedule,
+            sections::DEFAULT_RECHECK_SCHEDULE.to_vec()
+        );
+        assert_eq!(s.reconcile.recheck_interval, Duration::from_secs(600));
+        assert_eq!(s.reconcile.expiry_grace, Duration::from_secs(300));
+        assert_eq!(s.reconcile.deadline_watch, Duration::from_secs(86_400));
+        assert_eq!(s.api.budget_share, 0.5);
+    }
+
+    #[test]
+    fn recheck_interval_alone_is_the_flat_schedule() {
+        let s = load(&format!(
+            "{MINIMAL}[reconcile]\nrecheck_interval = \"5m\"\n"
+        ))
+        .unwrap();
+        let flat = crate::domain::RecheckStep {
+            age: Duration::ZERO,
+            every: Duration::from_secs(300),
+        };
+        assert_eq!(s.reconcile.recheck_schedule, vec![flat]);
     }
 
     #[test]

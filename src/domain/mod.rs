@@ -12,7 +12,7 @@ pub mod text;
 use std::fmt;
 
 pub use backoff::backoff;
-pub use cadence::RecheckStep;
+pub use cadence::{ChargeDates, RecheckStep, parse_time};
 pub use check::{Decision, EventKind, NewEvent, Requested, Tracked};
 pub use run::{Counts, Outcome, Trigger};
 

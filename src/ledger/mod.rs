@@ -16,7 +16,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 
 use crate::domain::text::one_line;
-use crate::domain::{ChargeId, Currency, Decision, NewEvent, Requested, State, StoreId, Tracked};
+use crate::domain::{
+    ChargeDates, ChargeId, Currency, Decision, NewEvent, Requested, State, StoreId, Tracked,
+};
 
 // The run types live in `domain`; they are part of what the ledger stores.
 pub use crate::domain::{Counts, Outcome, Trigger};
@@ -127,6 +129,8 @@ pub struct DueCharge {
     pub store_id: StoreId,
     pub requested: Requested,
     pub tracked: Tracked,
+    /// Registration time and deadline, which the cadence reads (parsed leniently).
+    pub dates: ChargeDates,
     /// Where the keyset scan continues from.
     pub next_check_at: String,
     /// The row version; a result is written only if the row is still at this version.
@@ -143,6 +147,15 @@ pub struct BadRow {
 
 /// One item of the due stream.
 pub type DueRow = Result<DueCharge, BadRow>;
+
+/// What makes a due charge urgent when the budget is short: it is young (created after
+/// `born_after`) or at or near its deadline (`expires_at` at or before `expiring_by`).
+/// Both are ledger timestamps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Urgency {
+    pub born_after: String,
+    pub expiring_by: String,
+}
 
 /// One decided check, ready to be written.
 #[derive(Debug, Clone)]
@@ -354,27 +367,133 @@ impl Ledger {
         after: Option<(&str, &str)>,
         limit: usize,
     ) -> Result<Vec<DueRow>, LedgerError> {
+        self.due_batch_where(cutoff, after, limit, None)
+    }
+
+    /// [`due_batch`](Self::due_batch), restricted to the charges that are (or, with
+    /// `urgent.1` false, are not) urgent by `urgent.0`.
+    pub fn due_batch_where(
+        &self,
+        cutoff: &str,
+        after: Option<(&str, &str)>,
+        limit: usize,
+        urgent: Option<(&Urgency, bool)>,
+    ) -> Result<Vec<DueRow>, LedgerError> {
         let (after_at, after_id) = after.unwrap_or(("", ""));
+        // One statement for both: with ?5 NULL the urgency test is skipped. created_at is
+        // compared as a time (a shop may write it in SQLite's own form); one that is not a
+        // time counts as young, as the cadence counts it.
         let mut stmt = self
             .conn
             .prepare_cached(
                 "SELECT charge_id, store_id, requested_amount, requested_currency, state,
                         provider_status, charged_amount, charged_currency, amount_mismatch,
                         mismatch_detail, payment_number, payment_url, last_error,
-                        consecutive_errors, not_found_count, next_check_at, updated_at
+                        consecutive_errors, not_found_count, next_check_at, updated_at,
+                        created_at, expires_at
                  FROM charges
                  WHERE next_check_at <= ?1 AND (next_check_at, charge_id) > (?2, ?3)
+                   AND (?5 IS NULL
+                        OR coalesce(coalesce(julianday(created_at) > julianday(?5), 1)
+                                    OR expires_at <= ?6, 0) = ?7)
                  ORDER BY next_check_at, charge_id
                  LIMIT ?4",
             )
             .map_err(|e| self.err(e))?;
+        let (born_after, expiring_by, want) = match urgent {
+            Some((u, want)) => (
+                Some(u.born_after.as_str()),
+                Some(u.expiring_by.as_str()),
+                want,
+            ),
+            None => (None, None, true),
+        };
         let rows = stmt
             .query_map(
-                params![cutoff, after_at, after_id, limit as i64],
+                params![
+                    cutoff,
+                    after_at,
+                    after_id,
+                    limit as i64,
+                    born_after,
+                    expiring_by,
+                    want
+                ],
                 row_to_due,
             )
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    /// How many charges are due at or before `cutoff` (the backlog a pass starts with).
+    pub fn count_due(&self, cutoff: &str) -> Result<u64, LedgerError> {
+        self.conn
+            .query_row(
+                "SELECT count(*) FROM charges WHERE next_check_at <= ?1",
+                [cutoff],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Open charges (those with a next check) counted by age band, for the estimate of
+    /// the checks they need. `born_after[k]` is the time a charge of band `k` was created
+    /// after (bands from youngest; the last band takes the rest; a `created_at` that is
+    /// not a time counts as youngest, as the cadence treats it). Charges
+    /// whose `expires_at` lies in the window `watch` are counted apart (the second value).
+    /// Returns one count per band (`born_after.len() + 1`) and the watched count.
+    pub fn count_open_by_age(
+        &self,
+        born_after: &[String],
+        watch: Option<(&str, &str)>,
+    ) -> Result<(Vec<u64>, u64), LedgerError> {
+        let mut band = String::from("CASE");
+        for k in 0..born_after.len() {
+            band.push_str(&format!(
+                " WHEN coalesce(julianday(created_at) > julianday(?{}), 1) THEN {k}",
+                k + 3
+            ));
+        }
+        band.push_str(&format!(" ELSE {} END", born_after.len()));
+        if born_after.is_empty() {
+            band = "0".to_owned();
+        }
+        let sql = format!(
+            "SELECT CASE WHEN expires_at > ?1 AND expires_at <= ?2 THEN -1 ELSE {band} END AS band,
+                    count(*)
+             FROM charges WHERE next_check_at IS NOT NULL GROUP BY band"
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
+        let (from, until) = watch.unwrap_or(("", ""));
+        let mut values: Vec<&dyn rusqlite::ToSql> = vec![&from, &until];
+        values.extend(born_after.iter().map(|b| b as &dyn rusqlite::ToSql));
+        let mut by_band = vec![0u64; born_after.len() + 1];
+        let mut watched = 0u64;
+        let mut rows = stmt.query(values.as_slice()).map_err(|e| self.err(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let (b, n): (i64, i64) = (
+                r.get(0).map_err(|e| self.err(e))?,
+                r.get(1).map_err(|e| self.err(e))?,
+            );
+            match usize::try_from(b) {
+                Ok(b) => by_band[b.min(born_after.len())] += n.max(0) as u64,
+                Err(_) => watched += n.max(0) as u64,
+            }
+        }
+        Ok((by_band, watched))
+    }
+
+    /// Records the budget figures of a run: the charges due when it began and the factor
+    /// the recheck intervals were stretched by.
+    pub fn record_budget(&self, run_id: i64, due: u64, stretch: f64) -> Result<(), LedgerError> {
+        self.conn
+            .execute(
+                "UPDATE runs SET due = ?2, stretch = ?3 WHERE id = ?1",
+                params![run_id, due as i64, stretch],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// Writes a group of results in one transaction: a crash leaves every charge wholly
@@ -591,11 +710,16 @@ fn row_to_due(r: &rusqlite::Row<'_>) -> rusqlite::Result<DueRow> {
             consecutive_errors: get_u32(13)?,
             not_found_count: get_u32(14)?,
         };
+        // Read leniently: a value that is not a time (or a column this query lacks) only
+        // makes the cadence treat the charge as young and without deadline.
+        let text = |i: usize| r.get::<_, Option<String>>(i).ok().flatten();
+        let dates = ChargeDates::from_columns(text(17).as_deref(), text(18).as_deref());
         Ok(DueCharge {
             charge_id: id,
             store_id,
             requested: Requested { amount, currency },
             tracked,
+            dates,
             next_check_at: next_check_at.clone(),
             updated_at: r.get(16).map_err(|e| e.to_string())?,
         })
@@ -661,4 +785,140 @@ fn write_one(conn: &Connection, run_id: i64, r: &CheckResult) -> rusqlite::Resul
         ])?;
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod budget_tests {
+    //! The queries of the budget stage: the due backlog, open charges by age, urgency.
+
+    use super::*;
+
+    fn ledger() -> (tempfile::TempDir, Ledger) {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(&dir.path().join("l.db"), Duration::from_secs(1)).unwrap();
+        (dir, l)
+    }
+
+    /// A charge created at `created`, due at `next`, with an optional deadline.
+    fn add(l: &Ledger, id: &str, created: &str, next: Option<&str>, expires: Option<&str>) {
+        l.conn()
+            .execute(
+                "INSERT INTO charges (charge_id, store_id, requested_amount, created_at,
+                                      next_check_at, expires_at)
+                 VALUES (?1, 's', 100, ?2, ?3, ?4)",
+                params![id, created, next, expires],
+            )
+            .unwrap();
+    }
+
+    fn ids(rows: Vec<DueRow>) -> Vec<String> {
+        rows.into_iter()
+            .map(|r| r.unwrap().charge_id.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn due_rows_carry_their_dates_and_split_by_urgency() {
+        let (_d, l) = ledger();
+        let due = Some("2026-11-27T09:00:00.000Z");
+        add(&l, "old", "2026-11-20T00:00:00.000Z", due, None);
+        add(&l, "young", "2026-11-27T08:00:00.000Z", due, None);
+        add(
+            &l,
+            "expiring",
+            "2026-11-20T00:00:00.000Z",
+            due,
+            Some("2026-11-27T20:00:00.000Z"),
+        );
+        add(
+            &l,
+            "handwritten",
+            "2026-11-27 08:30:00",
+            Some("2026-11-27T09:30:00.000Z"),
+            None,
+        );
+        add(
+            &l,
+            "later",
+            "2026-11-20T00:00:00.000Z",
+            Some("2026-11-28T00:00:00.000Z"),
+            None,
+        );
+        let cutoff = "2026-11-27T10:00:00.000Z";
+        let all = l.due_batch(cutoff, None, 10).unwrap();
+        assert_eq!(all.len(), 4);
+        let young = all
+            .iter()
+            .map(|r| r.as_ref().unwrap())
+            .find(|c| c.charge_id.as_str() == "handwritten")
+            .unwrap();
+        assert_eq!(
+            young.dates.created_at.map(ts).as_deref(),
+            Some("2026-11-27T08:30:00.000Z"),
+            "read leniently"
+        );
+        let u = Urgency {
+            born_after: "2026-11-27T00:00:00.000Z".into(),
+            expiring_by: "2026-11-28T10:00:00.000Z".into(),
+        };
+        let urgent = l
+            .due_batch_where(cutoff, None, 10, Some((&u, true)))
+            .unwrap();
+        assert_eq!(ids(urgent), ["expiring", "young", "handwritten"]);
+        let rest = l
+            .due_batch_where(cutoff, None, 10, Some((&u, false)))
+            .unwrap();
+        assert_eq!(ids(rest), ["old"]);
+        assert_eq!(l.count_due(cutoff).unwrap(), 4);
+        assert_eq!(l.count_due("2026-11-27T08:00:00.000Z").unwrap(), 0);
+    }
+
+    #[test]
+    fn open_charges_are_counted_by_age_and_watch() {
+        let (_d, l) = ledger();
+        let next = Some("2026-11-27T09:00:00.000Z");
+        add(&l, "a", "2026-11-27T08:00:00.000Z", next, None);
+        add(&l, "b", "2026-11-26T08:00:00.000Z", next, None);
+        add(&l, "c", "2026-11-20T08:00:00.000Z", next, None);
+        add(
+            &l,
+            "d",
+            "2026-11-20T08:00:00.000Z",
+            next,
+            Some("2026-11-27T12:00:00.000Z"),
+        );
+        add(&l, "e", "not a time", next, None);
+        // Final charges need no checks.
+        add(&l, "f", "2026-11-27T08:00:00.000Z", None, None);
+        l.conn()
+            .execute(
+                "UPDATE charges SET state = 'successful' WHERE charge_id = 'f'",
+                [],
+            )
+            .unwrap();
+        let bounds = [
+            "2026-11-27T00:00:00.000Z".to_owned(),
+            "2026-11-25T00:00:00.000Z".to_owned(),
+        ];
+        let watch = Some(("2026-11-27T09:00:00.000Z", "2026-11-28T09:00:00.000Z"));
+        let (by_age, watched) = l.count_open_by_age(&bounds, watch).unwrap();
+        assert_eq!(by_age, [2, 1, 1], "a and the unreadable e; b; c");
+        assert_eq!(watched, 1);
+        let (by_age, watched) = l.count_open_by_age(&[], None).unwrap();
+        assert_eq!((by_age, watched), (vec![5], 0));
+    }
+
+    #[test]
+    fn budget_figures_are_recorded() {
+        let (_d, l) = ledger();
+        let run = l.begin_run(Trigger::Once, Utc::now()).unwrap();
+        l.record_budget(run, 1234, 1.5).unwrap();
+        let (due, stretch): (i64, f64) = l
+            .conn()
+            .query_row("SELECT due, stretch FROM runs WHERE id = ?1", [run], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((due, stretch), (1234, 1.5));
+    }
 }

@@ -1,6 +1,7 @@
 //! Reconciliation: one pass over the due charges ([`pass`]), built on the pure decision
-//! rules ([`rules`]).
+//! rules ([`rules`]) and the recheck cadence ([`cadence`]).
 
+pub mod cadence;
 pub mod pass;
 pub mod rules;
 

@@ -2,6 +2,9 @@
 //!
 //! 1. [`begin`](Reconciler::begin): close runs a dead process left `running`, insert this
 //!    pass's `runs` row;
+//!    then [`plan`](Reconciler::plan): count the due backlog and estimate the checks per
+//!    minute the open charges need under the recheck schedule, against which the budget
+//!    share stretches the intervals (see [`super::cadence`]);
 //! 2. [`check_due`](Reconciler::check_due): a reader thread streams due charges from the
 //!    ledger in keyset-paginated batches; each is checked by [`check_one`](Reconciler::check_one)
 //!    (wait for the pacer, GET, decide), at most `api.concurrency` at a time; a writer
@@ -37,11 +40,13 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::cadence::{self, Cadence};
 use super::rules::{self, Policy};
 use crate::config::{ReconcileSettings, Settings};
 use crate::domain::Decision;
 use crate::ledger::{
     self, CheckResult, Counts, DueCharge, DueRow, Ledger, LedgerError, Open, Outcome, Trigger,
+    Urgency,
 };
 use crate::lock::PassGuard;
 use crate::univapay::{ApiError, Client, ErrorClass, PauseCause, Paused};
@@ -102,10 +107,15 @@ impl PassReport {
     }
 }
 
-/// The decision rules' knobs, from `[reconcile]`.
+/// The decision rules' knobs, from `[reconcile]` (unstretched).
 pub fn policy(r: &ReconcileSettings) -> Policy {
     Policy {
-        recheck_interval: r.recheck_interval,
+        cadence: Cadence {
+            schedule: r.recheck_schedule.as_slice().into(),
+            expiry_grace: r.expiry_grace,
+            deadline_watch: r.deadline_watch,
+            stretch: 1.0,
+        },
         retry_backoff: r.retry_backoff,
         retry_backoff_max: r.retry_backoff_max,
         not_found_limit: r.not_found_limit,
@@ -122,6 +132,34 @@ pub struct Reconciler {
     /// Counts checks finished (and pass stages passed), for the daemon's watchdog: a pass
     /// whose count stops moving is stuck.
     progress: Arc<AtomicU64>,
+    /// What the open charges ask of the budget, estimated by the latest pass; shared with
+    /// every clone so that checks outside passes stretch alike.
+    load: Arc<Load>,
+}
+
+/// The demand estimate of the latest [`plan`](Reconciler::plan).
+#[derive(Default)]
+struct Load {
+    /// Checks per minute the open charges need under the unstretched schedule (f64 bits).
+    demand: AtomicU64,
+    /// Set while a stretched pass reads the urgent due charges first.
+    urgency: std::sync::Mutex<Option<Urgency>>,
+}
+
+impl Load {
+    fn demand(&self) -> f64 {
+        f64::from_bits(self.demand.load(Ordering::Relaxed))
+    }
+}
+
+/// What [`Reconciler::plan`] found before a pass reads its due charges.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Plan {
+    /// Charges due when the pass began.
+    pub due: u64,
+    /// Checks per minute the open charges need, unstretched (`None`: not estimated,
+    /// nothing was due).
+    pub demand: Option<f64>,
 }
 
 /// How one [`Reconciler::check_one`] ended.
@@ -195,6 +233,7 @@ impl Reconciler {
             clock,
             policy,
             progress: Arc::new(AtomicU64::new(0)),
+            load: Arc::default(),
         })
     }
 
@@ -256,6 +295,13 @@ impl Reconciler {
             self.finish(ledger, &report).await?;
             return Ok(report);
         }
+        let (ledger, plan) = match self.plan(ledger).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.mark_failed(run_id, &e).await;
+                return Err(e);
+            }
+        };
         let (stop, drain_guard) = Stop::with_drain(&shutdown, self.settings.schedule.drain_timeout);
         let checked = self.check_due(ledger, run_id, &stop).await;
         drop(drain_guard);
@@ -276,6 +322,7 @@ impl Reconciler {
             detail,
             resume_at: tally.paused.as_ref().map(|p| self.resume_at(p)),
         };
+        let ledger = self.record_budget(ledger, run_id, plan).await?;
         self.finish(ledger, &report).await?;
         Ok(report)
     }
@@ -325,6 +372,89 @@ impl Reconciler {
             )),
             resume_at: Some(resume_at),
         })
+    }
+
+    /// The factor the recheck intervals are stretched by now: the latest demand estimate
+    /// against the budget the client knows (1 while either is unknown).
+    pub fn stretch(&self) -> f64 {
+        cadence::stretch_factor(self.load.demand(), self.client.budget_per_minute())
+    }
+
+    /// Before the due charges are read: how many are due, and, when any is, how many
+    /// checks per minute the open charges need under the schedule (kept for
+    /// [`stretch`](Self::stretch)). When the budget is known to be short, the pass reads
+    /// the urgent charges first: young ones and those at or near their deadline.
+    async fn plan(&self, ledger: Ledger) -> Result<(Ledger, Plan), LedgerError> {
+        let now = self.clock.now();
+        let c = self.policy.cadence.clone();
+        let (ledger, plan) = ledger::blocking(&self.settings.database.path, move || {
+            let due = ledger.count_due(&ledger::ts(now))?;
+            if due == 0 {
+                return Ok((ledger, Plan { due, demand: None }));
+            }
+            let born_after: Vec<String> = c
+                .schedule
+                .iter()
+                .skip(1)
+                .map(|s| ts_before(now, s.age))
+                .collect();
+            let watch_until = ts_after(now, c.deadline_watch);
+            let (mut by_step, watched) =
+                ledger.count_open_by_age(&born_after, Some((&ledger::ts(now), &watch_until)))?;
+            // Bands run youngest first, the schedule's steps too.
+            by_step.truncate(c.schedule.len());
+            let demand = Some(c.demand_per_minute(&by_step, watched));
+            Ok((ledger, Plan { due, demand }))
+        })
+        .await?;
+        if let Some(d) = plan.demand {
+            self.load.demand.store(d.to_bits(), Ordering::Relaxed);
+        }
+        let urgency = (self.stretch() > 1.0).then(|| self.urgency(now)).flatten();
+        *self.load.urgency.lock().unwrap_or_else(|p| p.into_inner()) = urgency;
+        Ok((ledger, plan))
+    }
+
+    /// The urgency bounds for a pass starting at `now`: young is the schedule's first
+    /// step; near the deadline is inside the deadline watch (or past the deadline).
+    fn urgency(&self, now: DateTime<Utc>) -> Option<Urgency> {
+        let c = &self.policy.cadence;
+        let young = c.young_until();
+        if young.is_none() && c.deadline_watch.is_zero() {
+            return None;
+        }
+        Some(Urgency {
+            // With a flat schedule no charge is young: a bound after every created_at.
+            born_after: young.map_or_else(|| LATEST.to_owned(), |a| ts_before(now, a)),
+            expiring_by: ts_after(now, c.deadline_watch),
+        })
+    }
+
+    /// Writes the plan's figures and the stretch into the run's row; warns when the
+    /// schedule had to stretch.
+    async fn record_budget(
+        &self,
+        ledger: Ledger,
+        run_id: i64,
+        plan: Plan,
+    ) -> Result<Ledger, LedgerError> {
+        let stretch = self.stretch();
+        if stretch > 1.0 {
+            tracing::warn!(
+                run_id,
+                due = plan.due,
+                needed_per_minute = format!("{:.0}", self.load.demand()),
+                budget_per_minute =
+                    format!("{:.0}", self.client.budget_per_minute().unwrap_or(0.0)),
+                stretch = format!("{stretch:.2}"),
+                "the open charges need more checks than the budget share allows; recheck intervals stretched"
+            );
+        }
+        ledger::blocking(&self.settings.database.path, move || {
+            ledger.record_budget(run_id, plan.due, stretch)?;
+            Ok(ledger)
+        })
+        .await
     }
 
     /// Stage 1: runs left `running` are closed as `interrupted` (with the lock held no
@@ -411,18 +541,37 @@ impl Reconciler {
         let db = self.settings.database.clone();
         let batch_size = self.settings.reconcile.batch_size;
         let (tx, rx) = mpsc::channel::<Vec<DueRow>>(2);
+        // Short of budget: the urgent charges first, then the rest.
+        let urgency = self
+            .load
+            .urgency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut phases: Vec<Option<(Urgency, bool)>> = match urgency {
+            Some(u) => vec![Some((u.clone(), false)), Some((u, true))],
+            None => vec![None],
+        };
         let reader = tokio::task::spawn_blocking(move || {
             let ledger = Ledger::open_existing(&db.path, db.busy_timeout)?;
             let mut after: Option<(String, String)> = None;
             let mut sent = 0u64;
+            let mut phase = phases.pop().flatten();
             loop {
                 if stop.is_cancelled() {
                     return Ok((false, sent));
                 }
                 let position = after.as_ref().map(|(a, b)| (a.as_str(), b.as_str()));
-                let batch = ledger.due_batch(&cutoff, position, batch_size)?;
+                let urgent = phase.as_ref().map(|(u, want)| (u, *want));
+                let batch = ledger.due_batch_where(&cutoff, position, batch_size, urgent)?;
                 let Some(last) = batch.last() else {
-                    return Ok((true, sent));
+                    match phases.pop() {
+                        Some(next) => {
+                            (phase, after) = (next, None);
+                            continue;
+                        }
+                        None => return Ok((true, sent)),
+                    }
                 };
                 after = Some(match last {
                     Ok(c) => (c.next_check_at.clone(), c.charge_id.to_string()),
@@ -511,19 +660,22 @@ impl Reconciler {
         }
         let now = self.clock.now();
         let jitter = rand::random::<f64>();
+        let mut policy = self.policy.clone();
+        policy.cadence.stretch = self.stretch();
         let decision = rules::decide(
             &charge.tracked,
             &charge.requested,
+            &charge.dates,
             result.as_ref(),
             now,
-            &self.policy,
+            &policy,
             jitter,
         );
         let in_wall = matches!(result, Err(ApiError::NotFound)).then(|| {
             Box::new(rules::decide_not_found_in_wall(
                 &charge.tracked,
                 now,
-                &self.policy,
+                &policy,
                 jitter,
             ))
         });
@@ -588,6 +740,30 @@ impl Reconciler {
             tracing::debug!(run_id, error = %e, "could not mark the run failed");
         }
     }
+}
+
+/// The first and last ledger timestamps SQLite's date functions read (years 0 to 9999).
+const EARLIEST: &str = "0000-01-01T00:00:00.000Z";
+const LATEST: &str = "9999-12-31T23:59:59.999Z";
+
+/// The ledger timestamp `d` before `now`, no earlier than [`EARLIEST`].
+fn ts_before(now: DateTime<Utc>, d: Duration) -> String {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+        .map(ledger::ts)
+        .filter(|t| t.as_str() >= EARLIEST && t.len() == EARLIEST.len())
+        .unwrap_or_else(|| EARLIEST.to_owned())
+}
+
+/// The ledger timestamp `d` after `now`, no later than [`LATEST`].
+fn ts_after(now: DateTime<Utc>, d: Duration) -> String {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .map(ledger::ts)
+        .filter(|t| t.as_str() <= LATEST && t.len() == LATEST.len())
+        .unwrap_or_else(|| LATEST.to_owned())
 }
 
 /// What the checks of one pass saw, as far as its outcome is concerned.

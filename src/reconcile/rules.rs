@@ -1,15 +1,17 @@
 //! The decision logic of reconciliation, as pure functions over plain values: status
 //! mapping, the mismatch rule, next-check times, and [`decide`], which turns one
 //! observation of a charge into its new ledger values and event rows. No I/O here, and no
-//! clock or randomness either: the caller passes `now` and the jitter.
+//! clock or randomness either: the caller passes `now` and the jitter. When an open charge
+//! is due again after an answer is the cadence's to say ([`super::cadence`]).
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::cadence::Cadence;
 use crate::domain::text::{MAX_ERROR, clean};
 use crate::domain::{
-    Decision, EventKind, NewEvent, ProviderStatus, Requested, State, Tracked, backoff,
+    ChargeDates, Decision, EventKind, NewEvent, ProviderStatus, Requested, State, Tracked, backoff,
 };
 use crate::univapay::{ApiError, ErrorClass, ProviderCharge};
 
@@ -62,9 +64,10 @@ pub fn mismatch(requested: &Requested, answer: &ProviderCharge) -> Option<String
 }
 
 /// Timing knobs, from `[reconcile]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
-    pub recheck_interval: Duration,
+    /// When an open charge is due again after an answer.
+    pub cadence: Cadence,
     pub retry_backoff: Duration,
     pub retry_backoff_max: Duration,
     pub not_found_limit: u32,
@@ -76,11 +79,13 @@ fn after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
 
 /// Decides what one observation (an answer or an error) does to a charge.
 ///
-/// `jitter` in `[0, 1)` spreads retry times after errors. Auth errors abort the pass before
-/// reaching here; if one does arrive it is treated like any refused request.
+/// `jitter` in `[0, 1)` spreads retry times after errors, and the next checks of a
+/// jittered schedule. Auth errors abort the pass before reaching here; if one does arrive
+/// it is treated like any refused request.
 pub fn decide(
     before: &Tracked,
     requested: &Requested,
+    dates: &ChargeDates,
     observation: Result<&ProviderCharge, &ApiError>,
     now: DateTime<Utc>,
     policy: &Policy,
@@ -95,7 +100,7 @@ pub fn decide(
         Ok(answer) => {
             apply_answer(&mut d, before, requested, answer);
             d.next_check_at =
-                (!d.after.state.is_final()).then(|| after(now, policy.recheck_interval));
+                (!d.after.state.is_final()).then(|| policy.cadence.next_check(now, dates, jitter));
         }
         Err(err) => {
             d.next_check_at = apply_error(&mut d, before, err, policy, jitter, Count404::Yes)
@@ -367,11 +372,15 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::Map;
 
-    const POLICY: Policy = Policy {
-        recheck_interval: Duration::from_secs(300),
+    static POLICY: std::sync::LazyLock<Policy> = std::sync::LazyLock::new(|| Policy {
+        cadence: Cadence::flat(Duration::from_secs(300)),
         retry_backoff: Duration::from_secs(30),
         retry_backoff_max: Duration::from_secs(3600),
         not_found_limit: 3,
+    });
+    const NO_DATES: ChargeDates = ChargeDates {
+        created_at: None,
+        expires_at: None,
     };
     const YEN_1000: Requested = Requested {
         amount: 1000,
@@ -483,6 +492,7 @@ mod tests {
         let d = decide(
             &at(State::Pending),
             &YEN_1000,
+            &NO_DATES,
             Ok(&answer("awaiting")),
             now(),
             &POLICY,
@@ -498,6 +508,7 @@ mod tests {
         let d = decide(
             &at(State::Awaiting),
             &YEN_1000,
+            &NO_DATES,
             Ok(&charged("successful", 1000, "JPY")),
             now(),
             &POLICY,
@@ -510,6 +521,7 @@ mod tests {
         let d = decide(
             &at(State::Awaiting),
             &YEN_1000,
+            &NO_DATES,
             Ok(&answer("awaiting")),
             now(),
             &POLICY,
@@ -519,10 +531,81 @@ mod tests {
     }
 
     #[test]
+    fn an_unchanged_answer_is_due_again_by_the_cadence() {
+        let day = Duration::from_secs(86_400);
+        let policy = Policy {
+            cadence: Cadence {
+                schedule: [(Duration::ZERO, 600), (2 * day, 7200)]
+                    .map(|(age, every)| crate::domain::RecheckStep {
+                        age,
+                        every: Duration::from_secs(every),
+                    })
+                    .into(),
+                expiry_grace: Duration::from_secs(300),
+                deadline_watch: day,
+                stretch: 1.0,
+            },
+            ..POLICY.clone()
+        };
+        let awaiting = at(State::Awaiting);
+        let decide_for = |dates: ChargeDates| {
+            decide(
+                &awaiting,
+                &YEN_1000,
+                &dates,
+                Ok(&answer("awaiting")),
+                now(),
+                &policy,
+                0.0,
+            )
+            .next_check_at
+            .unwrap()
+        };
+        let days_ago = |n: i64| Some(now() - chrono::Duration::days(n));
+        let young = ChargeDates {
+            created_at: days_ago(1),
+            expires_at: None,
+        };
+        assert_eq!(decide_for(young), now() + chrono::Duration::minutes(9));
+        let old = ChargeDates {
+            created_at: days_ago(3),
+            expires_at: None,
+        };
+        assert_eq!(decide_for(old), now() + chrono::Duration::minutes(119));
+        let at_deadline = ChargeDates {
+            created_at: days_ago(3),
+            expires_at: Some(now() + chrono::Duration::minutes(3)),
+        };
+        assert_eq!(
+            decide_for(at_deadline),
+            now() + chrono::Duration::minutes(8)
+        );
+        // Errors keep their backoff, whatever the cadence.
+        let d = decide(
+            &awaiting,
+            &YEN_1000,
+            &old,
+            Err(&ApiError::Server(503)),
+            now(),
+            &policy,
+            0.0,
+        );
+        assert_eq!(d.next_check_at, Some(now() + chrono::Duration::seconds(15)));
+    }
+
+    #[test]
     fn decide_on_errors_backs_off_and_keeps_state() {
         let before = at(State::Awaiting);
         let err = ApiError::Server(503);
-        let d = decide(&before, &YEN_1000, Err(&err), now(), &POLICY, 0.0);
+        let d = decide(
+            &before,
+            &YEN_1000,
+            &NO_DATES,
+            Err(&err),
+            now(),
+            &POLICY,
+            0.0,
+        );
         assert_eq!(d.after.state, State::Awaiting);
         assert_eq!(d.after.consecutive_errors, 1);
         assert_eq!(d.next_check_at, Some(now() + chrono::Duration::seconds(15)));
@@ -532,7 +615,7 @@ mod tests {
         let rl = ApiError::RateLimited {
             retry_after: Some(Duration::from_secs(600)),
         };
-        let d = decide(&before, &YEN_1000, Err(&rl), now(), &POLICY, 0.0);
+        let d = decide(&before, &YEN_1000, &NO_DATES, Err(&rl), now(), &POLICY, 0.0);
         assert_eq!(
             d.next_check_at,
             Some(now() + chrono::Duration::seconds(600))
@@ -543,7 +626,15 @@ mod tests {
     fn not_found_gives_up_at_the_limit() {
         let mut t = at(State::Pending);
         for n in 1..=3 {
-            let d = decide(&t, &YEN_1000, Err(&ApiError::NotFound), now(), &POLICY, 0.5);
+            let d = decide(
+                &t,
+                &YEN_1000,
+                &NO_DATES,
+                Err(&ApiError::NotFound),
+                now(),
+                &POLICY,
+                0.5,
+            );
             assert_eq!(d.after.not_found_count, n);
             let gave_up = d.events.iter().any(|e| e.kind == EventKind::GaveUp);
             assert_eq!(gave_up, n == 3);
@@ -557,6 +648,7 @@ mod tests {
         let d = decide(
             &at(State::Awaiting),
             &YEN_1000,
+            &NO_DATES,
             Ok(&answer("successful")),
             now(),
             &POLICY,
@@ -593,6 +685,7 @@ mod tests {
         let d = decide(
             &at(State::Pending),
             &YEN_1000,
+            &NO_DATES,
             Ok(&first),
             now(),
             &POLICY,
@@ -605,7 +698,15 @@ mod tests {
         );
 
         let changed = with_payment("awaiting", "3333-4444".into(), "https://x.test/b".into());
-        let d2 = decide(&d.after, &YEN_1000, Ok(&changed), now(), &POLICY, 0.5);
+        let d2 = decide(
+            &d.after,
+            &YEN_1000,
+            &NO_DATES,
+            Ok(&changed),
+            now(),
+            &POLICY,
+            0.5,
+        );
         let details: Vec<_> = d2
             .events
             .iter()
@@ -625,7 +726,15 @@ mod tests {
             "9".repeat(1_000_000).into(),
             "javascript:alert(1)".into(),
         );
-        let d3 = decide(&d2.after, &YEN_1000, Ok(&hostile), now(), &POLICY, 0.5);
+        let d3 = decide(
+            &d2.after,
+            &YEN_1000,
+            &NO_DATES,
+            Ok(&hostile),
+            now(),
+            &POLICY,
+            0.5,
+        );
         assert_eq!(
             d3.after.payment_number.as_deref(),
             Some("3333-4444"),
@@ -651,7 +760,15 @@ mod tests {
             "still checked on the usual schedule"
         );
         // The same refusal again is not news.
-        let d4 = decide(&d3.after, &YEN_1000, Ok(&hostile), now(), &POLICY, 0.5);
+        let d4 = decide(
+            &d3.after,
+            &YEN_1000,
+            &NO_DATES,
+            Ok(&hostile),
+            now(),
+            &POLICY,
+            0.5,
+        );
         assert!(d4.events.is_empty(), "{:?}", d4.events);
         assert_eq!(d4.after, d3.after);
     }
@@ -679,6 +796,7 @@ mod tests {
         let counted = decide(
             &before,
             &YEN_1000,
+            &NO_DATES,
             Err(&ApiError::NotFound),
             now(),
             &POLICY,
@@ -693,6 +811,7 @@ mod tests {
         let d = decide(
             &at(State::Pending),
             &YEN_1000,
+            &NO_DATES,
             Err(&err),
             now(),
             &POLICY,
@@ -768,7 +887,7 @@ mod tests {
             let mut mismatch_events = 0;
             let mut final_at: Option<State> = None;
             for o in &obs {
-                let d = decide(&t, &YEN_1000, o.as_ref(), now(), &POLICY, jitter);
+                let d = decide(&t, &YEN_1000, &NO_DATES, o.as_ref(), now(), &POLICY, jitter);
                 let transitions: Vec<_> = d.events.iter().filter(|e| e.kind == EventKind::Transition).collect();
                 prop_assert!(transitions.len() <= 1);
                 prop_assert_eq!(transitions.len() == 1, d.after.state != t.state);
@@ -805,8 +924,8 @@ mod tests {
         #[test]
         fn the_same_answer_twice_is_a_no_op(o in observation().prop_filter("answers", Result::is_ok)) {
             let a = o.unwrap();
-            let first = decide(&Tracked::new(), &YEN_1000, Ok(&a), now(), &POLICY, 0.5);
-            let second = decide(&first.after, &YEN_1000, Ok(&a), now(), &POLICY, 0.5);
+            let first = decide(&Tracked::new(), &YEN_1000, &NO_DATES, Ok(&a), now(), &POLICY, 0.5);
+            let second = decide(&first.after, &YEN_1000, &NO_DATES, Ok(&a), now(), &POLICY, 0.5);
             prop_assert!(second.events.is_empty());
             prop_assert_eq!(second.after, first.after);
         }

@@ -105,7 +105,10 @@ impl Client {
             http,
             base_url: api.base_url.clone(),
             timeout: api.timeout,
-            pacer: Pacer::new(api.max_requests_per_minute.map(|n| n.get())),
+            pacer: Pacer::with_share(
+                api.max_requests_per_minute.map(|n| n.get()),
+                api.budget_share,
+            ),
             counters: Default::default(),
         })
     }
@@ -150,6 +153,12 @@ impl Client {
     /// What this client (and its clones) has done so far, for the metrics.
     pub fn stats(&self) -> ClientStats {
         self.counters.snapshot()
+    }
+
+    /// Requests per minute the pacer allows this client (`api.budget_share` of the
+    /// announced route rate, under `api.max_requests_per_minute`); `None` until known.
+    pub fn budget_per_minute(&self) -> Option<f64> {
+        self.pacer.budget_per_minute()
     }
 
     /// [`get_charge`](Self::get_charge) with the pacer's permission already in hand.

@@ -47,6 +47,15 @@
 //! the pass lock for an hour. The pause stays in force for later calls, and
 //! [`Pacer::pause_for`] re-imposes one recorded by an earlier process.
 //!
+//! `api.budget_share` keeps part of the budget for the shop's own requests on the same
+//! route (its checkout page, its admin screens): with a share `s`, the mirror refills at
+//! `s` times the announced rate, and a request goes only if it leaves at least
+//! `(1 - s) * burst` tokens (plus the reserve) in the mirror, the burst being the largest
+//! bucket content seen. So the reconciler spends at most `s` of the refill and never
+//! draws the bucket into the part the shop keeps; when the shop spends more than its part,
+//! the answers' remaining counts pull the mirror down and the reconciler waits for them.
+//! A share of 1 is the whole budget, as above.
+//!
 //! `api.max_requests_per_minute` adds our own ceiling: requests are spaced evenly at that
 //! rate (a bucket of one token), whatever the server would allow. It is done here rather
 //! than with a separate limiter crate so that one clock, tokio's, drives every wait, and
@@ -122,6 +131,8 @@ struct State {
     blocked_until: Option<Instant>,
     rate_limited_in_a_row: u32,
     cap: Option<Cap>,
+    /// `api.budget_share`, in (0, 1].
+    share: f64,
 }
 
 /// Our own ceiling: a one-token bucket refilled at the configured rate.
@@ -208,8 +219,19 @@ impl Drop for Ticket {
 }
 
 impl Pacer {
-    /// A pacer with an optional ceiling of requests per minute.
+    /// A pacer with an optional ceiling of requests per minute, using the whole budget.
     pub fn new(max_per_minute: Option<u32>) -> Pacer {
+        Pacer::with_share(max_per_minute, 1.0)
+    }
+
+    /// A pacer that uses at most `share` (in (0, 1]; anything else counts as 1) of the
+    /// announced route budget, and an optional ceiling of requests per minute.
+    pub fn with_share(max_per_minute: Option<u32>, share: f64) -> Pacer {
+        let share = if share > 0.0 && share <= 1.0 {
+            share
+        } else {
+            1.0
+        };
         Pacer {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
@@ -226,6 +248,7 @@ impl Pacer {
                         tokens: 1.0,
                         at: Instant::now(),
                     }),
+                    share,
                 }),
                 turn: tokio::sync::Mutex::new(()),
                 changed: Notify::new(),
@@ -237,6 +260,19 @@ impl Pacer {
         // The state is a handful of numbers updated together; a panic elsewhere while
         // holding the lock cannot leave it unusable.
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Requests per minute this pacer lets go when it has work: `api.budget_share` of the
+    /// route's announced refill, under `api.max_requests_per_minute`. `None` until an
+    /// answer has announced the refill rate (and without a ceiling).
+    pub fn budget_per_minute(&self) -> Option<f64> {
+        let st = self.state();
+        let ceiling = st.cap.as_ref().map(|c| c.per_sec * 60.0);
+        let announced = (st.per_sec > 0.0).then(|| st.refill_per_sec() * 60.0);
+        match (announced, ceiling) {
+            (Some(a), Some(c)) => Some(a.min(c)),
+            (a, c) => a.or(c),
+        }
     }
 
     /// Waits until a request may go without overdrawing the budget, or returns
@@ -357,8 +393,8 @@ impl State {
             }
         }
         let mut probe = false;
-        let need = 1.0 + RESERVE;
-        let (per_sec, cap) = (self.refill_rate(), self.cap_tokens());
+        let need = 1.0 + RESERVE + self.kept_for_others();
+        let (per_sec, cap) = (self.refill_per_sec(), self.cap_tokens());
         match &mut self.mirror {
             Some(m) => {
                 m.refill(now, per_sec, cap);
@@ -398,7 +434,19 @@ impl State {
     /// than one request needs (a bucket seen only near empty could otherwise never hold
     /// enough).
     fn cap_tokens(&self) -> f64 {
-        self.burst.max(1.0 + RESERVE)
+        self.burst.max(1.0 + RESERVE + self.kept_for_others())
+    }
+
+    /// The mirror's refill: our share of the announced rate. The server refills faster
+    /// when others spend less; the mirror stays at or below it either way.
+    fn refill_per_sec(&self) -> f64 {
+        self.refill_rate() * self.share
+    }
+
+    /// Tokens a request must leave in the server's bucket for the shop's own requests:
+    /// the part of the burst that is not ours.
+    fn kept_for_others(&self) -> f64 {
+        (1.0 - self.share) * self.burst
     }
 
     fn learn(&mut self, seq: u64, rl: &RateLimit, now: Instant) {
@@ -415,7 +463,7 @@ impl State {
         let remaining = remaining as f64;
         self.burst = self.burst.max(remaining + 1.0);
         let at_most = remaining - (self.issued - seq) as f64;
-        let (per_sec, cap) = (self.refill_rate(), self.cap_tokens());
+        let (per_sec, cap) = (self.refill_per_sec(), self.cap_tokens());
         match &mut self.mirror {
             Some(m) => {
                 m.refill(now, per_sec, cap);
@@ -905,5 +953,161 @@ mod tests {
                 }
             });
         }
+    }
+
+    /// The shop's own requests against the same server bucket: three at once (a page
+    /// that reads a few things) every `every`. Returns (sent, refused) once `stop` is set.
+    fn foreground(
+        server: Arc<Mutex<TokenBucket>>,
+        every: Duration,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> tokio::task::JoinHandle<(u64, u64)> {
+        tokio::spawn(async move {
+            let (mut sent, mut refused) = (0, 0);
+            let mut tick = tokio::time::interval(every);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                tick.tick().await;
+                for _ in 0..3 {
+                    sent += 1;
+                    if server.lock().unwrap().try_take(Instant::now()).is_err() {
+                        refused += 1;
+                    }
+                }
+            }
+            (sent, refused)
+        })
+    }
+
+    /// `n` requests from 16 tasks through `pacer`, each taking 40 ms there and back,
+    /// while the shop sends three requests every `foreground_every` to the same bucket.
+    /// Returns (our 429s, the shop's requests, the shop's 429s, elapsed).
+    async fn run_beside_the_shop(
+        pacer: &Pacer,
+        limit: Limit,
+        n: u64,
+        foreground_every: Duration,
+    ) -> (u64, u64, u64, Duration) {
+        let server = Arc::new(Mutex::new(TokenBucket::new(limit, Instant::now())));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let shop = foreground(server.clone(), foreground_every, stop.clone());
+        let ours = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let (pacer, server, ours, next) =
+                    (pacer.clone(), server.clone(), ours.clone(), next.clone());
+                tokio::spawn(async move {
+                    use std::sync::atomic::Ordering::SeqCst;
+                    while next.fetch_add(1, SeqCst) < n {
+                        let ticket = pacer.acquire(WAIT_ANY).await.unwrap();
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        let taken = server.lock().unwrap().try_take(Instant::now());
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        let per_minute = limit.per_minute.into();
+                        let answer = match taken {
+                            Ok(left) => Answer::Http(headers(left, per_minute)),
+                            Err(_) => {
+                                ours.fetch_add(1, SeqCst);
+                                Answer::RateLimited {
+                                    rate_limit: headers(0, per_minute),
+                                    retry_after: None,
+                                }
+                            }
+                        };
+                        pacer.observe(ticket, answer);
+                    }
+                })
+            })
+            .collect();
+        futures::future::join_all(tasks).await;
+        let elapsed = start.elapsed();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (sent, refused) = shop.await.unwrap();
+        (
+            ours.load(std::sync::atomic::Ordering::SeqCst),
+            sent,
+            refused,
+            elapsed,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_share_of_half_leaves_the_shop_its_half() {
+        // Burst 20, 10 per second. The shop asks 4 times a second, within its half.
+        let limit = Limit::new(20, 600);
+        let pacer = Pacer::with_share(None, 0.5);
+        let (ours, sent, refused, elapsed) =
+            run_beside_the_shop(&pacer, limit, 300, Duration::from_millis(750)).await;
+        assert_eq!(ours, 0, "we never met a 429");
+        assert!(sent > 200, "{sent}");
+        assert_eq!(refused, 0, "the shop never met a 429");
+        // Our half of the burst at once (10, less the reserve), then 5 per second: no
+        // faster, and not much slower.
+        assert!(elapsed >= Duration::from_secs(57), "{elapsed:?}");
+        assert!(elapsed <= Duration::from_secs(64), "{elapsed:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_whole_budget_starves_the_shop() {
+        // The same run with share 1 (the pacer before budget_share): the shop's requests
+        // meet the empty bucket the reconciler keeps.
+        let pacer = Pacer::with_share(None, 1.0);
+        let (_, _, refused, _) =
+            run_beside_the_shop(&pacer, Limit::new(20, 600), 300, Duration::from_millis(750)).await;
+        assert!(refused > 0, "{refused}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shop_that_spends_more_than_its_part_slows_us_down() {
+        // The shop takes 8 of the 10 per second: we follow the remaining counts down to
+        // the 2 left, and the shop still never meets a 429.
+        let limit = Limit::new(20, 600);
+        let pacer = Pacer::with_share(None, 0.5);
+        let (ours, _, refused, elapsed) =
+            run_beside_the_shop(&pacer, limit, 100, Duration::from_millis(375)).await;
+        assert_eq!(refused, 0);
+        assert!(ours <= 1, "{ours}");
+        // About 2 per second after the first handful: roughly 45 s, far from the 19 s
+        // our share alone would take.
+        assert!(elapsed >= Duration::from_secs(35), "{elapsed:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_is_the_share_under_the_ceiling() {
+        let pacer = Pacer::with_share(None, 0.5);
+        assert_eq!(pacer.budget_per_minute(), None, "not announced yet");
+        let t = pacer.acquire(WAIT_ANY).await.unwrap();
+        pacer.observe(t, Answer::Http(headers(99, 1200)));
+        assert_eq!(pacer.budget_per_minute(), Some(600.0));
+        let capped = Pacer::with_share(Some(300), 0.5);
+        assert_eq!(capped.budget_per_minute(), Some(300.0), "the ceiling alone");
+        let t = capped.acquire(WAIT_ANY).await.unwrap();
+        capped.observe(t, Answer::Http(headers(99, 1200)));
+        assert_eq!(capped.budget_per_minute(), Some(300.0));
+        let whole = Pacer::with_share(None, 7.0);
+        let t = whole.acquire(WAIT_ANY).await.unwrap();
+        whole.observe(t, Answer::Http(headers(99, 1200)));
+        assert_eq!(whole.budget_per_minute(), Some(1200.0), "out of range: all");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_share_never_takes_the_bucket_below_the_shops_part() {
+        let pacer = Pacer::with_share(None, 0.25);
+        let t = pacer.acquire(WAIT_ANY).await.unwrap();
+        pacer.observe(t, Answer::Http(headers(99, 60)));
+        // Burst 100: 75 tokens are the shop's and 2 must be there for one request; 99
+        // left after the probe, so 23 go at once and the next waits for the refill.
+        for _ in 0..23 {
+            let t = tokio::time::timeout(Duration::from_millis(1), pacer.acquire(WAIT_ANY))
+                .await
+                .expect("within our part of the burst")
+                .unwrap();
+            pacer.observe(t, Answer::NoAnswer);
+        }
+        let start = Instant::now();
+        drop(pacer.acquire(WAIT_ANY).await.unwrap());
+        // A quarter of one per second: four seconds for the next token.
+        assert_eq!(start.elapsed(), Duration::from_secs(4));
     }
 }

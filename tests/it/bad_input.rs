@@ -356,7 +356,88 @@ fn cases(etc: &Path, base: &str, db: &Path) -> Vec<Case> {
         etc.join("creds").display().to_string(),
     )];
     v.push(creds_dir);
+    v.extend(budget_cases(&good));
     v
+}
+
+/// The budget share and the recheck schedule (issue 10).
+fn budget_cases(good: &TestConfig) -> Vec<Case> {
+    let schedule = |steps: &str| {
+        good.clone()
+            .set("reconcile.recheck_schedule", toml_value(steps))
+    };
+    let key = "reconcile.recheck_schedule";
+    vec![
+        case(
+            "budget share 0",
+            &good.clone().set("api.budget_share", 0),
+            "api.budget_share",
+        ),
+        case(
+            "budget share above 1",
+            &good.clone().set("api.budget_share", 1.5),
+            "api.budget_share",
+        ),
+        case(
+            "negative budget share",
+            &good.clone().set("api.budget_share", -0.5),
+            "api.budget_share",
+        ),
+        case(
+            "budget share as text",
+            &good.clone().set("api.budget_share", "half"),
+            "api.budget_share",
+        ),
+        case("empty schedule", &schedule("[]"), key),
+        case(
+            "unsorted schedule",
+            &schedule(
+                r#"[{ age = "0s", every = "1m" }, { age = "1d", every = "30m" }, { age = "1h", every = "10m" }]"#,
+            ),
+            key,
+        ),
+        case(
+            "schedule with a repeated age",
+            &schedule(r#"[{ age = "0s", every = "1m" }, { age = "0s", every = "2m" }]"#),
+            key,
+        ),
+        case(
+            "schedule with a zero interval",
+            &schedule(r#"[{ age = "0s", every = "0s" }]"#),
+            key,
+        ),
+        case(
+            "schedule with a negative interval",
+            &schedule(r#"[{ age = "0s", every = "-1m" }]"#),
+            key,
+        ),
+        case(
+            "schedule not starting at age 0",
+            &schedule(r#"[{ age = "1h", every = "10m" }]"#),
+            key,
+        ),
+        case(
+            "schedule step with an unknown key",
+            &schedule(r#"[{ age = "0s", every = "1m", often = true }]"#),
+            key,
+        ),
+        case(
+            "schedule and recheck_interval",
+            &schedule(r#"[{ age = "0s", every = "1m" }]"#).set("reconcile.recheck_interval", "5m"),
+            key,
+        ),
+        case(
+            "absurd deadline watch",
+            &good.clone().set("reconcile.deadline_watch", "1000000years"),
+            "reconcile.deadline_watch",
+        ),
+    ]
+}
+
+/// A TOML value written out, for the cases whose value is an array of tables.
+fn toml_value(text: &str) -> toml::Value {
+    let table: toml::Table = format!("x = {text}").parse().expect("test TOML");
+    table["x"].clone()
 }
 
 /// Runs the binary on the case's file and checks the one-line refusal.

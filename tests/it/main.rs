@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod binary;
+// mod budget; (being ported to the new harness)
 mod commands;
 mod config;
 mod daemon;

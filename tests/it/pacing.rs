@@ -13,7 +13,13 @@ fn limit(burst: u32, per_minute: u32) -> Option<RateLimitConfig> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pass_against_a_small_bucket_meets_no_429() {
-    let app = TestApp::spawn_with(|c| c.api.concurrency = Some(8)).await;
+    // The whole budget is ours here (no one else spends it): the timing below is the
+    // bucket's.
+    let app = TestApp::spawn_with(|c| {
+        c.api.concurrency = Some(8);
+        *c = std::mem::take(c).set("api.budget_share", 1.0);
+    })
+    .await;
     app.sim.configure(|c| c.rate_limit = limit(5, 1200));
     for i in 0..60 {
         app.create(&format!("c{i:02}"), 100);

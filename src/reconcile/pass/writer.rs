@@ -228,6 +228,7 @@ mod tests {
         after.not_found_count = not_found_count;
         CheckResult {
             charge: DueCharge {
+                dates: Default::default(),
                 charge_id: ChargeId::parse(id).unwrap(),
                 store_id: StoreId::parse("s").unwrap(),
                 requested: Requested {

@@ -1,0 +1,478 @@
+//! The recheck cadence, as pure functions: when an unchanged open charge is due again
+//! (by its age, its deadline and the budget), how many checks per minute the open charges
+//! need, and how far the intervals must stretch when that is more than the budget allows.
+//!
+//! - **By age.** `reconcile.recheck_schedule` gives the interval for each age (time since
+//!   `created_at`). A schedule of several steps is jittered, early and never late: each
+//!   check comes [`LEAD`] (or a tenth of the interval, if less) plus up to [`EARLY_JITTER`]
+//!   of the interval early. Charges registered together so spread out, and, because
+//!   passes run on a cron, a charge checked a minute into a pass is still due by the tick
+//!   its interval ends on instead of waiting a whole extra tick: "every 10 minutes" on a
+//!   5-minute cron is every second tick, not every third. A schedule of one step is the
+//!   flat schedule of `recheck_interval`, exactly as before (no jitter, no lead).
+//! - **The deadline.** With `expires_at` known, a check is made at `expires_at +
+//!   expiry_grace` when the schedule would come later, so an unpaid charge turns `failed`
+//!   promptly; and during `deadline_watch` before the deadline, the charge is checked at
+//!   the schedule's first (young) interval, because customers who pay late pay on the
+//!   last day (a long interval is cut short to start the watch on time).
+//! - **The budget.** When the open charges need more checks per minute than the budget
+//!   share allows, every interval is multiplied by one factor ([`stretch_factor`]) so the
+//!   checks fit, instead of a backlog growing without bound. The deadline check is not
+//!   stretched.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::{ChargeDates, RecheckStep};
+
+/// A check of a jittered schedule comes up to this fraction of its interval early, on top
+/// of its lead.
+pub const EARLY_JITTER: f64 = 0.2;
+
+/// A check of a jittered schedule comes this much early (at most a tenth of its
+/// interval): the time a check may be made into a pass, after the tick.
+pub const LEAD: Duration = Duration::from_secs(60);
+
+/// Demand is stretched to fit this share of the budget, leaving room for retries after
+/// errors, deadline checks and the unevenness of passes.
+pub const TARGET_USE: f64 = 0.9;
+
+/// The largest stretch applied: beyond it the budget is simply too small, and the warning
+/// says so.
+pub const MAX_STRETCH: f64 = 1000.0;
+
+/// How often open charges are checked: the schedule, the deadline rules, the stretch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cadence {
+    /// Sorted by age, the first at age 0, never empty (as the config validates).
+    pub schedule: Arc<[RecheckStep]>,
+    pub expiry_grace: Duration,
+    /// Before a known deadline, this long is checked at the first step's interval.
+    pub deadline_watch: Duration,
+    /// At least 1; applied to every interval but the deadline check.
+    pub stretch: f64,
+}
+
+impl Cadence {
+    /// One interval for every age, no deadline watch, no stretch.
+    pub fn flat(every: Duration) -> Self {
+        Cadence {
+            schedule: Arc::from([RecheckStep {
+                age: Duration::ZERO,
+                every,
+            }]),
+            expiry_grace: Duration::ZERO,
+            deadline_watch: Duration::ZERO,
+            stretch: 1.0,
+        }
+    }
+
+    /// Whether the schedule is the flat one (a single step): checked exactly `every`
+    /// after the last check, without jitter.
+    pub fn is_flat(&self) -> bool {
+        self.schedule.len() <= 1
+    }
+
+    /// The schedule's (unstretched) interval for a charge of this age.
+    pub fn interval_at(&self, age: Duration) -> Duration {
+        self.schedule
+            .iter()
+            .take_while(|s| s.age <= age)
+            .last()
+            .or(self.schedule.first())
+            .map_or(Duration::from_secs(300), |s| s.every)
+    }
+
+    /// The first step's interval: the pace for young charges and the deadline watch.
+    pub fn young_interval(&self) -> Duration {
+        self.schedule
+            .first()
+            .map_or(Duration::from_secs(300), |s| s.every)
+    }
+
+    /// Age up to which a charge counts as young (the end of the first step), for a
+    /// schedule of several steps.
+    pub fn young_until(&self) -> Option<Duration> {
+        self.schedule.get(1).map(|s| s.age)
+    }
+
+    /// Whether a deadline this far ahead puts the charge in its deadline watch.
+    fn watched(&self, until_deadline: Option<Duration>) -> bool {
+        until_deadline.is_some_and(|d| !d.is_zero() && d <= self.deadline_watch)
+    }
+
+    /// When a charge that a check at `now` found open and unchanged is due again.
+    /// `jitter` is in `[0, 1)`.
+    pub fn next_check(
+        &self,
+        now: DateTime<Utc>,
+        dates: &ChargeDates,
+        jitter: f64,
+    ) -> DateTime<Utc> {
+        // A created_at that cannot be read, or lies in the future, counts as age 0.
+        let age = dates
+            .created_at
+            .and_then(|c| (now - c).to_std().ok())
+            .unwrap_or(Duration::ZERO);
+        let until_deadline = dates.expires_at.and_then(|e| (e - now).to_std().ok());
+        let mut every = self.interval_at(age);
+        if self.watched(until_deadline) {
+            every = every.min(self.young_interval());
+        }
+        let every = scale(every, self.stretch.clamp(1.0, MAX_STRETCH));
+        let every = if self.is_flat() {
+            every
+        } else {
+            let lead = LEAD.min(every / 10);
+            scale(every, 1.0 - EARLY_JITTER * jitter.clamp(0.0, 1.0)).saturating_sub(lead)
+        };
+        let mut next = after(now, every);
+        if let Some(expires) = dates.expires_at {
+            // Into the deadline watch on time: a long interval must not overshoot its start.
+            let watch = before(expires, self.deadline_watch);
+            if !self.deadline_watch.is_zero() && now < watch && watch < next {
+                next = watch;
+            }
+            let deadline_check = after(expires, self.expiry_grace);
+            if now < deadline_check && deadline_check < next {
+                next = deadline_check;
+            }
+        }
+        next
+    }
+
+    /// Checks per minute the open charges need, unstretched. `by_step[k]` counts the open
+    /// charges whose age falls in step `k` (outside the deadline watch); `watched` those
+    /// in their deadline watch. A jittered schedule comes early, so it needs a little
+    /// more than its nominal intervals (counted as the tenth of the mean jitter; the lead
+    /// is lost in the cron's ticks).
+    pub fn demand_per_minute(&self, by_step: &[u64], watched: u64) -> f64 {
+        let per_minute = |n: u64, every: Duration| n as f64 * 60.0 / every.as_secs_f64().max(1e-3);
+        let nominal: f64 = self
+            .schedule
+            .iter()
+            .zip(by_step)
+            .map(|(s, &n)| per_minute(n, s.every))
+            .sum::<f64>()
+            + per_minute(watched, self.young_interval());
+        if self.is_flat() {
+            nominal
+        } else {
+            nominal / (1.0 - EARLY_JITTER / 2.0)
+        }
+    }
+}
+
+/// The factor (at least 1) that makes `demand` checks per minute fit [`TARGET_USE`] of
+/// `budget` per minute. No budget known (no answer with rate-limit headers yet and no
+/// `api.max_requests_per_minute`): 1, nothing to fit to.
+pub fn stretch_factor(demand: f64, budget: Option<f64>) -> f64 {
+    match budget {
+        Some(b) if b > 0.0 && demand.is_finite() && demand > 0.0 => {
+            (demand / (b * TARGET_USE)).clamp(1.0, MAX_STRETCH)
+        }
+        _ => 1.0,
+    }
+}
+
+fn scale(d: Duration, factor: f64) -> Duration {
+    Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(Duration::MAX)
+}
+
+fn before(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_sub_signed(d))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+fn after(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MIN: Duration = Duration::from_secs(60);
+    const HOUR: Duration = Duration::from_secs(3600);
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-27T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn plus(d: Duration) -> DateTime<Utc> {
+        t0() + chrono::Duration::from_std(d).unwrap()
+    }
+
+    fn steps(s: &[(Duration, Duration)]) -> Cadence {
+        Cadence {
+            schedule: s
+                .iter()
+                .map(|&(age, every)| RecheckStep { age, every })
+                .collect(),
+            expiry_grace: 5 * MIN,
+            deadline_watch: DAY,
+            stretch: 1.0,
+        }
+    }
+
+    fn default_like() -> Cadence {
+        steps(&[(Duration::ZERO, 10 * MIN), (2 * DAY, 2 * HOUR)])
+    }
+
+    fn born(at: DateTime<Utc>) -> ChargeDates {
+        ChargeDates {
+            created_at: Some(at),
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn the_interval_follows_the_age() {
+        let c = steps(&[(Duration::ZERO, MIN), (HOUR, 10 * MIN), (DAY, 30 * MIN)]);
+        assert_eq!(c.interval_at(Duration::ZERO), MIN);
+        assert_eq!(c.interval_at(HOUR - Duration::from_secs(1)), MIN);
+        assert_eq!(c.interval_at(HOUR), 10 * MIN);
+        assert_eq!(c.interval_at(30 * DAY), 30 * MIN);
+        // With no jitter the check comes one interval, less the lead (a minute), later.
+        let now = plus(2 * HOUR);
+        assert_eq!(
+            c.next_check(now, &born(t0()), 0.0),
+            now + chrono::Duration::minutes(9)
+        );
+        // The lead is a tenth of a short interval.
+        let now = plus(Duration::from_secs(60));
+        assert_eq!(
+            c.next_check(now, &born(t0()), 0.0),
+            now + chrono::Duration::seconds(54)
+        );
+    }
+
+    #[test]
+    fn jitter_only_brings_a_check_forward() {
+        let c = default_like();
+        let now = plus(HOUR);
+        let latest = now + chrono::Duration::minutes(9);
+        let earliest = now + chrono::Duration::minutes(7);
+        assert_eq!(c.next_check(now, &born(t0()), 0.0), latest);
+        let almost_one = c.next_check(now, &born(t0()), 0.999_999);
+        assert!(almost_one >= earliest && almost_one < earliest + chrono::Duration::seconds(1));
+        assert_eq!(
+            c.next_check(now, &born(t0()), 0.5),
+            now + chrono::Duration::minutes(8)
+        );
+    }
+
+    #[test]
+    fn the_flat_schedule_is_exact() {
+        let c = Cadence::flat(5 * MIN);
+        let now = plus(3 * DAY);
+        for j in [0.0, 0.5, 0.99] {
+            assert_eq!(
+                c.next_check(now, &born(t0()), j),
+                now + chrono::Duration::minutes(5)
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_or_future_created_at_is_young() {
+        let c = default_like();
+        let now = plus(10 * DAY);
+        let young = now + chrono::Duration::minutes(9);
+        assert_eq!(c.next_check(now, &ChargeDates::default(), 0.0), young);
+        assert_eq!(c.next_check(now, &born(plus(11 * DAY)), 0.0), young);
+        assert_eq!(
+            c.next_check(now, &born(t0()), 0.0),
+            now + chrono::Duration::minutes(119)
+        );
+    }
+
+    #[test]
+    fn the_deadline_check_comes_at_expiry_plus_grace() {
+        let c = default_like();
+        let expires = plus(7 * DAY);
+        let dates = ChargeDates {
+            created_at: Some(t0()),
+            expires_at: Some(expires),
+        };
+        // Inside the watch the pace is the young one; the last check before the
+        // deadline is followed by one at expires_at + grace, not ten minutes later.
+        let now = expires - chrono::Duration::minutes(2);
+        assert_eq!(
+            c.next_check(now, &dates, 0.0),
+            expires + chrono::Duration::minutes(5)
+        );
+        // Far from the deadline the schedule decides.
+        let now = plus(3 * DAY);
+        assert_eq!(
+            c.next_check(now, &dates, 0.0),
+            now + chrono::Duration::minutes(119)
+        );
+        // After the deadline check, if UnivaPay still says open: the schedule again.
+        let now = expires + chrono::Duration::minutes(6);
+        assert_eq!(
+            c.next_check(now, &dates, 0.0),
+            now + chrono::Duration::minutes(119)
+        );
+        // The deadline check is not stretched.
+        let stretched = Cadence {
+            stretch: 10.0,
+            ..c.clone()
+        };
+        let now = expires - chrono::Duration::minutes(30);
+        assert_eq!(
+            stretched.next_check(now, &dates, 0.0),
+            expires + chrono::Duration::minutes(5)
+        );
+    }
+
+    #[test]
+    fn the_last_day_is_watched_at_the_young_pace() {
+        let c = default_like();
+        let expires = plus(7 * DAY);
+        let dates = ChargeDates {
+            created_at: Some(t0()),
+            expires_at: Some(expires),
+        };
+        let now = expires - chrono::Duration::hours(20);
+        assert_eq!(
+            c.next_check(now, &dates, 0.0),
+            now + chrono::Duration::minutes(9)
+        );
+        let now = expires - chrono::Duration::hours(27);
+        assert_eq!(
+            c.next_check(now, &dates, 0.0),
+            now + chrono::Duration::minutes(119)
+        );
+        // A long interval that would overshoot the start of the watch stops there.
+        let now = expires - chrono::Duration::hours(25);
+        assert_eq!(
+            c.next_check(now, &dates, 0.0),
+            expires - chrono::Duration::hours(24)
+        );
+        let off = Cadence {
+            deadline_watch: Duration::ZERO,
+            ..c
+        };
+        let now = expires - chrono::Duration::hours(20);
+        assert_eq!(
+            off.next_check(now, &dates, 0.0),
+            now + chrono::Duration::minutes(119)
+        );
+    }
+
+    #[test]
+    fn stretch_multiplies_every_interval() {
+        let c = Cadence {
+            stretch: 3.0,
+            ..default_like()
+        };
+        let now = plus(HOUR);
+        assert_eq!(
+            c.next_check(now, &born(t0()), 0.0),
+            now + chrono::Duration::minutes(29)
+        );
+        let flat = Cadence {
+            stretch: 2.5,
+            ..Cadence::flat(4 * MIN)
+        };
+        assert_eq!(
+            flat.next_check(now, &born(t0()), 0.0),
+            now + chrono::Duration::minutes(10)
+        );
+    }
+
+    #[test]
+    fn demand_counts_each_step_at_its_pace() {
+        let flat = Cadence::flat(5 * MIN);
+        assert_eq!(flat.demand_per_minute(&[1000], 0), 200.0);
+        let c = default_like();
+        // 600 young at 10 min, 2400 older at 2 h, 120 on their last day at 10 min:
+        // 60 + 20 + 12 = 92 nominal, more for the early jitter.
+        let d = c.demand_per_minute(&[600, 2400], 120);
+        assert!((d - 92.0 / 0.9).abs() < 1e-9, "{d}");
+    }
+
+    #[test]
+    fn stretch_factor_cases() {
+        assert_eq!(stretch_factor(500.0, None), 1.0, "budget unknown");
+        assert_eq!(stretch_factor(500.0, Some(600.0)), 1.0, "fits");
+        assert_eq!(stretch_factor(1080.0, Some(600.0)), 2.0);
+        assert_eq!(stretch_factor(0.0, Some(600.0)), 1.0);
+        assert_eq!(stretch_factor(1e12, Some(1.0)), MAX_STRETCH);
+        assert_eq!(stretch_factor(f64::NAN, Some(600.0)), 1.0);
+    }
+
+    proptest! {
+        /// The factor is at least 1, and once applied the demand fits the target share of
+        /// the budget (unless capped); a demand that fits is not stretched.
+        #[test]
+        fn stretched_demand_fits(demand in 0.0f64..1e7, budget in 1.0f64..1e5) {
+            let f = stretch_factor(demand, Some(budget));
+            prop_assert!(f >= 1.0);
+            if f < MAX_STRETCH {
+                prop_assert!(demand / f <= budget * TARGET_USE * (1.0 + 1e-9));
+            }
+            if demand <= budget * TARGET_USE {
+                prop_assert_eq!(f, 1.0);
+            }
+        }
+
+        /// More demand never stretches less.
+        #[test]
+        fn stretch_is_monotone(a in 0.0f64..1e6, b in 0.0f64..1e6, budget in 1.0f64..1e4) {
+            let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+            prop_assert!(stretch_factor(lo, Some(budget)) <= stretch_factor(hi, Some(budget)));
+        }
+
+        /// Whatever the dates and jitter: the next check is after now; never later than the
+        /// stretched interval for the charge's age; never earlier than the jitter allows
+        /// unless the deadline check or the start of the deadline watch comes first; and
+        /// neither of those, when still ahead, is ever skipped over.
+        #[test]
+        fn next_check_bounds(
+            age_s in 0u64..40 * 86_400,
+            expires_in_s in -10 * 86_400i64..40 * 86_400,
+            has_expiry: bool,
+            jitter in 0.0f64..1.0,
+            stretch in 1.0f64..20.0,
+        ) {
+            let c = Cadence { stretch, ..default_like() };
+            let now = plus(40 * DAY);
+            let created = now - chrono::Duration::seconds(age_s as i64);
+            let expires = has_expiry.then(|| now + chrono::Duration::seconds(expires_in_s));
+            let dates = ChargeDates { created_at: Some(created), expires_at: expires };
+            let next = c.next_check(now, &dates, jitter);
+            prop_assert!(next > now);
+            let every = c.interval_at(Duration::from_secs(age_s));
+            let longest = now + chrono::Duration::from_std(scale(every, stretch)).unwrap();
+            prop_assert!(next <= longest);
+            let shortest_every = every.min(c.young_interval());
+            let shortest = now
+                + chrono::Duration::from_std(scale(shortest_every, stretch * (1.0 - EARLY_JITTER))).unwrap()
+                - chrono::Duration::from_std(LEAD).unwrap();
+            let deadline_check = expires.map(|e| e + chrono::Duration::minutes(5));
+            let watch_start = expires.map(|e| e - chrono::Duration::days(1));
+            if next < shortest - chrono::Duration::milliseconds(1) {
+                prop_assert!(Some(next) == deadline_check || Some(next) == watch_start);
+            }
+            if let Some(d) = deadline_check.filter(|d| *d > now) {
+                prop_assert!(next <= d);
+            }
+            if let Some(w) = watch_start.filter(|w| *w > now) {
+                prop_assert!(next <= w, "the watch starts on time");
+            }
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! The budget and the cadence end to end: the schedule by age, the deadline check, the
+//! stretch when the open charges need more than the budget share, and a shop whose own
+//! requests share the simulator's bucket with a reconciler working through a backlog.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use konbini_reconciler::ledger::ts;
+use tokio::process::Command;
+use univapay_sim::{Credentials, RateLimitConfig, SimCharge};
+
+use crate::helpers::{STORE, TestApp};
+
+/// Registers a charge created `age` before the test clock, with an optional deadline, and
+/// creates it `awaiting` at the simulator.
+fn register_aged(app: &TestApp, id: &str, age: Duration, expires_at: Option<DateTime<Utc>>) {
+    let now = app.reconciler.now();
+    let created = now - chrono::Duration::from_std(age).unwrap();
+    app.db()
+        .execute(
+            "INSERT INTO charges (charge_id, store_id, requested_amount, created_at, next_check_at,
+                                  expires_at)
+             VALUES (?1, ?2, 100, ?3, ?4, ?5)",
+            rusqlite::params![id, STORE, ts(created), ts(now), expires_at.map(ts)],
+        )
+        .unwrap();
+    app.sim
+        .upsert(SimCharge::new(id, STORE, 100).awaiting("12345678901", None));
+}
+
+fn next_check(app: &TestApp, id: &str) -> DateTime<Utc> {
+    let s = app.row(id).next_check_at.expect("still due later");
+    DateTime::parse_from_rfc3339(&s)
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+fn minutes(n: i64) -> chrono::Duration {
+    chrono::Duration::minutes(n)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_default_schedule_checks_young_charges_often_and_old_ones_rarely() {
+    let app = TestApp::spawn().await;
+    register_aged(&app, "young", Duration::from_secs(3600), None);
+    register_aged(&app, "old", Duration::from_secs(3 * 86_400), None);
+    let r = app.pass().await;
+    assert_eq!(r.counts.checked, 2);
+    let now = app.reconciler.now();
+    // Every 10 minutes for two days, every 3 hours after; early by a minute and up to a
+    // fifth more, never late.
+    let young = next_check(&app, "young") - now;
+    assert!(young >= minutes(7) && young <= minutes(9), "{young}");
+    let old = next_check(&app, "old") - now;
+    assert!(old >= minutes(143) && old <= minutes(179), "{old}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recheck_interval_alone_keeps_the_flat_schedule() {
+    let app = TestApp::spawn_with("[reconcile]\nrecheck_interval = \"5m\"").await;
+    register_aged(&app, "old", Duration::from_secs(3 * 86_400), None);
+    app.pass().await;
+    assert_eq!(
+        app.row("old").next_check_at,
+        Some(ts(app.reconciler.now() + minutes(5))),
+        "exactly the interval, whatever the age"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unpaid_charge_is_found_failed_just_after_its_deadline() {
+    let app = TestApp::spawn_with("[reconcile]\ndeadline_watch = \"0s\"").await;
+    let expires = app.reconciler.now() + minutes(30);
+    register_aged(&app, "late", Duration::from_secs(3 * 86_400), Some(expires));
+    app.pass().await;
+    // The schedule says two hours; the deadline check comes first.
+    assert_eq!(
+        app.row("late").next_check_at,
+        Some(ts(expires + minutes(5)))
+    );
+    app.sim.update("late", SimCharge::expired);
+    app.clock.advance(Duration::from_secs(34 * 60));
+    assert_eq!(
+        app.pass().await.counts.checked,
+        0,
+        "not before expiry_grace"
+    );
+    app.clock.advance(Duration::from_secs(60));
+    let r = app.pass().await;
+    assert_eq!(r.counts.transitions, 1);
+    assert_eq!(app.row("late").state, "failed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_last_day_before_a_deadline_is_checked_at_the_young_pace() {
+    let app = TestApp::spawn().await;
+    let expires = app.reconciler.now() + chrono::Duration::hours(20);
+    register_aged(
+        &app,
+        "last-day",
+        Duration::from_secs(6 * 86_400),
+        Some(expires),
+    );
+    register_aged(&app, "far", Duration::from_secs(3 * 86_400), None);
+    app.pass().await;
+    let now = app.reconciler.now();
+    assert!(next_check(&app, "last-day") - now <= minutes(9));
+    assert!(next_check(&app, "far") - now >= minutes(143));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn more_demand_than_budget_stretches_every_interval_and_is_recorded() {
+    // 60 requests a minute at most: the 600 young charges below need about 67.
+    let app = TestApp::spawn_with("max_requests_per_minute = 60").await;
+    let now = app.reconciler.now();
+    {
+        let mut db = app.db();
+        let tx = db.transaction().unwrap();
+        for i in 0..600 {
+            tx.execute(
+                "INSERT INTO charges (charge_id, store_id, requested_amount, created_at, next_check_at)
+                 VALUES (?1, ?2, 100, ?3, ?4)",
+                rusqlite::params![
+                    format!("waiting{i}"),
+                    STORE,
+                    ts(now - minutes(30)),
+                    ts(now + minutes(60))
+                ],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    register_aged(&app, "young", Duration::from_secs(3600), None);
+    register_aged(&app, "old-1", Duration::from_secs(3 * 86_400), None);
+    register_aged(&app, "old-2", Duration::from_secs(3 * 86_400), None);
+    let r = app.pass().await;
+    assert_eq!(
+        r.counts.checked, 3,
+        "the urgent one first, then the rest: all"
+    );
+    assert_eq!(r.outcome.as_str(), "ok");
+    // (601 / 10 min, plus the early jitter's tenth) / (0.9 * 60) = 1.237
+    let (due, stretch): (i64, f64) = app
+        .db()
+        .query_row(
+            "SELECT due, stretch FROM runs WHERE id = ?1",
+            [r.run_id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(due, 3);
+    assert!((stretch - 1.237).abs() < 0.01, "{stretch}");
+    assert!((app.reconciler.stretch() - stretch).abs() < 1e-9);
+    let young = next_check(&app, "young") - now;
+    assert!(
+        young >= chrono::Duration::seconds(533) && young <= chrono::Duration::seconds(683),
+        "10 minutes stretched 1.237 times, less the jitter and the lead: {young}"
+    );
+}
+
+/// The binary with the test's config, output captured.
+fn konbini_once(app: &TestApp) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_konbini-reconciler"));
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .current_dir(app.dir.path())
+        .arg("--config")
+        .arg(&app.config_path)
+        .arg("--once")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_stretch_is_a_warning_with_the_numbers() {
+    let app = TestApp::spawn_with("max_requests_per_minute = 6").await;
+    for i in 0..60 {
+        app.create(&format!("c{i}"), 100);
+    }
+    let db = app.db();
+    db.execute(
+        "UPDATE charges SET next_check_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+1 hour')
+         WHERE charge_id <> 'c0'",
+        [],
+    )
+    .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(60), konbini_once(&app).output())
+        .await
+        .expect("finishes")
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("recheck intervals stretched"))
+        .unwrap_or_else(|| panic!("no warning: {err}"));
+    // 60 young charges at 10 minutes need 6.7 checks a minute (with the early jitter's
+    // tenth); 6 a minute is the ceiling, 0.9 of it the target.
+    for needle in ["WARN", "needed_per_minute", "budget_per_minute", "stretch"] {
+        assert!(line.contains(needle), "{needle}: {line}");
+    }
+    let stretch: f64 = db
+        .query_row("SELECT stretch FROM runs", [], |r| r.get(0))
+        .unwrap();
+    assert!((stretch - 6.0 / 0.9 / 5.4).abs() < 0.01, "{stretch}");
+}
+
+/// The shop's own page: three GETs at once every 200 ms (15 a second) on the charge
+/// route, until `stop`. Returns (sent, refused with 429).
+fn shop(base: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(u64, u64)> {
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let creds = Credentials::default();
+        let auth = format!("Bearer {}.{}", creds.secret, creds.app_token);
+        let refused = AtomicU64::new(0);
+        let mut sent = 0u64;
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        while !stop.load(Ordering::SeqCst) {
+            tick.tick().await;
+            let page = (0..3).map(|k| {
+                let url = format!("{base}/stores/{STORE}/charges/shop-{}", (sent + k) % 50);
+                let req = http.get(url).header("Authorization", &auth).send();
+                let refused = &refused;
+                async move {
+                    let status = req.await.expect("the simulator answers").status();
+                    if status.as_u16() == 429 {
+                        refused.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+            futures::future::join_all(page).await;
+            sent += 3;
+        }
+        (sent, refused.load(Ordering::SeqCst))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shop_sees_no_429_while_a_backlog_is_worked_off() {
+    // Burst 20, 40 a second on the route. The reconciler's half: 20 a second and 10 of
+    // the burst; the shop's 15 a second fit in the other half.
+    let app = TestApp::spawn_with("concurrency = 8").await;
+    app.sim.configure(|c| {
+        c.rate_limit = Some(RateLimitConfig {
+            exact: univapay_sim::Limit::new(1000, 60_000),
+            ..RateLimitConfig::new(20, 2400)
+        })
+    });
+    for i in 0..50 {
+        app.sim
+            .upsert(SimCharge::new(format!("shop-{i}"), STORE, 500));
+    }
+    for i in 0..100 {
+        app.create(&format!("c{i:03}"), 100);
+    }
+    app.db()
+        .execute(
+            "UPDATE charges SET next_check_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 second')",
+            [],
+        )
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let shop = shop(app.sim.base_url(), stop.clone());
+    // The shop is busy before the backlog arrives, as a shop is.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let out = tokio::time::timeout(Duration::from_secs(60), konbini_once(&app).output())
+        .await
+        .expect("finishes")
+        .unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let (sent, refused) = shop.await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let checked: i64 = app.count("SELECT checked FROM runs");
+    assert_eq!(checked, 100, "{err}");
+    assert!(sent >= 60, "the shop kept asking during the pass: {sent}");
+    assert_eq!(
+        refused, 0,
+        "the shop's requests met a 429 ({refused} of {sent})"
+    );
+    assert_eq!(
+        app.sim.counters().rate_limited,
+        0,
+        "nor did the reconciler's"
+    );
+}
