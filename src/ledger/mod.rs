@@ -531,21 +531,25 @@ impl Ledger {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err)?;
-        for r in results {
-            let written = if savepoints {
+        if savepoints {
+            for r in results {
                 let sp = tx.savepoint().map_err(err)?;
-                let w = write_one(&sp, run_id, r);
+                let w = Writes::prepare(&sp).and_then(|mut w| w.write(run_id, r));
                 if matches!(w, Ok(true)) {
                     sp.commit().map_err(err)?;
                 }
-                w
-            } else {
-                match write_one(&tx, run_id, r) {
+                applied.record(r, w);
+            }
+        } else {
+            // The statements are prepared once for the group: looking them up in the
+            // statement cache for every charge costs a hash of their text each time.
+            let mut w = Writes::prepare(&tx).map_err(err)?;
+            for r in results {
+                match w.write(run_id, r) {
                     Err(_) => return Ok(None),
-                    w => w,
+                    written => applied.record(r, written),
                 }
-            };
-            applied.record(r, written);
+            }
         }
         tx.execute(
             "UPDATE runs SET checked = checked + ?2, transitions = transitions + ?3,
@@ -727,20 +731,35 @@ fn row_to_due(r: &rusqlite::Row<'_>) -> rusqlite::Result<DueRow> {
     Ok(parsed.map_err(bad))
 }
 
-/// Writes one result. `Ok(false)` when the row moved on since it was read.
-fn write_one(conn: &Connection, run_id: i64, r: &CheckResult) -> rusqlite::Result<bool> {
-    let t = &r.decision.after;
-    let now = ts(r.checked_at);
-    let changed = conn
-        .prepare_cached(
-            "UPDATE charges SET state = ?1, provider_status = ?2, charged_amount = ?3,
-                    charged_currency = ?4, amount_mismatch = ?5, mismatch_detail = ?6,
-                    payment_number = ?7, payment_url = ?8, next_check_at = ?9,
-                    last_checked_at = ?10, last_error = ?11, consecutive_errors = ?12,
-                    not_found_count = ?13, updated_at = ?10
-             WHERE charge_id = ?14 AND state = ?15 AND updated_at = ?16",
-        )?
-        .execute(params![
+/// The two statements that write one result, prepared on one connection.
+struct Writes<'c> {
+    update: rusqlite::CachedStatement<'c>,
+    insert: rusqlite::CachedStatement<'c>,
+}
+
+impl<'c> Writes<'c> {
+    fn prepare(conn: &'c Connection) -> rusqlite::Result<Self> {
+        Ok(Writes {
+            update: conn.prepare_cached(
+                "UPDATE charges SET state = ?1, provider_status = ?2, charged_amount = ?3,
+                        charged_currency = ?4, amount_mismatch = ?5, mismatch_detail = ?6,
+                        payment_number = ?7, payment_url = ?8, next_check_at = ?9,
+                        last_checked_at = ?10, last_error = ?11, consecutive_errors = ?12,
+                        not_found_count = ?13, updated_at = ?10
+                 WHERE charge_id = ?14 AND state = ?15 AND updated_at = ?16",
+            )?,
+            insert: conn.prepare_cached(
+                "INSERT INTO charge_events (charge_id, at, kind, from_state, to_state, provider_status, detail, run_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?,
+        })
+    }
+
+    /// Writes one result. `Ok(false)` when the row moved on since it was read.
+    fn write(&mut self, run_id: i64, r: &CheckResult) -> rusqlite::Result<bool> {
+        let t = &r.decision.after;
+        let now = ts(r.checked_at);
+        let changed = self.update.execute(params![
             t.state.as_str(),
             t.provider_status,
             t.charged_amount,
@@ -758,33 +777,30 @@ fn write_one(conn: &Connection, run_id: i64, r: &CheckResult) -> rusqlite::Resul
             r.charge.tracked.state.as_str(),
             r.charge.updated_at,
         ])?;
-    if changed == 0 {
-        return Ok(false);
-    }
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO charge_events (charge_id, at, kind, from_state, to_state, provider_status, detail, run_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?;
-    for NewEvent {
-        kind,
-        from_state,
-        to_state,
-        provider_status,
-        detail,
-    } in &r.decision.events
-    {
-        insert.execute(params![
-            r.charge.charge_id.as_str(),
-            now,
-            kind.as_str(),
-            from_state.map(State::as_str),
-            to_state.map(State::as_str),
+        if changed == 0 {
+            return Ok(false);
+        }
+        for NewEvent {
+            kind,
+            from_state,
+            to_state,
             provider_status,
             detail,
-            run_id
-        ])?;
+        } in &r.decision.events
+        {
+            self.insert.execute(params![
+                r.charge.charge_id.as_str(),
+                now,
+                kind.as_str(),
+                from_state.map(State::as_str),
+                to_state.map(State::as_str),
+                provider_status,
+                detail,
+                run_id
+            ])?;
+        }
+        Ok(true)
     }
-    Ok(true)
 }
 
 #[cfg(test)]
