@@ -2,17 +2,16 @@
 //! stretch when the open charges need more than the budget share, and a shop whose own
 //! requests share the simulator's bucket with a reconciler working through a backlog.
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use konbini_reconciler::ledger::ts;
-use tokio::process::Command;
 use univapay_sim::{Credentials, RateLimitConfig, SimCharge};
 
-use crate::helpers::{STORE, TestApp};
+use crate::helpers::{RunRow, STORE, TestApp};
+use crate::util::{Finished, RUN_LIMIT};
 
 /// Registers a charge created `age` before the test clock, with an optional deadline, and
 /// creates it `awaiting` at the simulator.
@@ -60,7 +59,10 @@ async fn the_default_schedule_checks_young_charges_often_and_old_ones_rarely() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn recheck_interval_alone_keeps_the_flat_schedule() {
-    let app = TestApp::spawn_with("[reconcile]\nrecheck_interval = \"5m\"").await;
+    let app = TestApp::spawn_with(|c| {
+        c.reconcile.recheck_interval = Some(Duration::from_secs(5 * 60));
+    })
+    .await;
     register_aged(&app, "old", Duration::from_secs(3 * 86_400), None);
     app.pass().await;
     assert_eq!(
@@ -72,7 +74,10 @@ async fn recheck_interval_alone_keeps_the_flat_schedule() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unpaid_charge_is_found_failed_just_after_its_deadline() {
-    let app = TestApp::spawn_with("[reconcile]\ndeadline_watch = \"0s\"").await;
+    let app = TestApp::spawn_with(|c| {
+        *c = std::mem::take(c).set("reconcile.deadline_watch", "0s");
+    })
+    .await;
     let expires = app.reconciler.now() + minutes(30);
     register_aged(&app, "late", Duration::from_secs(3 * 86_400), Some(expires));
     app.pass().await;
@@ -114,7 +119,7 @@ async fn the_last_day_before_a_deadline_is_checked_at_the_young_pace() {
 #[tokio::test(flavor = "multi_thread")]
 async fn more_demand_than_budget_stretches_every_interval_and_is_recorded() {
     // 60 requests a minute at most: the 600 young charges below need about 67.
-    let app = TestApp::spawn_with("max_requests_per_minute = 60").await;
+    let app = TestApp::spawn_with(|c| c.api.max_requests_per_minute = Some(60)).await;
     let now = app.reconciler.now();
     {
         let mut db = app.db();
@@ -144,15 +149,10 @@ async fn more_demand_than_budget_stretches_every_interval_and_is_recorded() {
     );
     assert_eq!(r.outcome.as_str(), "ok");
     // (601 / 10 min, plus the early jitter's tenth) / (0.9 * 60) = 1.237
-    let (due, stretch): (i64, f64) = app
-        .db()
-        .query_row(
-            "SELECT due, stretch FROM runs WHERE id = ?1",
-            [r.run_id],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
-        .unwrap();
-    assert_eq!(due, 3);
+    let run = app.last_run();
+    assert_eq!(run.id, r.run_id);
+    assert_eq!(run.due, Some(3));
+    let stretch = run.stretch.expect("the stretch is recorded");
     assert!((stretch - 1.237).abs() < 0.01, "{stretch}");
     assert!((app.reconciler.stretch() - stretch).abs() < 1e-9);
     let young = next_check(&app, "young") - now;
@@ -162,41 +162,35 @@ async fn more_demand_than_budget_stretches_every_interval_and_is_recorded() {
     );
 }
 
-/// The binary with the test's config, output captured.
-fn konbini_once(app: &TestApp) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_konbini-reconciler"));
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .current_dir(app.dir.path())
-        .arg("--config")
-        .arg(&app.config_path)
-        .arg("--once")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd
+/// One `--once` pass of the binary with the test's config, awaited without blocking the
+/// runtime that serves the simulator (and the shop).
+async fn konbini_once(app: &TestApp) -> Finished {
+    app.command().once().spawn().finish(RUN_LIMIT).await
+}
+
+/// The only run in the ledger: one `--once` pass records exactly one.
+fn only_run(app: &TestApp) -> RunRow {
+    let runs = app.runs();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    runs.into_iter().next().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_stretch_is_a_warning_with_the_numbers() {
-    let app = TestApp::spawn_with("max_requests_per_minute = 6").await;
+    let app = TestApp::spawn_with(|c| c.api.max_requests_per_minute = Some(6)).await;
     for i in 0..60 {
         app.create(&format!("c{i}"), 100);
     }
-    let db = app.db();
-    db.execute(
-        "UPDATE charges SET next_check_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+1 hour')
-         WHERE charge_id <> 'c0'",
-        [],
-    )
-    .unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(60), konbini_once(&app).output())
-        .await
-        .expect("finishes")
+    app.db()
+        .execute(
+            "UPDATE charges SET next_check_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+1 hour')
+             WHERE charge_id <> 'c0'",
+            [],
+        )
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    let out = konbini_once(&app).await;
+    out.assert_code(0);
+    let err = out.stderr();
     let line = err
         .lines()
         .find(|l| l.contains("recheck intervals stretched"))
@@ -206,9 +200,7 @@ async fn the_stretch_is_a_warning_with_the_numbers() {
     for needle in ["WARN", "needed_per_minute", "budget_per_minute", "stretch"] {
         assert!(line.contains(needle), "{needle}: {line}");
     }
-    let stretch: f64 = db
-        .query_row("SELECT stretch FROM runs", [], |r| r.get(0))
-        .unwrap();
+    let stretch = only_run(&app).stretch.expect("the stretch is recorded");
     assert!((stretch - 6.0 / 0.9 / 5.4).abs() < 0.01, "{stretch}");
 }
 
@@ -246,7 +238,7 @@ fn shop(base: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(u64, u6
 async fn the_shop_sees_no_429_while_a_backlog_is_worked_off() {
     // Burst 20, 40 a second on the route. The reconciler's half: 20 a second and 10 of
     // the burst; the shop's 15 a second fit in the other half.
-    let app = TestApp::spawn_with("concurrency = 8").await;
+    let app = TestApp::spawn_with(|c| c.api.concurrency = Some(8)).await;
     app.sim.configure(|c| {
         c.rate_limit = Some(RateLimitConfig {
             exact: univapay_sim::Limit::new(1000, 60_000),
@@ -270,16 +262,12 @@ async fn the_shop_sees_no_429_while_a_backlog_is_worked_off() {
     let shop = shop(app.sim.base_url(), stop.clone());
     // The shop is busy before the backlog arrives, as a shop is.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let out = tokio::time::timeout(Duration::from_secs(60), konbini_once(&app).output())
-        .await
-        .expect("finishes")
-        .unwrap();
+    let out = konbini_once(&app).await;
     stop.store(true, Ordering::SeqCst);
     let (sent, refused) = shop.await.unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
-    let checked: i64 = app.count("SELECT checked FROM runs");
-    assert_eq!(checked, 100, "{err}");
+    out.assert_code(0);
+    let err = out.stderr();
+    assert_eq!(only_run(&app).checked, 100, "{err}");
     assert!(sent >= 60, "the shop kept asking during the pass: {sent}");
     assert_eq!(
         refused, 0,

@@ -115,6 +115,11 @@ pub struct RunRow {
     pub detail: Option<String>,
     /// No request before this time (a pause UnivaPay asked for).
     pub resume_at: Option<String>,
+    /// Charges due when the pass began; `None` until its plan stage recorded them.
+    pub due: Option<i64>,
+    /// The factor every recheck interval was stretched by to fit the budget share;
+    /// recorded with `due`.
+    pub stretch: Option<f64>,
 }
 
 impl TestApp {
@@ -289,7 +294,7 @@ impl TestApp {
         let mut stmt = db
             .prepare(
                 "SELECT id, trigger, started_at, finished_at, outcome, checked, transitions,
-                        mismatches, errors, detail, resume_at
+                        mismatches, errors, detail, resume_at, due, stretch
                  FROM runs ORDER BY id",
             )
             .unwrap();
@@ -306,6 +311,8 @@ impl TestApp {
                 errors: r.get(8)?,
                 detail: r.get(9)?,
                 resume_at: r.get(10)?,
+                due: r.get(11)?,
+                stretch: r.get(12)?,
             })
         })
         .unwrap()

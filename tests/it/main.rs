@@ -4,7 +4,7 @@
 
 mod bad_input;
 mod binary;
-// mod budget; (being ported to the new harness)
+mod budget;
 mod commands;
 mod config;
 mod daemon;
