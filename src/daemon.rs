@@ -6,6 +6,12 @@
 //! other tick is skipped and logged at info as `tick skipped: ...`, never queued, so a
 //! slow API can stretch passes out but can never stack them.
 //!
+//! With `[webhook]` configured, the webhook listener ([`crate::webhook`]) runs beside the
+//! schedule on the same [`Reconciler`] (so the same pacer and budget): its socket is opened
+//! before the schedule is armed, so an address that cannot be bound stops the start with
+//! one error naming `webhook.listen`; it stops with the daemon and gets the same drain
+//! deadline for its last checks. Its `/healthz` reports the last scheduled pass.
+//!
 //! Shutdown arrives as a [`CancellationToken`] (the binary cancels it on SIGTERM/SIGINT,
 //! tests cancel it directly). The schedule stops, the pass in flight stops claiming
 //! charges, lets its checks finish within `schedule.drain_timeout`, commits and records
@@ -46,6 +52,7 @@ use crate::ledger::{LedgerError, Trigger};
 use crate::lock::{LockError, PassLock};
 use crate::notify::Notifier;
 use crate::reconcile::Reconciler;
+use crate::webhook::{self, Health, Hooks, WebhookError};
 
 /// Why the daemon could not start, or did not stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +71,8 @@ pub enum DaemonError {
         "the pass in flight had not finished {0:?} after shutdown was requested (schedule.drain_timeout plus a grace period); its charges stay due"
     )]
     Drain(Duration),
+    #[error(transparent)]
+    Webhook(#[from] WebhookError),
 }
 
 /// What the daemon did, reported when it stops.
@@ -97,7 +106,9 @@ pub async fn run(
     reconciler.prepare_ledger().await?;
     let lock = PassLock::for_database(&settings.database.path);
     lock.ensure_file()?;
+    let listener = webhook::open(settings.webhook.as_ref())?;
 
+    let health = Health::new();
     let runner = Arc::new(Runner {
         reconciler,
         lock,
@@ -106,7 +117,19 @@ pub async fn run(
         slot: Arc::new(Semaphore::new(1)),
         passes: TaskTracker::new(),
         counts: Counts::default(),
+        health: health.clone(),
     });
+    let intake = match (listener, settings.webhook.as_ref()) {
+        (Some(l), Some(w)) => Some(webhook::serve(
+            l,
+            w,
+            runner.reconciler.clone(),
+            Hooks::default(),
+            health,
+            shutdown.clone(),
+        )?),
+        _ => None,
+    };
     let mut schedule = Schedule::arm(runner.clone(), &settings.schedule).await?;
     let watchdog = notifier.spawn_watchdog();
     let zone = zone_name(settings.schedule.timezone);
@@ -143,9 +166,17 @@ pub async fn run(
     schedule.stop().await;
     runner.passes.close();
     let deadline = settings.schedule.drain_timeout + DRAIN_GRACE;
-    let drained = tokio::time::timeout(deadline, runner.passes.wait())
-        .await
-        .is_ok();
+    let intake_stopped = async {
+        match intake {
+            Some(i) => i.stopped(deadline).await,
+            None => true,
+        }
+    };
+    let (passes, intake_stopped) = tokio::join!(
+        tokio::time::timeout(deadline, runner.passes.wait()),
+        intake_stopped
+    );
+    let drained = passes.is_ok() && intake_stopped;
     if let Some(w) = watchdog {
         w.abort();
     }
@@ -199,6 +230,8 @@ struct Runner {
     /// The pass in flight, so shutdown can wait for it to commit.
     passes: TaskTracker,
     counts: Counts,
+    /// What the webhook listener's `/healthz` reports.
+    health: Health,
 }
 
 impl Runner {
@@ -250,6 +283,7 @@ impl Runner {
             .await
         {
             Ok(report) => {
+                self.health.pass_finished(report.outcome);
                 if report.outcome.is_failure() {
                     tracing::error!(
                         run_id = report.run_id,
@@ -261,6 +295,7 @@ impl Runner {
                 self.notifier.status(&report.summary_line());
             }
             Err(e) => {
+                self.health.pass_failed();
                 tracing::error!(error = %e, "pass failed");
                 self.notifier.status(&format!("last pass failed: {e}"));
             }
@@ -389,6 +424,7 @@ mod tests {
             slot: Arc::new(Semaphore::new(1)),
             passes: TaskTracker::new(),
             counts: Counts::default(),
+            health: Health::new(),
         })
     }
 

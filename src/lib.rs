@@ -10,7 +10,9 @@
 //! - [`reconcile`]: the pure decision rules ([`reconcile::rules`]) and one pass
 //!   ([`reconcile::pass`]).
 //! - [`lock`]: the pass lock, one pass at a time across processes.
-//! - [`daemon`]: passes on the cron schedule, never overlapping, until shutdown.
+//! - [`daemon`]: passes on the cron schedule, never overlapping, until shutdown; the
+//!   webhook listener beside them.
+//! - [`webhook`]: UnivaPay webhooks as hints that lead to a charge check.
 //! - [`notify`]: systemd readiness, status, watchdog and stopping notifications.
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token passed down.
 //! - [`app`]: the command-line entry points (`--once`, the daemon) and exit codes.
@@ -29,5 +31,6 @@ pub mod reconcile;
 pub mod shutdown;
 pub mod telemetry;
 pub mod univapay;
+pub mod webhook;
 
 pub use config::Settings;

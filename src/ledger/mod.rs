@@ -4,6 +4,7 @@
 //! Everything here is blocking (rusqlite); the pass calls it from dedicated threads, never
 //! from async tasks.
 
+mod hints;
 mod schema;
 
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use crate::domain::{ChargeId, Currency, Decision, NewEvent, Requested, State, St
 // The run types live in `domain`; they are part of what the ledger stores.
 pub use crate::domain::{Counts, Outcome, Trigger};
 
+pub use hints::{HintRow, HintTarget, WEBHOOK_EVENT};
 pub use schema::NOW_SQL;
 
 /// Formats a timestamp the way every ledger column stores it.
