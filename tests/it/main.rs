@@ -15,3 +15,4 @@ mod pacing;
 mod processes;
 mod secrets;
 mod util;
+mod webhook;
