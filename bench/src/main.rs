@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use konbini_reconciler::ledger::Ledger;
 use univapay_sim::{CounterSnapshot, Credentials, Population};
 
+mod month_webhook;
 mod reference;
 
 /// A seed shared by the ledger and the simulator, so both hold the same charges.
@@ -141,6 +142,13 @@ fn main() {
     if args.first().map(String::as_str) == Some("--reference-loop") {
         if let Err(e) = reference::main(&args[1..]) {
             eprintln!("konbini-bench: reference loop: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if args.first().map(String::as_str) == Some("month-webhook") {
+        if let Err(e) = month_webhook::main(&args[1..]) {
+            eprintln!("konbini-bench: month-webhook: {e}");
             std::process::exit(1);
         }
         return;

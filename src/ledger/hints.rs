@@ -28,7 +28,9 @@ pub struct HintRow {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HintTarget {
     /// Open (`pending` or `awaiting`): a `webhook` row was written; check it.
-    Open,
+    /// `past_deadline`: its `expires_at` is before the hint, so the hint is most likely
+    /// about its expiry.
+    Open { past_deadline: bool },
     /// Already `successful` or `failed`: a `webhook` row was written; nothing to check.
     Final,
     /// The ledger holds the id under another store: nothing written, nothing checked.
@@ -63,7 +65,9 @@ impl Ledger {
         let mut targets = Vec::with_capacity(hints.len());
         {
             let mut look = tx
-                .prepare_cached("SELECT store_id, state FROM charges WHERE charge_id = ?1")
+                .prepare_cached(
+                    "SELECT store_id, state, coalesce(expires_at <= ?2, 0) FROM charges WHERE charge_id = ?1",
+                )
                 .map_err(err)?;
             let mut insert = tx
                 .prepare_cached(
@@ -71,25 +75,23 @@ impl Ledger {
                 )
                 .map_err(err)?;
             for h in hints {
-                let found: Option<(String, String)> = look
-                    .query_row([h.charge_id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+                let at = ts(h.at);
+                let found: Option<(String, String, bool)> = look
+                    .query_row(params![h.charge_id.as_str(), at], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
                     .optional()
                     .map_err(err)?;
                 let target = match found {
                     None => HintTarget::Unknown,
-                    Some((store, _)) if store != h.store_id.as_str() => HintTarget::OtherStore,
-                    Some((_, state)) => {
+                    Some((store, _, _)) if store != h.store_id.as_str() => HintTarget::OtherStore,
+                    Some((_, state, past_deadline)) => {
                         insert
-                            .execute(params![
-                                h.charge_id.as_str(),
-                                ts(h.at),
-                                WEBHOOK_EVENT,
-                                h.event
-                            ])
+                            .execute(params![h.charge_id.as_str(), at, WEBHOOK_EVENT, h.event])
                             .map_err(err)?;
                         match State::parse(&state) {
                             Some(s) if s.is_final() => HintTarget::Final,
-                            _ => HintTarget::Open,
+                            _ => HintTarget::Open { past_deadline },
                         }
                     }
                 };
@@ -157,7 +159,9 @@ mod tests {
             .execute_batch(
                 "INSERT INTO charges (charge_id, store_id, requested_amount) VALUES ('open', 's1', 100);
                  INSERT INTO charges (charge_id, store_id, requested_amount, state, next_check_at)
-                 VALUES ('done', 's1', 100, 'successful', NULL);",
+                 VALUES ('done', 's1', 100, 'successful', NULL);
+                 INSERT INTO charges (charge_id, store_id, requested_amount, expires_at)
+                 VALUES ('late', 's1', 100, '2000-01-01T00:00:00.000Z');",
             )
             .unwrap();
         l
@@ -180,6 +184,7 @@ mod tests {
             .record_hints(&[
                 hint("open", "s1"),
                 hint("open", "s1"),
+                hint("late", "s1"),
                 hint("done", "s1"),
                 hint("open", "s2"),
                 hint("nope", "s1"),
@@ -188,8 +193,15 @@ mod tests {
         assert_eq!(
             got,
             [
-                HintTarget::Open,
-                HintTarget::Open,
+                HintTarget::Open {
+                    past_deadline: false
+                },
+                HintTarget::Open {
+                    past_deadline: false
+                },
+                HintTarget::Open {
+                    past_deadline: true
+                },
                 HintTarget::Final,
                 HintTarget::OtherStore,
                 HintTarget::Unknown
@@ -206,7 +218,10 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         let want = |id: &str| (id.to_owned(), "charge_finished".to_owned());
-        assert_eq!(rows, [want("open"), want("open"), want("done")]);
+        assert_eq!(
+            rows,
+            [want("open"), want("open"), want("late"), want("done")]
+        );
         let touched: i64 = l
             .conn()
             .query_row(

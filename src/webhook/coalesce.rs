@@ -11,7 +11,12 @@
 //!   takes a bounded share of the API budget and the scheduled passes keep the rest;
 //! - at most [`Limits::max_tracked`] charges are remembered (waiting, in flight, or
 //!   spaced); a hint for one more is [`Hinted::Dropped`], and the intake leaves that charge
-//!   to the passes instead.
+//!   to the passes instead;
+//! - charges past their payment deadline wait in a second lane ([`Lane::Late`]): their
+//!   hints come in a burst when a day's unpaid charges expire together, and a payment's
+//!   hint arriving meanwhile must not wait behind them;
+//! - a GET that found the charge final ends it ([`Ended::Final`]): hints that came during
+//!   that GET need no other.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
@@ -46,6 +51,26 @@ pub enum Hinted {
     Dropped,
 }
 
+/// Which queue a hinted charge waits in; [`Lane::Now`] goes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Lane {
+    /// Could be a payment.
+    Now,
+    /// Past its payment deadline: most likely its expiry, which is not urgent.
+    Late,
+}
+
+/// How a GET ended, for [`Coalescer::finished`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Its result was written; the charge is still open.
+    Checked,
+    /// Its result was not written: the row had changed meanwhile (a pass wrote first).
+    Stale,
+    /// The charge is final (now, or already when the GET was to start).
+    Final,
+}
+
 /// A charge whose GET may start now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Due {
@@ -55,8 +80,8 @@ pub struct Due {
 
 #[derive(Debug)]
 enum Phase {
-    /// In `queue`.
-    Waiting,
+    /// In `queues[lane]` under this key.
+    Waiting((Instant, u64)),
     /// Its GET has started; `again`: a hint arrived since.
     InFlight { again: bool },
     /// Nothing to do; remembered only to space the next GET.
@@ -66,6 +91,7 @@ enum Phase {
 #[derive(Debug)]
 struct Slot {
     store_id: StoreId,
+    lane: Lane,
     phase: Phase,
     /// When its last GET started.
     last_start: Option<Instant>,
@@ -103,8 +129,8 @@ impl Bucket {
 pub struct Coalescer {
     limits: Limits,
     slots: HashMap<ChargeId, Slot>,
-    /// Waiting charges by the instant their GET may start, then arrival order.
-    queue: BTreeSet<(Instant, u64, ChargeId)>,
+    /// Waiting charges per [`Lane`], by the instant their GET may start, then arrival.
+    queues: [BTreeSet<(Instant, u64, ChargeId)>; 2],
     seq: u64,
     /// Idle charges and when they may be forgotten (their spacing has passed).
     idle: VecDeque<(Instant, ChargeId)>,
@@ -116,7 +142,7 @@ impl Coalescer {
         Coalescer {
             limits,
             slots: HashMap::new(),
-            queue: BTreeSet::new(),
+            queues: [BTreeSet::new(), BTreeSet::new()],
             seq: 0,
             idle: VecDeque::new(),
             bucket: Bucket {
@@ -127,14 +153,29 @@ impl Coalescer {
     }
 
     /// A hint for `charge_id` (of `store_id`) arrived at `now`.
-    pub fn hint(&mut self, charge_id: ChargeId, store_id: StoreId, now: Instant) -> Hinted {
+    pub fn hint(
+        &mut self,
+        charge_id: ChargeId,
+        store_id: StoreId,
+        lane: Lane,
+        now: Instant,
+    ) -> Hinted {
         self.forget_idle(now);
         let spacing = self.limits.spacing;
         if let Some(slot) = self.slots.get_mut(&charge_id) {
             slot.stale_repeated = false;
-            return match &mut slot.phase {
-                Phase::Waiting => Hinted::Shared,
-                Phase::InFlight { again } => {
+            let moved = lane < slot.lane;
+            slot.lane = slot.lane.min(lane);
+            return match slot.phase {
+                Phase::Waiting(key) => {
+                    if moved {
+                        // Into the faster lane, keeping its place in time.
+                        self.queues[Lane::Late as usize].remove(&(key.0, key.1, charge_id.clone()));
+                        self.enqueue(charge_id, key.0);
+                    }
+                    Hinted::Shared
+                }
+                Phase::InFlight { ref mut again } => {
                     *again = true;
                     Hinted::Again
                 }
@@ -152,6 +193,7 @@ impl Coalescer {
             charge_id.clone(),
             Slot {
                 store_id,
+                lane,
                 phase: Phase::Idle,
                 last_start: None,
                 stale_repeated: false,
@@ -163,10 +205,17 @@ impl Coalescer {
 
     fn enqueue(&mut self, charge_id: ChargeId, at: Instant) {
         self.seq += 1;
-        if let Some(slot) = self.slots.get_mut(&charge_id) {
-            slot.phase = Phase::Waiting;
-        }
-        self.queue.insert((at, self.seq, charge_id));
+        let key = (at, self.seq);
+        let Some(slot) = self.slots.get_mut(&charge_id) else {
+            return;
+        };
+        slot.phase = Phase::Waiting(key);
+        self.queues[slot.lane as usize].insert((at, self.seq, charge_id));
+    }
+
+    /// The lane whose first charge may start at `now` (the faster lane first).
+    fn due_lane(&self, now: Instant) -> Option<usize> {
+        (0..self.queues.len()).find(|&l| self.queues[l].first().is_some_and(|f| f.0 <= now))
     }
 
     /// Takes up to `max` charges whose GET may start at `now`, oldest first, as far as
@@ -176,13 +225,10 @@ impl Coalescer {
         self.bucket.refill(now, &self.limits);
         let mut due = Vec::new();
         while due.len() < max && self.bucket.tokens >= 1.0 {
-            let Some(first) = self.queue.first() else {
+            let Some(lane) = self.due_lane(now) else {
                 break;
             };
-            if first.0 > now {
-                break;
-            }
-            let Some((_, _, charge_id)) = self.queue.pop_first() else {
+            let Some((_, _, charge_id)) = self.queues[lane].pop_first() else {
                 break;
             };
             let Some(slot) = self.slots.get_mut(&charge_id) else {
@@ -202,16 +248,21 @@ impl Coalescer {
     /// When [`take_due`](Self::take_due) will next have something to give; `None` while
     /// nothing is waiting.
     pub fn next_wake(&self, now: Instant) -> Option<Instant> {
-        let (at, _, _) = self.queue.first()?;
-        let at = (*at).max(now);
+        let at = self
+            .queues
+            .iter()
+            .filter_map(|q| q.first())
+            .map(|f| f.0)
+            .min()?;
+        let at = at.max(now);
         Some(at.max(self.bucket.ready_at(at, &self.limits)))
     }
 
-    /// The GET of `charge_id` (started by [`take_due`](Self::take_due)) is over.
-    /// `stale`: its result was not written because the row changed meanwhile (a pass
-    /// wrote first); then one more GET follows, once, so the hint still gets a check whose
-    /// result counts.
-    pub fn finished(&mut self, charge_id: &ChargeId, now: Instant, stale: bool) {
+    /// The GET of `charge_id` (started by [`take_due`](Self::take_due)) is over. After
+    /// [`Ended::Stale`] one more GET follows, once, so the hint still gets a check whose
+    /// result counts (the write that won may have come from a GET that started before the
+    /// hint). After [`Ended::Final`] none does, whatever came meanwhile.
+    pub fn finished(&mut self, charge_id: &ChargeId, now: Instant, ended: Ended) {
         let spacing = self.limits.spacing;
         let Some(slot) = self.slots.get_mut(charge_id) else {
             return;
@@ -219,10 +270,10 @@ impl Coalescer {
         let Phase::InFlight { again } = slot.phase else {
             return;
         };
-        let repeat_stale = stale && !slot.stale_repeated;
+        let repeat_stale = ended == Ended::Stale && !slot.stale_repeated;
         slot.stale_repeated = repeat_stale;
         let next = slot.last_start.map_or(now, |s| (s + spacing).max(now));
-        if again || repeat_stale {
+        if ended != Ended::Final && (again || repeat_stale) {
             self.enqueue(charge_id.clone(), next);
         } else {
             slot.phase = Phase::Idle;
@@ -253,7 +304,7 @@ impl Coalescer {
 
     /// Charges waiting for their GET to start.
     pub fn waiting(&self) -> usize {
-        self.queue.len()
+        self.queues.iter().map(BTreeSet::len).sum()
     }
 
     /// Charges whose GET is in flight.
@@ -266,9 +317,10 @@ impl Coalescer {
 
     /// Removes every waiting charge and returns them (at shutdown: the passes take over).
     pub fn drain_waiting(&mut self) -> Vec<Due> {
-        let queue = std::mem::take(&mut self.queue);
-        queue
+        let queues = std::mem::take(&mut self.queues);
+        queues
             .into_iter()
+            .flatten()
             .filter_map(|(_, _, charge_id)| {
                 let slot = self.slots.remove(&charge_id)?;
                 Some(Due {
@@ -313,13 +365,13 @@ mod tests {
     fn duplicate_hints_before_the_start_share_one_get() {
         let t0 = Instant::now();
         let mut c = Coalescer::new(limits(), t0);
-        assert_eq!(c.hint(id(1), store(), t0), Hinted::Queued);
+        assert_eq!(c.hint(id(1), store(), Lane::Now, t0), Hinted::Queued);
         for _ in 0..50 {
-            assert_eq!(c.hint(id(1), store(), t0), Hinted::Shared);
+            assert_eq!(c.hint(id(1), store(), Lane::Now, t0), Hinted::Shared);
         }
         assert_eq!(ids(&c.take_due(t0, 10)), [id(1)]);
         assert!(c.take_due(t0, 10).is_empty());
-        c.finished(&id(1), t0 + Duration::from_millis(100), false);
+        c.finished(&id(1), t0 + Duration::from_millis(100), Ended::Checked);
         assert_eq!(c.waiting() + c.in_flight(), 0);
         assert!(c.take_due(t0 + Duration::from_secs(5), 10).is_empty());
     }
@@ -328,18 +380,18 @@ mod tests {
     fn hints_during_a_get_make_exactly_one_more_spaced_by_a_second() {
         let t0 = Instant::now();
         let mut c = Coalescer::new(limits(), t0);
-        c.hint(id(1), store(), t0);
+        c.hint(id(1), store(), Lane::Now, t0);
         assert_eq!(c.take_due(t0, 10).len(), 1);
         let during = t0 + Duration::from_millis(50);
         for _ in 0..20 {
-            assert_eq!(c.hint(id(1), store(), during), Hinted::Again);
+            assert_eq!(c.hint(id(1), store(), Lane::Now, during), Hinted::Again);
         }
         let done = t0 + Duration::from_millis(200);
-        c.finished(&id(1), done, false);
+        c.finished(&id(1), done, Ended::Checked);
         assert!(c.take_due(done, 10).is_empty(), "not before the spacing");
         assert_eq!(c.next_wake(done), Some(t0 + SPACING));
         assert_eq!(c.take_due(t0 + SPACING, 10).len(), 1);
-        c.finished(&id(1), t0 + SPACING, false);
+        c.finished(&id(1), t0 + SPACING, Ended::Checked);
         assert_eq!(c.waiting() + c.in_flight(), 0);
     }
 
@@ -347,11 +399,11 @@ mod tests {
     fn a_hint_just_after_a_get_waits_for_the_spacing() {
         let t0 = Instant::now();
         let mut c = Coalescer::new(limits(), t0);
-        c.hint(id(1), store(), t0);
+        c.hint(id(1), store(), Lane::Now, t0);
         c.take_due(t0, 10);
-        c.finished(&id(1), t0 + Duration::from_millis(100), false);
+        c.finished(&id(1), t0 + Duration::from_millis(100), Ended::Checked);
         let later = t0 + Duration::from_millis(300);
-        assert_eq!(c.hint(id(1), store(), later), Hinted::Queued);
+        assert_eq!(c.hint(id(1), store(), Lane::Now, later), Hinted::Queued);
         assert!(c.take_due(later, 10).is_empty());
         assert_eq!(c.take_due(t0 + SPACING, 10).len(), 1);
     }
@@ -360,11 +412,11 @@ mod tests {
     fn a_stale_write_is_repeated_once_per_hint() {
         let t0 = Instant::now();
         let mut c = Coalescer::new(limits(), t0);
-        c.hint(id(1), store(), t0);
+        c.hint(id(1), store(), Lane::Now, t0);
         c.take_due(t0, 10);
-        c.finished(&id(1), t0, true);
+        c.finished(&id(1), t0, Ended::Stale);
         assert_eq!(c.take_due(t0 + SPACING, 10).len(), 1, "repeated");
-        c.finished(&id(1), t0 + SPACING, true);
+        c.finished(&id(1), t0 + SPACING, Ended::Stale);
         assert!(
             c.take_due(t0 + SPACING * 3, 10).is_empty(),
             "not a second time"
@@ -376,9 +428,13 @@ mod tests {
         let t0 = Instant::now();
         let mut c = Coalescer::new(limits(), t0);
         for n in 0..8 {
-            c.hint(id(n), store(), t0);
+            c.hint(id(n), store(), Lane::Now, t0);
         }
-        assert_eq!(c.hint(id(99), store(), t0), Hinted::Dropped, "max_tracked");
+        assert_eq!(
+            c.hint(id(99), store(), Lane::Now, t0),
+            Hinted::Dropped,
+            "max_tracked"
+        );
         assert_eq!(c.take_due(t0, 100).len(), 4, "the burst");
         let wake = c.next_wake(t0).unwrap();
         assert!(
@@ -391,11 +447,43 @@ mod tests {
     }
 
     #[test]
+    fn a_get_that_found_the_charge_final_needs_no_follow_up() {
+        let t0 = Instant::now();
+        let mut c = Coalescer::new(limits(), t0);
+        c.hint(id(1), store(), Lane::Now, t0);
+        c.take_due(t0, 10);
+        assert_eq!(c.hint(id(1), store(), Lane::Now, t0), Hinted::Again);
+        c.finished(&id(1), t0, Ended::Final);
+        assert_eq!(c.waiting() + c.in_flight(), 0);
+        assert!(c.take_due(t0 + SPACING * 2, 10).is_empty());
+    }
+
+    #[test]
+    fn charges_past_their_deadline_wait_behind_the_others() {
+        let t0 = Instant::now();
+        let mut c = Coalescer::new(limits(), t0);
+        for n in 0..6 {
+            c.hint(id(n), store(), Lane::Late, t0);
+        }
+        let later = t0 + Duration::from_millis(10);
+        c.hint(id(10), store(), Lane::Now, later);
+        // A late charge hinted again as urgent moves up, keeping its time.
+        c.hint(id(5), store(), Lane::Now, later);
+        let first = ids(&c.take_due(later, 2));
+        assert_eq!(first, [id(5), id(10)]);
+        assert_eq!(
+            ids(&c.take_due(later, 10)),
+            [id(0), id(1)],
+            "the rest of the burst"
+        );
+    }
+
+    #[test]
     fn shutdown_takes_the_waiting_charges() {
         let t0 = Instant::now();
         let mut c = Coalescer::new(limits(), t0);
-        c.hint(id(1), store(), t0);
-        c.hint(id(2), store(), t0);
+        c.hint(id(1), store(), Lane::Now, t0);
+        c.hint(id(2), store(), Lane::Now, t0);
         c.take_due(t0, 1);
         assert_eq!(ids(&c.drain_waiting()), [id(2)]);
         assert_eq!(c.waiting(), 0);
@@ -403,13 +491,13 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Hint(u32),
+        Hint(u32, bool),
         Wait(u64),
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            3 => (0u32..4).prop_map(Op::Hint),
+            3 => (0u32..4, any::<bool>()).prop_map(|(n, late)| Op::Hint(n, late)),
             2 => (1u64..1500).prop_map(Op::Wait),
         ]
     }
@@ -422,6 +510,7 @@ mod tests {
         fn the_rules_hold(ops in proptest::collection::vec(op(), 1..200),
                           latency_ms in 1u64..1500, stale in any::<bool>()) {
             let latency = Duration::from_millis(latency_ms);
+            let ended = if stale { Ended::Stale } else { Ended::Checked };
             let t0 = Instant::now();
             let mut now = t0;
             let mut c = Coalescer::new(limits(), t0);
@@ -432,7 +521,7 @@ mod tests {
             let step = |c: &mut Coalescer, now: Instant, flying: &mut Vec<(Instant, ChargeId)>,
                         starts: &mut HashMap<ChargeId, Vec<Instant>>, total: &mut u32| {
                 flying.retain(|(end, id)| {
-                    if *end <= now { c.finished(id, now, stale); false } else { true }
+                    if *end <= now { c.finished(id, now, ended); false } else { true }
                 });
                 for d in c.take_due(now, 100) {
                     prop_assert!(!flying.iter().any(|(_, f)| *f == d.charge_id), "two in flight");
@@ -444,8 +533,9 @@ mod tests {
             };
             for o in ops {
                 match o {
-                    Op::Hint(n) => {
-                        let h = c.hint(id(n), store(), now);
+                    Op::Hint(n, late) => {
+                        let lane = if late { Lane::Late } else { Lane::Now };
+                        let h = c.hint(id(n), store(), lane, now);
                         prop_assert_ne!(h, Hinted::Dropped);
                         last_hint.insert(id(n), now);
                     }

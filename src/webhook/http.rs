@@ -313,7 +313,7 @@ impl Service {
             charge_id,
             store_id,
             event,
-            arrived: tokio::time::Instant::now(),
+            arrived: self.intake.now(),
             at: self.reconciler.now(),
         };
         self.intake.unrecorded.fetch_add(1, Ordering::AcqRel);

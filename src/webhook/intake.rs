@@ -22,8 +22,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::coalesce::{Coalescer, Due, Hinted, Limits};
-use super::{Hint, Hooks, Stats, Throttle, UnknownCharge};
+use super::coalesce::{Coalescer, Due, Ended, Hinted, Lane, Limits};
+use super::{Hint, Hooks, IntakeClock, Stats, Throttle, UnknownCharge};
 use crate::domain::{ChargeId, Outcome};
 use crate::ledger::{CheckResult, HintRow, HintTarget, Open, Trigger};
 use crate::reconcile::Reconciler;
@@ -64,6 +64,8 @@ const MAX_TRACKED: usize = 10_000;
 /// The shared state of the recorder, the dispatcher and the checks.
 pub struct Intake {
     reconciler: Reconciler,
+    /// The time the coalescer's spacing and bucket are counted in.
+    clock: IntakeClock,
     coalescer: Mutex<Coalescer>,
     /// Wakes the dispatcher: a charge was queued, or a check finished.
     wake: Notify,
@@ -80,9 +82,15 @@ pub struct Intake {
 impl Intake {
     pub fn new(reconciler: Reconciler, hooks: Hooks, stats: Arc<Stats>) -> Arc<Intake> {
         let limits = limits(&reconciler.settings().api);
+        let clock = hooks
+            .clock
+            .clone()
+            .unwrap_or_else(|| Arc::new(Instant::now));
+        let start = clock();
         Arc::new(Intake {
             reconciler,
-            coalescer: Mutex::new(Coalescer::new(limits, Instant::now())),
+            clock,
+            coalescer: Mutex::new(Coalescer::new(limits, start)),
             wake: Notify::new(),
             hooks,
             stats,
@@ -91,6 +99,11 @@ impl Intake {
             ledger_log: Throttle::new(),
             auth_log: Throttle::new(),
         })
+    }
+
+    /// Now, by the intake's clock.
+    pub fn now(&self) -> Instant {
+        (self.clock)()
     }
 
     fn coalescer(&self) -> std::sync::MutexGuard<'_, Coalescer> {
@@ -148,10 +161,12 @@ impl Intake {
         let s = &self.stats;
         let (id, store, event) = (&hint.charge_id, &hint.store_id, hint.event.as_str());
         match target {
-            HintTarget::Open => {
+            HintTarget::Open { past_deadline } => {
+                let lane = if past_deadline { Lane::Late } else { Lane::Now };
                 let hinted = self.coalescer().hint(
                     hint.charge_id.clone(),
                     hint.store_id.clone(),
+                    lane,
                     hint.arrived,
                 );
                 match hinted {
@@ -202,9 +217,9 @@ impl Intake {
     /// The dispatcher: starts checks as the coalescer allows, until `shutdown`.
     pub async fn dispatch_loop(self: Arc<Self>, stop: Stop, shutdown: CancellationToken) {
         loop {
+            let now = self.now();
             let (due, wake_at) = {
                 let mut c = self.coalescer();
-                let now = Instant::now();
                 (c.take_due(now, CHECK_BATCH), c.next_wake(now))
             };
             if !due.is_empty() {
@@ -214,9 +229,10 @@ impl Intake {
                     .spawn(async move { me.check_batch(due, &stop).await });
                 continue;
             }
+            // A wait in the intake's time, slept in tokio's.
             let sleep = async {
                 match wake_at {
-                    Some(at) => tokio::time::sleep_until(at).await,
+                    Some(at) => tokio::time::sleep(at.saturating_duration_since(now)).await,
                     None => std::future::pending().await,
                 }
             };
@@ -267,7 +283,7 @@ impl Intake {
                 if let Some(suppressed) = self.ledger_log.allow() {
                     tracing::error!(error = %e, suppressed, "cannot read hinted charges; the scheduled passes will check them");
                 }
-                self.finish(due.iter().map(|d| (&d.charge_id, false)));
+                self.finish(due.iter().map(|d| (&d.charge_id, Ended::Checked)));
                 return;
             }
         };
@@ -278,7 +294,7 @@ impl Intake {
                     checkable.push(c);
                 }
                 // Final, gone, or unreadable since the hint: nothing to ask UnivaPay.
-                _ => self.finish([(&d.charge_id, false)]),
+                _ => self.finish([(&d.charge_id, Ended::Final)]),
             }
         }
         if checkable.is_empty() {
@@ -323,7 +339,7 @@ impl Intake {
                 }
             }
         }
-        self.finish(unwritten.iter().map(|id| (id, false)));
+        self.finish(unwritten.iter().map(|id| (id, Ended::Checked)));
         if results.is_empty() && tally.auth.is_none() {
             return;
         }
@@ -338,6 +354,8 @@ impl Intake {
             );
         }
         let finished_at = self.reconciler.now();
+        let failed_ids: Vec<ChargeId> =
+            results.iter().map(|r| r.charge.charge_id.clone()).collect();
         let written = self
             .reconciler
             .with_ledger(Open::Existing, move |mut l| {
@@ -357,29 +375,32 @@ impl Intake {
             Ok((run_id, applied, results)) => {
                 Stats::add(&self.stats.stale, applied.stale);
                 log_applied(run_id, &results, &applied.written);
-                self.finish(
-                    results
-                        .iter()
-                        .zip(&applied.written)
-                        .map(|(r, w)| (&r.charge.charge_id, !w)),
-                );
+                self.finish(results.iter().zip(&applied.written).map(|(r, w)| {
+                    let ended = match (w, r.decision.after.state.is_final()) {
+                        (false, _) => Ended::Stale,
+                        (true, true) => Ended::Final,
+                        (true, false) => Ended::Checked,
+                    };
+                    (&r.charge.charge_id, ended)
+                }));
             }
             Err(e) => {
                 if let Some(suppressed) = self.ledger_log.allow() {
                     tracing::error!(error = %e, suppressed, "cannot write webhook checks; the scheduled passes will check those charges");
                 }
+                self.finish(failed_ids.iter().map(|id| (id, Ended::Checked)));
             }
         }
     }
 
-    /// Tells the coalescer these GETs are over (`true`: the result was not written
-    /// because the row had changed) and wakes the dispatcher for any follow-up.
-    fn finish<'a>(&self, done: impl IntoIterator<Item = (&'a ChargeId, bool)>) {
-        let now = Instant::now();
+    /// Tells the coalescer how these GETs ended and wakes the dispatcher for any
+    /// follow-up.
+    fn finish<'a>(&self, done: impl IntoIterator<Item = (&'a ChargeId, Ended)>) {
+        let now = self.now();
         {
             let mut c = self.coalescer();
-            for (id, stale) in done {
-                c.finished(id, now, stale);
+            for (id, ended) in done {
+                c.finished(id, now, ended);
             }
         }
         self.wake.notify_one();

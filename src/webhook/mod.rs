@@ -155,6 +155,9 @@ impl UnknownChargeHook for IgnoreUnknown {
     fn on_unknown_charge(&self, _charge: UnknownCharge) {}
 }
 
+/// The intake's monotonic time: when hints arrived, GETs started, the bucket refilled.
+pub type IntakeClock = Arc<dyn Fn() -> tokio::time::Instant + Send + Sync>;
+
 /// Renders the Prometheus text for `GET /metrics`; `None` answers 404.
 pub type MetricsRender = Arc<dyn Fn() -> BoxFuture<'static, Option<String>> + Send + Sync>;
 
@@ -164,6 +167,9 @@ pub struct Hooks {
     pub unknown: Arc<dyn UnknownChargeHook>,
     /// `None`: `/metrics` answers 404.
     pub metrics: Option<MetricsRender>,
+    /// `None`: tokio's clock. The benchmark maps its simulated time onto it, so that
+    /// spacing and the hint budget count simulated seconds, as the ledger does.
+    pub clock: Option<IntakeClock>,
 }
 
 impl Default for Hooks {
@@ -171,6 +177,7 @@ impl Default for Hooks {
         Hooks {
             unknown: Arc::new(IgnoreUnknown),
             metrics: None,
+            clock: None,
         }
     }
 }

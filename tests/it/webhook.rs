@@ -798,6 +798,54 @@ async fn a_flood_of_hints_keeps_to_the_hint_budget_and_passes_go_on() {
     daemon.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_is_not_held_up_by_a_burst_of_expiries() {
+    // Default budget: hint GETs at 2.5/s in bursts of 10, so 40 expiries take 12 s.
+    let (app, addr) = app_with_listener(|_| {}).await;
+    for i in 0..40 {
+        let id = format!("x{i}");
+        app.create(&id, 100);
+        app.sim.update(&id, SimCharge::expired);
+    }
+    app.db()
+        .execute(
+            "UPDATE charges SET expires_at = '2000-01-01T00:00:00.000Z',
+                    next_check_at = '2999-01-01T00:00:00.000Z' WHERE charge_id LIKE 'x%'",
+            [],
+        )
+        .unwrap();
+    awaiting(&app, "paid").await;
+    let daemon = Daemon::start(&app, addr).await;
+    let expiries = (0..40).map(|i| {
+        let d = &daemon;
+        async move {
+            d.hook(&forged("charge_finished", &format!("x{i}"), STORE))
+                .await
+        }
+    });
+    futures::future::join_all(expiries).await;
+    app.sim.pay("paid").unwrap();
+    let paid = Instant::now();
+    assert_eq!(
+        daemon
+            .hook(&forged("charge_finished", "paid", STORE))
+            .await
+            .status,
+        200
+    );
+    wait_until(Duration::from_secs(2), "the payment seen", || {
+        app.row("paid").state == "successful"
+    })
+    .await;
+    let expired = app.count("SELECT count(*) FROM charges WHERE state = 'failed'");
+    assert!(
+        expired < 40,
+        "the payment went ahead of the expiries ({expired} done, {:?})",
+        paid.elapsed()
+    );
+    daemon.stop().await;
+}
+
 // ---- socket activation -----------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
