@@ -440,3 +440,41 @@ fn log_applied(run_id: i64, results: &[CheckResult], written: &[bool]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+
+    use super::*;
+    use crate::config::Settings;
+
+    fn api(extra: &str) -> crate::config::ApiSettings {
+        let text = format!(
+            "[api]\nbase_url = \"http://127.0.0.1:9\"\napp_token = \"t\"\nsecret = \"s\"\n{extra}\n"
+        );
+        let s =
+            Settings::from_toml(&text, std::path::Path::new("c.toml"), &[("UNUSED", "")]).unwrap();
+        s.api
+    }
+
+    #[test]
+    fn hints_get_a_quarter_of_the_budget_share() {
+        let l = limits(&api(""));
+        assert!((l.per_second - 2.5).abs() < 1e-9, "{l:?}");
+        assert!((l.burst - 10.0).abs() < 1e-9);
+        assert_eq!(l.spacing, Duration::from_secs(1));
+
+        let l = limits(&api("budget_share = 1.0"));
+        assert!((l.per_second - 5.0).abs() < 1e-9, "{l:?}");
+        assert!((l.burst - 20.0).abs() < 1e-9);
+
+        let mut a = api("");
+        a.max_requests_per_minute = NonZeroU32::new(120);
+        let l = limits(&a);
+        assert!((l.per_second - 0.5).abs() < 1e-9, "{l:?}");
+        assert!((l.burst - 2.0).abs() < 1e-9);
+
+        a.max_requests_per_minute = NonZeroU32::new(1);
+        assert!((limits(&a).per_second - MIN_PER_SECOND).abs() < 1e-9);
+    }
+}

@@ -40,8 +40,11 @@
 //! second apart, and all hint GETs together at most a quarter of the budget share of
 //! UnivaPay's documented 1,200 requests a minute (2.5/s at the default `budget_share`
 //! 0.5, fewer under `api.max_requests_per_minute`), in bursts of up to 10. A flood of
-//! hints therefore costs at most that, and the passes keep the rest. Hints beyond 10,000
-//! distinct charges waiting, or beyond the 4,096-hint queue, are dropped and counted.
+//! hints therefore costs at most that, and the passes keep the rest. Charges past their
+//! `expires_at` wait behind the others, so a day's expiries, reported all at once, never
+//! hold up a payment's hint. Past the 4,096-hint queue new hints are dropped (counted);
+//! past 10,000 distinct charges waiting, a hinted charge is made due for the next pass
+//! instead, as are the charges still waiting when the daemon stops.
 //!
 //! # Hooks for other parts
 //! [`Hooks::unknown`] receives charges the ledger does not hold ([`UnknownChargeHook`],
