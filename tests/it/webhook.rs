@@ -846,6 +846,43 @@ async fn a_payment_is_not_held_up_by_a_burst_of_expiries() {
     daemon.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_not_yet_followed_at_shutdown_are_left_due_for_the_next_pass() {
+    let (app, addr) = app_with_listener(|_| {}).await;
+    awaiting(&app, "c1").await;
+    app.db()
+        .execute(
+            "UPDATE charges SET next_check_at = '2999-01-01T00:00:00.000Z' WHERE charge_id = 'c1'",
+            [],
+        )
+        .unwrap();
+    let daemon = Daemon::start(&app, addr).await;
+    let gets = app.sim.requests_for("c1");
+    let hint = forged("charge_updated", "c1", STORE);
+    app.sim
+        .push_reply("c1", Reply::Delay(Duration::from_millis(800)));
+    assert_eq!(daemon.hook(&hint).await.status, 200);
+    wait_until(Duration::from_secs(2), "the first GET", || {
+        app.sim.requests_for("c1") == gets + 1
+    })
+    .await;
+    // Arrives while that GET is in flight: its own GET would follow a second later.
+    assert_eq!(daemon.hook(&hint).await.status, 200);
+    let out = daemon.stop().await;
+    assert_eq!(
+        app.sim.requests_for("c1"),
+        gets + 1,
+        "no GET after the stop"
+    );
+    let next = app.row("c1").next_check_at.unwrap();
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    assert!(
+        next <= now,
+        "due now ({next}), not at its schedule: {}",
+        out.stderr()
+    );
+}
+
 // ---- socket activation -----------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
