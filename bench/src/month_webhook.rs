@@ -730,3 +730,70 @@ pub fn main(args: &[String]) -> Result<(), String> {
     run(&p)?.print();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(life_s: u64, fate: Fate) -> Seen {
+        Seen {
+            fate,
+            gets: 0,
+            life: Duration::from_secs(life_s),
+            final_at: Utc::now(),
+            detected_at: None,
+            hinted_at: None,
+        }
+    }
+
+    #[test]
+    fn the_recheck_setting_is_read_for_the_model() {
+        let h = Duration::from_secs(3600);
+        assert_eq!(
+            schedule_of("recheck_interval = \"1h\""),
+            [(Duration::ZERO, h)]
+        );
+        let s = schedule_of(
+            "recheck_schedule = [{ age = \"0s\", every = \"15m\" }, { age = \"1h\", every = \"1h\" }]",
+        );
+        assert_eq!(s, [(Duration::ZERO, h / 4), (h, h)]);
+    }
+
+    #[test]
+    fn polling_costs_a_get_per_interval_and_is_late_by_the_rest() {
+        let five = [(Duration::ZERO, Duration::from_secs(300))];
+        let l = model(&[seen(0, Fate::Paid), seen(301, Fate::Paid)], &five);
+        // At registration; then at 5 and 10 minutes for the second.
+        assert_eq!(l.gets.total, 1 + 3);
+        assert_eq!(l.payment.max, 299.0);
+        let by_age = [
+            (Duration::ZERO, Duration::from_secs(600)),
+            (Duration::from_secs(3600), Duration::from_secs(3600)),
+        ];
+        // Every 10 minutes for the first hour, then hourly: 6 + 2 checks after the first.
+        assert_eq!(
+            model(&[seen(3 * 3600, Fate::Expired)], &by_age).gets.total,
+            9
+        );
+    }
+
+    #[test]
+    fn the_month_is_mostly_paid_a_fifth_expires() {
+        let p = MonthParams::default();
+        let plans = plan(&p);
+        assert_eq!(plans.len(), 30_000);
+        let share = |f: Fate| plans.iter().filter(|pl| pl.fate == f).count() as f64 / 30_000.0;
+        assert!((share(Fate::Paid) - 0.75).abs() < 0.02);
+        assert!((share(Fate::Expired) - 0.20).abs() < 0.02);
+        let paid: Vec<&Planned> = plans.iter().filter(|pl| pl.fate == Fate::Paid).collect();
+        let within = |d: Duration| {
+            paid.iter().filter(|pl| pl.ends_after <= d).count() as f64 / paid.len() as f64
+        };
+        assert!(
+            within(DAY) > 0.55 && within(DAY * 3) > 0.85,
+            "{}",
+            within(DAY)
+        );
+        assert!(plans.windows(2).all(|w| w[0].arrival < w[1].arrival));
+    }
+}
