@@ -6,6 +6,12 @@
 //! other tick is skipped and logged at info as `tick skipped: ...`, never queued, so a
 //! slow API can stretch passes out but can never stack them.
 //!
+//! With `[webhook]` configured, the webhook listener ([`crate::webhook`]) runs beside the
+//! schedule on the same [`Reconciler`] (so the same pacer and budget): its socket is opened
+//! before the schedule is armed, so an address that cannot be bound stops the start with
+//! one error naming `webhook.listen`; it stops with the daemon and gets the same drain
+//! deadline for its last checks. Its `/healthz` reports the last scheduled pass.
+//!
 //! Shutdown arrives as a [`CancellationToken`] (the binary cancels it on SIGTERM/SIGINT,
 //! tests cancel it directly). The schedule stops, the pass in flight stops claiming
 //! charges, lets its checks finish within `schedule.drain_timeout`, commits and records
@@ -39,8 +45,9 @@ use uuid::Uuid;
 use crate::config::{ScheduleSettings, Settings};
 use crate::ledger::{LedgerError, Outcome, Trigger};
 use crate::lock::{LockError, PassLock};
-use crate::notify::{Health, Notifier, ProgressWatch};
+use crate::notify::{self, Notifier, ProgressWatch};
 use crate::reconcile::Reconciler;
+use crate::webhook::{self, Health, Hooks, WebhookError};
 
 /// Why the daemon could not start, or did not stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +66,8 @@ pub enum DaemonError {
         "the pass in flight had not finished {0:?} after shutdown was requested (schedule.drain_timeout plus a grace period); its charges stay due"
     )]
     Drain(Duration),
+    #[error(transparent)]
+    Webhook(#[from] WebhookError),
 }
 
 /// What the daemon did, reported when it stops.
@@ -108,7 +117,9 @@ pub async fn run(
     reconciler.prepare_ledger().await?;
     let lock = PassLock::for_database(&settings.database.path);
     lock.ensure_file()?;
+    let listener = webhook::open(settings.webhook.as_ref())?;
 
+    let health = Health::new();
     let runner = Arc::new(Runner {
         reconciler,
         lock,
@@ -117,7 +128,19 @@ pub async fn run(
         slot: Arc::new(Semaphore::new(1)),
         passes: TaskTracker::new(),
         counts: Counts::default(),
+        health: health.clone(),
     });
+    let intake = match (listener, settings.webhook.as_ref()) {
+        (Some(l), Some(w)) => Some(webhook::serve(
+            l,
+            w,
+            runner.reconciler.clone(),
+            Hooks::default(),
+            health,
+            shutdown.clone(),
+        )?),
+        _ => None,
+    };
     let mut schedule = Schedule::arm(runner.clone(), &settings.schedule).await?;
     let watchdog = notifier.spawn_watchdog(runner.clone().alive(stall_limit(&settings)));
     let zone = zone_name(settings.schedule.timezone);
@@ -162,9 +185,17 @@ pub async fn run(
     schedule.stop().await;
     runner.passes.close();
     let deadline = settings.schedule.drain_timeout + DRAIN_GRACE;
-    let drained = tokio::time::timeout(deadline, runner.passes.wait())
-        .await
-        .is_ok();
+    let intake_stopped = async {
+        match intake {
+            Some(i) => i.stopped(deadline).await,
+            None => true,
+        }
+    };
+    let (passes, intake_stopped) = tokio::join!(
+        tokio::time::timeout(deadline, runner.passes.wait()),
+        intake_stopped
+    );
+    let drained = passes.is_ok() && intake_stopped;
     if let Some(w) = watchdog {
         w.abort();
     }
@@ -218,6 +249,8 @@ struct Runner {
     /// The pass in flight, so shutdown can wait for it to commit.
     passes: TaskTracker,
     counts: Counts,
+    /// What the webhook listener's `/healthz` reports.
+    health: Health,
 }
 
 impl Runner {
@@ -228,14 +261,14 @@ impl Runner {
             let busy = self.slot.available_permits() == 0;
             let progress = self.reconciler.progress();
             match watch.check(busy, progress, tokio::time::Instant::now()) {
-                Health::Moving => true,
-                Health::Recovered => {
+                notify::Health::Moving => true,
+                notify::Health::Recovered => {
                     tracing::warn!(
                         "the pass is making progress again; watchdog keep-alives resumed"
                     );
                     true
                 }
-                Health::Stuck { for_, newly } => {
+                notify::Health::Stuck { for_, newly } => {
                     if newly {
                         tracing::error!(
                             stuck_for_s = for_.as_secs(),
@@ -297,6 +330,7 @@ impl Runner {
             .await
         {
             Ok(report) => {
+                self.health.pass_finished(report.outcome);
                 if report.outcome.is_failure() {
                     tracing::error!(
                         run_id = report.run_id,
@@ -314,6 +348,7 @@ impl Runner {
                 self.notifier.status(&report.summary_line());
             }
             Err(e) => {
+                self.health.pass_failed();
                 tracing::error!(error = %e, "pass failed");
                 self.notifier.status(&format!("last pass failed: {e}"));
             }
@@ -442,6 +477,7 @@ mod tests {
             slot: Arc::new(Semaphore::new(1)),
             passes: TaskTracker::new(),
             counts: Counts::default(),
+            health: Health::new(),
         })
     }
 

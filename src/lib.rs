@@ -12,7 +12,9 @@
 //! - [`discovery`]: the sweep that finds konbini charges UnivaPay has and the ledger lacks.
 //! - [`lock`]: the pass lock, one pass at a time across processes.
 //! - [`metrics`]: the Prometheus figures (the `[metrics] textfile`, `/metrics`).
-//! - [`daemon`]: passes on the cron schedule, never overlapping, until shutdown.
+//! - [`daemon`]: passes on the cron schedule, never overlapping, until shutdown; the
+//!   webhook listener beside them.
+//! - [`webhook`]: UnivaPay webhooks as hints that lead to a charge check.
 //! - [`notify`]: systemd readiness, status, watchdog and stopping notifications.
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token passed down.
 //! - [`app`]: the command-line entry points (`--once`, the daemon, the operator's
@@ -37,5 +39,6 @@ pub mod reconcile;
 pub mod shutdown;
 pub mod telemetry;
 pub mod univapay;
+pub mod webhook;
 
 pub use config::Settings;

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use konbini_reconciler::ledger::Ledger;
 use univapay_sim::{CounterSnapshot, Credentials, Population};
 
+mod month_webhook;
 mod reference;
 
 /// A seed shared by the ledger and the simulator, so both hold the same charges.
@@ -164,6 +165,13 @@ fn main() {
         let _ = std::fs::remove_dir_all(&work);
         if let Err(e) = ran {
             eprintln!("konbini-bench: error: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if args.first().map(String::as_str) == Some("month-webhook") {
+        if let Err(e) = month_webhook::main(&args[1..]) {
+            eprintln!("konbini-bench: month-webhook: {e}");
             std::process::exit(1);
         }
         return;

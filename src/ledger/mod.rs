@@ -6,6 +6,7 @@
 //! from async tasks.
 
 mod discovery;
+mod hints;
 mod ops;
 mod schema;
 
@@ -27,6 +28,7 @@ pub use discovery::{
     DISCOVERED_EVENT, DiscoveryBatch, Enrichment, MAX_ATTEMPTS, NewDiscovered, Skip, SkipReason,
     SweepCounts, SweepOutcome,
 };
+pub use hints::{HintRow, HintTarget, WEBHOOK_EVENT};
 pub use ops::{
     EXPORT_COLUMNS, ExportFilter, ExportRow, Figures, NewCharge, Overview, Rechecked, Registered,
     RunRow, StateTotal,

@@ -20,3 +20,4 @@ mod pacing;
 mod processes;
 mod secrets;
 mod util;
+mod webhook;

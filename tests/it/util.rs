@@ -16,6 +16,7 @@
 
 use std::ffi::{CString, OsStr};
 use std::io::{Read, Write};
+use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -84,6 +85,45 @@ impl TestCommand {
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .current_dir(dir);
+        TestCommand { cmd, stdin: None }
+    }
+
+    /// The binary started the way systemd starts a socket-activated service: `listener`
+    /// as descriptor 3 and `LISTEN_FDS=1`, with `LISTEN_PID` set by a shell to its own pid
+    /// just before it execs the binary (which keeps that pid), or to `1` when
+    /// `pid_matches` is false (a socket meant for another process).
+    pub fn socket_activated(dir: &Path, listener: RawFd, pid_matches: bool) -> TestCommand {
+        let program = program();
+        assert!(
+            !program.ends_with("fd/3"),
+            "the binary's own descriptor is 3; it would be replaced by the socket"
+        );
+        let script = if pid_matches {
+            r#"LISTEN_PID=$$; export LISTEN_PID; exec "$@""#
+        } else {
+            r#"LISTEN_PID=1; export LISTEN_PID; exec "$@""#
+        };
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", script, "sh"])
+            .arg(program)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("LISTEN_FDS", "1")
+            .current_dir(dir);
+        // SAFETY: between fork and exec only dup2 and fcntl, both async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                if listener != 3 && libc::dup2(listener, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // dup2 gives a descriptor without FD_CLOEXEC; one already at 3 keeps its
+                // flags, so clear them for the exec to pass it on.
+                if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         TestCommand { cmd, stdin: None }
     }
 
@@ -238,6 +278,11 @@ pub struct Running {
 impl Running {
     fn child(&mut self) -> &mut Child {
         self.child.as_mut().expect("not reaped yet")
+    }
+
+    /// The child's process id (while it runs).
+    pub fn pid(&mut self) -> u32 {
+        self.child().id()
     }
 
     /// Whether the child has exited (it is reaped then, and stays inspectable by

@@ -1,0 +1,224 @@
+//! The listening socket and the connections on it.
+//!
+//! The socket is the one systemd passed (socket activation: `LISTEN_PID` names this
+//! process and `LISTEN_FDS` counts descriptors from 3, read by `sd_notify`) or else one
+//! bound to `webhook.listen`. A passed socket wins, so the `.socket` unit decides the
+//! address when it is in use.
+//!
+//! Connections are HTTP/1.1 on hyper, with limits so that no client can hold resources
+//! for long:
+//! - at most [`MAX_CONNECTIONS`] at once: past that the listener stops accepting and new
+//!   connections wait in the kernel's backlog, so thousands of clients cost no file
+//!   descriptors here;
+//! - the request head must arrive within [`HEADER_TIMEOUT`] (hyper's
+//!   `header_read_timeout`, which also ends an idle keep-alive connection), the body
+//!   within [`super::http::BODY_TIMEOUT`];
+//! - a connection lives at most [`CONNECTION_LIFETIME`], then is closed after the request
+//!   in progress (and dropped if even that does not finish);
+//! - a request head may take at most [`MAX_HEAD_BYTES`] of buffer.
+
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::http::Service;
+use super::{Throttle, WebhookError};
+
+/// Most connections served at once.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Time allowed for a request's head (and for the next one on a kept-alive connection).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a connection is kept.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// Time a connection gets to finish its request once it must close.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Read buffer per connection (hyper's minimum is 8 KiB).
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Pause after an accept error such as "too many open files", so as not to spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The socket descriptors systemd passes start here (`SD_LISTEN_FDS_START`).
+const LISTEN_FDS_START: RawFd = 3;
+
+/// A listening TCP socket for the webhook listener.
+#[derive(Debug)]
+pub struct Listener {
+    socket: std::net::TcpListener,
+    addr: SocketAddr,
+    from_systemd: bool,
+}
+
+impl Listener {
+    /// The socket systemd passed, if any, else one bound to `listen`.
+    pub fn open(listen: Option<SocketAddr>) -> Result<Listener, WebhookError> {
+        if let Some(l) = Self::passed()? {
+            if let Some(addr) = listen {
+                tracing::info!(
+                    "webhook.listen {addr} not used: serving the socket systemd passed ({})",
+                    l.addr
+                );
+            }
+            return Ok(l);
+        }
+        let addr = listen.ok_or(WebhookError::NoSocket)?;
+        let socket = std::net::TcpListener::bind(addr)
+            .map_err(|source| WebhookError::Bind { addr, source })?;
+        Self::from_std(socket)
+    }
+
+    /// An already bound socket (tests, the demo and the benchmark bind `127.0.0.1:0`).
+    pub fn from_std(socket: std::net::TcpListener) -> Result<Listener, WebhookError> {
+        let addr = socket
+            .local_addr()
+            .map_err(|e| WebhookError::Passed(format!("not a TCP socket ({e})")))?;
+        Ok(Listener {
+            socket,
+            addr,
+            from_systemd: false,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Whether systemd passed it.
+    pub fn from_systemd(&self) -> bool {
+        self.from_systemd
+    }
+
+    /// The socket passed by systemd for this process, if any. With several, the one
+    /// named `webhook` (`FileDescriptorName=`) is taken.
+    fn passed() -> Result<Option<Listener>, WebhookError> {
+        let Some(fd) = passed_fd()? else {
+            return Ok(None);
+        };
+        // SAFETY: by the socket activation protocol this descriptor was passed to this
+        // process (LISTEN_PID is ours) for it to own; nothing else in the program uses
+        // descriptors from LISTEN_FDS, and it is taken exactly once, at start.
+        let socket = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+        let mut l = Self::from_std(socket)?;
+        l.from_systemd = true;
+        Ok(Some(l))
+    }
+
+    /// Serves connections with `service` until `shutdown`; connections are tracked in
+    /// `conns` so that the caller can wait for them.
+    pub(super) fn serve(
+        self,
+        service: Arc<Service>,
+        conns: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Result<impl Future<Output = ()> + Send + 'static, WebhookError> {
+        self.socket
+            .set_nonblocking(true)
+            .map_err(|e| WebhookError::Passed(format!("cannot make it non-blocking ({e})")))?;
+        let socket = tokio::net::TcpListener::from_std(self.socket)
+            .map_err(|e| WebhookError::Passed(e.to_string()))?;
+        Ok(accept_loop(socket, service, conns, shutdown))
+    }
+}
+
+/// The descriptor systemd passed for the webhook, if any.
+fn passed_fd() -> Result<Option<RawFd>, WebhookError> {
+    // Not unset from the environment: that is not thread-safe, and a child would see a
+    // LISTEN_PID that is not its own anyway.
+    let fds: Vec<(RawFd, String)> = sd_notify::listen_fds_with_names(false)
+        .map_err(|e| WebhookError::Passed(format!("LISTEN_FDS: {e}")))?
+        .collect();
+    match fds.as_slice() {
+        [] => Ok(None),
+        [(fd, _)] => Ok(Some(*fd)),
+        several => several
+            .iter()
+            .find(|(_, name)| name == "webhook")
+            .map(|(fd, _)| Some(*fd))
+            .ok_or_else(|| {
+                WebhookError::Passed(format!(
+                    "{} sockets passed (from {LISTEN_FDS_START}) and none named \"webhook\" (FileDescriptorName=)",
+                    several.len()
+                ))
+            }),
+    }
+}
+
+/// Whether systemd passed this process any socket (to warn when there is no `[webhook]`
+/// to serve it).
+pub fn socket_passed() -> bool {
+    matches!(sd_notify::listen_fds_with_names(false), Ok(fds) if fds.len() > 0)
+}
+
+async fn accept_loop(
+    socket: tokio::net::TcpListener,
+    service: Arc<Service>,
+    conns: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    // A permit per connection: at the cap, no accept (see the module doc).
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let errors = Throttle::new();
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let accepted = tokio::select! {
+            a = socket.accept() => a,
+            () = shutdown.cancelled() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let (service, shutdown) = (service.clone(), shutdown.clone());
+                conns.spawn(async move {
+                    serve_connection(stream, peer, service, shutdown).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                if let Some(suppressed) = errors.allow() {
+                    tracing::warn!(error = %e, suppressed, "webhook listener: accept failed");
+                }
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    service: Arc<Service>,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let svc = service_fn(move |req| service.clone().handle(peer, req));
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    let lifetime = tokio::time::sleep(CONNECTION_LIFETIME);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        () = lifetime => {}
+        () = shutdown.cancelled() => {}
+    }
+    // Time is up: finish the request in progress, if any, then close.
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
+}

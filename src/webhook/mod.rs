@@ -1,0 +1,489 @@
+//! Webhook intake: UnivaPay's `charge_updated` / `charge_finished` webhooks as **hints**
+//! that a charge is worth checking now. A hint never changes the ledger; the charge GET it
+//! leads to does.
+//!
+//! UnivaPay's webhooks are unsigned (the only proof is an `Authorization` value the
+//! merchant configured, sent back verbatim) and best-effort. So:
+//! - a request is let in only with exactly `webhook.auth_token` as its `Authorization`
+//!   (constant-time comparison; the presented value is never logged): else 401;
+//! - from the body only the event name, `data.id` and `data.store_id` are read; its status
+//!   and amounts are never used;
+//! - a hint for an open ledger charge gets one `charge_events` row of kind `webhook`
+//!   (`detail`: the event name) and a charge GET that starts after the hint arrived,
+//!   normally within a second or two;
+//! - everything authenticated and well-formed is answered 200 at once, also when it is
+//!   ignored (other events, final charges, charges not in the ledger, a full queue):
+//!   UnivaPay disables a webhook that keeps failing, and the scheduled passes remain the
+//!   safety net for anything a hint does not cover.
+//!
+//! The HTTP side is in [`http`] (routes, the checks of a request, the answers), the
+//! socket and connection limits in [`listen`], when a hinted charge is checked in
+//! [`coalesce`] (pure), and the ledger and API work in [`intake`].
+//!
+//! # A hint's check beside a running pass
+//! Hints are checked while passes run: holding the pass lock for a hint would delay it by
+//! a whole pass. What keeps the two from writing the same change twice is the row version
+//! a check is decided from: [`Reconciler::check_one`] decides from the row as read, and
+//! [`Ledger::apply`](crate::ledger::Ledger::apply) writes the result only if the row's
+//! `updated_at` (and state) are still the same, in the same per-charge transaction a pass
+//! uses. Whichever of the two commits second finds the row changed and writes nothing:
+//! no second `transition` event, no lost update. A pass that loses simply moves on (the
+//! charge was just checked). A hint's check that loses is repeated once, a second later,
+//! from the row as it is then, because the write that beat it may have come from a GET
+//! that started before the hint arrived, and the hint still deserves a GET after it. A
+//! hint's check reads its row right before its GET, so this is rare.
+//!
+//! # Budget
+//! Hint GETs go through the same [`Client`](crate::univapay::Client) as the passes, so the
+//! same pacer and budget share govern them. On top, the [`coalesce`] rules: one GET in
+//! flight per charge, hints before its start share it, GETs of one charge at least a
+//! second apart, and all hint GETs together at most a quarter of the budget share of
+//! UnivaPay's documented 1,200 requests a minute (2.5/s at the default `budget_share`
+//! 0.5, fewer under `api.max_requests_per_minute`), in bursts of up to 10. A flood of
+//! hints therefore costs at most that, and the passes keep the rest. Charges past their
+//! `expires_at` wait behind the others, so a day's expiries, reported all at once, never
+//! hold up a payment's hint. Past the 4,096-hint queue new hints are dropped (counted);
+//! past 10,000 distinct charges waiting, a hinted charge is made due for the next pass
+//! instead, as are the charges still waiting when the daemon stops.
+//!
+//! # Hooks for other parts
+//! [`Hooks::unknown`] receives charges the ledger does not hold ([`UnknownChargeHook`],
+//! for discovery to verify and register), and [`Hooks::metrics`] renders `GET /metrics`
+//! (404 while unset).
+
+pub mod coalesce;
+pub mod http;
+pub mod intake;
+pub mod listen;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::WebhookSettings;
+use crate::domain::{ChargeId, Outcome, StoreId};
+use crate::reconcile::Reconciler;
+use crate::reconcile::pass::{DrainGuard, Stop};
+
+pub use listen::Listener;
+
+/// The hints waiting to be recorded; past this, new hints are dropped (still 200).
+pub const QUEUE: usize = 4096;
+
+/// Why the listener could not start. Each names the config key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("webhook.listen {addr}: cannot listen: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "webhook.listen is not set and systemd passed no socket (LISTEN_FDS): set webhook.listen, or start through konbini-reconciler.socket"
+    )]
+    NoSocket,
+    #[error("webhook.listen: the socket systemd passed cannot be used: {0}")]
+    Passed(String),
+    #[error("webhook.path {0:?} is the listener's own {1} path; choose another")]
+    ReservedPath(String, &'static str),
+}
+
+/// The two charge events that are hints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChargeEvent {
+    /// The charge became `awaiting` (or `authorized`).
+    Updated,
+    /// The charge became final.
+    Finished,
+}
+
+impl ChargeEvent {
+    pub fn from_name(name: &str) -> Option<ChargeEvent> {
+        match name {
+            "charge_updated" => Some(ChargeEvent::Updated),
+            "charge_finished" => Some(ChargeEvent::Finished),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChargeEvent::Updated => "charge_updated",
+            ChargeEvent::Finished => "charge_finished",
+        }
+    }
+}
+
+/// An accepted hint, on its way from the HTTP side to the intake.
+#[derive(Debug, Clone)]
+pub struct Hint {
+    pub charge_id: ChargeId,
+    pub store_id: StoreId,
+    pub event: ChargeEvent,
+    /// When it arrived, for the coalescer's timing.
+    pub arrived: tokio::time::Instant,
+    /// When it arrived, for the ledger (the reconciler's clock).
+    pub at: DateTime<Utc>,
+}
+
+/// An accepted charge event about a charge the ledger does not hold.
+#[derive(Debug, Clone)]
+pub struct UnknownCharge {
+    pub charge_id: ChargeId,
+    pub store_id: StoreId,
+    pub event: ChargeEvent,
+    pub at: DateTime<Utc>,
+}
+
+/// Told about charges the ledger does not hold. Discovery implements it to verify such a
+/// charge with a GET and register it like a discovered one. Called on the intake's task:
+/// return quickly (spawn any real work), and expect repeats for the same charge.
+pub trait UnknownChargeHook: Send + Sync + 'static {
+    fn on_unknown_charge(&self, charge: UnknownCharge);
+}
+
+/// The default: unknown charges are only counted and logged at debug by the intake.
+#[derive(Debug, Default)]
+pub struct IgnoreUnknown;
+
+impl UnknownChargeHook for IgnoreUnknown {
+    fn on_unknown_charge(&self, _charge: UnknownCharge) {}
+}
+
+/// The intake's monotonic time: when hints arrived, GETs started, the bucket refilled.
+pub type IntakeClock = Arc<dyn Fn() -> tokio::time::Instant + Send + Sync>;
+
+/// Renders the Prometheus text for `GET /metrics`; `None` answers 404.
+pub type MetricsRender = Arc<dyn Fn() -> BoxFuture<'static, Option<String>> + Send + Sync>;
+
+/// What the rest of the program plugs into the listener.
+#[derive(Clone)]
+pub struct Hooks {
+    pub unknown: Arc<dyn UnknownChargeHook>,
+    /// `None`: `/metrics` answers 404.
+    pub metrics: Option<MetricsRender>,
+    /// `None`: tokio's clock. The benchmark maps its simulated time onto it, so that
+    /// spacing and the hint budget count simulated seconds, as the ledger does.
+    pub clock: Option<IntakeClock>,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Hooks {
+            unknown: Arc::new(IgnoreUnknown),
+            metrics: None,
+            clock: None,
+        }
+    }
+}
+
+/// Counters of what the listener saw and did.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Charge events accepted (200) and handed to the intake.
+    pub received: AtomicU64,
+    pub unauthorized: AtomicU64,
+    pub too_large: AtomicU64,
+    pub timed_out: AtomicU64,
+    pub malformed: AtomicU64,
+    /// Other events, answered 200 and ignored.
+    pub other_events: AtomicU64,
+    /// Hints dropped: the queue or the coalescer was full, or the ledger failed.
+    pub dropped: AtomicU64,
+    /// Hints that queued a GET.
+    pub queued: AtomicU64,
+    /// Hints that shared a GET already queued or got the one after the GET in flight.
+    pub coalesced: AtomicU64,
+    pub for_final: AtomicU64,
+    pub not_in_ledger: AtomicU64,
+    pub other_store: AtomicU64,
+    /// Charge GETs made for hints.
+    pub checks: AtomicU64,
+    /// Hint checks not written because the row had changed meanwhile.
+    pub stale: AtomicU64,
+}
+
+/// A copy of [`Stats`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub received: u64,
+    pub unauthorized: u64,
+    pub too_large: u64,
+    pub timed_out: u64,
+    pub malformed: u64,
+    pub other_events: u64,
+    pub dropped: u64,
+    pub queued: u64,
+    pub coalesced: u64,
+    pub for_final: u64,
+    pub not_in_ledger: u64,
+    pub other_store: u64,
+    pub checks: u64,
+    pub stale: u64,
+}
+
+impl Stats {
+    fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            received: l(&self.received),
+            unauthorized: l(&self.unauthorized),
+            too_large: l(&self.too_large),
+            timed_out: l(&self.timed_out),
+            malformed: l(&self.malformed),
+            other_events: l(&self.other_events),
+            dropped: l(&self.dropped),
+            queued: l(&self.queued),
+            coalesced: l(&self.coalesced),
+            for_final: l(&self.for_final),
+            not_in_ledger: l(&self.not_in_ledger),
+            other_store: l(&self.other_store),
+            checks: l(&self.checks),
+            stale: l(&self.stale),
+        }
+    }
+}
+
+/// Lets one log line of a kind through every [`Throttle::EVERY`], counting the ones held
+/// back: a flood of bad requests must not become a flood of log lines.
+#[derive(Debug)]
+pub struct Throttle {
+    last: Mutex<Option<tokio::time::Instant>>,
+    suppressed: AtomicU64,
+}
+
+impl Throttle {
+    pub const EVERY: Duration = Duration::from_secs(10);
+
+    pub fn new() -> Throttle {
+        Throttle {
+            last: Mutex::new(None),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines held back since the last one)` when a line may be logged now.
+    pub fn allow(&self) -> Option<u64> {
+        let now = tokio::time::Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|l| now.duration_since(l) < Self::EVERY) {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *last = Some(now);
+        Some(self.suppressed.swap(0, Ordering::Relaxed))
+    }
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What `GET /healthz` reports: healthy while the listener serves, the daemon is not
+/// stopping, and the last scheduled pass did not fail (credentials rejected, UnivaPay
+/// unreachable, ledger trouble).
+#[derive(Debug, Clone, Default)]
+pub struct Health(Arc<HealthState>);
+
+#[derive(Debug, Default)]
+struct HealthState {
+    stopping: AtomicBool,
+    /// 0: no failed pass; else the failed outcome's code (see [`Health::pass_finished`]).
+    failed_pass: AtomicU8,
+}
+
+const FAILURES: [(Outcome, &str); 4] = [
+    (Outcome::AuthFailed, "last pass: auth_failed\n"),
+    (Outcome::Unreachable, "last pass: unreachable\n"),
+    (Outcome::Failed, "last pass: failed\n"),
+    (Outcome::NotFoundWall, "last pass: not_found_wall\n"),
+];
+
+impl Health {
+    pub fn new() -> Health {
+        Health::default()
+    }
+
+    /// Records how a scheduled pass ended.
+    pub fn pass_finished(&self, outcome: Outcome) {
+        let code = FAILURES
+            .iter()
+            .position(|(o, _)| *o == outcome)
+            .map_or(0, |i| i as u8 + 1);
+        self.0.failed_pass.store(code, Ordering::Relaxed);
+    }
+
+    /// Records that a pass could not even run (the ledger failed).
+    pub fn pass_failed(&self) {
+        self.pass_finished(Outcome::Failed);
+    }
+
+    pub fn stopping(&self) {
+        self.0.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Why the daemon is not healthy, if it is not.
+    pub fn problem(&self) -> Option<&'static str> {
+        if self.0.stopping.load(Ordering::Relaxed) {
+            return Some("stopping\n");
+        }
+        match self.0.failed_pass.load(Ordering::Relaxed) {
+            0 => None,
+            n => FAILURES.get(usize::from(n) - 1).map(|(_, why)| *why),
+        }
+    }
+}
+
+/// Opens the listener `[webhook]` asks for: the socket systemd passed, or `listen` bound.
+/// Without `[webhook]`, `None` (and a warning if systemd passed a socket anyway).
+pub fn open(settings: Option<&WebhookSettings>) -> Result<Option<Listener>, WebhookError> {
+    let Some(w) = settings else {
+        if listen::socket_passed() {
+            tracing::warn!(
+                "systemd passed a socket but the config has no [webhook] section; it is not served"
+            );
+        }
+        return Ok(None);
+    };
+    for (reserved, what) in [
+        (http::HEALTH_PATH, "health"),
+        (http::METRICS_PATH, "metrics"),
+    ] {
+        if w.path == reserved {
+            return Err(WebhookError::ReservedPath(w.path.clone(), what));
+        }
+    }
+    Listener::open(w.listen).map(Some)
+}
+
+/// The running listener and intake.
+pub struct Serving {
+    addr: SocketAddr,
+    stats: Arc<Stats>,
+    intake: Arc<intake::Intake>,
+    health: Health,
+    /// The accept loop, the recorder and the dispatcher.
+    tasks: TaskTracker,
+    /// The connections.
+    conns: TaskTracker,
+    /// Ends the drain timer of the checks' [`Stop`] when the intake is dropped.
+    _drain: DrainGuard,
+}
+
+/// Starts serving `listener`: webhooks on `settings.path`, checked through `reconciler`,
+/// until `shutdown`. Must be called inside a tokio runtime.
+pub fn serve(
+    listener: Listener,
+    settings: &WebhookSettings,
+    reconciler: Reconciler,
+    hooks: Hooks,
+    health: Health,
+    shutdown: CancellationToken,
+) -> Result<Serving, WebhookError> {
+    let addr = listener.local_addr();
+    let from_systemd = listener.from_systemd();
+    let stats = Arc::new(Stats::default());
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let intake = intake::Intake::new(reconciler.clone(), hooks.clone(), stats.clone());
+    let service = Arc::new(http::Service {
+        hook_path: settings.path.clone(),
+        token: settings.auth_token.clone(),
+        hints: tx,
+        reconciler: reconciler.clone(),
+        stats: stats.clone(),
+        health: health.clone(),
+        metrics: hooks.metrics,
+        intake: intake.clone(),
+        unauthorized_log: Throttle::new(),
+        malformed_log: Throttle::new(),
+        dropped_log: Throttle::new(),
+    });
+    let (tasks, conns) = (TaskTracker::new(), TaskTracker::new());
+    let accept = listener.serve(service, conns.clone(), shutdown.clone())?;
+    let drain = reconciler.settings().schedule.drain_timeout;
+    let (stop, drain_guard) = Stop::with_drain(&shutdown, drain);
+    tasks.spawn(accept);
+    tasks.spawn(intake.clone().record_loop(rx));
+    tasks.spawn(intake.clone().dispatch_loop(stop, shutdown));
+    tasks.close();
+    tracing::info!(
+        %addr,
+        from_systemd,
+        path = %settings.path,
+        "webhook listener started"
+    );
+    Ok(Serving {
+        addr,
+        stats,
+        intake,
+        health,
+        tasks,
+        conns,
+        _drain: drain_guard,
+    })
+}
+
+impl Serving {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Waits until every hint received so far has been recorded and checked (for tests,
+    /// the demo and the benchmark).
+    pub async fn settled(&self) {
+        while !self.intake.is_settled() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// After `shutdown` was cancelled: waits up to `limit` for the connections to close,
+    /// the last hints to be recorded and the checks in flight to commit. Returns whether
+    /// everything finished in time.
+    pub async fn stopped(self, limit: Duration) -> bool {
+        self.health.stopping();
+        let all = async {
+            self.conns.close();
+            self.conns.wait().await;
+            self.tasks.wait().await;
+            self.intake.checks_done().await;
+            self.intake.hand_back().await;
+        };
+        let done = tokio::time::timeout(limit, all).await.is_ok();
+        let s = self.stats.snapshot();
+        tracing::info!(
+            received = s.received,
+            checks = s.checks,
+            coalesced = s.coalesced,
+            not_in_ledger = s.not_in_ledger,
+            for_final = s.for_final,
+            unauthorized = s.unauthorized,
+            malformed = s.malformed,
+            too_large = s.too_large,
+            dropped = s.dropped,
+            "webhook listener stopped"
+        );
+        done
+    }
+}
