@@ -135,7 +135,7 @@ pub async fn run(
             l,
             w,
             runner.reconciler.clone(),
-            Hooks::default(),
+            hooks(&runner.reconciler, &runner.passes),
             health,
             shutdown.clone(),
         )?),
@@ -450,6 +450,65 @@ fn new_job(
     match tz {
         Some(tz) => Job::new_async_tz(cron, tz, on_tick),
         None => Job::new_async_tz(cron, Utc, on_tick),
+    }
+}
+
+/// What the webhook listener plugs into: discovery for charges the ledger lacks, and the
+/// metrics for `GET /metrics` when `[metrics]` is set.
+fn hooks(reconciler: &Reconciler, tracker: &TaskTracker) -> Hooks {
+    let settings = reconciler.settings();
+    let metrics: Option<webhook::MetricsRender> = settings.metrics.as_ref().map(|_| {
+        let rec = reconciler.clone();
+        let render: webhook::MetricsRender = Arc::new(move || {
+            let rec = rec.clone();
+            Box::pin(async move {
+                let snapshot = crate::metrics::Snapshot::take(rec.settings(), rec.client()).await;
+                snapshot.ok().map(|s| crate::metrics::render(&s))
+            })
+        });
+        render
+    });
+    Hooks {
+        unknown: Arc::new(DiscoverUnknown {
+            reconciler: reconciler.clone(),
+            tracker: tracker.clone(),
+            in_flight: Arc::new(Semaphore::new(UNKNOWN_IN_FLIGHT)),
+        }),
+        metrics,
+        ..Hooks::default()
+    }
+}
+
+/// Unknown charges verified at once, at most: beyond, they are left to the next sweep, so
+/// a flood of webhooks for unknown ids cannot turn into a flood of requests.
+const UNKNOWN_IN_FLIGHT: usize = 4;
+
+/// A charge a webhook names that the ledger lacks goes to discovery, which verifies it
+/// with a GET and registers it when it is a konbini charge of a swept store (and does
+/// nothing, without a request, when discovery is off).
+struct DiscoverUnknown {
+    reconciler: Reconciler,
+    /// The daemon's task tracker, so that shutdown waits for a verification under way.
+    tracker: TaskTracker,
+    in_flight: Arc<Semaphore>,
+}
+
+impl webhook::UnknownChargeHook for DiscoverUnknown {
+    fn on_unknown_charge(&self, charge: webhook::UnknownCharge) {
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            tracing::debug!(charge_id = %charge.charge_id, "busy verifying other unknown charges; left to the sweep");
+            return;
+        };
+        let rec = self.reconciler.clone();
+        self.tracker.spawn(async move {
+            let _permit = permit;
+            match crate::discovery::register_unknown(&rec, &charge.store_id, &charge.charge_id)
+                .await
+            {
+                Ok(outcome) => tracing::debug!(charge_id = %charge.charge_id, ?outcome, "charge named by a webhook"),
+                Err(e) => tracing::warn!(charge_id = %charge.charge_id, error = %e, "could not register a charge a webhook named"),
+            }
+        });
     }
 }
 

@@ -977,3 +977,36 @@ async fn webhooks_delivered_like_univapay_turn_into_checks_and_lost_ones_are_fou
     assert!(!webhook_events(&app, &lost.id).contains(&"charge_finished".to_owned()));
     daemon.stop().await;
 }
+
+// ---- wired to discovery and the metrics -------------------------------------------------
+
+/// With discovery on, a webhook for a konbini charge of a swept store that the ledger
+/// lacks is verified by GETs and registered as discovered; `/metrics` serves the
+/// Prometheus text when `[metrics]` is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_charges_go_to_discovery_and_metrics_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let textfile = dir.path().join("k.prom");
+    let (app, addr) = app_with_listener(|c| {
+        *c = std::mem::take(c)
+            .set("discovery.stores", vec![STORE])
+            .set("discovery.interval", "1h")
+            .set("metrics.textfile", textfile.display().to_string());
+    })
+    .await;
+    let fresh = app.sim.create_konbini_charge(STORE, 2400, "family_mart");
+    let daemon = Daemon::start(&app, addr).await;
+    let r = daemon.hook(&body("charge_updated", &fresh)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let id = fresh.id.clone();
+    crate::helpers::wait_until(Duration::from_secs(30), "registered as discovered", || {
+        app.count(&format!(
+            "SELECT count(*) FROM charges WHERE charge_id = '{id}' AND origin = 'discovered'"
+        )) == 1
+    })
+    .await;
+    let m = daemon.send(get("/metrics")).await;
+    assert_eq!(m.status, 200, "{m:?}");
+    assert!(m.body.contains("konbini_charges{"), "{}", m.body);
+    daemon.stop().await;
+}
