@@ -43,7 +43,12 @@ struct Scenario {
     rate_limit: Option<(u32, u32)>,
     /// Also run the reference loop on the same setting and report the CPU ratio.
     reference: bool,
+    /// `api.budget_share` (unset: the default, 0.5).
+    budget_share: Option<f64>,
 }
+
+/// `api.budget_share` when the config does not set it.
+const DEFAULT_BUDGET_SHARE: f64 = 0.5;
 
 impl Scenario {
     fn new(name: &str, charges: u64) -> Self {
@@ -55,17 +60,25 @@ impl Scenario {
             latency: Duration::ZERO,
             rate_limit: None,
             reference: false,
+            budget_share: None,
         }
     }
 
     /// The bound of the setting, charges per second, with how it is derived.
     fn bound(&self) -> Option<(f64, String)> {
         if let Some((burst, per_minute)) = self.rate_limit {
-            let rate = f64::from(per_minute) / 60.0;
-            let secs = (self.charges as f64 - f64::from(burst)).max(0.0) / rate;
+            // The reconciler's share: that part of the refill, and the burst down to the
+            // part kept for the shop.
+            let share = self.budget_share.unwrap_or(DEFAULT_BUDGET_SHARE);
+            let rate = share * f64::from(per_minute) / 60.0;
+            let burst = share * f64::from(burst);
+            let secs = (self.charges as f64 - burst).max(0.0) / rate;
             return Some((
                 self.charges as f64 / secs,
-                format!("burst {burst}, then {per_minute}/min"),
+                format!(
+                    "share {share} of burst {burst:.0}, then {:.0}/min",
+                    rate * 60.0
+                ),
             ));
         }
         if !self.latency.is_zero() {
@@ -111,6 +124,14 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
         latency: Duration::from_millis(5),
         rate_limit: Some((200, 12_000)),
         ..Scenario::new("rate", if quick { 800 } else { 3000 })
+    });
+    // The same with the whole budget: how close the pacer gets to the bucket's bound.
+    v.push(Scenario {
+        concurrency: 16,
+        latency: Duration::from_millis(5),
+        rate_limit: Some((200, 12_000)),
+        budget_share: Some(1.0),
+        ..Scenario::new("rate-all", if quick { 800 } else { 3000 })
     });
     v.push(Scenario {
         latency: Duration::from_millis(20),
@@ -433,10 +454,13 @@ fn write_config(config: &Path, base_url: &str, s: &Scenario, db: &Path) -> Resul
         config,
         format!(
             "[api]\nbase_url = \"{base_url}\"\napp_token = \"{}\"\nsecret = \"{}\"\n\
-             timeout = \"30s\"\nconcurrency = {}\n[database]\npath = \"{}\"\n",
+             timeout = \"30s\"\nconcurrency = {}\n{}[database]\npath = \"{}\"\n",
             creds.app_token,
             creds.secret,
             s.concurrency,
+            s.budget_share
+                .map(|b| format!("budget_share = {b}\n"))
+                .unwrap_or_default(),
             db.display()
         ),
     )
@@ -754,13 +778,21 @@ mod tests {
 
     #[test]
     fn bounds_follow_the_setting() {
-        let s = Scenario {
+        let all = Scenario {
             rate_limit: Some((200, 12_000)),
+            budget_share: Some(1.0),
             ..Scenario::new("rate", 3000)
         };
         // 2800 after the burst at 200/s: 14 s for 3000.
-        let (b, _) = s.bound().unwrap();
+        let (b, _) = all.bound().unwrap();
         assert!((b - 3000.0 / 14.0).abs() < 1e-9);
+        // The default half: 2900 after a burst of 100, at 100/s: 29 s.
+        let half = Scenario {
+            budget_share: None,
+            ..all
+        };
+        let (b, _) = half.bound().unwrap();
+        assert!((b - 3000.0 / 29.0).abs() < 1e-9);
         let s = Scenario {
             latency: Duration::from_millis(20),
             ..Scenario::new("latency", 10)
