@@ -442,7 +442,9 @@ async fn discover(
 /// cancels one order; the rest never pay and expire at their deadline.
 fn customers_pay(sim: &Sim, created: &[Created]) -> anyhow::Result<()> {
     let (mut paid, mut canceled) = (0, 0);
-    for c in created.iter().filter(|c| c.brand.is_some()) {
+    // The charge paid during the webhook moment is final already.
+    let open = |c: &&Created| sim.charge(&c.id).is_some_and(|s| !s.is_final());
+    for c in created.iter().filter(|c| c.brand.is_some()).filter(open) {
         if c.index == 2 {
             sim.pay_with(&c.id, c.amount - 100, "JPY")?;
             paid += 1;
