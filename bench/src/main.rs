@@ -15,6 +15,7 @@
 //! [`month`]).
 
 mod discovery;
+mod measure;
 mod month;
 
 use std::io::{BufRead, BufReader, Read};
@@ -24,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use konbini_reconciler::ledger::Ledger;
 use univapay_sim::{CounterSnapshot, Credentials, Population};
+
+use measure::{Usage, run_child, wait4};
 
 mod month_webhook;
 mod reference;
@@ -166,6 +169,9 @@ fn short(n: u64) -> String {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(measure::LAUNCHER_FLAG) {
+        measure::launcher_main(&args[1..]);
+    }
     if args.first().map(String::as_str) == Some("--reference-loop") {
         if let Err(e) = reference::main(&args[1..]) {
             eprintln!("konbini-bench: reference loop: {e}");
@@ -470,34 +476,6 @@ fn write_config(config: &Path, base_url: &str, s: &Scenario, db: &Path) -> Resul
         .map_err(|e| e.to_string())
 }
 
-/// Runs a child to the end, collecting its output (stderr through a pipe, as under a
-/// supervisor) and the kernel's account of its resources.
-fn run_child(mut cmd: Command) -> Result<(i32, Usage, String, String), String> {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start {:?}: {e}", cmd.get_program()))?;
-    let stderr = child.stderr.take();
-    // Read stderr on its own thread so a chatty child never blocks on a full pipe.
-    let err_reader = std::thread::spawn(move || {
-        let mut err = String::new();
-        if let Some(mut e) = stderr {
-            let _ = e.read_to_string(&mut err);
-        }
-        err
-    });
-    let mut out = String::new();
-    if let Some(mut o) = child.stdout.take() {
-        let _ = o.read_to_string(&mut out);
-    }
-    let err = err_reader.join().unwrap_or_default();
-    let (exit, usage) = wait4(child.id() as i32)?;
-    // wait4 reaped it; tell std so it does not try again.
-    std::mem::forget(child);
-    Ok((exit, usage, out, err))
-}
-
 /// Registers the scenario's charges in a fresh, migrated ledger: one transaction, one
 /// prepared statement. Due charges get the contract's plain insert; for the idle scenario
 /// half are final and half are due in an hour.
@@ -585,47 +563,6 @@ fn parse_summary(out: &str) -> Option<(u64, f64)> {
         .parse()
         .ok()?;
     Some((checked, secs))
-}
-
-#[derive(Debug)]
-struct Usage {
-    max_rss_kib: i64,
-    cpu_secs: f64,
-    /// Voluntary and involuntary context switches.
-    context_switches: i64,
-}
-
-impl Usage {
-    fn per_charge(&self, checked: u64) -> (f64, f64) {
-        let n = checked.max(1) as f64;
-        (self.cpu_secs * 1e6 / n, self.context_switches as f64 / n)
-    }
-}
-
-/// Waits for a child and returns its exit code and the kernel's account of it.
-fn wait4(pid: i32) -> Result<(i32, Usage), String> {
-    let mut status = 0;
-    // SAFETY: rusage is plain data the kernel fills in; pid is our own child.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-    if r != pid {
-        return Err(format!("wait4({pid}): {}", std::io::Error::last_os_error()));
-    }
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        128 + libc::WTERMSIG(status)
-    };
-    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    Ok((
-        code,
-        Usage {
-            // Linux reports ru_maxrss in KiB.
-            max_rss_kib: ru.ru_maxrss,
-            cpu_secs: t(ru.ru_utime) + t(ru.ru_stime),
-            context_switches: ru.ru_nvcsw + ru.ru_nivcsw,
-        },
-    ))
 }
 
 fn print_one(s: &Scenario, m: &Measured) {
