@@ -15,10 +15,11 @@
 //! pass's ledger threads inhibit auto-advance on a paused runtime), so a driver task moves
 //! it [`STEP`] at a time, each step after the runtime has run what it could: an HTTP round
 //! trip then costs a step or two of simulated time, and waiting on the budget costs what
-//! the budget says. The driver starts with the pass's first GET and stops with its last
-//! (each due charge is one GET), so the pass's ledger work before and after takes no
-//! simulated time, as its few milliseconds would not in the daemon. A tick with nothing
-//! due runs no pass (the daemon's would change nothing).
+//! the budget says. The driver steps from the pass's first GET to its last (each due
+//! charge is one GET), so the pass's ledger work before and after takes no simulated time,
+//! as its few milliseconds would not in the daemon; outside that span it steps only when
+//! the pass has sent nothing for a moment of real time, which means it waits for budget.
+//! A tick with nothing due runs no pass (the daemon's would change nothing).
 //!
 //! The rate limit: the simulator's own buckets run on the same paused clock, but the shop's
 //! foreground traffic (300 GETs a minute on the same route, Poisson arrivals) would cost a
@@ -49,6 +50,9 @@ use univapay_sim::{Credentials, Limit, Outcome, Planned, Sim, SimConfig, TokenBu
 
 /// How far the driver moves simulated time per round of the runtime during a pass.
 const STEP: Duration = Duration::from_millis(10);
+/// Real time without a GET after which the driver takes the pass to be waiting on
+/// simulated time (the budget) rather than on the ledger (see [`pass`]).
+const GRACE: Duration = Duration::from_millis(20);
 /// Passes start on the daemon's default cron: every 5 minutes.
 const TICK: Duration = Duration::from_secs(300);
 const DAY: i64 = 86_400;
@@ -70,6 +74,9 @@ struct Variant {
     days: u32,
     /// Arrivals, the route budget and the shop's traffic are all divided by this.
     scale: u32,
+    /// Simulated days the run lasts at most: the arrivals and the longest life after
+    /// them, unless a test cuts it short.
+    horizon_days: u32,
 }
 
 impl Variant {
@@ -110,6 +117,7 @@ pub fn main(args: &[String]) {
         per_day: per_day / scale,
         days,
         scale,
+        horizon_days: days + 9,
     })
     .collect();
     if variants.is_empty() {
@@ -468,7 +476,7 @@ async fn month(v: &Variant, dir: &Path) -> Result<Report, String> {
             ..SimConfig::default()
         },
     );
-    let minutes = (v.days as usize + 9) * 24 * 60;
+    let minutes = v.horizon_days as usize * 24 * 60;
     let front_state = Arc::new(Front {
         budget: Mutex::new(Budget::new(
             time,
@@ -497,7 +505,7 @@ async fn month(v: &Variant, dir: &Path) -> Result<Report, String> {
     let mut registered = 0usize;
     let mut series = Series::default();
     // The whole month, and long enough after it for the last charges' lives to end.
-    let end = start + chrono::Duration::days(i64::from(v.days) + 9);
+    let end = start + chrono::Duration::days(i64::from(v.horizon_days));
     let mut tick = start;
     while tick < end {
         let at = time.instant(tick);
@@ -527,7 +535,14 @@ async fn month(v: &Variant, dir: &Path) -> Result<Report, String> {
 }
 
 /// One pass over `due` charges, with the driver moving simulated time from its first GET
-/// to its last.
+/// to its last, and whenever the pass has sent no GET for [`GRACE`] of real time.
+///
+/// The second rule is what keeps a short budget from freezing the month: when the bucket
+/// is empty as a pass starts (at five times the arrivals it usually is), the pacer waits
+/// for a token before the first GET, and a retry after a 429 can wait after the last one.
+/// Those waits are on simulated time, which only the driver can move while the pass's
+/// ledger threads run. A pass doing ledger work sends its next GET well within the grace,
+/// so that work still takes no simulated time.
 async fn pass(
     rec: &Reconciler,
     guard: &konbini_reconciler::lock::PassGuard,
@@ -537,11 +552,15 @@ async fn pass(
     let f = front_state.clone();
     let driver = tokio::spawn(async move {
         let first = f.arrived();
-        while f.arrived() == first {
-            f.request.notified().await;
-        }
-        while f.arrived() < first + due {
-            tokio::time::advance(STEP).await;
+        loop {
+            let n = f.arrived();
+            if n > first && n < first + due {
+                tokio::time::advance(STEP).await;
+            } else if !request_within(&f, n, GRACE).await {
+                while f.arrived() == n {
+                    tokio::time::advance(STEP).await;
+                }
+            }
         }
     });
     let report = rec
@@ -553,6 +572,21 @@ async fn pass(
         .await;
     driver.abort();
     report.map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// Whether a request beyond the `seen`th reaches the front within `grace` of real time.
+async fn request_within(f: &Front, seen: u64, grace: Duration) -> bool {
+    // A real sleep on a blocking thread: the runtime's own clock is the simulated one.
+    let real = tokio::task::spawn_blocking(move || std::thread::sleep(grace));
+    let next = async {
+        while f.arrived() == seen {
+            f.request.notified().await;
+        }
+    };
+    tokio::select! {
+        () = next => true,
+        _ = real => f.arrived() != seen,
+    }
 }
 
 /// Registers the charges created by `now` that are not yet in the ledger, as the shop's
@@ -918,6 +952,33 @@ mod tests {
             assert!(p.final_at <= w.deadlines[i]);
         }
         assert!(w.plans.windows(2).all(|p| p[0].created <= p[1].created));
+    }
+
+    /// A day at five times the arrivals on a fiftieth of the budget: the bucket is empty
+    /// when most passes start, so the pacer waits before the first GET. The month used to
+    /// freeze there (nothing moved simulated time); it must run through the day instead.
+    /// (At this scale the shop's reserve is one token, too small to model its 429s.)
+    #[test]
+    fn a_short_budget_does_not_freeze_the_month() {
+        let v = Variant {
+            name: "defaults-5x".into(),
+            reconcile: "",
+            per_day: 100,
+            days: 1,
+            scale: 50,
+            horizon_days: 1,
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(run_variant(&v));
+        });
+        let report = rx
+            .recv_timeout(Duration::from_secs(300))
+            .expect("the day ran to its end")
+            .expect("the day ran");
+        // A pass at nearly every 5-minute tick of the day, and the paid charges seen.
+        assert!(report.passes >= 250, "{}", report.summary());
+        assert!(report.paid[1].is_finite(), "{}", report.summary());
     }
 
     #[tokio::test(start_paused = true)]
