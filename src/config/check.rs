@@ -166,18 +166,44 @@ pub fn cron(expr: &str) -> Result<(), String> {
             "{expr:?} has {fields} fields; 6 are needed, seconds first (e.g. \"0 */5 * * * *\")"
         ));
     }
+    parse_cron(expr)
+        .map(|_| ())
+        .map_err(|e| format!("{expr:?} is not a valid cron expression ({e})"))
+}
+
+/// The time between the next two runs of a cron expression after `now`, or `None` when
+/// the expression cannot be read. A pass's checks land on these ticks, which decides how
+/// often a charge on a given interval is really checked.
+pub fn cron_period(expr: &str, now: chrono::DateTime<chrono::Utc>) -> Option<std::time::Duration> {
+    let cron = parse_cron(expr).ok()?;
+    let first = cron.find_next_occurrence(&now, false).ok()?;
+    let second = cron.find_next_occurrence(&first, false).ok()?;
+    (second - first).to_std().ok()
+}
+
+fn parse_cron(expr: &str) -> Result<croner::Cron, croner::errors::CronError> {
     croner::parser::CronParser::builder()
         .seconds(croner::parser::Seconds::Required)
         .dom_and_dow(true)
         .build()
         .parse(expr)
-        .map(|_| ())
-        .map_err(|e| format!("{expr:?} is not a valid cron expression ({e})"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cron_period_is_the_time_between_two_runs() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-28T01:02:03Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let secs = |e: &str| cron_period(e, now).map(|d| d.as_secs());
+        assert_eq!(secs("0 */5 * * * *"), Some(300));
+        assert_eq!(secs("0 0 * * * *"), Some(3600));
+        assert_eq!(secs("*/30 * * * * *"), Some(30));
+        assert_eq!(secs("not a cron"), None);
+    }
 
     #[test]
     fn only_bounded_regular_files_are_read() {

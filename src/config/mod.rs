@@ -26,6 +26,7 @@ use crate::domain::{RecheckStep, StoreId};
 use file::FileConfig;
 
 pub use check::cron as validate_cron;
+pub use check::cron_period;
 
 /// UnivaPay's production API.
 pub const DEFAULT_BASE_URL: &str = "https://api.univapay.com";

@@ -145,22 +145,36 @@ impl Cadence {
 
     /// Checks per minute the open charges need, unstretched. `by_step[k]` counts the open
     /// charges whose age falls in step `k` (outside the deadline watch); `watched` those
-    /// in their deadline watch. A jittered schedule comes early, so it needs a little
-    /// more than its nominal intervals (counted as the tenth of the mean jitter; the lead
-    /// is lost in the cron's ticks).
-    pub fn demand_per_minute(&self, by_step: &[u64], watched: u64) -> f64 {
-        let per_minute = |n: u64, every: Duration| n as f64 * 60.0 / every.as_secs_f64().max(1e-3);
-        let nominal: f64 = self
-            .schedule
+    /// in their deadline watch; `tick` is the time between passes when known (the cron's).
+    pub fn demand_per_minute(&self, by_step: &[u64], watched: u64, tick: Option<Duration>) -> f64 {
+        let per_minute = |n: u64, every: Duration| {
+            n as f64 * 60.0 / self.effective_interval(every, tick).as_secs_f64().max(1e-3)
+        };
+        self.schedule
             .iter()
             .zip(by_step)
             .map(|(s, &n)| per_minute(n, s.every))
             .sum::<f64>()
-            + per_minute(watched, self.young_interval());
-        if self.is_flat() {
-            nominal
-        } else {
-            nominal / (1.0 - EARLY_JITTER / 2.0)
+            + per_minute(watched, self.young_interval())
+    }
+
+    /// How often, on average, a charge on interval `every` is checked. A jittered schedule
+    /// comes early, so a little more often than its nominal interval (counted as the mean
+    /// jitter; its lead is what lets a check made into a pass be due by the tick its
+    /// interval ends on). A flat schedule is checked exactly `every` after a check made a
+    /// moment after its pass's tick, so it falls due a moment after a tick and is taken at
+    /// the next one: on passes every `tick`, a whole number of ticks past `every` (a flat
+    /// 5 minutes on the 5-minute cron is every second pass).
+    pub fn effective_interval(&self, every: Duration, tick: Option<Duration>) -> Duration {
+        if !self.is_flat() {
+            return scale(every, 1.0 - EARLY_JITTER / 2.0);
+        }
+        match tick.filter(|t| !t.is_zero()) {
+            Some(tick) => {
+                let ticks = (every.as_secs_f64() / tick.as_secs_f64()).floor() + 1.0;
+                scale(tick, ticks)
+            }
+            None => every,
         }
     }
 }
@@ -396,12 +410,29 @@ mod tests {
     #[test]
     fn demand_counts_each_step_at_its_pace() {
         let flat = Cadence::flat(5 * MIN);
-        assert_eq!(flat.demand_per_minute(&[1000], 0), 200.0);
+        assert_eq!(flat.demand_per_minute(&[1000], 0, None), 200.0);
+        assert_eq!(
+            flat.demand_per_minute(&[1000], 0, Some(5 * MIN)),
+            100.0,
+            "a flat 5 minutes on a 5-minute cron: every second pass"
+        );
+        assert_eq!(
+            Cadence::flat(MIN).demand_per_minute(&[1000], 0, Some(5 * MIN)),
+            200.0,
+            "shorter than the cron: every pass"
+        );
+        assert_eq!(
+            Cadence::flat(7 * MIN).demand_per_minute(&[1000], 0, Some(5 * MIN)),
+            100.0,
+            "7 minutes: due between two ticks, taken at the second"
+        );
         let c = default_like();
         // 600 young at 10 min, 2400 older at 2 h, 120 on their last day at 10 min:
         // 60 + 20 + 12 = 92 nominal, more for the early jitter.
-        let d = c.demand_per_minute(&[600, 2400], 120);
-        assert!((d - 92.0 / 0.9).abs() < 1e-9, "{d}");
+        for tick in [None, Some(5 * MIN)] {
+            let d = c.demand_per_minute(&[600, 2400], 120, tick);
+            assert!((d - 92.0 / 0.9).abs() < 1e-9, "{d}");
+        }
     }
 
     #[test]

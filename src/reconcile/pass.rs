@@ -387,6 +387,7 @@ impl Reconciler {
     async fn plan(&self, ledger: Ledger) -> Result<(Ledger, Plan), LedgerError> {
         let now = self.clock.now();
         let c = self.policy.cadence.clone();
+        let tick = crate::config::cron_period(&self.settings.schedule.cron, now);
         let (ledger, plan) = ledger::blocking(&self.settings.database.path, move || {
             let due = ledger.count_due(&ledger::ts(now))?;
             if due == 0 {
@@ -403,7 +404,7 @@ impl Reconciler {
                 ledger.count_open_by_age(&born_after, Some((&ledger::ts(now), &watch_until)))?;
             // Bands run youngest first, the schedule's steps too.
             by_step.truncate(c.schedule.len());
-            let demand = Some(c.demand_per_minute(&by_step, watched));
+            let demand = Some(c.demand_per_minute(&by_step, watched, tick));
             Ok((ledger, Plan { due, demand }))
         })
         .await?;
