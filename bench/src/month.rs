@@ -630,8 +630,9 @@ fn register(
 struct Series {
     open_peak: u64,
     due_peak: u64,
-    /// (day, due) at each tick, to show the backlog does not grow.
-    due: Vec<(u32, u64)>,
+    /// (day, due, how long the most overdue of them has waited in seconds) at each tick,
+    /// to show the backlog does not grow.
+    due: Vec<(u32, u64, f64)>,
     /// Ticks that had work (a pass ran).
     passes: u64,
 }
@@ -655,10 +656,23 @@ impl Series {
             "SELECT count(*) FROM charges WHERE next_check_at <= ?1",
             &[&now],
         )?;
+        let oldest: Option<String> = ledger
+            .conn()
+            .query_row(
+                "SELECT min(next_check_at) FROM charges WHERE next_check_at <= ?1",
+                [&now],
+                |r| r.get(0),
+            )
+            .map_err(|e| e.to_string())?;
+        let waited = oldest
+            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+            .map_or(0.0, |t| {
+                (time.now() - t.with_timezone(&Utc)).num_milliseconds() as f64 / 1000.0
+            });
         self.open_peak = self.open_peak.max(open);
         self.due_peak = self.due_peak.max(due);
         let day = ((time.now() - time.start).num_seconds() / DAY) as u32;
-        self.due.push((day, due));
+        self.due.push((day, due, waited));
         Ok((open, due))
     }
 }
@@ -686,8 +700,11 @@ struct Report {
     ours_refused: u64,
     open_peak: u64,
     due_peak: u64,
-    /// Peak due backlog in the first and the last third of the arrival days.
-    due_peak_thirds: (u64, u64),
+    /// Peak due backlog in each third of the arrival days.
+    due_peak_thirds: [u64; 3],
+    /// The longest any due charge had waited past its time at a tick, in minutes, in
+    /// each third of the arrival days: a growing backlog shows as a growing wait.
+    overdue_thirds: [f64; 3],
     stretch_max: f64,
     passes: u64,
     wall: Duration,
@@ -720,16 +737,16 @@ fn measure(
             r.get(0)
         })
         .map_err(|e| e.to_string())?;
-    let third = v.days / 3;
-    let peak_in = |lo: u32, hi: u32| {
+    let thirds = [0, 1, 2].map(|k| (v.days * k / 3, v.days * (k + 1) / 3));
+    let in_third = |k: usize| {
+        let (lo, hi) = thirds[k];
         series
             .due
             .iter()
-            .filter(|(d, _)| (lo..hi).contains(d))
-            .map(|(_, n)| *n)
-            .max()
-            .unwrap_or(0)
+            .filter(move |(d, ..)| (lo..hi).contains(d))
     };
+    let due_peak_thirds = [0, 1, 2].map(|k| in_third(k).map(|t| t.1).max().unwrap_or(0));
+    let overdue_thirds = [0, 1, 2].map(|k| in_third(k).map(|t| t.2 / 60.0).fold(0.0, f64::max));
     Ok(Report {
         name: v.name.clone(),
         per_day: v.per_day,
@@ -749,7 +766,8 @@ fn measure(
         ours_refused: b.ours_refused,
         open_peak: series.open_peak,
         due_peak: series.due_peak,
-        due_peak_thirds: (peak_in(0, third.max(1)), peak_in(v.days - third, v.days)),
+        due_peak_thirds,
+        overdue_thirds,
         stretch_max,
         passes: series.passes,
         wall: Duration::ZERO,
@@ -813,8 +831,8 @@ impl Report {
         format!(
             "GETs per charge mean {:.0} p95 {}, total {}; payment detected p50/p95/max {:.1}/{:.1}/{:.1} min; \
              deadline {:.1}/{:.1}/{:.1} min; undetected {}; budget peak {:.0} % mean {:.1} %; \
-             foreground 429s {} of {}; our 429s {}; open peak {}; due peak {} (first third {}, last third {}); \
-             max stretch {:.2}; {} passes; {:.0} s",
+             foreground 429s {} of {}; our 429s {}; open peak {}; due peak {} (thirds {:?}); \
+             longest overdue (thirds) {:.1?} min; max stretch {:.2}; {} passes; {:.0} s",
             self.gets_mean,
             self.gets_p95,
             self.total_gets,
@@ -832,8 +850,8 @@ impl Report {
             self.ours_refused,
             self.open_peak,
             self.due_peak,
-            self.due_peak_thirds.0,
-            self.due_peak_thirds.1,
+            self.due_peak_thirds,
+            self.overdue_thirds,
             self.stretch_max,
             self.passes,
             self.wall.as_secs_f64()
@@ -844,7 +862,7 @@ impl Report {
 /// A row of the README's table: its label and how a run fills it.
 type Row = (&'static str, fn(&Report) -> String);
 
-const ROWS: [Row; 15] = [
+const ROWS: [Row; 16] = [
     ("charges a day x days (scale)", |r| {
         format!("{} x {} (1/{})", r.per_day, r.days, r.scale)
     }),
@@ -870,11 +888,13 @@ const ROWS: [Row; 15] = [
         r.ours_refused.to_string()
     }),
     ("open charges, peak", |r| r.open_peak.to_string()),
-    ("due backlog at a tick, peak (first / last third)", |r| {
-        format!(
-            "{} ({} / {})",
-            r.due_peak, r.due_peak_thirds.0, r.due_peak_thirds.1
-        )
+    ("due at a tick, peak (by third of the month)", |r| {
+        let [a, b, c] = r.due_peak_thirds;
+        format!("{} ({a} / {b} / {c})", r.due_peak)
+    }),
+    ("longest overdue at a tick, min (by third)", |r| {
+        let [a, b, c] = r.overdue_thirds;
+        format!("{a:.1} / {b:.1} / {c:.1}")
     }),
     ("stretch, largest", |r| format!("{:.2}", r.stretch_max)),
     ("passes", |r| r.passes.to_string()),
