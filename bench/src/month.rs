@@ -51,8 +51,12 @@ use univapay_sim::{Credentials, Limit, Outcome, Planned, Sim, SimConfig, TokenBu
 /// How far the driver moves simulated time per round of the runtime during a pass.
 const STEP: Duration = Duration::from_millis(10);
 /// Real time without a GET after which the driver takes the pass to be waiting on
-/// simulated time (the budget) rather than on the ledger (see [`pass`]).
+/// simulated time (the budget) rather than on the ledger (see [`pass`]): before its first
+/// GET, and after its last (where the writer lingers 20 ms for more results).
 const GRACE: Duration = Duration::from_millis(20);
+const TAIL_GRACE: Duration = Duration::from_millis(250);
+/// How much faster than real time the driver moves simulated time past a grace.
+const SPEEDUP: u32 = 1000;
 /// Passes start on the daemon's default cron: every 5 minutes.
 const TICK: Duration = Duration::from_secs(300);
 const DAY: i64 = 86_400;
@@ -535,14 +539,16 @@ async fn month(v: &Variant, dir: &Path) -> Result<Report, String> {
 }
 
 /// One pass over `due` charges, with the driver moving simulated time from its first GET
-/// to its last, and whenever the pass has sent no GET for [`GRACE`] of real time.
+/// to its last, and otherwise only when the pass has sent no GET for a while of real time.
 ///
-/// The second rule is what keeps a short budget from freezing the month: when the bucket
-/// is empty as a pass starts (at five times the arrivals it usually is), the pacer waits
-/// for a token before the first GET, and a retry after a 429 can wait after the last one.
-/// Those waits are on simulated time, which only the driver can move while the pass's
-/// ledger threads run. A pass doing ledger work sends its next GET well within the grace,
-/// so that work still takes no simulated time.
+/// The second rule keeps a short budget from freezing the month: when the bucket is empty
+/// as a pass starts (at five times the arrivals it usually is), the pacer waits for a token
+/// before the first GET, and a retry after a 429 can wait after the last one. Those waits
+/// are on simulated time, which only the driver can move while the pass's ledger threads
+/// run. Ledger work sends the next GET (or ends the pass) within the grace, so it still
+/// takes no simulated time; the grace after the last GET is longer because the writer
+/// lingers there ([`TAIL_GRACE`]). Past a grace, time moves at most [`SPEEDUP`] times as
+/// fast as real time, so ledger work that merely outlasts a grace costs little of it.
 async fn pass(
     rec: &Reconciler,
     guard: &konbini_reconciler::lock::PassGuard,
@@ -556,10 +562,11 @@ async fn pass(
             let n = f.arrived();
             if n > first && n < first + due {
                 tokio::time::advance(STEP).await;
-            } else if !request_within(&f, n, GRACE).await {
-                while f.arrived() == n {
-                    tokio::time::advance(STEP).await;
-                }
+                continue;
+            }
+            let grace = if n == first { GRACE } else { TAIL_GRACE };
+            if !request_within(&f, n, grace).await {
+                step_until_request(&f, n).await;
             }
         }
     });
@@ -576,8 +583,6 @@ async fn pass(
 
 /// Whether a request beyond the `seen`th reaches the front within `grace` of real time.
 async fn request_within(f: &Front, seen: u64, grace: Duration) -> bool {
-    // A real sleep on a blocking thread: the runtime's own clock is the simulated one.
-    let real = tokio::task::spawn_blocking(move || std::thread::sleep(grace));
     let next = async {
         while f.arrived() == seen {
             f.request.notified().await;
@@ -585,8 +590,28 @@ async fn request_within(f: &Front, seen: u64, grace: Duration) -> bool {
     };
     tokio::select! {
         () = next => true,
-        _ = real => f.arrived() != seen,
+        () = real_sleep(grace) => f.arrived() != seen,
     }
+}
+
+/// Moves simulated time until a request beyond the `seen`th comes, at most [`SPEEDUP`]
+/// times as fast as real time.
+async fn step_until_request(f: &Front, seen: u64) {
+    let began = std::time::Instant::now();
+    let mut moved = Duration::ZERO;
+    while f.arrived() == seen {
+        if moved > began.elapsed() * SPEEDUP {
+            real_sleep(Duration::from_micros(200)).await;
+        } else {
+            tokio::time::advance(STEP).await;
+            moved += STEP;
+        }
+    }
+}
+
+/// A real sleep, on a blocking thread: the runtime's own clock is the simulated one.
+async fn real_sleep(d: Duration) {
+    let _ = tokio::task::spawn_blocking(move || std::thread::sleep(d)).await;
 }
 
 /// Registers the charges created by `now` that are not yet in the ledger, as the shop's
