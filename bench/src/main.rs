@@ -5,7 +5,8 @@
 //! runs the real release `konbini-reconciler --once` against it, and prints what the pass
 //! achieved next to the theoretical bound of the setting: charges/s, requests and 429s
 //! (from the simulator's counters), peak RSS and CPU seconds (from the kernel, `wait4`'s
-//! rusage of the reconciler process). It is a tool that prints figures, not a test.
+//! rusage of the reconciler process, taken by a small launcher: see [`measure`]). It is a
+//! tool that prints figures, not a test.
 //!
 //! Scenarios: `rate` (bucket-limited), `latency` (20 ms answers, concurrency 64), `cpu`
 //! (no latency), `scale` (10k, 100k, 1M all due), `idle` (1M rows, none due). No argument
