@@ -416,6 +416,21 @@ impl Intake {
         self.wake.notify_one();
     }
 
+    /// When nothing is unrecorded or in flight and charges wait only for time (their
+    /// spacing, the hint budget): the instant, on the intake's clock, the next may start.
+    pub fn waiting_until(&self) -> Option<Instant> {
+        let c = self.coalescer();
+        if self.unrecorded.load(Ordering::Acquire) != 0 || c.in_flight() != 0 {
+            return None;
+        }
+        c.next_wake(self.now())
+    }
+
+    /// Wakes the dispatcher (its clock was moved).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
     /// Whether nothing is left to do: no hint unrecorded, no charge waiting, no check in
     /// flight.
     pub fn is_settled(&self) -> bool {

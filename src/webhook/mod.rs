@@ -458,6 +458,28 @@ impl Serving {
         }
     }
 
+    /// Now, by the intake's clock ([`Hooks::clock`]).
+    pub fn now(&self) -> tokio::time::Instant {
+        self.intake.now()
+    }
+
+    /// Whether every hint received so far has been recorded and checked.
+    pub fn is_settled(&self) -> bool {
+        self.intake.is_settled()
+    }
+
+    /// For simulations on a clock of their own ([`Hooks::clock`]): when the intake has
+    /// nothing to do but wait for time, the instant on that clock it waits for. A
+    /// simulation moves its clock there and calls [`Serving::wake`], instead of waiting.
+    pub fn waiting_until(&self) -> Option<tokio::time::Instant> {
+        self.intake.waiting_until()
+    }
+
+    /// Wakes the intake to look at its clock again.
+    pub fn wake(&self) {
+        self.intake.wake();
+    }
+
     /// After `shutdown` was cancelled: waits up to `limit` for the connections to close,
     /// the last hints to be recorded and the checks in flight to commit. Returns whether
     /// everything finished in time.
