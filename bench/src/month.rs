@@ -73,7 +73,7 @@ const START: &str = "2026-11-01T00:00:00+09:00";
 struct Variant {
     name: String,
     /// Lines for `[reconcile]` (empty: the defaults).
-    reconcile: &'static str,
+    reconcile: String,
     per_day: u32,
     days: u32,
     /// Arrivals, the route budget and the shop's traffic are all divided by this.
@@ -93,7 +93,12 @@ impl Variant {
     }
 }
 
-/// `konbini-bench month [--days N] [--scale K] [--quick] [flat|defaults|defaults-5x ...]`.
+/// `konbini-bench month [--days N] [--scale K] [--quick] [--reconcile LINES]
+/// [flat|defaults|defaults-5x|custom ...]`.
+///
+/// `custom` runs the `[reconcile]` lines given with `--reconcile` (for example
+/// `'recheck_schedule = [{ age = "0s", every = "10m" }, { age = "2d", every = "3h" }]'`),
+/// to try a schedule against the same month before deploying it.
 ///
 /// `--scale K` divides the arrivals, the route budget (burst and rate) and the shop's
 /// traffic by K, which keeps every ratio the figures per charge depend on: at the issue's
@@ -103,17 +108,24 @@ pub fn main(args: &[String]) {
     let quick = args.iter().any(|a| a == "--quick");
     let days = flag(args, "--days").unwrap_or(if quick { 4 } else { 30 });
     let scale = flag(args, "--scale").unwrap_or(10).clamp(1, 50);
+    let custom = args
+        .iter()
+        .position(|a| a == "--reconcile")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
     let wanted: Vec<&str> = args
         .iter()
         .filter(|a| !a.starts_with("--") && a.parse::<u32>().is_err())
+        .filter(|a| Some(*a) != custom.as_ref())
         .map(String::as_str)
         .collect();
     let variants: Vec<Variant> = [
-        ("flat", "recheck_interval = \"5m\"", 1000),
-        ("defaults", "", 1000),
-        ("defaults-5x", "", 5000),
+        ("flat", "recheck_interval = \"5m\"".to_owned(), 1000),
+        ("defaults", String::new(), 1000),
+        ("defaults-5x", String::new(), 5000),
     ]
     .into_iter()
+    .chain(custom.clone().map(|lines| ("custom", lines, 1000)))
     .filter(|(n, _, _)| wanted.is_empty() || wanted.contains(n))
     .map(|(name, reconcile, per_day)| Variant {
         name: name.into(),
@@ -125,7 +137,9 @@ pub fn main(args: &[String]) {
     })
     .collect();
     if variants.is_empty() {
-        eprintln!("konbini-bench month: choose from flat defaults defaults-5x");
+        eprintln!(
+            "konbini-bench month: choose from flat defaults defaults-5x (custom with --reconcile)"
+        );
         std::process::exit(1);
     }
     let mut reports = vec![];
@@ -497,7 +511,7 @@ async fn month(v: &Variant, dir: &Path) -> Result<Report, String> {
     });
     let base = serve(front_state.clone()).await?;
     let db = dir.join("month.db");
-    let settings = settings(&base, &db, v.reconcile)?;
+    let settings = settings(&base, &db, &v.reconcile)?;
     let rec = Reconciler::with_clock(settings, Arc::new(time)).map_err(|e| e.to_string())?;
     rec.prepare_ledger().await.map_err(|e| e.to_string())?;
     let ledger = Ledger::open(&db, Duration::from_secs(5)).map_err(|e| e.to_string())?;
@@ -1007,7 +1021,7 @@ mod tests {
     fn a_short_budget_does_not_freeze_the_month() {
         let v = Variant {
             name: "defaults-5x".into(),
-            reconcile: "",
+            reconcile: String::new(),
             per_day: 100,
             days: 1,
             scale: 50,
