@@ -267,11 +267,7 @@ impl Ledger {
         batch: &DiscoveryBatch,
         now: DateTime<Utc>,
     ) -> Result<SweepCounts, LedgerError> {
-        let path = self.path.clone();
-        let err = |e: rusqlite::Error| LedgerError::Sqlite {
-            path: path.clone(),
-            message: super::sqlite_message(&e),
-        };
+        let err = super::err_at(&self.path);
         let at = ts(now);
         let tx = self
             .conn
@@ -345,11 +341,7 @@ impl Ledger {
         items: &[Enrichment],
         now: DateTime<Utc>,
     ) -> Result<u64, LedgerError> {
-        let path = self.path.clone();
-        let err = |e: rusqlite::Error| LedgerError::Sqlite {
-            path: path.clone(),
-            message: super::sqlite_message(&e),
-        };
+        let err = super::err_at(&self.path);
         let at = ts(now);
         let tx = self
             .conn

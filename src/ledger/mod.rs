@@ -51,6 +51,15 @@ pub enum LedgerError {
     Sqlite { path: PathBuf, message: String },
 }
 
+/// [`Ledger::err`] for code that holds a transaction on the ledger's connection (and so
+/// cannot borrow the whole ledger): it borrows only the path.
+fn err_at(path: &Path) -> impl Fn(rusqlite::Error) -> LedgerError + Copy + '_ {
+    move |e| LedgerError::Sqlite {
+        path: path.to_path_buf(),
+        message: sqlite_message(&e),
+    }
+}
+
 fn sqlite_message(e: &rusqlite::Error) -> String {
     use rusqlite::ErrorCode;
     let (code, msg) = match e {
@@ -264,10 +273,7 @@ impl Ledger {
     }
 
     fn err(&self, e: rusqlite::Error) -> LedgerError {
-        LedgerError::Sqlite {
-            path: self.path.clone(),
-            message: sqlite_message(&e),
-        }
+        err_at(&self.path)(e)
     }
 
     /// Marks runs left `running` by a process that died as `interrupted`. Call only while
@@ -523,11 +529,7 @@ impl Ledger {
         results: &[CheckResult],
         savepoints: bool,
     ) -> Result<Option<Applied>, LedgerError> {
-        let path = self.path.clone();
-        let err = |e: rusqlite::Error| LedgerError::Sqlite {
-            path: path.clone(),
-            message: sqlite_message(&e),
-        };
+        let err = err_at(&self.path);
         let mut applied = Applied::default();
         let mut tx = self
             .conn

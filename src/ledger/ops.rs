@@ -335,11 +335,7 @@ impl Ledger {
     /// comparison with what is registered. One transaction; nothing is changed unless the
     /// charge was new.
     pub fn register(&mut self, c: &NewCharge) -> Result<Registered, LedgerError> {
-        let path = self.path.clone();
-        let err = |e: rusqlite::Error| LedgerError::Sqlite {
-            path: path.clone(),
-            message: super::sqlite_message(&e),
-        };
+        let err = super::err_at(&self.path);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -423,11 +419,7 @@ impl Ledger {
         ids: &[ChargeId],
         now: DateTime<Utc>,
     ) -> Result<Vec<Rechecked>, LedgerError> {
-        let path = self.path.clone();
-        let err = |e: rusqlite::Error| LedgerError::Sqlite {
-            path: path.clone(),
-            message: super::sqlite_message(&e),
-        };
+        let err = super::err_at(&self.path);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
