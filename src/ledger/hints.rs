@@ -1,5 +1,6 @@
 //! The ledger side of webhook hints: which charge a hint names, the `webhook` event rows,
-//! and reading the hinted charges afresh right before their check.
+//! and making hinted charges due. (A hinted charge is read afresh right before its check
+//! with [`Ledger::charges_by_id`](super::Ledger::charges_by_id), as `check` reads its.)
 //!
 //! A hint never changes a `charges` row: only the check that follows it does, through
 //! [`Ledger::apply`](super::Ledger::apply) like any other check.
@@ -7,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
-use super::{DueRow, Ledger, LedgerError, row_to_due, sqlite_message, ts};
+use super::{Ledger, LedgerError, ts};
 use crate::domain::{ChargeId, State, StoreId};
 
 /// The `charge_events.kind` of a hint's row; `detail` holds the event name.
@@ -40,24 +41,12 @@ pub enum HintTarget {
 }
 
 /// The columns a pass reads, by id; `next_check_at` reads as `''` for final charges.
-const SELECT_BY_ID: &str =
-    "SELECT charge_id, store_id, requested_amount, requested_currency, state,
-        provider_status, charged_amount, charged_currency, amount_mismatch,
-        mismatch_detail, payment_number, payment_url, last_error,
-        consecutive_errors, not_found_count, coalesce(next_check_at, ''),
-        updated_at
- FROM charges WHERE charge_id = ?1";
-
 impl Ledger {
     /// Looks up each hinted charge and, for those the ledger holds under the same store,
     /// appends one `webhook` event row (`detail`: the event name), all in one transaction.
     /// Returns what each hint named, in order.
     pub fn record_hints(&mut self, hints: &[HintRow]) -> Result<Vec<HintTarget>, LedgerError> {
-        let path = self.path.clone();
-        let err = |e: rusqlite::Error| LedgerError::Sqlite {
-            path: path.clone(),
-            message: sqlite_message(&e),
-        };
+        let err = super::err_at(&self.path);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -105,11 +94,7 @@ impl Ledger {
     /// Makes the named open charges due at `now` (unless they already are), in one
     /// transaction: hints that could not be followed leave their charge to the next pass.
     pub fn make_due(&mut self, ids: &[ChargeId], now: DateTime<Utc>) -> Result<usize, LedgerError> {
-        let path = self.path.clone();
-        let err = |e: rusqlite::Error| LedgerError::Sqlite {
-            path: path.clone(),
-            message: sqlite_message(&e),
-        };
+        let err = super::err_at(&self.path);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -128,22 +113,6 @@ impl Ledger {
         }
         tx.commit().map_err(err)?;
         Ok(changed)
-    }
-
-    /// The named charges as a pass reads them (`None` for those not in the ledger), so a
-    /// check decides from the row as it is now and writes only if it is still so.
-    pub fn hinted_charges(&self, ids: &[ChargeId]) -> Result<Vec<Option<DueRow>>, LedgerError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(SELECT_BY_ID)
-            .map_err(|e| self.err(e))?;
-        ids.iter()
-            .map(|id| {
-                stmt.query_row([id.as_str()], row_to_due)
-                    .optional()
-                    .map_err(|e| self.err(e))
-            })
-            .collect()
     }
 }
 
@@ -238,7 +207,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let l = ledger(dir.path());
         let ids = ["open", "done", "nope"].map(|s| ChargeId::parse(s.to_owned()).unwrap());
-        let rows = l.hinted_charges(&ids).unwrap();
+        let rows = l.charges_by_id(&ids).unwrap();
         let open = rows[0].as_ref().unwrap().as_ref().unwrap();
         assert_eq!(open.tracked.state, State::Pending);
         let done = rows[1].as_ref().unwrap().as_ref().unwrap();

@@ -275,7 +275,7 @@ impl Intake {
         let ids: Vec<ChargeId> = due.iter().map(|d| d.charge_id.clone()).collect();
         let rows = match self
             .reconciler
-            .with_ledger(Open::Existing, move |l| l.hinted_charges(&ids))
+            .with_ledger(Open::Existing, move |l| l.charges_by_id(&ids))
             .await
         {
             Ok(rows) => rows,
