@@ -608,17 +608,8 @@ impl Sweep<'_> {
         store: &StoreId,
         mark: DateTime<Utc>,
     ) -> Result<(), LedgerError> {
-        let requests = self.verifier.requests();
-        batch.counts.requests = requests - self.committed_requests;
         batch.watermark = Some((store.clone(), mark));
-        let now = self.rec.now();
-        let added = self
-            .rec
-            .with_ledger(Open::Existing, move |mut l| l.commit_discovery(&batch, now))
-            .await?;
-        self.committed_requests = requests;
-        self.totals += added;
-        Ok(())
+        self.write(batch).await
     }
 
     /// Commits the requests not yet counted (those of a page that failed).
@@ -626,15 +617,17 @@ impl Sweep<'_> {
         if self.verifier.requests() == self.committed_requests {
             return Ok(());
         }
-        let requests = self.verifier.requests();
-        let batch = DiscoveryBatch {
+        self.write(DiscoveryBatch {
             sweep_id: Some(self.sweep_id),
-            counts: SweepCounts {
-                requests: requests - self.committed_requests,
-                ..SweepCounts::default()
-            },
             ..DiscoveryBatch::default()
-        };
+        })
+        .await
+    }
+
+    /// Writes `batch` with the requests made since the last write counted in it.
+    async fn write(&mut self, mut batch: DiscoveryBatch) -> Result<(), LedgerError> {
+        let requests = self.verifier.requests();
+        batch.counts.requests = requests - self.committed_requests;
         let now = self.rec.now();
         let added = self
             .rec
