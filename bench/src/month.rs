@@ -679,30 +679,19 @@ struct Series {
 impl Series {
     /// Samples the open and due charges now; returns them.
     fn observe(&mut self, ledger: &Ledger, time: &SimTime) -> Result<(u64, u64), String> {
-        let now = ts(time.now());
-        let count = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> Result<u64, String> {
-            ledger
-                .conn()
-                .query_row(sql, p, |r| r.get::<_, i64>(0))
-                .map(|n| n as u64)
-                .map_err(|e| e.to_string())
-        };
-        let open = count(
-            "SELECT count(*) FROM charges WHERE next_check_at IS NOT NULL",
-            &[],
-        )?;
-        let due = count(
-            "SELECT count(*) FROM charges WHERE next_check_at <= ?1",
-            &[&now],
-        )?;
-        let oldest: Option<String> = ledger
+        // One scan: the open charges, how many are due, and the earliest next check (the
+        // most overdue when any is due).
+        let (open, due, oldest): (i64, i64, Option<String>) = ledger
             .conn()
             .query_row(
-                "SELECT min(next_check_at) FROM charges WHERE next_check_at <= ?1",
-                [&now],
-                |r| r.get(0),
+                "SELECT count(*), total(next_check_at <= ?1), min(next_check_at)
+                 FROM charges WHERE next_check_at IS NOT NULL",
+                [ts(time.now())],
+                |r| Ok((r.get(0)?, r.get::<_, f64>(1)? as i64, r.get(2)?)),
             )
             .map_err(|e| e.to_string())?;
+        let (open, due) = (open as u64, due as u64);
+        let oldest = oldest.filter(|_| due > 0);
         let waited = oldest
             .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
             .map_or(0.0, |t| {
