@@ -204,6 +204,33 @@ async fn the_stretch_is_a_warning_with_the_numbers() {
     assert!((stretch - 6.0 / 0.9 / 5.4).abs() < 0.01, "{stretch}");
 }
 
+/// A flat 5 minutes on the default 5-minute cron is every second pass (each check falls
+/// due just after a tick), so 30 open charges need 3 checks a minute, not 6: within a
+/// ceiling of 6 a minute (a target of 5.4), nothing is stretched or warned about.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flat_schedule_is_planned_at_the_pace_the_cron_gives_it() {
+    let app = TestApp::spawn_with(|c| {
+        c.api.max_requests_per_minute = Some(6);
+        c.reconcile.recheck_interval = Some(Duration::from_secs(300));
+    })
+    .await;
+    for i in 0..30 {
+        app.create(&format!("c{i}"), 100);
+    }
+    app.db()
+        .execute(
+            "UPDATE charges SET next_check_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+1 hour')
+             WHERE charge_id <> 'c0'",
+            [],
+        )
+        .unwrap();
+    let out = konbini_once(&app).await;
+    out.assert_code(0);
+    let err = out.stderr();
+    assert!(!err.contains("recheck intervals stretched"), "{err}");
+    assert_eq!(only_run(&app).stretch, Some(1.0));
+}
+
 /// The shop's own page: three GETs at once every 200 ms (15 a second) on the charge
 /// route, until `stop`. Returns (sent, refused with 429).
 fn shop(base: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(u64, u64)> {
