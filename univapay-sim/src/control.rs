@@ -122,6 +122,24 @@ pub(crate) fn create_charge(
     Ok(c)
 }
 
+/// The charge as it is now, if it exists and is not final yet.
+fn open_charge(
+    d: &Data,
+    pop: Option<&Population>,
+    id: &str,
+    now: DateTime<Utc>,
+) -> Result<SimCharge, SimError> {
+    let current =
+        Sim::charge_in(d, pop, id, now).ok_or_else(|| SimError::NoSuchCharge(id.into()))?;
+    if current.is_final() {
+        return Err(SimError::AlreadyFinal {
+            id: id.into(),
+            status: current.status,
+        });
+    }
+    Ok(current)
+}
+
 fn validate_charge(req: &NewCharge) -> Result<(), SimError> {
     if req.amount <= 0 {
         return Err(invalid("amount", "MUST_BE_POSITIVE"));
@@ -264,19 +282,10 @@ impl Sim {
     /// from now on, as it is now).
     pub fn schedule(&self, id: &str, after: Duration, action: Action) -> Result<(), SimError> {
         self.with_data(|d, pop, now| {
-            let Some(current) = Sim::charge_in(d, pop, id, now) else {
-                return (Err(SimError::NoSuchCharge(id.into())), vec![]);
+            let current = match open_charge(d, pop, id, now) {
+                Ok(c) => c,
+                Err(e) => return (Err(e), vec![]),
             };
-            if current.is_final() {
-                let status = current.status;
-                return (
-                    Err(SimError::AlreadyFinal {
-                        id: id.into(),
-                        status,
-                    }),
-                    vec![],
-                );
-            }
             if !d.holds(id) {
                 d.put(current);
             }
@@ -292,19 +301,10 @@ impl Sim {
         f: impl FnOnce(&Data, Option<&Population>, SimCharge) -> Vec<SimCharge>,
     ) -> Result<SimCharge, SimError> {
         self.with_data(|d, pop, now| {
-            let Some(current) = Sim::charge_in(d, pop, id, now) else {
-                return (Err(SimError::NoSuchCharge(id.into())), vec![]);
+            let current = match open_charge(d, pop, id, now) {
+                Ok(c) => c,
+                Err(e) => return (Err(e), vec![]),
             };
-            if current.is_final() {
-                let status = current.status;
-                return (
-                    Err(SimError::AlreadyFinal {
-                        id: id.into(),
-                        status,
-                    }),
-                    vec![],
-                );
-            }
             let states = f(d, pop, current.clone());
             if states.is_empty() {
                 d.put(current.clone());
