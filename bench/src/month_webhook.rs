@@ -35,7 +35,7 @@ use chrono::{DateTime, Utc};
 use konbini_reconciler::Settings;
 use konbini_reconciler::ledger::{Ledger, Trigger, ts};
 use konbini_reconciler::lock::PassLock;
-use konbini_reconciler::reconcile::cadence::{Cadence, EARLY_JITTER, LEAD};
+use konbini_reconciler::reconcile::cadence::{Cadence, EARLY_JITTER, lead};
 use konbini_reconciler::reconcile::{Clock, Reconciler};
 use konbini_reconciler::webhook::{self, Health, Hooks, Listener};
 use tokio_util::sync::CancellationToken;
@@ -658,7 +658,7 @@ fn on_the_cron(every: Duration, flat: bool, tick: Option<Duration>) -> Duration 
     }
     let early = every
         .mul_f64(1.0 - EARLY_JITTER / 2.0)
-        .saturating_sub(LEAD.min(every / 10));
+        .saturating_sub(lead(every));
     let ticks = (early.as_secs_f64() / tick.as_secs_f64()).ceil().max(1.0);
     tick.mul_f64(ticks)
 }

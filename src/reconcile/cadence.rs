@@ -4,7 +4,7 @@
 //!
 //! - **By age.** `reconcile.recheck_schedule` gives the interval for each age (time since
 //!   `created_at`). A schedule of several steps is jittered, early and never late: each
-//!   check comes [`LEAD`] (or a tenth of the interval, if less) plus up to [`EARLY_JITTER`]
+//!   check comes [`LEAD`] (or a fifth of the interval, if less) plus up to [`EARLY_JITTER`]
 //!   of the interval early. Charges registered together so spread out, and, because
 //!   passes run on a cron, a charge checked a minute into a pass is still due by the tick
 //!   its interval ends on instead of waiting a whole extra tick: "every 10 minutes" on a
@@ -31,9 +31,20 @@ use crate::domain::{ChargeDates, RecheckStep};
 /// of its lead.
 pub const EARLY_JITTER: f64 = 0.2;
 
-/// A check of a jittered schedule comes this much early (at most a tenth of its
-/// interval): the time a check may be made into a pass, after the tick.
-pub const LEAD: Duration = Duration::from_secs(60);
+/// A check of a jittered schedule comes this much early (at most a fifth of its
+/// interval, see [`lead`]): the time a check may be made into a pass, after the tick.
+/// A pass spends the budget share at its pace, so at the default share (600 GETs a
+/// minute) two minutes cover a pass of 1,200 due charges; a check made later than this
+/// into its pass slips one tick.
+pub const LEAD: Duration = Duration::from_secs(120);
+
+/// How early a check of a jittered schedule with this interval comes, on top of its
+/// jitter. A fifth at most: with the jitter's fifth, a check never comes sooner than 0.6
+/// of its interval, so "every 10 minutes" on a 5-minute cron stays every second tick for
+/// any check made up to two minutes into its pass.
+pub fn lead(every: Duration) -> Duration {
+    LEAD.min(every / 5)
+}
 
 /// Demand is stretched to fit this share of the budget, leaving room for retries after
 /// errors, deadline checks and the unevenness of passes.
@@ -125,8 +136,7 @@ impl Cadence {
         let every = if self.is_flat() {
             every
         } else {
-            let lead = LEAD.min(every / 10);
-            scale(every, 1.0 - EARLY_JITTER * jitter.clamp(0.0, 1.0)).saturating_sub(lead)
+            scale(every, 1.0 - EARLY_JITTER * jitter.clamp(0.0, 1.0)).saturating_sub(lead(every))
         };
         let mut next = after(now, every);
         if let Some(expires) = dates.expires_at {
@@ -258,17 +268,17 @@ mod tests {
         assert_eq!(c.interval_at(HOUR - Duration::from_secs(1)), MIN);
         assert_eq!(c.interval_at(HOUR), 10 * MIN);
         assert_eq!(c.interval_at(30 * DAY), 30 * MIN);
-        // With no jitter the check comes one interval, less the lead (a minute), later.
+        // With no jitter the check comes one interval, less the lead (two minutes), later.
         let now = plus(2 * HOUR);
         assert_eq!(
             c.next_check(now, &born(t0()), 0.0),
-            now + chrono::Duration::minutes(9)
+            now + chrono::Duration::minutes(8)
         );
-        // The lead is a tenth of a short interval.
+        // The lead is a fifth of a short interval.
         let now = plus(Duration::from_secs(60));
         assert_eq!(
             c.next_check(now, &born(t0()), 0.0),
-            now + chrono::Duration::seconds(54)
+            now + chrono::Duration::seconds(48)
         );
     }
 
@@ -276,14 +286,14 @@ mod tests {
     fn jitter_only_brings_a_check_forward() {
         let c = default_like();
         let now = plus(HOUR);
-        let latest = now + chrono::Duration::minutes(9);
-        let earliest = now + chrono::Duration::minutes(7);
+        let latest = now + chrono::Duration::minutes(8);
+        let earliest = now + chrono::Duration::minutes(6);
         assert_eq!(c.next_check(now, &born(t0()), 0.0), latest);
         let almost_one = c.next_check(now, &born(t0()), 0.999_999);
         assert!(almost_one >= earliest && almost_one < earliest + chrono::Duration::seconds(1));
         assert_eq!(
             c.next_check(now, &born(t0()), 0.5),
-            now + chrono::Duration::minutes(8)
+            now + chrono::Duration::minutes(7)
         );
     }
 
@@ -303,12 +313,12 @@ mod tests {
     fn an_unknown_or_future_created_at_is_young() {
         let c = default_like();
         let now = plus(10 * DAY);
-        let young = now + chrono::Duration::minutes(9);
+        let young = now + chrono::Duration::minutes(8);
         assert_eq!(c.next_check(now, &ChargeDates::default(), 0.0), young);
         assert_eq!(c.next_check(now, &born(plus(11 * DAY)), 0.0), young);
         assert_eq!(
             c.next_check(now, &born(t0()), 0.0),
-            now + chrono::Duration::minutes(119)
+            now + chrono::Duration::minutes(118)
         );
     }
 
@@ -331,13 +341,13 @@ mod tests {
         let now = plus(3 * DAY);
         assert_eq!(
             c.next_check(now, &dates, 0.0),
-            now + chrono::Duration::minutes(119)
+            now + chrono::Duration::minutes(118)
         );
         // After the deadline check, if UnivaPay still says open: the schedule again.
         let now = expires + chrono::Duration::minutes(6);
         assert_eq!(
             c.next_check(now, &dates, 0.0),
-            now + chrono::Duration::minutes(119)
+            now + chrono::Duration::minutes(118)
         );
         // The deadline check is not stretched.
         let stretched = Cadence {
@@ -362,12 +372,12 @@ mod tests {
         let now = expires - chrono::Duration::hours(20);
         assert_eq!(
             c.next_check(now, &dates, 0.0),
-            now + chrono::Duration::minutes(9)
+            now + chrono::Duration::minutes(8)
         );
         let now = expires - chrono::Duration::hours(27);
         assert_eq!(
             c.next_check(now, &dates, 0.0),
-            now + chrono::Duration::minutes(119)
+            now + chrono::Duration::minutes(118)
         );
         // A long interval that would overshoot the start of the watch stops there.
         let now = expires - chrono::Duration::hours(25);
@@ -382,7 +392,7 @@ mod tests {
         let now = expires - chrono::Duration::hours(20);
         assert_eq!(
             off.next_check(now, &dates, 0.0),
-            now + chrono::Duration::minutes(119)
+            now + chrono::Duration::minutes(118)
         );
     }
 
@@ -395,7 +405,7 @@ mod tests {
         let now = plus(HOUR);
         assert_eq!(
             c.next_check(now, &born(t0()), 0.0),
-            now + chrono::Duration::minutes(29)
+            now + chrono::Duration::minutes(28)
         );
         let flat = Cadence {
             stretch: 2.5,
@@ -458,6 +468,25 @@ mod tests {
             if demand <= budget * TARGET_USE {
                 prop_assert_eq!(f, 1.0);
             }
+        }
+
+        /// A young charge under the default schedule, checked up to two minutes into a
+        /// pass that started on a tick of the 5-minute cron, is due again by the second
+        /// tick after, whatever its jitter, and not by the first: "every 10 minutes" is
+        /// every second pass even when the pass takes a while to reach the charge.
+        #[test]
+        fn a_check_late_in_its_pass_keeps_to_every_second_tick(
+            tick_n in 0i64..100_000,
+            into_pass_ms in 0i64..120_000,
+            jitter in 0.0f64..1.0,
+        ) {
+            let c = steps(&[(Duration::ZERO, 10 * MIN), (2 * DAY, 3 * HOUR)]);
+            let tick = t0() + chrono::Duration::minutes(5 * tick_n);
+            let now = tick + chrono::Duration::milliseconds(into_pass_ms);
+            let created = now - chrono::Duration::hours(1);
+            let next = c.next_check(now, &born(created), jitter);
+            prop_assert!(next <= tick + chrono::Duration::minutes(10), "slips a tick: {next}");
+            prop_assert!(next > tick + chrono::Duration::minutes(5), "one tick early: {next}");
         }
 
         /// More demand never stretches less.

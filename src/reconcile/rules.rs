@@ -566,12 +566,12 @@ mod tests {
             created_at: days_ago(1),
             expires_at: None,
         };
-        assert_eq!(decide_for(young), now() + chrono::Duration::minutes(9));
+        assert_eq!(decide_for(young), now() + chrono::Duration::minutes(8));
         let old = ChargeDates {
             created_at: days_ago(3),
             expires_at: None,
         };
-        assert_eq!(decide_for(old), now() + chrono::Duration::minutes(119));
+        assert_eq!(decide_for(old), now() + chrono::Duration::minutes(118));
         let at_deadline = ChargeDates {
             created_at: days_ago(3),
             expires_at: Some(now() + chrono::Duration::minutes(3)),
