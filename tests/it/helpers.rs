@@ -140,9 +140,12 @@ impl TestApp {
             .with(edit);
         let config_path = dir.path().join("config.toml");
         let settings = write_settings(&config, &config_path);
-        // Ahead of the database's own clock, so that charges registered just now are due.
+        // Ahead of the database's own clock, so that charges registered just now (their
+        // `next_check_at` defaults to the database's now) are due. A minute, not a second:
+        // on a loaded two-core machine a test has taken over a second between here and
+        // its last INSERT, and a charge registered after the clock was not due.
         let clock = Arc::new(ManualClock(Mutex::new(
-            Utc::now() + chrono::Duration::seconds(1),
+            Utc::now() + chrono::Duration::minutes(1),
         )));
         let reconciler = Reconciler::with_clock(settings.clone(), clock.clone()).unwrap();
         reconciler.prepare_ledger().await.unwrap();
