@@ -35,7 +35,7 @@ use chrono::{DateTime, Utc};
 use konbini_reconciler::Settings;
 use konbini_reconciler::ledger::{Ledger, Trigger, ts};
 use konbini_reconciler::lock::PassLock;
-use konbini_reconciler::reconcile::cadence::{Cadence, EARLY_JITTER, lead};
+use konbini_reconciler::reconcile::cadence::on_the_cron;
 use konbini_reconciler::reconcile::{Clock, Reconciler};
 use konbini_reconciler::webhook::{self, Health, Hooks, Listener};
 use tokio_util::sync::CancellationToken;
@@ -611,7 +611,7 @@ fn summarize(
 
 /// Polling alone over the same charges' lives: a GET at registration, then one every
 /// `every` (by age) until one sees the final status. With passes every `tick`, each
-/// interval is the one the reconciler really keeps on that cron ([`on_the_cron`]).
+/// interval is the one the reconciler keeps on that cron, on average ([`on_the_cron`]).
 fn model(seen: &[Seen], schedule: &[(Duration, Duration)], tick: Option<Duration>) -> Line {
     let flat = schedule.len() == 1;
     let mut gets = Vec::with_capacity(seen.len());
@@ -624,7 +624,8 @@ fn model(seen: &[Seen], schedule: &[(Duration, Duration)], tick: Option<Duration
                 .rev()
                 .find(|(age, _)| *age <= t)
                 .map_or(Duration::from_secs(300), |(_, e)| *e);
-            t += on_the_cron(every, flat, tick);
+            // With no cron, the nominal interval: the strict model.
+            t += tick.map_or(every, |_| on_the_cron(every, flat, tick));
             n += 1;
         }
         gets.push(n);
@@ -642,25 +643,6 @@ fn model(seen: &[Seen], schedule: &[(Duration, Duration)], tick: Option<Duration
         after_delivery: None,
         expiry: Spread::of(expired),
     }
-}
-
-/// How often a charge on interval `every` is really checked when passes run every `tick`.
-/// A flat interval counts from a check made a moment after its pass's tick, so it falls
-/// due just after a tick and waits for the next (the library's own rule, which its budget
-/// plan uses). A schedule by age comes early, by the mean of its jitter and its lead, and
-/// is taken at the first tick after that.
-fn on_the_cron(every: Duration, flat: bool, tick: Option<Duration>) -> Duration {
-    let Some(tick) = tick.filter(|t| !t.is_zero()) else {
-        return every;
-    };
-    if flat {
-        return Cadence::flat(every).effective_interval(every, Some(tick));
-    }
-    let early = every
-        .mul_f64(1.0 - EARLY_JITTER / 2.0)
-        .saturating_sub(lead(every));
-    let ticks = (early.as_secs_f64() / tick.as_secs_f64()).ceil().max(1.0);
-    tick.mul_f64(ticks)
 }
 
 /// The schedule a `[reconcile]` snippet sets, for the model: `recheck_interval` alone is
@@ -841,10 +823,12 @@ mod tests {
         // A flat 5 minutes is every second pass; a flat hour every 13th.
         assert_eq!(on_the_cron(5 * min, true, tick), 10 * min);
         assert_eq!(on_the_cron(60 * min, true, tick), 65 * min);
-        // By age, 10 minutes comes early enough for every second pass; an hour, every 11th
-        // (54 minutes less the lead, rounded up to 55).
+        // By age, 10 minutes comes early enough for every second pass; an hour, due 46 to
+        // 58 minutes after a check, at the 10th (4 of 12 minutes), 11th (5) or 12th (3)
+        // pass: 131 / 12 passes on average (the mean over the jitter, as the plan counts).
         assert_eq!(on_the_cron(10 * min, false, tick), 10 * min);
-        assert_eq!(on_the_cron(60 * min, false, tick), 55 * min);
+        let hour = on_the_cron(60 * min, false, tick).as_secs_f64() / 60.0;
+        assert!((hour - 131.0 / 12.0 * 5.0).abs() < 1e-9, "{hour}");
         assert_eq!(on_the_cron(7 * min, true, None), 7 * min);
         // So the flat 5-minute model costs half the GETs of a strict 5 minutes.
         let five = [(Duration::ZERO, 5 * min)];

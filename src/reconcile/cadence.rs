@@ -16,7 +16,7 @@
 //!   the schedule's first (young) interval, because customers who pay late pay on the
 //!   last day (a long interval is cut short to start the watch on time).
 //! - **The budget.** When the open charges need more checks per minute than the budget
-//!   share allows, every interval is multiplied by one factor ([`stretch_factor`]) so the
+//!   share allows, every interval is multiplied by one factor ([`Cadence::stretch_to_fit`]) so the
 //!   checks fit, instead of a backlog growing without bound. The deadline check is not
 //!   stretched.
 
@@ -153,52 +153,125 @@ impl Cadence {
         next
     }
 
-    /// Checks per minute the open charges need, unstretched. `by_step[k]` counts the open
-    /// charges whose age falls in step `k` (outside the deadline watch); `watched` those
-    /// in their deadline watch; `tick` is the time between passes when known (the cron's).
-    pub fn demand_per_minute(&self, by_step: &[u64], watched: u64, tick: Option<Duration>) -> f64 {
+    /// Checks per minute the open charges need, unstretched.
+    pub fn demand_per_minute(&self, open: &OpenCount) -> f64 {
+        self.demand_stretched(open, 1.0)
+    }
+
+    /// Checks per minute `open` needs with every interval stretched by `stretch`.
+    fn demand_stretched(&self, open: &OpenCount, stretch: f64) -> f64 {
         let per_minute = |n: u64, every: Duration| {
-            n as f64 * 60.0 / self.effective_interval(every, tick).as_secs_f64().max(1e-3)
+            let every = scale(every, stretch);
+            n as f64 * 60.0
+                / self
+                    .effective_interval(every, open.tick)
+                    .as_secs_f64()
+                    .max(1e-3)
         };
         self.schedule
             .iter()
-            .zip(by_step)
+            .zip(&open.by_step)
             .map(|(s, &n)| per_minute(n, s.every))
             .sum::<f64>()
-            + per_minute(watched, self.young_interval())
+            + per_minute(open.watched, self.young_interval())
     }
 
-    /// How often, on average, a charge on interval `every` is checked. A jittered schedule
-    /// comes early, so a little more often than its nominal interval (counted as the mean
-    /// jitter; its lead is what lets a check made into a pass be due by the tick its
-    /// interval ends on). A flat schedule is checked exactly `every` after a check made a
-    /// moment after its pass's tick, so it falls due a moment after a tick and is taken at
-    /// the next one: on passes every `tick`, a whole number of ticks past `every` (a flat
-    /// 5 minutes on the 5-minute cron is every second pass).
-    pub fn effective_interval(&self, every: Duration, tick: Option<Duration>) -> Duration {
-        if !self.is_flat() {
-            return scale(every, 1.0 - EARLY_JITTER / 2.0);
+    /// The least factor (at least 1) by which every interval must stretch so that `open`
+    /// needs no more than [`TARGET_USE`] of `budget` checks per minute. No budget known (no
+    /// answer with rate-limit headers yet and no `api.max_requests_per_minute`): 1, nothing
+    /// to fit to. Not simply demand over budget: on a cron, an interval is checked at
+    /// whole ticks, so a stretch too small to move a check to a later tick saves nothing.
+    /// The demand falls as the stretch grows, so the factor is found by bisection.
+    pub fn stretch_to_fit(&self, open: &OpenCount, budget: Option<f64>) -> f64 {
+        let Some(target) = budget.filter(|b| *b > 0.0).map(|b| b * TARGET_USE) else {
+            return 1.0;
+        };
+        let fits = |stretch: f64| {
+            let d = self.demand_stretched(open, stretch);
+            d.is_nan() || d <= target
+        };
+        if fits(1.0) {
+            return 1.0;
         }
-        match tick.filter(|t| !t.is_zero()) {
-            Some(tick) => {
-                let ticks = (every.as_secs_f64() / tick.as_secs_f64()).floor() + 1.0;
-                scale(tick, ticks)
-            }
-            None => every,
+        if !fits(MAX_STRETCH) {
+            return MAX_STRETCH;
+        }
+        let (mut lo, mut hi) = (1.0, MAX_STRETCH);
+        // 60 halvings of 1000 leave far less than the 1e-9 the figures are shown to.
+        for _ in 0..60 {
+            let mid = (lo + hi) / 2.0;
+            if fits(mid) { hi = mid } else { lo = mid }
+        }
+        hi
+    }
+
+    /// How often, on average, a charge on interval `every` is checked under this
+    /// schedule: see [`on_the_cron`].
+    pub fn effective_interval(&self, every: Duration, tick: Option<Duration>) -> Duration {
+        on_the_cron(every, self.is_flat(), tick)
+    }
+}
+
+/// How often, on average, a charge on interval `every` is checked when passes run every
+/// `tick`. A flat schedule (`flat`) is checked exactly `every` after a check made a moment
+/// after its pass's tick, so it falls due a moment after a tick and is taken at the next
+/// one: a whole number of ticks past `every` (a flat 5 minutes on the 5-minute cron is
+/// every second pass). A jittered schedule comes early by its lead and jitter, and is
+/// taken at the first tick at or after that: the mean over the jitter of that many ticks
+/// ("every 10 minutes" on the 5-minute cron is every second pass). Without a known tick,
+/// a flat interval is itself and a jittered one counts at its mean early time.
+pub fn on_the_cron(every: Duration, flat: bool, tick: Option<Duration>) -> Duration {
+    match (flat, tick.filter(|t| !t.is_zero())) {
+        (true, Some(tick)) => {
+            let ticks = (every.as_secs_f64() / tick.as_secs_f64()).floor() + 1.0;
+            scale(tick, ticks)
+        }
+        (true, None) => every,
+        (false, Some(tick)) => scale(tick, mean_ticks(every, tick)),
+        (false, None) => scale(every, 1.0 - EARLY_JITTER / 2.0),
+    }
+}
+
+/// What the open charges are, as the plan stage counted them: `by_step[k]` in step `k` of
+/// the schedule by age (outside the deadline watch), `watched` in their deadline watch,
+/// and `tick`, the time between passes when known (the cron's).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct OpenCount {
+    pub by_step: Vec<u64>,
+    pub watched: u64,
+    pub tick: Option<Duration>,
+}
+
+impl OpenCount {
+    pub fn new(by_step: &[u64], watched: u64, tick: Option<Duration>) -> Self {
+        OpenCount {
+            by_step: by_step.to_vec(),
+            watched,
+            tick,
         }
     }
 }
 
-/// The factor (at least 1) that makes `demand` checks per minute fit [`TARGET_USE`] of
-/// `budget` per minute. No budget known (no answer with rate-limit headers yet and no
-/// `api.max_requests_per_minute`): 1, nothing to fit to.
-pub fn stretch_factor(demand: f64, budget: Option<f64>) -> f64 {
-    match budget {
-        Some(b) if b > 0.0 && demand.is_finite() && demand > 0.0 => {
-            (demand / (b * TARGET_USE)).clamp(1.0, MAX_STRETCH)
+/// The mean number of ticks between checks of a jittered interval `every`, for a check
+/// made at a tick: it is due again uniformly between `every * (1 - EARLY_JITTER) - lead`
+/// and `every - lead` later, and taken at the first tick at or after that (one at least).
+fn mean_ticks(every: Duration, tick: Duration) -> f64 {
+    let t = tick.as_secs_f64();
+    let lead = lead(every).as_secs_f64();
+    let latest = every.as_secs_f64() - lead;
+    let earliest = every.as_secs_f64() * (1.0 - EARLY_JITTER) - lead;
+    // The integral of max(1, ceil(x / t)) from 0 to x (x at least 0), and x itself below 0.
+    let integral = |x: f64| {
+        if x <= 0.0 {
+            return x;
         }
-        _ => 1.0,
+        let n = (x / t).floor();
+        t * n * (n + 1.0) / 2.0 + (x - n * t) * (n + 1.0)
+    };
+    if latest - earliest < 1e-9 {
+        return (latest / t).ceil().max(1.0);
     }
+    ((integral(latest) - integral(earliest)) / (latest - earliest)).max(1.0)
 }
 
 fn scale(d: Duration, factor: f64) -> Duration {
@@ -224,6 +297,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    const SEC: Duration = Duration::from_secs(1);
     const MIN: Duration = Duration::from_secs(60);
     const HOUR: Duration = Duration::from_secs(3600);
     const DAY: Duration = Duration::from_secs(86_400);
@@ -420,52 +494,109 @@ mod tests {
     #[test]
     fn demand_counts_each_step_at_its_pace() {
         let flat = Cadence::flat(5 * MIN);
-        assert_eq!(flat.demand_per_minute(&[1000], 0, None), 200.0);
         assert_eq!(
-            flat.demand_per_minute(&[1000], 0, Some(5 * MIN)),
+            flat.demand_per_minute(&OpenCount::new(&[1000], 0, None)),
+            200.0
+        );
+        assert_eq!(
+            flat.demand_per_minute(&OpenCount::new(&[1000], 0, Some(5 * MIN))),
             100.0,
             "a flat 5 minutes on a 5-minute cron: every second pass"
         );
         assert_eq!(
-            Cadence::flat(MIN).demand_per_minute(&[1000], 0, Some(5 * MIN)),
+            Cadence::flat(MIN).demand_per_minute(&OpenCount::new(&[1000], 0, Some(5 * MIN))),
             200.0,
             "shorter than the cron: every pass"
         );
         assert_eq!(
-            Cadence::flat(7 * MIN).demand_per_minute(&[1000], 0, Some(5 * MIN)),
+            Cadence::flat(7 * MIN).demand_per_minute(&OpenCount::new(&[1000], 0, Some(5 * MIN))),
             100.0,
             "7 minutes: due between two ticks, taken at the second"
         );
         let c = default_like();
         // 600 young at 10 min, 2400 older at 2 h, 120 on their last day at 10 min:
-        // 60 + 20 + 12 = 92 nominal, more for the early jitter.
-        for tick in [None, Some(5 * MIN)] {
-            let d = c.demand_per_minute(&[600, 2400], 120, tick);
-            assert!((d - 92.0 / 0.9).abs() < 1e-9, "{d}");
-        }
+        // 60 + 20 + 12 = 92 nominal. With no cron known, more for the early jitter.
+        let d = c.demand_per_minute(&OpenCount::new(&[600, 2400], 120, None));
+        assert!((d - 92.0 / 0.9).abs() < 1e-9, "{d}");
+        // On the 5-minute cron, 10 minutes is every second pass, and 2 hours is due 94 to
+        // 118 minutes after a check, taken at ticks 19 to 24: 521 / 24 ticks on average.
+        let d = c.demand_per_minute(&OpenCount::new(&[600, 2400], 120, Some(5 * MIN)));
+        let two_hours = 521.0 / 24.0 * 5.0;
+        assert!((d - (60.0 + 2400.0 / two_hours + 12.0)).abs() < 1e-9, "{d}");
     }
 
     #[test]
-    fn stretch_factor_cases() {
-        assert_eq!(stretch_factor(500.0, None), 1.0, "budget unknown");
-        assert_eq!(stretch_factor(500.0, Some(600.0)), 1.0, "fits");
-        assert_eq!(stretch_factor(1080.0, Some(600.0)), 2.0);
-        assert_eq!(stretch_factor(0.0, Some(600.0)), 1.0);
-        assert_eq!(stretch_factor(1e12, Some(1.0)), MAX_STRETCH);
-        assert_eq!(stretch_factor(f64::NAN, Some(600.0)), 1.0);
+    fn a_jittered_interval_is_checked_at_whole_ticks() {
+        let c = default_like();
+        let tick = Some(5 * MIN);
+        // 10 minutes: due 6 to 8 minutes after a check, taken at the second tick.
+        assert_eq!(c.effective_interval(10 * MIN, tick), 10 * MIN);
+        // 12.5 minutes: due 8 to 10.5 minutes after, so a fifth of the checks wait for
+        // the third tick.
+        let mean = c.effective_interval(750 * SEC, tick).as_secs_f64();
+        assert!((mean - 660.0).abs() < 1e-6, "{mean}");
+        // Shorter than the cron: every pass, not more often.
+        assert_eq!(c.effective_interval(MIN, tick), 5 * MIN);
+        // No cron known: the mean early time.
+        assert_eq!(c.effective_interval(10 * MIN, None), 9 * MIN);
+    }
+
+    #[test]
+    fn stretch_to_fit_cases() {
+        let tick = Some(5 * MIN);
+        let flat = Cadence::flat(5 * MIN);
+        let open = |n: u64| OpenCount::new(&[n], 0, None);
+        assert_eq!(
+            flat.stretch_to_fit(&open(2500), None),
+            1.0,
+            "budget unknown"
+        );
+        assert_eq!(flat.stretch_to_fit(&open(2500), Some(600.0)), 1.0, "fits");
+        let f = flat.stretch_to_fit(&open(5400), Some(600.0));
+        assert!(
+            (f - 2.0).abs() < 1e-9,
+            "no cron: demand over the target, {f}"
+        );
+        assert_eq!(flat.stretch_to_fit(&open(0), Some(600.0)), 1.0);
+        assert_eq!(flat.stretch_to_fit(&open(u64::MAX), Some(1.0)), MAX_STRETCH);
+        // 600 young charges at 10 minutes on the 5-minute cron need 60 a minute. A target
+        // of 54 needs a mean of 11.11 minutes: 2/9 of their checks at the third tick.
+        // Stretched to I minutes a check is due between 0.8 I - 2 and I - 2 minutes
+        // later, so (I - 12) / 0.2 I = 2/9: I = 12.558, a stretch of 1.2558, where the
+        // plain ratio 60 / 54 = 1.11 would move no check at all.
+        let c = default_like();
+        let f = c.stretch_to_fit(&OpenCount::new(&[600, 0], 0, tick), Some(60.0));
+        assert!((f - 1.2558).abs() < 1e-3, "{f}");
+        let mean = c.effective_interval(scale(10 * MIN, f), tick).as_secs_f64() / 60.0;
+        assert!((600.0 / mean - 54.0).abs() < 1e-6, "{f}: {mean} minutes");
+        let plain = c.effective_interval(scale(10 * MIN, 60.0 / 54.0), tick);
+        assert_eq!(plain, 10 * MIN, "the plain ratio moves no check");
     }
 
     proptest! {
         /// The factor is at least 1, and once applied the demand fits the target share of
-        /// the budget (unless capped); a demand that fits is not stretched.
+        /// the budget (unless capped); a demand that fits is not stretched; a stretch a
+        /// little smaller would not fit.
         #[test]
-        fn stretched_demand_fits(demand in 0.0f64..1e7, budget in 1.0f64..1e5) {
-            let f = stretch_factor(demand, Some(budget));
+        fn stretched_demand_fits(
+            young in 0u64..100_000,
+            old in 0u64..100_000,
+            watched in 0u64..10_000,
+            budget in 1.0f64..1e5,
+            on_cron: bool,
+        ) {
+            let c = default_like();
+            let open = OpenCount::new(&[young, old], watched, on_cron.then_some(5 * MIN));
+            let f = c.stretch_to_fit(&open, Some(budget));
             prop_assert!(f >= 1.0);
+            let target = budget * TARGET_USE;
             if f < MAX_STRETCH {
-                prop_assert!(demand / f <= budget * TARGET_USE * (1.0 + 1e-9));
+                prop_assert!(c.demand_stretched(&open, f) <= target * (1.0 + 1e-9));
             }
-            if demand <= budget * TARGET_USE {
+            if f > 1.0 && f < MAX_STRETCH {
+                prop_assert!(c.demand_stretched(&open, f * (1.0 - 1e-6)) > target * (1.0 - 1e-9));
+            }
+            if c.demand_per_minute(&open) <= target {
                 prop_assert_eq!(f, 1.0);
             }
         }
@@ -489,11 +620,13 @@ mod tests {
             prop_assert!(next > tick + chrono::Duration::minutes(5), "one tick early: {next}");
         }
 
-        /// More demand never stretches less.
+        /// More open charges never stretch less.
         #[test]
-        fn stretch_is_monotone(a in 0.0f64..1e6, b in 0.0f64..1e6, budget in 1.0f64..1e4) {
+        fn stretch_is_monotone(a in 0u64..1_000_000, b in 0u64..1_000_000, budget in 1.0f64..1e4) {
             let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-            prop_assert!(stretch_factor(lo, Some(budget)) <= stretch_factor(hi, Some(budget)));
+            let c = default_like();
+            let at = |n: u64| c.stretch_to_fit(&OpenCount::new(&[n, n], 0, Some(5 * MIN)), Some(budget));
+            prop_assert!(at(lo) <= at(hi));
         }
 
         /// Whatever the dates and jitter: the next check is after now; never later than the

@@ -142,6 +142,8 @@ pub struct Reconciler {
 struct Load {
     /// Checks per minute the open charges need under the unstretched schedule (f64 bits).
     demand: AtomicU64,
+    /// The open charges as the latest plan counted them, which the stretch is fitted to.
+    open: std::sync::Mutex<Option<cadence::OpenCount>>,
     /// Set while a stretched pass reads the urgent due charges first.
     urgency: std::sync::Mutex<Option<Urgency>>,
 }
@@ -377,7 +379,12 @@ impl Reconciler {
     /// The factor the recheck intervals are stretched by now: the latest demand estimate
     /// against the budget the client knows (1 while either is unknown).
     pub fn stretch(&self) -> f64 {
-        cadence::stretch_factor(self.load.demand(), self.client.budget_per_minute())
+        let open = self.load.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.as_ref().map_or(1.0, |open| {
+            self.policy
+                .cadence
+                .stretch_to_fit(open, self.client.budget_per_minute())
+        })
     }
 
     /// Before the due charges are read: how many are due, and, when any is, how many
@@ -391,7 +398,7 @@ impl Reconciler {
         let (ledger, plan) = ledger::blocking(&self.settings.database.path, move || {
             let due = ledger.count_due(&ledger::ts(now))?;
             if due == 0 {
-                return Ok((ledger, Plan { due, demand: None }));
+                return Ok((ledger, (Plan { due, demand: None }, None)));
             }
             let born_after: Vec<String> = c
                 .schedule
@@ -404,12 +411,15 @@ impl Reconciler {
                 ledger.count_open_by_age(&born_after, Some((&ledger::ts(now), &watch_until)))?;
             // Bands run youngest first, the schedule's steps too.
             by_step.truncate(c.schedule.len());
-            let demand = Some(c.demand_per_minute(&by_step, watched, tick));
-            Ok((ledger, Plan { due, demand }))
+            let open = cadence::OpenCount::new(&by_step, watched, tick);
+            let demand = Some(c.demand_per_minute(&open));
+            Ok((ledger, (Plan { due, demand }, Some(open))))
         })
         .await?;
-        if let Some(d) = plan.demand {
+        let (plan, open) = plan;
+        if let (Some(d), Some(open)) = (plan.demand, open) {
             self.load.demand.store(d.to_bits(), Ordering::Relaxed);
+            *self.load.open.lock().unwrap_or_else(|p| p.into_inner()) = Some(open);
         }
         let urgency = (self.stretch() > 1.0).then(|| self.urgency(now)).flatten();
         *self.load.urgency.lock().unwrap_or_else(|p| p.into_inner()) = urgency;
