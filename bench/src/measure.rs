@@ -93,7 +93,7 @@ fn collect(mut launcher: Command, program: &std::ffi::OsStr) -> Result<(String, 
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot start {program:?}: {e}"))?;
+        .map_err(|e| format!("cannot start the launcher for {program:?}: {e}"))?;
     let stderr = child.stderr.take();
     // Read stderr on its own thread so a chatty child never blocks on a full pipe.
     let err_reader = std::thread::spawn(move || {
