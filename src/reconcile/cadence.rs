@@ -16,9 +16,9 @@
 //!   the schedule's first (young) interval, because customers who pay late pay on the
 //!   last day (a long interval is cut short to start the watch on time).
 //! - **The budget.** When the open charges need more checks per minute than the budget
-//!   share allows, every interval is multiplied by one factor ([`Cadence::stretch_to_fit`]) so the
-//!   checks fit, instead of a backlog growing without bound. The deadline check is not
-//!   stretched.
+//!   share allows, every interval is multiplied by one factor
+//!   ([`Cadence::stretch_to_fit`]) so the checks fit, instead of a backlog growing without
+//!   bound. The deadline check is not stretched.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -140,18 +140,21 @@ pub struct Reconciler {
 /// The demand estimate of the latest [`plan`](Reconciler::plan).
 #[derive(Default)]
 struct Load {
-    /// Checks per minute the open charges need under the unstretched schedule (f64 bits).
-    demand: AtomicU64,
-    /// The open charges as the latest plan counted them, which the stretch is fitted to.
-    open: std::sync::Mutex<Option<cadence::OpenCount>>,
+    /// What the latest plan that found charges due counted, and the stretch fitted to it.
+    fit: std::sync::Mutex<Option<Fit>>,
     /// Set while a stretched pass reads the urgent due charges first.
     urgency: std::sync::Mutex<Option<Urgency>>,
 }
 
-impl Load {
-    fn demand(&self) -> f64 {
-        f64::from_bits(self.demand.load(Ordering::Relaxed))
-    }
+/// The open charges as a plan counted them, and the stretch last fitted to them.
+struct Fit {
+    open: cadence::OpenCount,
+    /// Checks per minute the open charges need under the unstretched schedule.
+    demand: f64,
+    /// The budget the stretch was last fitted to, and that stretch. Every check asks for
+    /// the stretch, and fitting it is a bisection: it runs again only when the plan or
+    /// the budget has changed.
+    fitted: Option<(Option<f64>, f64)>,
 }
 
 /// What [`Reconciler::plan`] found before a pass reads its due charges.
@@ -376,15 +379,22 @@ impl Reconciler {
         })
     }
 
-    /// The factor the recheck intervals are stretched by now: the latest demand estimate
-    /// against the budget the client knows (1 while either is unknown).
+    /// The factor the recheck intervals are stretched by now: the open charges the latest
+    /// plan counted, fitted to the budget the client knows (1 while either is unknown).
     pub fn stretch(&self) -> f64 {
-        let open = self.load.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.as_ref().map_or(1.0, |open| {
-            self.policy
-                .cadence
-                .stretch_to_fit(open, self.client.budget_per_minute())
-        })
+        let budget = self.client.budget_per_minute();
+        let mut fit = self.load.fit.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(fit) = fit.as_mut() else {
+            return 1.0;
+        };
+        match fit.fitted {
+            Some((fitted_to, stretch)) if fitted_to == budget => stretch,
+            _ => {
+                let stretch = self.policy.cadence.stretch_to_fit(&fit.open, budget);
+                fit.fitted = Some((budget, stretch));
+                stretch
+            }
+        }
     }
 
     /// Before the due charges are read: how many are due, and, when any is, how many
@@ -395,10 +405,10 @@ impl Reconciler {
         let now = self.clock.now();
         let c = self.policy.cadence.clone();
         let tick = crate::config::cron_period(&self.settings.schedule.cron, now);
-        let (ledger, plan) = ledger::blocking(&self.settings.database.path, move || {
+        let (ledger, due, open) = ledger::blocking(&self.settings.database.path, move || {
             let due = ledger.count_due(&ledger::ts(now))?;
             if due == 0 {
-                return Ok((ledger, (Plan { due, demand: None }, None)));
+                return Ok((ledger, due, None));
             }
             let born_after: Vec<String> = c
                 .schedule
@@ -411,16 +421,24 @@ impl Reconciler {
                 ledger.count_open_by_age(&born_after, Some((&ledger::ts(now), &watch_until)))?;
             // Bands run youngest first, the schedule's steps too.
             by_step.truncate(c.schedule.len());
-            let open = cadence::OpenCount::new(&by_step, watched, tick);
-            let demand = Some(c.demand_per_minute(&open));
-            Ok((ledger, (Plan { due, demand }, Some(open))))
+            Ok((
+                ledger,
+                due,
+                Some(cadence::OpenCount::new(&by_step, watched, tick)),
+            ))
         })
         .await?;
-        let (plan, open) = plan;
-        if let (Some(d), Some(open)) = (plan.demand, open) {
-            self.load.demand.store(d.to_bits(), Ordering::Relaxed);
-            *self.load.open.lock().unwrap_or_else(|p| p.into_inner()) = Some(open);
+        let demand = open
+            .as_ref()
+            .map(|o| self.policy.cadence.demand_per_minute(o));
+        if let (Some(demand), Some(open)) = (demand, open) {
+            *self.load.fit.lock().unwrap_or_else(|p| p.into_inner()) = Some(Fit {
+                open,
+                demand,
+                fitted: None,
+            });
         }
+        let plan = Plan { due, demand };
         let urgency = (self.stretch() > 1.0).then(|| self.urgency(now)).flatten();
         *self.load.urgency.lock().unwrap_or_else(|p| p.into_inner()) = urgency;
         Ok((ledger, plan))
@@ -441,6 +459,13 @@ impl Reconciler {
         })
     }
 
+    /// Checks per minute the open charges need under the unstretched schedule, as the
+    /// latest plan that found charges due counted them (0 before any).
+    fn demand(&self) -> f64 {
+        let fit = self.load.fit.lock().unwrap_or_else(|p| p.into_inner());
+        fit.as_ref().map_or(0.0, |f| f.demand)
+    }
+
     /// Writes the plan's figures and the stretch into the run's row; warns when the
     /// schedule had to stretch.
     async fn record_budget(
@@ -454,7 +479,7 @@ impl Reconciler {
             tracing::warn!(
                 run_id,
                 due = plan.due,
-                needed_per_minute = format!("{:.0}", self.load.demand()),
+                needed_per_minute = format!("{:.0}", self.demand()),
                 budget_per_minute =
                     format!("{:.0}", self.client.budget_per_minute().unwrap_or(0.0)),
                 stretch = format!("{stretch:.2}"),
