@@ -65,3 +65,19 @@ fn the_launcher_passes_the_exit_code_on() {
     let line = std::fs::read_to_string(&report).unwrap();
     assert!(line.starts_with("3 "), "{line:?}");
 }
+
+#[test]
+fn a_program_that_cannot_start_is_exit_127_and_no_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("usage");
+    let out = Command::new(env!("CARGO_BIN_EXE_konbini-bench"))
+        .arg("--measured")
+        .arg(&report)
+        .arg(dir.path().join("no-such-program"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(127));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot start"), "{err}");
+    assert!(!report.exists(), "no account of a program that never ran");
+}

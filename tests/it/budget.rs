@@ -172,6 +172,21 @@ async fn konbini_once(app: &TestApp) -> Finished {
     app.command().once().spawn().finish(RUN_LIMIT).await
 }
 
+/// `n` young open charges `c0`, `c1`, ..., of which only `c0` is due (the rest in an
+/// hour): a pass checks one charge, and plans for all `n`.
+fn open_with_one_due(app: &TestApp, n: usize) {
+    for i in 0..n {
+        app.create(&format!("c{i}"), 100);
+    }
+    app.db()
+        .execute(
+            "UPDATE charges SET next_check_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+1 hour')
+             WHERE charge_id <> 'c0'",
+            [],
+        )
+        .unwrap();
+}
+
 /// The only run in the ledger: one `--once` pass records exactly one.
 fn only_run(app: &TestApp) -> RunRow {
     let runs = app.runs();
@@ -182,16 +197,7 @@ fn only_run(app: &TestApp) -> RunRow {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_stretch_is_a_warning_with_the_numbers() {
     let app = TestApp::spawn_with(|c| c.api.max_requests_per_minute = Some(6)).await;
-    for i in 0..60 {
-        app.create(&format!("c{i}"), 100);
-    }
-    app.db()
-        .execute(
-            "UPDATE charges SET next_check_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+1 hour')
-             WHERE charge_id <> 'c0'",
-            [],
-        )
-        .unwrap();
+    open_with_one_due(&app, 60);
     let out = konbini_once(&app).await;
     out.assert_code(0);
     let err = out.stderr();
@@ -219,16 +225,7 @@ async fn a_flat_schedule_is_planned_at_the_pace_the_cron_gives_it() {
         c.reconcile.recheck_interval = Some(Duration::from_secs(300));
     })
     .await;
-    for i in 0..30 {
-        app.create(&format!("c{i}"), 100);
-    }
-    app.db()
-        .execute(
-            "UPDATE charges SET next_check_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+1 hour')
-             WHERE charge_id <> 'c0'",
-            [],
-        )
-        .unwrap();
+    open_with_one_due(&app, 30);
     let out = konbini_once(&app).await;
     out.assert_code(0);
     let err = out.stderr();
