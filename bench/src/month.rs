@@ -1024,8 +1024,11 @@ mod tests {
             .recv_timeout(Duration::from_secs(300))
             .expect("the day ran to its end")
             .expect("the day ran");
-        // A pass at nearly every 5-minute tick of the day, and the paid charges seen.
-        assert!(report.passes >= 250, "{}", report.summary());
+        // Passes through the whole day (of its 288 ticks, 264 to 269 ran one on a quiet
+        // machine and 249 on a loaded one: the count varies with the real-time driver),
+        // and the paid charges seen. A freeze stops at its first stuck pass and fails the
+        // timeout above.
+        assert!(report.passes >= 200, "{}", report.summary());
         assert!(report.paid[1].is_finite(), "{}", report.summary());
     }
 
