@@ -98,7 +98,7 @@ async fn run() -> anyhow::Result<()> {
     sim.advance(Duration::from_secs(8 * 24 * 3600));
     let second = pass(
         &reconciler,
-        "Pass 2: eight days later (every deadline has passed)",
+        "The second pass, run 3 (run 2 was the webhook's check): eight days later, every deadline has passed",
     )
     .await?;
     print_states(&db)?;
@@ -600,7 +600,7 @@ fn print_requests(sim: &Sim, first: &PassReport, second: &PassReport) {
         c.api_rate_limited
     );
     println!(
-        "Flagged mismatches: {} in pass 1, {} in pass 2 (the CLI's --once would exit 2 for these).",
+        "Flagged mismatches: {} in the first pass, {} in the second (the CLI's --once would exit 2 for these).",
         first.counts.mismatches, second.counts.mismatches
     );
     println!("\nLook inside:");

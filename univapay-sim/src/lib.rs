@@ -52,7 +52,8 @@
 //! - `ratelimit` and `bucket`: the buckets behind the rate-limit headers and 429s;
 //! - `counters`: [`CounterSnapshot`], what was seen and sent;
 //! - `http`: the routes, each run through the shared steps in `http::pipeline`;
-//! - [`foreground`]: the shop's own charge GETs at a steady rate, sharing the bucket.
+//! - [`foreground`]: the shop's own charge GETs at a steady rate, sharing the bucket;
+//! - `reconciler_config`: a ready konbini-reconciler config for a running simulator.
 
 mod bucket;
 mod charge;
@@ -65,6 +66,7 @@ mod http;
 mod lifecycle;
 mod listing;
 mod ratelimit;
+mod reconciler_config;
 mod seed;
 mod sim;
 mod store;
@@ -79,6 +81,7 @@ pub use control::SimError;
 pub use counters::CounterSnapshot;
 pub use foreground::{Foreground, ForegroundConfig, ForegroundStats};
 pub use http::idempotency::{RETRIEVED as IDEMPOTENCY_RETRIEVED, STORED as IDEMPOTENCY_STORED};
+pub use reconciler_config::write_reconciler_config;
 pub use seed::{CHAINS, Mix, Outcome, Planned, Population};
 pub use sim::{RunningSim, Sim};
 pub use store::Action;

@@ -6,6 +6,10 @@
 //! counters as JSON at any time; on SIGINT/SIGTERM they are printed as JSON and the process
 //! exits 0.
 //!
+//! With `--write-config PATH` it first writes a konbini-reconciler config for itself
+//! there (see [`univapay_sim::write_reconciler_config`]), so the listening line means the
+//! config is ready.
+//!
 //! With `--webhook-url` it delivers webhooks there as simulated time passes (see
 //! `WebhookTarget`); `--cards` adds card charges to the seeded population.
 
@@ -56,6 +60,10 @@ struct Args {
     /// (`... --print-inserts | sqlite3 ledger.db`) and exit without serving.
     #[arg(long)]
     print_inserts: bool,
+    /// Write a ready konbini-reconciler config for this simulator to PATH (mode 0600: its
+    /// address, secret and app token, and a ledger `ledger.db` beside it), then serve.
+    #[arg(long, value_name = "PATH", conflicts_with = "print_inserts")]
+    write_config: Option<std::path::PathBuf>,
 
     /// Route bucket refill in requests per minute; 0 turns rate limiting (and its headers)
     /// off.
@@ -252,6 +260,23 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         };
+        if let Some(path) = &args.write_config {
+            let creds = Credentials {
+                secret: args.secret.clone(),
+                app_token: args.app_token.clone(),
+            };
+            match univapay_sim::write_reconciler_config(path, &running.base_url(), &creds) {
+                Ok(ledger) => eprintln!(
+                    "univapay-sim: wrote {} (ledger {})",
+                    path.display(),
+                    ledger.display()
+                ),
+                Err(e) => {
+                    eprintln!("univapay-sim: error: cannot write {}: {e}", path.display());
+                    return ExitCode::from(1);
+                }
+            }
+        }
         println!("univapay-sim listening on {}", running.base_url());
         let _ = std::io::stdout().flush();
         wait_for_signal().await;
