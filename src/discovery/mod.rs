@@ -19,7 +19,7 @@
 //!    (payment type, brand and deadline; each token fetched at most once per sweep).
 //! 4. A verified konbini charge is registered: `origin = 'discovered'`, requested amount
 //!    and currency from the charge, brand and `expires_at` from the token (the rule is
-//!    [`rules::deadline`]; NULL when unsure), one `discovered` event, due at once.
+//!    [`deadline::deadline`]; NULL when unsure), one `discovered` event, due at once.
 //! 5. The page's registrations, skips and the store's new watermark are one transaction.
 //!    A crash mid-sweep loses at most the page in flight, which the next sweep redoes;
 //!    registration is by charge id and never duplicates.
@@ -43,10 +43,13 @@
 //! A webhook about a charge the ledger does not hold takes the same verification
 //! ([`register_unknown`]).
 
+pub mod deadline;
 mod enrich;
-pub mod rules;
+mod outcome;
+mod payment;
 mod sweep;
 mod verify;
+mod window;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,8 +64,9 @@ use crate::reconcile::Reconciler;
 use crate::univapay::Listed;
 
 pub use enrich::MAX_ENRICHED_PER_SWEEP;
-pub use rules::SETTLE;
-pub use sweep::{MAX_PAGES_PER_STORE, MAX_VERIFIED_PER_SWEEP, StoreEnd, SweepReport, verdict};
+pub use outcome::{StoreEnd, verdict};
+pub use sweep::{MAX_PAGES_PER_STORE, MAX_VERIFIED_PER_SWEEP, SweepReport};
+pub use window::SETTLE;
 
 /// What stops `--once` before its pass.
 #[derive(Debug, thiserror::Error)]

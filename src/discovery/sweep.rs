@@ -10,8 +10,10 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::rules::{self, Broken, Fresh, ItemVerdict, Mark, Next, Paging, Placement};
+use super::outcome::{StoreEnd, merge_enrichment, verdict};
+use super::payment::{ItemVerdict, item_verdict};
 use super::verify::{Halt, Source, Verifier};
+use super::window::{self, Broken, Fresh, Mark, Next, Paging, Placement};
 use crate::config::DiscoverySettings;
 use crate::domain::{ChargeId, StoreId};
 use crate::ledger::{
@@ -84,60 +86,6 @@ impl SweepReport {
     }
 }
 
-/// How one store's part of a sweep ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreEnd {
-    /// Looked at up to the end of its window.
-    Complete,
-    /// Something was left for the next sweep, and why.
-    Partial(String),
-    /// Its listing could not be reached at all.
-    Unreachable(String),
-    Auth(String),
-    Interrupted,
-}
-
-/// The sweep's outcome from how each store ended. Pure.
-pub fn verdict(ends: &[(StoreId, StoreEnd)]) -> (SweepOutcome, Option<String>) {
-    if let Some((_, StoreEnd::Auth(e))) = ends.iter().find(|(_, e)| matches!(e, StoreEnd::Auth(_)))
-    {
-        return (
-            SweepOutcome::AuthFailed,
-            Some(format!(
-                "{e}; sweep stopped (check api.secret and api.app_token)"
-            )),
-        );
-    }
-    if ends.iter().any(|(_, e)| *e == StoreEnd::Interrupted) {
-        return (
-            SweepOutcome::Interrupted,
-            Some("stopped by shutdown".to_owned()),
-        );
-    }
-    let notes: Vec<String> = ends
-        .iter()
-        .filter_map(|(s, e)| match e {
-            StoreEnd::Partial(why) | StoreEnd::Unreachable(why) => {
-                Some(format!("store {s}: {why}"))
-            }
-            _ => None,
-        })
-        .collect();
-    if notes.is_empty() {
-        return (SweepOutcome::Ok, None);
-    }
-    let all_unreachable = !ends.is_empty()
-        && ends
-            .iter()
-            .all(|(_, e)| matches!(e, StoreEnd::Unreachable(_)));
-    let outcome = if all_unreachable {
-        SweepOutcome::Unreachable
-    } else {
-        SweepOutcome::Partial
-    };
-    (outcome, Some(notes.join("; ")))
-}
-
 /// One item of a page, decided.
 enum ItemOutcome {
     /// Nothing to write (in the ledger already, another payment type).
@@ -157,17 +105,17 @@ enum ItemOutcome {
 }
 
 /// A sweep in progress.
-pub(super) struct Sweep<'a> {
+struct Sweep<'a> {
     rec: &'a Reconciler,
     settings: &'a DiscoverySettings,
-    pub(super) verifier: Verifier,
-    pub(super) sweep_id: i64,
+    verifier: Verifier,
+    sweep_id: i64,
     now: DateTime<Utc>,
     /// Verifications left before [`MAX_VERIFIED_PER_SWEEP`].
     verify_left: u64,
     /// Requests already counted in a committed batch.
     committed_requests: u64,
-    pub(super) totals: SweepCounts,
+    totals: SweepCounts,
     skipped: BTreeMap<&'static str, u64>,
     other_types: u64,
     without_id: u64,
@@ -211,10 +159,13 @@ pub(super) async fn run(
     };
     let (mut outcome, mut detail) = verdict(&ends);
     if settings.enrich && matches!(outcome, SweepOutcome::Ok | SweepOutcome::Partial) {
-        let enriched = super::enrich::run(&mut sweep).await;
+        let enriched = super::enrich::run(rec, &sweep.verifier, sweep_id).await;
         match enriched {
             Ok(None) => {}
-            Ok(Some(end)) => (outcome, detail) = merge_enrichment(outcome, detail, end),
+            Ok(Some(e)) => {
+                sweep.totals.enriched += e.filled;
+                (outcome, detail) = merge_enrichment(outcome, detail, e.end);
+            }
             Err(e) => {
                 sweep.mark_failed(&e).await;
                 return Err(e);
@@ -244,26 +195,6 @@ pub(super) async fn run(
     Ok(report)
 }
 
-/// Enrichment's ending folded into the sweep's outcome (`Ok` or `Partial` so far).
-fn merge_enrichment(
-    outcome: SweepOutcome,
-    detail: Option<String>,
-    end: StoreEnd,
-) -> (SweepOutcome, Option<String>) {
-    let (o, why) = match end {
-        StoreEnd::Complete => return (outcome, detail),
-        StoreEnd::Auth(e) => (SweepOutcome::AuthFailed, e),
-        StoreEnd::Interrupted => (SweepOutcome::Interrupted, "stopped by shutdown".into()),
-        StoreEnd::Partial(w) | StoreEnd::Unreachable(w) => (SweepOutcome::Partial, w),
-    };
-    let why = format!("enrichment: {why}");
-    let detail = Some(match detail {
-        Some(d) => format!("{d}; {why}"),
-        None => why,
-    });
-    (o, detail)
-}
-
 impl Sweep<'_> {
     /// Every configured store in turn; an auth failure or shutdown ends the sweep.
     async fn stores(&mut self) -> Result<Vec<(StoreId, StoreEnd)>, LedgerError> {
@@ -289,7 +220,7 @@ impl Sweep<'_> {
             .rec
             .with_ledger(Open::Existing, move |l| l.watermark(&s))
             .await?;
-        let Some((from, to)) = rules::window(self.now, self.settings.lookback, watermark) else {
+        let Some((from, to)) = window::window(self.now, self.settings.lookback, watermark) else {
             return Ok(StoreEnd::Complete);
         };
         let mut mark = Mark::new(from, to);
@@ -438,13 +369,13 @@ impl Sweep<'_> {
         let Some(id) = &item.charge_id else {
             return ItemOutcome::Ignored;
         };
-        match rules::placement(item.created_on, mark.from(), mark.to()) {
+        match window::placement(item.created_on, mark.from(), mark.to()) {
             Placement::Before => return ItemOutcome::Ignored,
             Placement::After => return ItemOutcome::Later,
             Placement::Inside if known.contains(id) => return ItemOutcome::Handled,
             Placement::Inside => {}
         }
-        match rules::item_verdict(item) {
+        match item_verdict(item) {
             ItemVerdict::NotKonbini => {
                 self.other_types += 1;
                 ItemOutcome::Handled
@@ -613,7 +544,7 @@ impl Sweep<'_> {
     }
 
     /// Commits the requests not yet counted (those of a page that failed).
-    pub(super) async fn flush(&mut self) -> Result<(), LedgerError> {
+    async fn flush(&mut self) -> Result<(), LedgerError> {
         if self.verifier.requests() == self.committed_requests {
             return Ok(());
         }
@@ -638,10 +569,6 @@ impl Sweep<'_> {
         Ok(())
     }
 
-    pub(super) fn rec(&self) -> &Reconciler {
-        self.rec
-    }
-
     /// Best effort after the ledger failed: the sweep's row says so.
     async fn mark_failed(&self, cause: &LedgerError) {
         let (id, detail, now) = (self.sweep_id, cause.to_string(), self.rec.now());
@@ -662,62 +589,4 @@ impl Sweep<'_> {
 fn history_unavailable(listing: Listing, e: &ApiError) -> bool {
     listing == Listing::KonbiniHistory
         && matches!(e.class(), ErrorClass::NotFound | ErrorClass::Rejected)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn store(s: &str) -> StoreId {
-        StoreId::parse(s).unwrap()
-    }
-
-    #[test]
-    fn verdicts() {
-        assert_eq!(verdict(&[]), (SweepOutcome::Ok, None));
-        let ok = (store("a"), StoreEnd::Complete);
-        assert_eq!(verdict(std::slice::from_ref(&ok)).0, SweepOutcome::Ok);
-        let partial = (store("b"), StoreEnd::Partial("100 pages read".into()));
-        let (o, d) = verdict(&[ok.clone(), partial.clone()]);
-        assert_eq!(o, SweepOutcome::Partial);
-        assert_eq!(d.as_deref(), Some("store b: 100 pages read"));
-        let down = (store("c"), StoreEnd::Unreachable("timeout".into()));
-        assert_eq!(
-            verdict(std::slice::from_ref(&down)).0,
-            SweepOutcome::Unreachable
-        );
-        assert_eq!(
-            verdict(&[ok.clone(), down.clone()]).0,
-            SweepOutcome::Partial
-        );
-        let auth = (
-            store("d"),
-            StoreEnd::Auth("credentials rejected by UnivaPay (401)".into()),
-        );
-        let (o, d) = verdict(&[partial, auth]);
-        assert_eq!(o, SweepOutcome::AuthFailed);
-        assert!(d.unwrap().contains("api.secret"));
-        let cut = (store("e"), StoreEnd::Interrupted);
-        assert_eq!(verdict(&[down, cut]).0, SweepOutcome::Interrupted);
-    }
-
-    #[test]
-    fn enrichment_folds_into_the_outcome() {
-        assert_eq!(
-            merge_enrichment(SweepOutcome::Ok, None, StoreEnd::Complete),
-            (SweepOutcome::Ok, None)
-        );
-        let (o, d) = merge_enrichment(
-            SweepOutcome::Partial,
-            Some("store a: x".into()),
-            StoreEnd::Partial("looking up a token failed".into()),
-        );
-        assert_eq!(o, SweepOutcome::Partial);
-        assert_eq!(
-            d.as_deref(),
-            Some("store a: x; enrichment: looking up a token failed")
-        );
-        let (o, _) = merge_enrichment(SweepOutcome::Ok, None, StoreEnd::Auth("401".into()));
-        assert_eq!(o, SweepOutcome::AuthFailed);
-    }
 }

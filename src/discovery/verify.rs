@@ -11,7 +11,8 @@ use chrono::{DateTime, Utc};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use super::rules::{PaymentKind, brand, deadline, payment_kind};
+use super::deadline::deadline;
+use super::payment::{PaymentKind, brand, payment_kind};
 use crate::domain::{ChargeId, StoreId};
 use crate::ledger::{NewDiscovered, SkipReason};
 use crate::univapay::{
