@@ -45,6 +45,7 @@
 
 pub mod deadline;
 mod enrich;
+mod notice;
 mod outcome;
 mod payment;
 mod sweep;
@@ -64,6 +65,7 @@ use crate::reconcile::Reconciler;
 use crate::univapay::Listed;
 
 pub use enrich::MAX_ENRICHED_PER_SWEEP;
+pub use notice::history_fallbacks;
 pub use outcome::{StoreEnd, verdict};
 pub use sweep::{MAX_PAGES_PER_STORE, MAX_VERIFIED_PER_SWEEP, SweepReport};
 pub use window::SETTLE;

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use super::notice::{self, Notice};
 use super::outcome::{StoreEnd, merge_enrichment, verdict};
 use super::payment::{ItemVerdict, item_verdict};
 use super::verify::{Halt, Source, Verifier};
@@ -84,6 +85,17 @@ impl SweepReport {
             self.elapsed.as_secs_f64()
         )
     }
+}
+
+/// How reading one listing ended.
+enum Read {
+    End(StoreEnd),
+    /// The transaction history is not to be used for this store in this sweep: refused
+    /// on its first page (404 or another 4xx), or read to its end without a single row
+    /// that names a charge while the charge list has charges the ledger lacks (rows
+    /// shaped otherwise than the sweep expects, or a filter UnivaPay reads otherwise, must
+    /// not make discovery find nothing in silence). The charge list is read instead.
+    FallBack,
 }
 
 /// One item of a page, decided.
@@ -213,20 +225,44 @@ impl Sweep<'_> {
         Ok(ends)
     }
 
-    /// One store's listing, page by page, from its watermark.
+    /// One store's part: its transaction history from the watermark, or its charge list
+    /// when the history is refused or yields nothing usable (see [`Read::FallBack`]).
     async fn store(&mut self, store: &StoreId) -> Result<StoreEnd, LedgerError> {
         let s = store.clone();
         let watermark = self
             .rec
             .with_ledger(Open::Existing, move |l| l.watermark(&s))
             .await?;
-        let Some((from, to)) = window::window(self.now, self.settings.lookback, watermark) else {
+        let Some((from, to)) = window::window(
+            self.now,
+            self.settings.lookback,
+            self.settings.overlap,
+            watermark,
+        ) else {
             return Ok(StoreEnd::Complete);
         };
+        match self.read(store, Listing::KonbiniHistory, from, to).await? {
+            Read::End(end) => Ok(end),
+            Read::FallBack => match self.read(store, Listing::Charges, from, to).await? {
+                Read::End(end) => Ok(end),
+                // The charge list never falls back; should it, nothing more is read.
+                Read::FallBack => Ok(StoreEnd::Partial("charge list unusable".into())),
+            },
+        }
+    }
+
+    /// One listing of one store, page by page, each page committed with the watermark.
+    async fn read(
+        &mut self,
+        store: &StoreId,
+        listing: Listing,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Read, LedgerError> {
         let mut mark = Mark::new(from, to);
-        let mut listing = Listing::KonbiniHistory;
         let mut paging = Paging::new(MAX_PAGE_LIMIT, MAX_PAGES_PER_STORE);
         let mut cursor = None;
+        let mut with_ids = 0u64;
         loop {
             let q = PageQuery {
                 from,
@@ -237,35 +273,118 @@ impl Sweep<'_> {
             let page = match self.page(store, listing, &q).await {
                 Some(Ok(p)) => p,
                 Some(Err(e)) if cursor.is_none() && history_unavailable(listing, &e) => {
-                    tracing::info!(store = %store, error = %e, "transaction history unavailable; discovery reads the charge list instead");
-                    listing = Listing::Charges;
-                    continue;
+                    tracing::info!(store = %store, "{}; discovery reads the charge list instead", listing_failure(listing, store, &e));
+                    return Ok(Read::FallBack);
                 }
-                Some(Err(e)) => return self.end_on_page_failure(Some(e)).await,
-                None => return self.end_on_page_failure(None).await,
+                failed => {
+                    return Ok(Read::End(
+                        self.end_on_page_failure(store, listing, failed).await?,
+                    ));
+                }
             };
             let fresh = match paging.admit(&page) {
                 Ok(f) => f,
-                Err(broken) => return self.end_broken(store, listing, broken).await,
+                Err(broken) => {
+                    return Ok(Read::End(self.end_broken(store, listing, broken).await?));
+                }
             };
+            with_ids += fresh.items.len() as u64 + fresh.repeats;
+            self.see_order(store, listing, &mut mark, &fresh);
             let next = paging.next(&page, &fresh);
+            if listing == Listing::KonbiniHistory
+                && next == Next::Done
+                && with_ids == 0
+                && self.charge_list_has_unknown(store, from, to).await?
+            {
+                self.fell_back(store, page.items.len());
+                return Ok(Read::FallBack);
+            }
             let (batch, stop) = self
                 .handle_page(store, listing, &page, &fresh, &mut mark, &next)
                 .await?;
-            self.commit(batch, store, mark.at).await?;
+            self.commit(batch, store, mark.at()).await?;
             if let Some(end) = stop {
-                return Ok(end);
+                return Ok(Read::End(end));
             }
             match next {
                 Next::More(c) => cursor = Some(c),
-                Next::Done => return Ok(StoreEnd::Complete),
-                Next::Stop(broken) => return Ok(self.broken(store, listing, broken)),
+                Next::Done => return Ok(Read::End(StoreEnd::Complete)),
+                Next::Stop(broken) => return Ok(Read::End(self.broken(store, listing, broken))),
                 Next::PageLimit => {
-                    return Ok(StoreEnd::Partial(format!(
+                    return Ok(Read::End(StoreEnd::Partial(format!(
                         "{MAX_PAGES_PER_STORE} pages read; the next sweep goes on"
-                    )));
+                    ))));
                 }
             }
+        }
+    }
+
+    /// Whether the first page of the store's charge list in the window holds a charge the
+    /// ledger does not know (one request). A failure counts as no: the history stands.
+    async fn charge_list_has_unknown(
+        &self,
+        store: &StoreId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<bool, LedgerError> {
+        let q = PageQuery {
+            from,
+            to,
+            cursor: None,
+            limit: MAX_PAGE_LIMIT,
+        };
+        let page = match self.page(store, Listing::Charges, &q).await {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
+                tracing::debug!(store = %store, error = %e, "charge list not read to check an empty history");
+                return Ok(false);
+            }
+            None => return Ok(false),
+        };
+        let ids: Vec<ChargeId> = page
+            .items
+            .iter()
+            .filter_map(|i| i.charge_id.clone())
+            .collect();
+        let listed = ids.len();
+        let known = self
+            .rec
+            .with_ledger(Open::Existing, move |l| l.known_charges(&ids))
+            .await?;
+        Ok(known.len() < listed)
+    }
+
+    /// The history answered without a usable row while the charge list has charges the
+    /// ledger lacks: counted for the metrics, and said once per store per process.
+    fn fell_back(&self, store: &StoreId, rows: usize) {
+        notice::count_fallback(store);
+        if notice::first(Notice::HistoryUnusable, store) {
+            tracing::warn!(
+                store = %store,
+                rows,
+                "the transaction history of store {store} answered with no usable row (no \
+                 charge_id or resource_id) while its charge list has charges the ledger lacks: \
+                 discovery reads the charge list instead (a token request per unknown charge); \
+                 said once per process, counted in konbini_discovery_history_fallbacks_total"
+            );
+        } else {
+            tracing::debug!(store = %store, rows, "transaction history unusable; charge list read instead");
+        }
+    }
+
+    /// Checks a page's new items for creation order; the first time a store's listing is
+    /// found out of order in this process, says so.
+    fn see_order(&self, store: &StoreId, listing: Listing, mark: &mut Mark, fresh: &Fresh) {
+        let was = mark.in_order();
+        mark.see(&fresh.items);
+        if was && !mark.in_order() && notice::first(Notice::OutOfOrder, store) {
+            tracing::warn!(
+                store = %store,
+                listing = listing.as_str(),
+                "the {} is not served oldest first (cursor_direction=asc ignored?): discovery \
+                 moves this store's watermark only when a sweep reads it to its end",
+                listing.as_str()
+            );
         }
     }
 
@@ -282,18 +401,24 @@ impl Sweep<'_> {
             .await
     }
 
+    /// How a page request that did not answer with a page ends the store's part
+    /// (`None`: shutdown).
     async fn end_on_page_failure(
         &mut self,
-        failed: Option<ApiError>,
+        store: &StoreId,
+        listing: Listing,
+        failed: Option<Result<Page, ApiError>>,
     ) -> Result<StoreEnd, LedgerError> {
         self.flush().await?;
-        let Some(e) = failed else {
-            return Ok(StoreEnd::Interrupted);
+        let e = match failed {
+            Some(Err(e)) => e,
+            // A page is never a failure; shutdown is.
+            Some(Ok(_)) | None => return Ok(StoreEnd::Interrupted),
         };
         Ok(match e.class() {
             ErrorClass::Auth => StoreEnd::Auth(e.to_string()),
             _ if e.is_unreachable() => StoreEnd::Unreachable(e.to_string()),
-            _ => StoreEnd::Partial(format!("listing failed: {e}")),
+            _ => StoreEnd::Partial(listing_failure(listing, store, &e)),
         })
     }
 
@@ -581,6 +706,19 @@ impl Sweep<'_> {
         if let Err(e) = written {
             tracing::debug!(sweep_id = id, error = %e, "could not mark the sweep failed");
         }
+    }
+}
+
+/// What a listing request's failure means, naming the listing: a 404 there is the
+/// route (or the store) not found, never a charge.
+fn listing_failure(listing: Listing, store: &StoreId, e: &ApiError) -> String {
+    match e.class() {
+        ErrorClass::NotFound => format!(
+            "the {} of store {store} was not found at UnivaPay (404): a wrong store id or \
+             api.base_url, or credentials without it",
+            listing.as_str()
+        ),
+        _ => format!("{} failed: {e}", listing.as_str()),
     }
 }
 

@@ -281,6 +281,7 @@ pub fn registration(
         requested_currency: currency,
         konbini,
         expires_at,
+        created_on: created,
         provider_status: c.charge.status.as_str().to_owned(),
         detail,
     })

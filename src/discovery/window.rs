@@ -15,16 +15,23 @@ use crate::univapay::{Listed, Page};
 /// charges right after creating them is never raced by a sweep.
 pub const SETTLE: Duration = Duration::from_secs(2 * 60);
 
-/// The creation times one store's sweep looks at, both ends inclusive: from the
-/// watermark (never further back than `lookback`) to `SETTLE` ago. `None` when that is
-/// empty.
+/// The creation times one store's sweep looks at, both ends inclusive: from `overlap`
+/// behind the watermark (never further back than `lookback`) to `SETTLE` ago. `None`
+/// when that is empty.
+///
+/// The overlap is there because a listing may show a row later than its `created_on`
+/// (replication, a charge created while the history was behind): a row that appears up
+/// to `overlap` late is still inside a later window. What the overlap lists again costs
+/// its page only: the ids are known by then, and known ids cost no request.
 pub fn window(
     now: DateTime<Utc>,
     lookback: Duration,
+    overlap: Duration,
     watermark: Option<DateTime<Utc>>,
 ) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
     let floor = now - chrono::Duration::from_std(lookback).ok()?;
-    let from = watermark.map_or(floor, |w| w.max(floor));
+    let overlap = chrono::Duration::from_std(overlap).ok()?;
+    let from = watermark.map_or(floor, |w| (w - overlap).max(floor));
     let to = now - chrono::Duration::from_std(SETTLE).ok()?;
     (from <= to).then_some((from, to))
 }
@@ -51,19 +58,65 @@ pub fn placement(
     }
 }
 
-/// How far one store has been looked at during a sweep: everything created up to `at`
-/// is handled. Advanced item by item, in listing order; stopping at an item not handled
-/// caps it there (`from` is inclusive, so the next sweep starts with that item).
+/// How far one store has been looked at during a sweep: everything created up to
+/// [`Mark::at`] is handled. Advanced item by item, in listing order; stopping at an item
+/// not handled caps it there (`from` is inclusive, so the next sweep starts with that
+/// item).
+///
+/// That reasoning holds only for a listing served oldest first. Every page's new items
+/// are checked to be in creation order, continuing the pages before ([`Mark::see`]); once
+/// they are not (a server that ignores `cursor_direction=asc` and serves newest first),
+/// the mark stays at the window's start until the listing has been read to its end: the
+/// items not yet listed may be older than any seen, so nothing after `from` is known to
+/// be handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mark {
-    pub at: DateTime<Utc>,
+    at: DateTime<Utc>,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
+    /// The latest creation time listed so far, in listing order.
+    latest: Option<DateTime<Utc>>,
+    in_order: bool,
+    complete: bool,
 }
 
 impl Mark {
     pub fn new(from: DateTime<Utc>, to: DateTime<Utc>) -> Mark {
-        Mark { at: from, from, to }
+        Mark {
+            at: from,
+            from,
+            to,
+            latest: None,
+            in_order: true,
+            complete: false,
+        }
+    }
+
+    /// How far the store is known to be handled: the watermark to commit.
+    pub fn at(&self) -> DateTime<Utc> {
+        if self.complete {
+            self.to
+        } else if self.in_order {
+            self.at
+        } else {
+            self.from
+        }
+    }
+
+    /// Takes in a page's new items, in listing order, before any of them is handled.
+    /// Items without a creation time say nothing about the order.
+    pub fn see(&mut self, items: &[Listed]) {
+        for t in items.iter().filter_map(|i| i.created_on) {
+            if self.latest.is_some_and(|l| t < l) {
+                self.in_order = false;
+            }
+            self.latest = Some(self.latest.map_or(t, |l| l.max(t)));
+        }
+    }
+
+    /// Whether everything listed so far came oldest first.
+    pub fn in_order(&self) -> bool {
+        self.in_order
     }
 
     /// An item created at `created` is handled.
@@ -74,16 +127,17 @@ impl Mark {
     }
 
     /// The item created at `created` is not handled: nothing from it on may count as
-    /// handled. (A listing out of creation order cannot make the mark pass it.)
+    /// handled.
     pub fn stop_before(&mut self, created: Option<DateTime<Utc>>) {
         if let Some(t) = created {
             self.at = self.at.min(t).max(self.from);
         }
     }
 
-    /// The listing ended: everything in the window is handled.
+    /// The listing was read to its end: everything in the window is handled, whatever
+    /// order it came in.
     pub fn complete(&mut self) {
-        self.at = self.to;
+        self.complete = true;
     }
 
     /// The window's start.
@@ -244,19 +298,37 @@ mod tests {
     }
 
     #[test]
-    fn the_window_starts_at_the_watermark_within_the_lookback() {
+    fn the_window_starts_an_overlap_behind_the_watermark_within_the_lookback() {
         let now = t("2026-11-27T12:00:00Z");
         let day = Duration::from_secs(86_400);
-        let (from, to) = window(now, 35 * day, None).unwrap();
+        let hour = Duration::from_secs(3_600);
+        let (from, to) = window(now, 35 * day, hour, None).unwrap();
         assert_eq!(from, t("2026-10-23T12:00:00Z"));
         assert_eq!(to, t("2026-11-27T11:58:00Z"));
-        let (from, _) = window(now, 35 * day, Some(t("2026-11-27T10:00:00Z"))).unwrap();
+        let (from, _) = window(now, 35 * day, hour, Some(t("2026-11-27T10:00:00Z"))).unwrap();
+        assert_eq!(from, t("2026-11-27T09:00:00Z"));
+        let (from, _) = window(
+            now,
+            35 * day,
+            Duration::ZERO,
+            Some(t("2026-11-27T10:00:00Z")),
+        )
+        .unwrap();
         assert_eq!(from, t("2026-11-27T10:00:00Z"));
-        // A watermark older than the lookback: the lookback wins.
-        let (from, _) = window(now, day, Some(t("2026-01-01T00:00:00Z"))).unwrap();
+        // A watermark older than the lookback, or an overlap reaching past it: the
+        // lookback wins.
+        let (from, _) = window(now, day, hour, Some(t("2026-01-01T00:00:00Z"))).unwrap();
         assert_eq!(from, t("2026-11-26T12:00:00Z"));
-        // Swept up to a minute ago: nothing settled since.
-        assert_eq!(window(now, day, Some(t("2026-11-27T11:59:00Z"))), None);
+        let (from, _) = window(now, day, 2 * day, Some(t("2026-11-27T10:00:00Z"))).unwrap();
+        assert_eq!(from, t("2026-11-26T12:00:00Z"));
+        // Without an overlap, swept up to a minute ago: nothing settled since.
+        let recent = Some(t("2026-11-27T11:59:00Z"));
+        assert_eq!(window(now, day, Duration::ZERO, recent), None);
+        let (from, to) = window(now, day, hour, recent).unwrap();
+        assert_eq!(
+            (from, to),
+            (t("2026-11-27T10:59:00Z"), t("2026-11-27T11:58:00Z"))
+        );
     }
 
     #[test]
@@ -266,16 +338,59 @@ mod tests {
         m.handled(Some(t("2026-11-02T00:00:00Z")));
         m.handled(None);
         m.handled(Some(t("2026-11-05T00:00:00Z")));
-        assert_eq!(m.at, t("2026-11-05T00:00:00Z"));
-        // Listed out of order: an earlier item not handled pulls the mark back to it.
+        assert_eq!(m.at(), t("2026-11-05T00:00:00Z"));
         m.stop_before(Some(t("2026-11-04T00:00:00Z")));
-        assert_eq!(m.at, t("2026-11-04T00:00:00Z"));
+        assert_eq!(m.at(), t("2026-11-04T00:00:00Z"));
         // Past the window's end: capped there.
         let mut m = Mark::new(from, to);
         m.handled(Some(t("2026-12-01T00:00:00Z")));
-        assert_eq!(m.at, to);
+        assert_eq!(m.at(), to);
         m.complete();
-        assert_eq!(m.at, to);
+        assert_eq!(m.at(), to);
+    }
+
+    fn dated(times: &[&str]) -> Vec<Listed> {
+        times
+            .iter()
+            .map(|s| Listed {
+                created_on: Some(t(s)),
+                ..item(Some("c"))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_listing_not_oldest_first_holds_the_mark_at_the_window_start_until_its_end() {
+        let (from, to) = (t("2026-11-01T00:00:00Z"), t("2026-11-10T00:00:00Z"));
+        // Oldest first, across two pages (equal times are in order): the mark follows.
+        let mut m = Mark::new(from, to);
+        m.see(&dated(&["2026-11-02T00:00:00Z", "2026-11-03T00:00:00Z"]));
+        m.handled(Some(t("2026-11-03T00:00:00Z")));
+        m.see(&dated(&["2026-11-03T00:00:00Z", "2026-11-04T00:00:00Z"]));
+        m.handled(Some(t("2026-11-04T00:00:00Z")));
+        assert!(m.in_order());
+        assert_eq!(m.at(), t("2026-11-04T00:00:00Z"));
+        // Newest first: the first page's newest items handled, the mark stays at `from`.
+        let mut m = Mark::new(from, to);
+        m.see(&dated(&["2026-11-09T00:00:00Z", "2026-11-08T00:00:00Z"]));
+        m.handled(Some(t("2026-11-09T00:00:00Z")));
+        m.handled(Some(t("2026-11-08T00:00:00Z")));
+        assert!(!m.in_order());
+        assert_eq!(m.at(), from);
+        // A later page going back in time, each page ascending in itself.
+        let mut m = Mark::new(from, to);
+        m.see(&dated(&["2026-11-08T00:00:00Z", "2026-11-09T00:00:00Z"]));
+        m.handled(Some(t("2026-11-09T00:00:00Z")));
+        assert_eq!(m.at(), t("2026-11-09T00:00:00Z"));
+        m.see(&dated(&["2026-11-02T00:00:00Z"]));
+        assert_eq!(m.at(), from);
+        // Read to its end: everything is handled, whatever the order.
+        m.complete();
+        assert_eq!(m.at(), to);
+        // Items without a time say nothing about the order.
+        let mut m = Mark::new(from, to);
+        m.see(&[item(Some("a")), item(Some("b"))]);
+        assert!(m.in_order());
     }
 
     #[test]
