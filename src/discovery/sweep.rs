@@ -291,8 +291,11 @@ impl Sweep<'_> {
             with_ids += fresh.items.len() as u64 + fresh.repeats;
             self.see_order(store, listing, &mut mark, &fresh);
             let next = paging.next(&page, &fresh);
+            // Ended (to its end, or given up as repeating itself) without a row naming
+            // a charge.
+            let ended = !matches!(next, Next::More(_));
             if listing == Listing::KonbiniHistory
-                && next == Next::Done
+                && ended
                 && with_ids == 0
                 && self.charge_list_has_unknown(store, from, to).await?
             {

@@ -22,7 +22,7 @@ use crate::config::TestConfig;
 use crate::helpers::{STORE, TestApp, hold_lock, wait_until};
 
 /// `[discovery]` on for these stores, every other key at its default.
-fn discovery_on(stores: &[String]) -> impl FnOnce(&mut TestConfig) {
+pub(crate) fn discovery_on(stores: &[String]) -> impl FnOnce(&mut TestConfig) {
     let stores = stores.to_vec();
     move |c| {
         *c = c
@@ -32,11 +32,11 @@ fn discovery_on(stores: &[String]) -> impl FnOnce(&mut TestConfig) {
     }
 }
 
-async fn app_with_discovery(stores: &[String]) -> TestApp {
+pub(crate) async fn app_with_discovery(stores: &[String]) -> TestApp {
     TestApp::spawn_with(discovery_on(stores)).await
 }
 
-async fn sweep(app: &TestApp) -> SweepReport {
+pub(crate) async fn sweep(app: &TestApp) -> SweepReport {
     tokio::time::timeout(
         Duration::from_secs(60),
         discovery::sweep(
@@ -54,28 +54,28 @@ async fn sweep(app: &TestApp) -> SweepReport {
 
 /// Moves the test clock, and the simulator's along with it, past the settling delay:
 /// everything created so far is listed.
-fn settle(app: &TestApp) {
+pub(crate) fn settle(app: &TestApp) {
     both_clocks(app, SETTLE + Duration::from_secs(60));
 }
 
 /// Moves both clocks past `discovery.interval`.
-fn next_interval(app: &TestApp) {
+pub(crate) fn next_interval(app: &TestApp) {
     both_clocks(app, Duration::from_secs(11 * 60));
 }
 
-fn both_clocks(app: &TestApp, d: Duration) {
+pub(crate) fn both_clocks(app: &TestApp, d: Duration) {
     app.clock.advance(d);
     app.sim.advance(d);
 }
 
-fn discovered(app: &TestApp) -> BTreeSet<String> {
+pub(crate) fn discovered(app: &TestApp) -> BTreeSet<String> {
     ids(
         app,
         "SELECT charge_id FROM charges WHERE origin = 'discovered'",
     )
 }
 
-fn ids(app: &TestApp, sql: &str) -> BTreeSet<String> {
+pub(crate) fn ids(app: &TestApp, sql: &str) -> BTreeSet<String> {
     let db = app.db();
     let mut stmt = db.prepare(sql).unwrap();
     stmt.query_map([], |r| r.get::<_, String>(0))
@@ -84,7 +84,7 @@ fn ids(app: &TestApp, sql: &str) -> BTreeSet<String> {
         .collect()
 }
 
-fn skips(app: &TestApp, reason: &str) -> BTreeSet<String> {
+pub(crate) fn skips(app: &TestApp, reason: &str) -> BTreeSet<String> {
     let db = app.db();
     let mut stmt = db
         .prepare("SELECT charge_id FROM discovery_skips WHERE reason = ?1")
@@ -130,7 +130,7 @@ fn seed_and_register_most(
 }
 
 /// A konbini charge made through the simulator's control API, created `age` ago.
-fn konbini_created_ago(
+pub(crate) fn konbini_created_ago(
     app: &TestApp,
     store: &str,
     amount: i64,
