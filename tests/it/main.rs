@@ -10,6 +10,7 @@ mod config;
 mod daemon;
 mod database;
 mod discovery;
+mod discovery_crash;
 mod discovery_fallback;
 mod discovery_order;
 mod errors;
