@@ -121,10 +121,13 @@ mod tests {
             deadline(created, Some("P7D"), None, false),
             Some(t("2026-12-05T14:59:59Z"))
         );
+        // 16:00Z + 24 h = 2026-11-28T16:00Z, 01:00 JST on the 29th; the shift says 09:00
+        // JST that day = 00:00Z on the 29th.
         assert_eq!(
             deadline(created, Some("PT24H"), Some("09:00:00.000+09:00"), false),
             Some(t("2026-11-29T00:00:00Z"))
         );
+        // A shift in UTC keeps the UTC day: 10:00Z + 1 day is the 28th, at 15:00Z.
         assert_eq!(
             deadline(
                 t("2026-11-27T10:00:00Z"),
@@ -133,6 +136,13 @@ mod tests {
                 false
             ),
             Some(t("2026-11-28T15:00:00Z"))
+        );
+        // The default 30 days written as hours (PT720H): 2026-11-01T03:00Z is 12:00 JST
+        // on the 1st; 30 days on is 12:00 JST on 1 December, ending 23:59:59 JST =
+        // 14:59:59Z that day.
+        assert_eq!(
+            deadline(t("2026-11-01T03:00:00Z"), Some("PT720H"), None, false),
+            Some(t("2026-12-01T14:59:59Z"))
         );
         // Unsure: no period, a period of months, garbage, capture_at.
         assert_eq!(deadline(created, None, None, false), None);
