@@ -463,6 +463,49 @@ mod tests {
     }
 
     proptest! {
+        /// A listing served oldest first or newest first (distinct creation times, pages
+        /// of at least two), cut off after any page: every item created before the mark
+        /// has been seen. (A newest-first first page whose times are all equal cannot be
+        /// told from an oldest-first one; see the docs.)
+        #[test]
+        fn the_mark_never_passes_an_item_not_seen(
+            minutes in prop::collection::btree_set(0i64..10_000, 1..60),
+            newest_first in any::<bool>(),
+            page_size in 2usize..10,
+            pages_read in 1usize..10,
+        ) {
+            let base = t("2026-11-01T00:00:00Z");
+            let mut times: Vec<DateTime<Utc>> =
+                minutes.iter().map(|m| base + chrono::Duration::minutes(*m)).collect();
+            if newest_first {
+                times.reverse();
+            }
+            let (from, to) = (base, base + chrono::Duration::minutes(10_000));
+            let mut m = Mark::new(from, to);
+            let pages: Vec<&[DateTime<Utc>]> = times.chunks(page_size).collect();
+            let read = pages_read.min(pages.len());
+            for page in &pages[..read] {
+                let items: Vec<Listed> = page
+                    .iter()
+                    .map(|c| Listed { created_on: Some(*c), ..item(Some("c")) })
+                    .collect();
+                m.see(&items);
+                for c in page.iter() {
+                    m.handled(Some(*c));
+                }
+            }
+            if read == pages.len() {
+                m.complete();
+            }
+            let seen: HashSet<DateTime<Utc>> =
+                pages[..read].iter().flat_map(|p| p.iter().copied()).collect();
+            for c in &times {
+                prop_assert!(*c >= m.at() || seen.contains(c), "{c} passed unseen");
+            }
+        }
+    }
+
+    proptest! {
         /// Whatever a server answers, a store's listing ends within the page limit, and
         /// no id is handed out for a look twice.
         #[test]

@@ -1124,6 +1124,10 @@ async fn bad_discovery_config_is_exit_1_naming_the_key() {
             "discovery.lookback",
         ),
         (
+            Box::new(|c: TestConfig| c.set("discovery.overlap", "401d")),
+            "discovery.overlap",
+        ),
+        (
             Box::new(|c: TestConfig| c.set("discovery.stores", Vec::<String>::new())),
             "discovery.stores",
         ),
