@@ -291,15 +291,11 @@ impl Sweep<'_> {
             with_ids += fresh.items.len() as u64 + fresh.repeats;
             self.see_order(store, listing, &mut mark, &fresh);
             let next = paging.next(&page, &fresh);
-            // Ended (to its end, or given up as repeating itself) without a row naming
-            // a charge.
-            let ended = !matches!(next, Next::More(_));
             if listing == Listing::KonbiniHistory
-                && ended
                 && with_ids == 0
-                && self.charge_list_has_unknown(store, from, to).await?
+                && !matches!(next, Next::More(_))
+                && self.falls_back(store, &page, &fresh, (from, to)).await?
             {
-                self.fell_back(store, page.items.len());
                 return Ok(Read::FallBack);
             }
             let (batch, stop) = self
@@ -320,6 +316,34 @@ impl Sweep<'_> {
                 }
             }
         }
+    }
+
+    /// The history ended (to its end, or given up as repeating itself) without a row
+    /// naming a charge, its last page being `page`: whether the charge list is to be read
+    /// instead. If so, that page is counted and the fallback reported.
+    async fn falls_back(
+        &mut self,
+        store: &StoreId,
+        page: &Page,
+        fresh: &Fresh,
+        (from, to): (DateTime<Utc>, DateTime<Utc>),
+    ) -> Result<bool, LedgerError> {
+        if !self.charge_list_has_unknown(store, from, to).await? {
+            return Ok(false);
+        }
+        self.fell_back(store, page.items.len());
+        self.without_id += fresh.without_id;
+        self.write(DiscoveryBatch {
+            sweep_id: Some(self.sweep_id),
+            counts: SweepCounts {
+                pages: 1,
+                items: page.items.len() as u64,
+                ..SweepCounts::default()
+            },
+            ..DiscoveryBatch::default()
+        })
+        .await?;
+        Ok(true)
     }
 
     /// Whether the first page of the store's charge list in the window holds a charge the
