@@ -51,7 +51,7 @@ async fn behind(app: &mut TestApp, rule: Rule) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_newest_first_history_with_a_503_on_page_two_loses_nothing() {
+async fn a_newest_first_history_with_a_503_on_page_two_loses_nothing_nor_a_late_row() {
     let mut app = app_with_discovery(&[STORE.to_owned()]).await;
     let all = seed(&app, 250, 21);
     behind(
@@ -68,12 +68,20 @@ async fn a_newest_first_history_with_a_503_on_page_two_loses_nothing() {
         "the newest page only, before the 503"
     );
     next_interval(&app);
+    // Meanwhile a charge created 40 minutes ago shows up in the history.
+    let late = konbini_created_ago(&app, STORE, 900, "lawson", Duration::from_secs(40 * 60));
     let second = sweep(&app).await;
     assert_eq!(second.outcome, SweepOutcome::Ok, "{second:?}");
-    assert_eq!(discovered(&app), all, "none of the 150 older ones lost");
+    let mut want = all;
+    want.insert(late.id);
+    assert_eq!(
+        discovered(&app),
+        want,
+        "none of the 150 older ones lost, nor the late one"
+    );
     // The first page's charges were known by then: no second charge GET for them.
-    assert_eq!(second.counts.discovered, 150);
-    assert_eq!(app.sim.counters().requests, 250);
+    assert_eq!(second.counts.discovered, 151);
+    assert_eq!(app.sim.counters().requests, 251);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
