@@ -104,6 +104,7 @@ pub fn render(s: &Snapshot) -> String {
     add(last_pass(&s.overview));
     add(api_figures(&s.api));
     add(budget(s));
+    add(discovery_figures(&crate::discovery::history_fallbacks()));
     let mut text = String::new();
     if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut text) {
         tracing::warn!(error = %e, "metrics not rendered");
@@ -302,6 +303,24 @@ fn api_figures(a: &ClientStats) -> Box<dyn Collector> {
         ));
     }
     Box::new(Group(group))
+}
+
+/// `(store, count)` pairs from [`crate::discovery::history_fallbacks`]; no series until
+/// a store's first fallback.
+fn discovery_figures(fallbacks: &[(String, u64)]) -> Box<dyn Collector> {
+    let c = IntCounterVec::new(
+        Opts::new(
+            "konbini_discovery_history_fallbacks_total",
+            "Sweeps of a store that read its charge list because its transaction history \
+             answered without a usable row, since the process started.",
+        ),
+        &["store"],
+    )
+    .expect("valid metric");
+    for (store, n) in fallbacks {
+        c.with_label_values(&[store.as_str()]).inc_by(*n);
+    }
+    Box::new(c)
 }
 
 fn budget(s: &Snapshot) -> Box<dyn Collector> {

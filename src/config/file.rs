@@ -171,6 +171,8 @@ pub(super) struct FileDiscovery {
     pub interval: Duration,
     #[serde(with = "humantime_serde")]
     pub lookback: Duration,
+    #[serde(with = "humantime_serde")]
+    pub overlap: Duration,
     pub enrich: bool,
 }
 
@@ -181,6 +183,7 @@ impl Default for FileDiscovery {
             stores: Vec::new(),
             interval: Duration::from_secs(10 * 60),
             lookback: Duration::from_secs(35 * 24 * 60 * 60),
+            overlap: Duration::from_secs(60 * 60),
             enrich: false,
         }
     }

@@ -155,6 +155,9 @@ pub struct DiscoverySettings {
     pub interval: Duration,
     /// How far back the first sweep looks.
     pub lookback: Duration,
+    /// How far behind its watermark every later sweep starts again, so that rows that
+    /// become visible in a listing late are still found.
+    pub overlap: Duration,
     /// Also fill brand and deadline of registered charges from their tokens.
     pub enrich: bool,
 }

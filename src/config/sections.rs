@@ -321,6 +321,7 @@ pub(super) fn discovery(f: FileDiscovery) -> Result<Option<DiscoverySettings>, I
     interval("discovery.interval", f.interval)?;
     positive(f.lookback).map_err(at("discovery.lookback"))?;
     at_most(f.lookback, MAX_LOOKBACK).map_err(at("discovery.lookback"))?;
+    at_most(f.overlap, MAX_LOOKBACK).map_err(at("discovery.overlap"))?;
     if !f.enabled {
         return Ok(None);
     }
@@ -333,6 +334,7 @@ pub(super) fn discovery(f: FileDiscovery) -> Result<Option<DiscoverySettings>, I
         stores,
         interval: f.interval,
         lookback: f.lookback,
+        overlap: f.overlap,
         enrich: f.enrich,
     }))
 }

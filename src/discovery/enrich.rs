@@ -6,19 +6,32 @@
 
 use futures::StreamExt;
 
-use super::rules::{PaymentKind, brand, deadline, payment_kind};
-use super::sweep::{StoreEnd, Sweep};
-use super::verify::{Halt, Looked};
+use super::deadline::deadline;
+use super::outcome::StoreEnd;
+use super::payment::{PaymentKind, brand, payment_kind};
+use super::verify::{Halt, Looked, Verifier};
 use crate::domain::ChargeId;
 use crate::ledger::{Enrichment, LedgerError, Open};
+use crate::reconcile::Reconciler;
 
 /// Charges enriched in one sweep at most (two requests each).
 pub const MAX_ENRICHED_PER_SWEEP: usize = 200;
 
-/// Enriches what is waiting. `None` when nothing was; else how it ended.
-pub(super) async fn run(sweep: &mut Sweep<'_>) -> Result<Option<StoreEnd>, LedgerError> {
-    let todo = sweep
-        .rec()
+/// What one round of enrichment did: how it ended and how many charges it filled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enriched {
+    pub end: StoreEnd,
+    pub filled: u64,
+}
+
+/// Enriches what is waiting, through the sweep's `verifier`, and commits it with the
+/// sweep `sweep_id`. `None` when nothing was waiting.
+pub(super) async fn run(
+    rec: &Reconciler,
+    verifier: &Verifier,
+    sweep_id: i64,
+) -> Result<Option<Enriched>, LedgerError> {
+    let todo = rec
         .with_ledger(Open::Existing, |l| {
             l.charges_to_enrich(MAX_ENRICHED_PER_SWEEP)
         })
@@ -26,51 +39,46 @@ pub(super) async fn run(sweep: &mut Sweep<'_>) -> Result<Option<StoreEnd>, Ledge
     if todo.is_empty() {
         return Ok(None);
     }
-    let concurrency = sweep.rec().settings().api.concurrency;
+    let concurrency = rec.settings().api.concurrency;
     let mut found = Vec::new();
     let mut end = StoreEnd::Complete;
-    {
-        let verifier = &sweep.verifier;
-        let mut looks = futures::stream::iter(todo)
-            .map(|(charge, store)| async move {
-                let looked = verifier.look(&store, &charge, None).await;
-                (charge, looked)
-            })
-            .buffered(concurrency);
-        while let Some((charge, looked)) = looks.next().await {
-            match looked {
-                Ok(l) => found.push(enrichment(&charge, &l)),
-                Err(Halt::Skip(reason, _)) => found.push(Enrichment {
-                    charge_id: charge.clone(),
-                    konbini: None,
-                    expires_at: None,
-                    outcome: reason.as_str().to_owned(),
-                }),
-                Err(Halt::Retry(e)) => {
-                    end = StoreEnd::Partial(format!("looking up a token failed: {e}"));
-                    break;
-                }
-                Err(Halt::Auth(e)) => {
-                    end = StoreEnd::Auth(e.to_string());
-                    break;
-                }
-                Err(Halt::Interrupted) => {
-                    end = StoreEnd::Interrupted;
-                    break;
-                }
+    let mut looks = futures::stream::iter(todo)
+        .map(|(charge, store)| async move {
+            let looked = verifier.look(&store, &charge, None).await;
+            (charge, looked)
+        })
+        .buffered(concurrency);
+    while let Some((charge, looked)) = looks.next().await {
+        match looked {
+            Ok(l) => found.push(enrichment(&charge, &l)),
+            Err(Halt::Skip(reason, _)) => found.push(Enrichment {
+                charge_id: charge.clone(),
+                konbini: None,
+                expires_at: None,
+                outcome: reason.as_str().to_owned(),
+            }),
+            Err(Halt::Retry(e)) => {
+                end = StoreEnd::Partial(format!("looking up a token failed: {e}"));
+                break;
+            }
+            Err(Halt::Auth(e)) => {
+                end = StoreEnd::Auth(e.to_string());
+                break;
+            }
+            Err(Halt::Interrupted) => {
+                end = StoreEnd::Interrupted;
+                break;
             }
         }
     }
-    let (sweep_id, now) = (sweep.sweep_id, sweep.rec().now());
-    let filled = sweep
-        .rec()
+    drop(looks);
+    let now = rec.now();
+    let filled = rec
         .with_ledger(Open::Existing, move |mut l| {
             l.commit_enrichment(Some(sweep_id), &found, now)
         })
         .await?;
-    sweep.totals.enriched += filled;
-    sweep.flush().await?;
-    Ok(Some(end))
+    Ok(Some(Enriched { end, filled }))
 }
 
 /// What a charge's token says, as the columns take it. Pure.

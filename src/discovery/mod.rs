@@ -4,14 +4,24 @@
 //! like any other.
 //!
 //! # The sweep, per configured store
-//! 1. The window: from the store's watermark (`discovery_watermarks.swept_to`; the first
-//!    sweep starts `discovery.lookback` ago, and no sweep looks further back than that)
-//!    to [`SETTLE`] ago, so that a shop registering right after creating is never raced.
+//! 1. The window: from [`discovery.overlap`](crate::config::DiscoverySettings::overlap)
+//!    behind the store's watermark (`discovery_watermarks.swept_to`; the first sweep
+//!    starts `discovery.lookback` ago, and no sweep looks further back than that) to
+//!    [`SETTLE`] ago, so that a shop registering right after creating is never raced, and
+//!    a row UnivaPay lists late is still inside a later window. What the overlap lists
+//!    again is known by id and costs its page only.
 //! 2. `GET /stores/{sid}/transaction_history?type=charge&service_provider=convenience`,
 //!    oldest first, 100 rows a page, cursor paging: the cheapest listing, since UnivaPay
 //!    filters it to konbini charges and each row carries its payment type and brand. A
-//!    store whose history answers 404 or another 4xx is read from `GET
-//!    /stores/{sid}/charges` instead (every charge; the token then decides).
+//!    store whose history answers 404 or another 4xx on its first page is read from `GET
+//!    /stores/{sid}/charges` instead (every charge; the token then decides), and so is a
+//!    store whose history, read to its end, named no charge while the first page of its
+//!    charge list holds one the ledger lacks (rows shaped otherwise than expected must
+//!    not make discovery find nothing in silence: one WARN line per store per process,
+//!    and `konbini_discovery_history_fallbacks_total`).
+//!    Each page's new items are checked to be in creation order: a listing served newest
+//!    first (a server ignoring `cursor_direction=asc`) moves the watermark only when it
+//!    is read to its end (see `Mark` in `window.rs`).
 //! 3. Per page, the ids the ledger already holds (or skipped for good) cost nothing. A
 //!    row of another payment type costs nothing either; a row with a payment type
 //!    nobody knows is recorded as skipped. Every other one is verified: its charge GET
@@ -19,7 +29,9 @@
 //!    (payment type, brand and deadline; each token fetched at most once per sweep).
 //! 4. A verified konbini charge is registered: `origin = 'discovered'`, requested amount
 //!    and currency from the charge, brand and `expires_at` from the token (the rule is
-//!    [`rules::deadline`]; NULL when unsure), one `discovered` event, due at once.
+//!    [`deadline::deadline`]; NULL when unsure), `created_at` from UnivaPay's
+//!    `created_on` (so its recheck cadence counts its real age), one `discovered` event,
+//!    due at once.
 //! 5. The page's registrations, skips and the store's new watermark are one transaction.
 //!    A crash mid-sweep loses at most the page in flight, which the next sweep redoes;
 //!    registration is by charge id and never duplicates.
@@ -43,10 +55,14 @@
 //! A webhook about a charge the ledger does not hold takes the same verification
 //! ([`register_unknown`]).
 
+pub mod deadline;
 mod enrich;
-pub mod rules;
+mod notice;
+mod outcome;
+mod payment;
 mod sweep;
 mod verify;
+mod window;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,8 +77,10 @@ use crate::reconcile::Reconciler;
 use crate::univapay::Listed;
 
 pub use enrich::MAX_ENRICHED_PER_SWEEP;
-pub use rules::SETTLE;
-pub use sweep::{MAX_PAGES_PER_STORE, MAX_VERIFIED_PER_SWEEP, StoreEnd, SweepReport, verdict};
+pub use notice::history_fallbacks;
+pub use outcome::{StoreEnd, verdict};
+pub use sweep::{MAX_PAGES_PER_STORE, MAX_VERIFIED_PER_SWEEP, SweepReport};
+pub use window::SETTLE;
 
 /// What stops `--once` before its pass.
 #[derive(Debug, thiserror::Error)]

@@ -10,8 +10,11 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::rules::{self, Broken, Fresh, ItemVerdict, Mark, Next, Paging, Placement};
+use super::notice::{self, Notice};
+use super::outcome::{StoreEnd, merge_enrichment, verdict};
+use super::payment::{ItemVerdict, item_verdict};
 use super::verify::{Halt, Source, Verifier};
+use super::window::{self, Broken, Fresh, Mark, Next, Paging, Placement};
 use crate::config::DiscoverySettings;
 use crate::domain::{ChargeId, StoreId};
 use crate::ledger::{
@@ -84,58 +87,15 @@ impl SweepReport {
     }
 }
 
-/// How one store's part of a sweep ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreEnd {
-    /// Looked at up to the end of its window.
-    Complete,
-    /// Something was left for the next sweep, and why.
-    Partial(String),
-    /// Its listing could not be reached at all.
-    Unreachable(String),
-    Auth(String),
-    Interrupted,
-}
-
-/// The sweep's outcome from how each store ended. Pure.
-pub fn verdict(ends: &[(StoreId, StoreEnd)]) -> (SweepOutcome, Option<String>) {
-    if let Some((_, StoreEnd::Auth(e))) = ends.iter().find(|(_, e)| matches!(e, StoreEnd::Auth(_)))
-    {
-        return (
-            SweepOutcome::AuthFailed,
-            Some(format!(
-                "{e}; sweep stopped (check api.secret and api.app_token)"
-            )),
-        );
-    }
-    if ends.iter().any(|(_, e)| *e == StoreEnd::Interrupted) {
-        return (
-            SweepOutcome::Interrupted,
-            Some("stopped by shutdown".to_owned()),
-        );
-    }
-    let notes: Vec<String> = ends
-        .iter()
-        .filter_map(|(s, e)| match e {
-            StoreEnd::Partial(why) | StoreEnd::Unreachable(why) => {
-                Some(format!("store {s}: {why}"))
-            }
-            _ => None,
-        })
-        .collect();
-    if notes.is_empty() {
-        return (SweepOutcome::Ok, None);
-    }
-    let all_unreachable = !ends.is_empty()
-        && ends
-            .iter()
-            .all(|(_, e)| matches!(e, StoreEnd::Unreachable(_)));
-    let outcome = if all_unreachable {
-        SweepOutcome::Unreachable
-    } else {
-        SweepOutcome::Partial
-    };
-    (outcome, Some(notes.join("; ")))
+/// How reading one listing ended.
+enum Read {
+    End(StoreEnd),
+    /// The transaction history is not to be used for this store in this sweep: refused
+    /// on its first page (404 or another 4xx), or read to its end without a single row
+    /// that names a charge while the charge list has charges the ledger lacks (rows
+    /// shaped otherwise than the sweep expects, or a filter UnivaPay reads otherwise, must
+    /// not make discovery find nothing in silence). The charge list is read instead.
+    FallBack,
 }
 
 /// One item of a page, decided.
@@ -157,17 +117,17 @@ enum ItemOutcome {
 }
 
 /// A sweep in progress.
-pub(super) struct Sweep<'a> {
+struct Sweep<'a> {
     rec: &'a Reconciler,
     settings: &'a DiscoverySettings,
-    pub(super) verifier: Verifier,
-    pub(super) sweep_id: i64,
+    verifier: Verifier,
+    sweep_id: i64,
     now: DateTime<Utc>,
     /// Verifications left before [`MAX_VERIFIED_PER_SWEEP`].
     verify_left: u64,
     /// Requests already counted in a committed batch.
     committed_requests: u64,
-    pub(super) totals: SweepCounts,
+    totals: SweepCounts,
     skipped: BTreeMap<&'static str, u64>,
     other_types: u64,
     without_id: u64,
@@ -211,10 +171,13 @@ pub(super) async fn run(
     };
     let (mut outcome, mut detail) = verdict(&ends);
     if settings.enrich && matches!(outcome, SweepOutcome::Ok | SweepOutcome::Partial) {
-        let enriched = super::enrich::run(&mut sweep).await;
+        let enriched = super::enrich::run(rec, &sweep.verifier, sweep_id).await;
         match enriched {
             Ok(None) => {}
-            Ok(Some(end)) => (outcome, detail) = merge_enrichment(outcome, detail, end),
+            Ok(Some(e)) => {
+                sweep.totals.enriched += e.filled;
+                (outcome, detail) = merge_enrichment(outcome, detail, e.end);
+            }
             Err(e) => {
                 sweep.mark_failed(&e).await;
                 return Err(e);
@@ -244,26 +207,6 @@ pub(super) async fn run(
     Ok(report)
 }
 
-/// Enrichment's ending folded into the sweep's outcome (`Ok` or `Partial` so far).
-fn merge_enrichment(
-    outcome: SweepOutcome,
-    detail: Option<String>,
-    end: StoreEnd,
-) -> (SweepOutcome, Option<String>) {
-    let (o, why) = match end {
-        StoreEnd::Complete => return (outcome, detail),
-        StoreEnd::Auth(e) => (SweepOutcome::AuthFailed, e),
-        StoreEnd::Interrupted => (SweepOutcome::Interrupted, "stopped by shutdown".into()),
-        StoreEnd::Partial(w) | StoreEnd::Unreachable(w) => (SweepOutcome::Partial, w),
-    };
-    let why = format!("enrichment: {why}");
-    let detail = Some(match detail {
-        Some(d) => format!("{d}; {why}"),
-        None => why,
-    });
-    (o, detail)
-}
-
 impl Sweep<'_> {
     /// Every configured store in turn; an auth failure or shutdown ends the sweep.
     async fn stores(&mut self) -> Result<Vec<(StoreId, StoreEnd)>, LedgerError> {
@@ -282,20 +225,44 @@ impl Sweep<'_> {
         Ok(ends)
     }
 
-    /// One store's listing, page by page, from its watermark.
+    /// One store's part: its transaction history from the watermark, or its charge list
+    /// when the history is refused or yields nothing usable (see [`Read::FallBack`]).
     async fn store(&mut self, store: &StoreId) -> Result<StoreEnd, LedgerError> {
         let s = store.clone();
         let watermark = self
             .rec
             .with_ledger(Open::Existing, move |l| l.watermark(&s))
             .await?;
-        let Some((from, to)) = rules::window(self.now, self.settings.lookback, watermark) else {
+        let Some((from, to)) = window::window(
+            self.now,
+            self.settings.lookback,
+            self.settings.overlap,
+            watermark,
+        ) else {
             return Ok(StoreEnd::Complete);
         };
+        match self.read(store, Listing::KonbiniHistory, from, to).await? {
+            Read::End(end) => Ok(end),
+            Read::FallBack => match self.read(store, Listing::Charges, from, to).await? {
+                Read::End(end) => Ok(end),
+                // The charge list never falls back; should it, nothing more is read.
+                Read::FallBack => Ok(StoreEnd::Partial("charge list unusable".into())),
+            },
+        }
+    }
+
+    /// One listing of one store, page by page, each page committed with the watermark.
+    async fn read(
+        &mut self,
+        store: &StoreId,
+        listing: Listing,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Read, LedgerError> {
         let mut mark = Mark::new(from, to);
-        let mut listing = Listing::KonbiniHistory;
         let mut paging = Paging::new(MAX_PAGE_LIMIT, MAX_PAGES_PER_STORE);
         let mut cursor = None;
+        let mut with_ids = 0u64;
         loop {
             let q = PageQuery {
                 from,
@@ -306,35 +273,145 @@ impl Sweep<'_> {
             let page = match self.page(store, listing, &q).await {
                 Some(Ok(p)) => p,
                 Some(Err(e)) if cursor.is_none() && history_unavailable(listing, &e) => {
-                    tracing::info!(store = %store, error = %e, "transaction history unavailable; discovery reads the charge list instead");
-                    listing = Listing::Charges;
-                    continue;
+                    tracing::info!(store = %store, "{}; discovery reads the charge list instead", listing_failure(listing, store, &e));
+                    return Ok(Read::FallBack);
                 }
-                Some(Err(e)) => return self.end_on_page_failure(Some(e)).await,
-                None => return self.end_on_page_failure(None).await,
+                failed => {
+                    return Ok(Read::End(
+                        self.end_on_page_failure(store, listing, failed).await?,
+                    ));
+                }
             };
             let fresh = match paging.admit(&page) {
                 Ok(f) => f,
-                Err(broken) => return self.end_broken(store, listing, broken).await,
+                Err(broken) => {
+                    return Ok(Read::End(self.end_broken(store, listing, broken).await?));
+                }
             };
+            with_ids += fresh.items.len() as u64 + fresh.repeats;
+            self.see_order(store, listing, &mut mark, &fresh);
             let next = paging.next(&page, &fresh);
+            if listing == Listing::KonbiniHistory
+                && with_ids == 0
+                && !matches!(next, Next::More(_))
+                && self.falls_back(store, &page, &fresh, (from, to)).await?
+            {
+                return Ok(Read::FallBack);
+            }
             let (batch, stop) = self
                 .handle_page(store, listing, &page, &fresh, &mut mark, &next)
                 .await?;
-            self.commit(batch, store, mark.at).await?;
+            self.commit(batch, store, mark.at()).await?;
             if let Some(end) = stop {
-                return Ok(end);
+                return Ok(Read::End(end));
             }
             match next {
                 Next::More(c) => cursor = Some(c),
-                Next::Done => return Ok(StoreEnd::Complete),
-                Next::Stop(broken) => return Ok(self.broken(store, listing, broken)),
+                Next::Done => return Ok(Read::End(StoreEnd::Complete)),
+                Next::Stop(broken) => return Ok(Read::End(self.broken(store, listing, broken))),
                 Next::PageLimit => {
-                    return Ok(StoreEnd::Partial(format!(
+                    return Ok(Read::End(StoreEnd::Partial(format!(
                         "{MAX_PAGES_PER_STORE} pages read; the next sweep goes on"
-                    )));
+                    ))));
                 }
             }
+        }
+    }
+
+    /// The history ended (to its end, or given up as repeating itself) without a row
+    /// naming a charge, its last page being `page`: whether the charge list is to be read
+    /// instead. If so, that page is counted and the fallback reported.
+    async fn falls_back(
+        &mut self,
+        store: &StoreId,
+        page: &Page,
+        fresh: &Fresh,
+        (from, to): (DateTime<Utc>, DateTime<Utc>),
+    ) -> Result<bool, LedgerError> {
+        if !self.charge_list_has_unknown(store, from, to).await? {
+            return Ok(false);
+        }
+        self.fell_back(store, page.items.len());
+        self.without_id += fresh.without_id;
+        self.write(DiscoveryBatch {
+            sweep_id: Some(self.sweep_id),
+            counts: SweepCounts {
+                pages: 1,
+                items: page.items.len() as u64,
+                ..SweepCounts::default()
+            },
+            ..DiscoveryBatch::default()
+        })
+        .await?;
+        Ok(true)
+    }
+
+    /// Whether the first page of the store's charge list in the window holds a charge the
+    /// ledger does not know (one request). A failure counts as no: the history stands.
+    async fn charge_list_has_unknown(
+        &self,
+        store: &StoreId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<bool, LedgerError> {
+        let q = PageQuery {
+            from,
+            to,
+            cursor: None,
+            limit: MAX_PAGE_LIMIT,
+        };
+        let page = match self.page(store, Listing::Charges, &q).await {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
+                tracing::debug!(store = %store, error = %e, "charge list not read to check an empty history");
+                return Ok(false);
+            }
+            None => return Ok(false),
+        };
+        let ids: Vec<ChargeId> = page
+            .items
+            .iter()
+            .filter_map(|i| i.charge_id.clone())
+            .collect();
+        let listed = ids.len();
+        let known = self
+            .rec
+            .with_ledger(Open::Existing, move |l| l.known_charges(&ids))
+            .await?;
+        Ok(known.len() < listed)
+    }
+
+    /// The history answered without a usable row while the charge list has charges the
+    /// ledger lacks: counted for the metrics, and said once per store per process.
+    fn fell_back(&self, store: &StoreId, rows: usize) {
+        notice::count_fallback(store);
+        if notice::first(Notice::HistoryUnusable, store) {
+            tracing::warn!(
+                store = %store,
+                rows,
+                "the transaction history of store {store} answered with no usable row (no \
+                 charge_id or resource_id) while its charge list has charges the ledger lacks: \
+                 discovery reads the charge list instead (a token request per unknown charge); \
+                 said once per process, counted in konbini_discovery_history_fallbacks_total"
+            );
+        } else {
+            tracing::debug!(store = %store, rows, "transaction history unusable; charge list read instead");
+        }
+    }
+
+    /// Checks a page's new items for creation order; the first time a store's listing is
+    /// found out of order in this process, says so.
+    fn see_order(&self, store: &StoreId, listing: Listing, mark: &mut Mark, fresh: &Fresh) {
+        let was = mark.in_order();
+        mark.see(&fresh.items);
+        if was && !mark.in_order() && notice::first(Notice::OutOfOrder, store) {
+            tracing::warn!(
+                store = %store,
+                listing = listing.as_str(),
+                "the {} is not served oldest first (cursor_direction=asc ignored?): discovery \
+                 moves this store's watermark only when a sweep reads it to its end",
+                listing.as_str()
+            );
         }
     }
 
@@ -351,18 +428,24 @@ impl Sweep<'_> {
             .await
     }
 
+    /// How a page request that did not answer with a page ends the store's part
+    /// (`None`: shutdown).
     async fn end_on_page_failure(
         &mut self,
-        failed: Option<ApiError>,
+        store: &StoreId,
+        listing: Listing,
+        failed: Option<Result<Page, ApiError>>,
     ) -> Result<StoreEnd, LedgerError> {
         self.flush().await?;
-        let Some(e) = failed else {
-            return Ok(StoreEnd::Interrupted);
+        let e = match failed {
+            Some(Err(e)) => e,
+            // A page is never a failure; shutdown is.
+            Some(Ok(_)) | None => return Ok(StoreEnd::Interrupted),
         };
         Ok(match e.class() {
             ErrorClass::Auth => StoreEnd::Auth(e.to_string()),
             _ if e.is_unreachable() => StoreEnd::Unreachable(e.to_string()),
-            _ => StoreEnd::Partial(format!("listing failed: {e}")),
+            _ => StoreEnd::Partial(listing_failure(listing, store, &e)),
         })
     }
 
@@ -438,13 +521,13 @@ impl Sweep<'_> {
         let Some(id) = &item.charge_id else {
             return ItemOutcome::Ignored;
         };
-        match rules::placement(item.created_on, mark.from(), mark.to()) {
+        match window::placement(item.created_on, mark.from(), mark.to()) {
             Placement::Before => return ItemOutcome::Ignored,
             Placement::After => return ItemOutcome::Later,
             Placement::Inside if known.contains(id) => return ItemOutcome::Handled,
             Placement::Inside => {}
         }
-        match rules::item_verdict(item) {
+        match item_verdict(item) {
             ItemVerdict::NotKonbini => {
                 self.other_types += 1;
                 ItemOutcome::Handled
@@ -613,7 +696,7 @@ impl Sweep<'_> {
     }
 
     /// Commits the requests not yet counted (those of a page that failed).
-    pub(super) async fn flush(&mut self) -> Result<(), LedgerError> {
+    async fn flush(&mut self) -> Result<(), LedgerError> {
         if self.verifier.requests() == self.committed_requests {
             return Ok(());
         }
@@ -638,10 +721,6 @@ impl Sweep<'_> {
         Ok(())
     }
 
-    pub(super) fn rec(&self) -> &Reconciler {
-        self.rec
-    }
-
     /// Best effort after the ledger failed: the sweep's row says so.
     async fn mark_failed(&self, cause: &LedgerError) {
         let (id, detail, now) = (self.sweep_id, cause.to_string(), self.rec.now());
@@ -657,67 +736,22 @@ impl Sweep<'_> {
     }
 }
 
+/// What a listing request's failure means, naming the listing: a 404 there is the
+/// route (or the store) not found, never a charge.
+fn listing_failure(listing: Listing, store: &StoreId, e: &ApiError) -> String {
+    match e.class() {
+        ErrorClass::NotFound => format!(
+            "the {} of store {store} was not found at UnivaPay (404): a wrong store id or \
+             api.base_url, or credentials without it",
+            listing.as_str()
+        ),
+        _ => format!("{} failed: {e}", listing.as_str()),
+    }
+}
+
 /// The history route is not there for these credentials (404, or refused with another
 /// 4xx): the charge list stands in for it.
 fn history_unavailable(listing: Listing, e: &ApiError) -> bool {
     listing == Listing::KonbiniHistory
         && matches!(e.class(), ErrorClass::NotFound | ErrorClass::Rejected)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn store(s: &str) -> StoreId {
-        StoreId::parse(s).unwrap()
-    }
-
-    #[test]
-    fn verdicts() {
-        assert_eq!(verdict(&[]), (SweepOutcome::Ok, None));
-        let ok = (store("a"), StoreEnd::Complete);
-        assert_eq!(verdict(std::slice::from_ref(&ok)).0, SweepOutcome::Ok);
-        let partial = (store("b"), StoreEnd::Partial("100 pages read".into()));
-        let (o, d) = verdict(&[ok.clone(), partial.clone()]);
-        assert_eq!(o, SweepOutcome::Partial);
-        assert_eq!(d.as_deref(), Some("store b: 100 pages read"));
-        let down = (store("c"), StoreEnd::Unreachable("timeout".into()));
-        assert_eq!(
-            verdict(std::slice::from_ref(&down)).0,
-            SweepOutcome::Unreachable
-        );
-        assert_eq!(
-            verdict(&[ok.clone(), down.clone()]).0,
-            SweepOutcome::Partial
-        );
-        let auth = (
-            store("d"),
-            StoreEnd::Auth("credentials rejected by UnivaPay (401)".into()),
-        );
-        let (o, d) = verdict(&[partial, auth]);
-        assert_eq!(o, SweepOutcome::AuthFailed);
-        assert!(d.unwrap().contains("api.secret"));
-        let cut = (store("e"), StoreEnd::Interrupted);
-        assert_eq!(verdict(&[down, cut]).0, SweepOutcome::Interrupted);
-    }
-
-    #[test]
-    fn enrichment_folds_into_the_outcome() {
-        assert_eq!(
-            merge_enrichment(SweepOutcome::Ok, None, StoreEnd::Complete),
-            (SweepOutcome::Ok, None)
-        );
-        let (o, d) = merge_enrichment(
-            SweepOutcome::Partial,
-            Some("store a: x".into()),
-            StoreEnd::Partial("looking up a token failed".into()),
-        );
-        assert_eq!(o, SweepOutcome::Partial);
-        assert_eq!(
-            d.as_deref(),
-            Some("store a: x; enrichment: looking up a token failed")
-        );
-        let (o, _) = merge_enrichment(SweepOutcome::Ok, None, StoreEnd::Auth("401".into()));
-        assert_eq!(o, SweepOutcome::AuthFailed);
-    }
 }

@@ -103,6 +103,10 @@ pub struct NewDiscovered {
     /// The brand (`seven_eleven`, `pay_easy`, ...), when known.
     pub konbini: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// UnivaPay's `created_on`: the charge's `created_at`, so that its recheck cadence
+    /// counts its age from its real creation, not from when discovery found it. `None`
+    /// (or a time still to come) takes the registration time.
+    pub created_on: Option<DateTime<Utc>>,
     /// The status the verifying GET saw, for the event row.
     pub provider_status: String,
     /// The `discovered` event's detail: where it was found.
@@ -277,7 +281,8 @@ impl Ledger {
         added.discovered = 0;
         added.skipped = 0;
         for d in &batch.found {
-            if insert_discovered(&tx, d, &at).map_err(err)? {
+            let created = d.created_on.map_or_else(|| at.clone(), |c| ts(c.min(now)));
+            if insert_discovered(&tx, d, &at, &created).map_err(err)? {
                 added.discovered += 1;
             }
         }
@@ -379,18 +384,19 @@ impl Ledger {
     }
 }
 
-/// Inserts a discovered charge, due at once, with its `discovered` event. `false` when
-/// the charge was already in the ledger.
+/// Inserts a discovered charge, due at once, created at `created`, with its `discovered`
+/// event. `false` when the charge was already in the ledger.
 fn insert_discovered(
     conn: &rusqlite::Connection,
     d: &NewDiscovered,
     at: &str,
+    created: &str,
 ) -> rusqlite::Result<bool> {
     let inserted = conn
         .prepare_cached(
             "INSERT INTO charges (charge_id, store_id, requested_amount, requested_currency,
                                   origin, konbini, expires_at, next_check_at, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, 'discovered', ?5, ?6, ?7, ?7, ?7)
+             VALUES (?1, ?2, ?3, ?4, 'discovered', ?5, ?6, ?7, ?8, ?7)
              ON CONFLICT (charge_id) DO NOTHING",
         )?
         .execute(params![
@@ -400,7 +406,8 @@ fn insert_discovered(
             d.requested_currency.as_str(),
             d.konbini,
             d.expires_at.map(ts),
-            at
+            at,
+            created
         ])?;
     if inserted == 0 {
         return Ok(false);

@@ -14,15 +14,13 @@ use konbini_reconciler::domain::{ChargeId, StoreId};
 use konbini_reconciler::ledger::{SweepOutcome, Trigger};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use univapay_sim::{
-    CounterSnapshot, DiscoveryFaults, Population, Reply, SimCharge, SimToken, konbini_deadline,
-};
+use univapay_sim::{CounterSnapshot, DiscoveryFaults, Population, Reply, SimCharge, SimToken};
 
 use crate::config::TestConfig;
 use crate::helpers::{STORE, TestApp, hold_lock, wait_until};
 
 /// `[discovery]` on for these stores, every other key at its default.
-fn discovery_on(stores: &[String]) -> impl FnOnce(&mut TestConfig) {
+pub(crate) fn discovery_on(stores: &[String]) -> impl FnOnce(&mut TestConfig) {
     let stores = stores.to_vec();
     move |c| {
         *c = c
@@ -32,11 +30,11 @@ fn discovery_on(stores: &[String]) -> impl FnOnce(&mut TestConfig) {
     }
 }
 
-async fn app_with_discovery(stores: &[String]) -> TestApp {
+pub(crate) async fn app_with_discovery(stores: &[String]) -> TestApp {
     TestApp::spawn_with(discovery_on(stores)).await
 }
 
-async fn sweep(app: &TestApp) -> SweepReport {
+pub(crate) async fn sweep(app: &TestApp) -> SweepReport {
     tokio::time::timeout(
         Duration::from_secs(60),
         discovery::sweep(
@@ -54,28 +52,28 @@ async fn sweep(app: &TestApp) -> SweepReport {
 
 /// Moves the test clock, and the simulator's along with it, past the settling delay:
 /// everything created so far is listed.
-fn settle(app: &TestApp) {
+pub(crate) fn settle(app: &TestApp) {
     both_clocks(app, SETTLE + Duration::from_secs(60));
 }
 
 /// Moves both clocks past `discovery.interval`.
-fn next_interval(app: &TestApp) {
+pub(crate) fn next_interval(app: &TestApp) {
     both_clocks(app, Duration::from_secs(11 * 60));
 }
 
-fn both_clocks(app: &TestApp, d: Duration) {
+pub(crate) fn both_clocks(app: &TestApp, d: Duration) {
     app.clock.advance(d);
     app.sim.advance(d);
 }
 
-fn discovered(app: &TestApp) -> BTreeSet<String> {
+pub(crate) fn discovered(app: &TestApp) -> BTreeSet<String> {
     ids(
         app,
         "SELECT charge_id FROM charges WHERE origin = 'discovered'",
     )
 }
 
-fn ids(app: &TestApp, sql: &str) -> BTreeSet<String> {
+pub(crate) fn ids(app: &TestApp, sql: &str) -> BTreeSet<String> {
     let db = app.db();
     let mut stmt = db.prepare(sql).unwrap();
     stmt.query_map([], |r| r.get::<_, String>(0))
@@ -84,7 +82,7 @@ fn ids(app: &TestApp, sql: &str) -> BTreeSet<String> {
         .collect()
 }
 
-fn skips(app: &TestApp, reason: &str) -> BTreeSet<String> {
+pub(crate) fn skips(app: &TestApp, reason: &str) -> BTreeSet<String> {
     let db = app.db();
     let mut stmt = db
         .prepare("SELECT charge_id FROM discovery_skips WHERE reason = ?1")
@@ -130,7 +128,7 @@ fn seed_and_register_most(
 }
 
 /// A konbini charge made through the simulator's control API, created `age` ago.
-fn konbini_created_ago(
+pub(crate) fn konbini_created_ago(
     app: &TestApp,
     store: &str,
     amount: i64,
@@ -209,8 +207,18 @@ async fn finds_exactly_the_missing_konbini_charges_across_pages_and_stores() {
             (p.store_id.as_str(), p.amount, "JPY")
         );
         assert_eq!(konbini, p.chain);
-        let deadline = konbini_deadline(p.created, p.expiry, None);
-        assert_eq!(expires, konbini_reconciler::ledger::ts(deadline), "{id}");
+        // The seeded tokens give a 7-day period and no time shift: the deadline is the end
+        // (23:59:59 JST, 14:59:59Z) of the Japanese calendar day that creation plus 7 days
+        // falls on, so it lies within a day after that instant and ends at 14:59:59Z. The
+        // literal days are checked in `the_deadline_is_the_one_the_token_implies...`.
+        assert_eq!(p.expiry, Duration::from_secs(7 * 86_400));
+        let expires_at: DateTime<Utc> = expires.parse().unwrap();
+        let due = p.created + chrono::Duration::days(7);
+        assert!(
+            due <= expires_at && expires_at < due + chrono::Duration::days(1),
+            "{id}: {expires} for {due}"
+        );
+        assert!(expires.ends_with("T14:59:59.000Z"), "{id}: {expires}");
         assert!(
             next <= konbini_reconciler::ledger::ts(konbini_reconciler::reconcile::Clock::now(
                 &*app.clock
@@ -312,9 +320,28 @@ async fn skips_cards_and_charges_older_than_the_lookback() {
     assert_eq!(number.as_deref(), Some("58091"));
 }
 
+/// Moves the test clock to `at` exactly and the simulator's clock to within the test's
+/// run time of it, so that creation times and deadlines can be written out literally.
+pub(crate) fn clocks_at(app: &TestApp, at: &str) {
+    let at: DateTime<Utc> = at.parse().unwrap();
+    let now = konbini_reconciler::reconcile::Clock::now(app.clock.as_ref());
+    app.clock.advance((at - now).to_std().unwrap());
+    // The simulator's clock started at the real time and runs with it.
+    app.sim.advance((at - Utc::now()).to_std().unwrap());
+}
+
+/// Sets a charge's `created_on` at the simulator.
+fn created_on(app: &TestApp, id: &str, at: &str) {
+    app.sim.update(id, |mut c| {
+        c.created_on = at.to_owned();
+        c
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deadline_is_the_one_the_token_implies_and_unknown_stays_null() {
     let app = app_with_discovery(&[STORE.to_owned()]).await;
+    clocks_at(&app, "2099-06-01T12:00:00Z");
     // A token with a period and a time shift, one with a period only, one with neither.
     let mut shifted = SimToken::konbini("tok-shifted", STORE, "lawson")
         .with_expiration_period(Duration::from_secs(3 * 86_400));
@@ -322,6 +349,18 @@ async fn the_deadline_is_the_one_the_token_implies_and_unknown_stays_null() {
     let plain = SimToken::konbini("tok-plain", STORE, "mini_stop")
         .with_expiration_period(Duration::from_secs(5 * 86_400));
     let default = SimToken::konbini("tok-default", STORE, "daily_yamazaki");
+    // Every charge created 2099-05-28T16:00:00Z, which is 2099-05-29 01:00 in Japan
+    // (UTC+9). UnivaPay's rule: the deadline is the Japanese calendar day that creation
+    // plus `expiration_period` falls on, ending at 23:59:59 JST, or at the time of day
+    // `expiration_time_shift` gives; no period: the store's default, which the API does
+    // not tell (NULL).
+    // - 3 days: 2099-06-01 01:00 JST, shifted to 09:00 JST that day = 2099-06-01T00:00:00Z.
+    // - 5 days: 2099-06-03 01:00 JST, that day's 23:59:59 JST = 2099-06-03T14:59:59Z.
+    let want = [
+        Some("2099-06-01T00:00:00.000Z"),
+        Some("2099-06-03T14:59:59.000Z"),
+        None,
+    ];
     let mut made = vec![];
     for t in [shifted, plain, default] {
         app.sim.insert_token(t.clone());
@@ -329,11 +368,12 @@ async fn the_deadline_is_the_one_the_token_implies_and_unknown_stays_null() {
             .sim
             .create_charge(&t.id, 1200, "JPY", json!({}))
             .unwrap();
-        made.push((t, c));
+        created_on(&app, &c.id, "2099-05-28T16:00:00.000000Z");
+        made.push(c);
     }
     settle(&app);
-    sweep(&app).await;
-    for (t, c) in &made {
+    assert_eq!(sweep(&app).await.counts.discovered, 3);
+    for (c, want) in made.iter().zip(want) {
         let expires: Option<String> = app
             .db()
             .query_row(
@@ -342,11 +382,7 @@ async fn the_deadline_is_the_one_the_token_implies_and_unknown_stays_null() {
                 |r| r.get(0),
             )
             .unwrap();
-        let created: DateTime<Utc> = c.created_on.parse().unwrap();
-        let want = t.expiration_period().map(|p| {
-            konbini_reconciler::ledger::ts(konbini_deadline(created, p, t.expiration_time_shift()))
-        });
-        assert_eq!(expires, want, "{}", t.id);
+        assert_eq!(expires.as_deref(), want, "{}", c.id);
     }
 }
 
@@ -734,7 +770,9 @@ async fn an_empty_page_that_claims_more_ends_the_sweep() {
             .contains("without items said has_more"),
         "{r:?}"
     );
-    assert_eq!(cost, 1);
+    // The history's one page, and one page of the charge list to see whether it holds
+    // charges the history did not show (it misbehaves alike here: no fallback).
+    assert_eq!(cost, 2);
     assert!(discovered(&app).is_empty());
 }
 
@@ -965,6 +1003,7 @@ async fn enrichment_fills_brand_and_deadline_of_registered_charges_once() {
         *c = c.clone().set("discovery.enrich", true);
     })
     .await;
+    clocks_at(&app, "2099-03-03T00:00:00Z");
     let t = SimToken::konbini("tok-enrich", STORE, "pay_easy")
         .with_expiration_period(Duration::from_secs(7 * 86_400));
     app.sim.insert_token(t.clone());
@@ -972,6 +1011,7 @@ async fn enrichment_fills_brand_and_deadline_of_registered_charges_once() {
         .sim
         .create_charge(&t.id, 3000, "JPY", json!({}))
         .unwrap();
+    created_on(&app, &c.id, "2099-03-01T15:30:00.000000Z");
     app.register(&c.id, 3000);
     let own_deadline = app.sim.create_konbini_charge(STORE, 100, "lawson");
     app.register(&own_deadline.id, 100);
@@ -997,15 +1037,9 @@ async fn enrichment_fills_brand_and_deadline_of_registered_charges_once() {
         )
         .unwrap();
     assert_eq!(konbini, "pay_easy");
-    let created: DateTime<Utc> = c.created_on.parse().unwrap();
-    assert_eq!(
-        expires,
-        konbini_reconciler::ledger::ts(konbini_deadline(
-            created,
-            Duration::from_secs(7 * 86_400),
-            None
-        ))
-    );
+    // Created 2099-03-01T15:30:00Z = 2099-03-02 00:30 JST; plus 7 days is 2099-03-09 in
+    // Japan, which ends at 23:59:59 JST = 14:59:59Z.
+    assert_eq!(expires, "2099-03-09T14:59:59.000Z");
     let (konbini, expires): (String, String) = app
         .db()
         .query_row(
@@ -1088,6 +1122,10 @@ async fn bad_discovery_config_is_exit_1_naming_the_key() {
         (
             Box::new(|c: TestConfig| c.set("discovery.lookback", "401d")),
             "discovery.lookback",
+        ),
+        (
+            Box::new(|c: TestConfig| c.set("discovery.overlap", "401d")),
+            "discovery.overlap",
         ),
         (
             Box::new(|c: TestConfig| c.set("discovery.stores", Vec::<String>::new())),

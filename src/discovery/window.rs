@@ -1,191 +1,37 @@
-//! The pure decisions of discovery, over plain values: which listed item is worth a
-//! request, what a token's payment type means, the payment deadline a token implies, the
-//! window a sweep looks at, and the paging guard that ends a misbehaving listing.
+//! The pure decisions of a store's listing: the window of creation times a sweep looks
+//! at (the watermark, the lookback, the overlap and the settling delay), where a listed
+//! item falls against it, the [`Mark`] of how far the store has really been looked at,
+//! and the paging guard that ends a misbehaving listing.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use chrono::{DateTime, FixedOffset, NaiveTime, Utc};
+use chrono::{DateTime, Utc};
 
 use crate::domain::ChargeId;
 use crate::univapay::{Listed, Page};
-
-/// Payment types UnivaPay documents besides konbini. A history row or token with one of
-/// these is simply not ours; any other word is recorded as unknown.
-pub const OTHER_PAYMENT_TYPES: [&str; 7] = [
-    "card",
-    "qr_scan",
-    "apple_pay",
-    "paidy",
-    "qr_merchant",
-    "online",
-    "bank_transfer",
-];
-
-/// What a `payment_type` word says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PaymentKind {
-    Konbini,
-    /// A documented payment type other than konbini.
-    Other(String),
-    /// A word nobody documented.
-    Unknown(String),
-    /// No payment type given.
-    Missing,
-}
-
-pub fn payment_kind(word: Option<&str>) -> PaymentKind {
-    match word {
-        None => PaymentKind::Missing,
-        Some("konbini") => PaymentKind::Konbini,
-        Some(w) if OTHER_PAYMENT_TYPES.contains(&w) => PaymentKind::Other(w.to_owned()),
-        Some(w) => PaymentKind::Unknown(w.to_owned()),
-    }
-}
-
-/// What to do with a listed item whose charge the ledger does not hold.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ItemVerdict {
-    /// Verify it (charge GET, token GET) and register it if it is konbini.
-    Candidate,
-    /// The row says another payment type: not ours, no request.
-    NotKonbini,
-    /// The row names a payment type nobody knows: skipped and recorded, no request.
-    UnknownType(String),
-}
-
-/// A listed item's verdict from its own fields. A row without a payment type (and every
-/// charge list item) is a candidate: its token decides.
-pub fn item_verdict(item: &Listed) -> ItemVerdict {
-    match payment_kind(item.payment_type.as_deref()) {
-        PaymentKind::Konbini | PaymentKind::Missing => ItemVerdict::Candidate,
-        PaymentKind::Other(_) => ItemVerdict::NotKonbini,
-        PaymentKind::Unknown(w) => ItemVerdict::UnknownType(w),
-    }
-}
-
-/// A brand as the `charges.konbini` column takes it (lower-case letters, digits and `_`,
-/// 1 to 64 characters), else `None`.
-pub fn brand(word: Option<&str>) -> Option<String> {
-    let w = word?.trim();
-    let ok = (1..=64).contains(&w.len())
-        && w.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    ok.then(|| w.to_owned())
-}
-
-/// The longest `expiration_period` believed: UnivaPay's konbini periods are days or weeks.
-const MAX_PERIOD: Duration = Duration::from_secs(400 * 86_400);
-
-/// The payment deadline of a konbini charge created at `created` with a token whose
-/// `expiration_period` is `period` and `expiration_time_shift` is `shift`:
-///
-/// the calendar day that `created + period` falls on, in Japan time (or in the time
-/// shift's own UTC offset when it gives one), ending at 23:59:59, or at the time of day
-/// the shift gives (`HH:MM[:SS[.fff]]` with `Z` or `±HH:MM`).
-///
-/// `None` (unknown) when the token gives no period (the store's default applies, which
-/// the API does not tell), when the period or the shift cannot be read, when the period
-/// uses years or months (no fixed length), or when the charge sets its own `capture_at`.
-pub fn deadline(
-    created: DateTime<Utc>,
-    period: Option<&str>,
-    shift: Option<&str>,
-    has_capture_at: bool,
-) -> Option<DateTime<Utc>> {
-    if has_capture_at {
-        return None;
-    }
-    let period = parse_iso_duration(period?)?;
-    if period > MAX_PERIOD {
-        return None;
-    }
-    let jst = FixedOffset::east_opt(9 * 3600)?;
-    let (time, offset) = match shift {
-        None => (NaiveTime::from_hms_opt(23, 59, 59)?, jst),
-        Some(s) => parse_time_shift(s)?,
-    };
-    let due = created + chrono::Duration::from_std(period).ok()?;
-    let day = due.with_timezone(&offset).date_naive();
-    day.and_time(time)
-        .and_local_timezone(offset)
-        .single()
-        .map(|t| t.with_timezone(&Utc))
-}
-
-/// ISO 8601 durations with fixed-length units: `P7D`, `PT720H`, `P1W`, `P1DT12H30M`.
-pub fn parse_iso_duration(s: &str) -> Option<Duration> {
-    let rest = s.trim().strip_prefix('P')?;
-    let (date, time) = match rest.split_once('T') {
-        Some((d, t)) if !t.is_empty() => (d, Some(t)),
-        Some(_) => return None,
-        None => (rest, None),
-    };
-    if date.is_empty() && time.is_none() {
-        return None;
-    }
-    let mut secs = sum_units(date, &[('W', 7 * 86_400), ('D', 86_400)])?;
-    if let Some(t) = time {
-        secs = secs.checked_add(sum_units(t, &[('H', 3_600), ('M', 60), ('S', 1)])?)?;
-    }
-    Some(Duration::from_secs(secs))
-}
-
-/// `12D3H`-like parts: whole numbers each followed by one of `units`, in that order.
-fn sum_units(s: &str, units: &[(char, u64)]) -> Option<u64> {
-    let mut total = 0u64;
-    let mut number = String::new();
-    let mut allowed = units;
-    for ch in s.chars() {
-        if ch.is_ascii_digit() {
-            number.push(ch);
-            continue;
-        }
-        let pos = allowed.iter().position(|(u, _)| *u == ch)?;
-        let n: u64 = number.parse().ok()?;
-        total = total.checked_add(n.checked_mul(allowed[pos].1)?)?;
-        number.clear();
-        allowed = &allowed[pos + 1..];
-    }
-    number.is_empty().then_some(total)
-}
-
-/// `09:00:00.000+09:00` or `15:00Z` as a time of day and its UTC offset.
-pub fn parse_time_shift(s: &str) -> Option<(NaiveTime, FixedOffset)> {
-    let s = s.trim();
-    let (time, offset) = if let Some(t) = s.strip_suffix('Z') {
-        (t, FixedOffset::east_opt(0)?)
-    } else {
-        let at = s.rfind(['+', '-'])?;
-        let (t, o) = s.split_at(at);
-        let sign = if o.starts_with('-') { -1 } else { 1 };
-        let (hh, mm) = o[1..].split_once(':')?;
-        if hh.len() != 2 || mm.len() != 2 {
-            return None;
-        }
-        let secs = hh.parse::<i32>().ok()? * 3600 + mm.parse::<i32>().ok()? * 60;
-        (t, FixedOffset::east_opt(sign * secs)?)
-    };
-    let time = ["%H:%M:%S%.f", "%H:%M:%S", "%H:%M"]
-        .iter()
-        .find_map(|f| NaiveTime::parse_from_str(time, f).ok())?;
-    Some((time, offset))
-}
 
 /// How long after its creation a charge is first looked at: a shop that registers its
 /// charges right after creating them is never raced by a sweep.
 pub const SETTLE: Duration = Duration::from_secs(2 * 60);
 
-/// The creation times one store's sweep looks at, both ends inclusive: from the
-/// watermark (never further back than `lookback`) to `SETTLE` ago. `None` when that is
-/// empty.
+/// The creation times one store's sweep looks at, both ends inclusive: from `overlap`
+/// behind the watermark (never further back than `lookback`) to `SETTLE` ago. `None`
+/// when that is empty.
+///
+/// The overlap is there because a listing may show a row later than its `created_on`
+/// (replication, a charge created while the history was behind): a row that appears up
+/// to `overlap` late is still inside a later window. What the overlap lists again costs
+/// its page only: the ids are known by then, and known ids cost no request.
 pub fn window(
     now: DateTime<Utc>,
     lookback: Duration,
+    overlap: Duration,
     watermark: Option<DateTime<Utc>>,
 ) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
     let floor = now - chrono::Duration::from_std(lookback).ok()?;
-    let from = watermark.map_or(floor, |w| w.max(floor));
+    let overlap = chrono::Duration::from_std(overlap).ok()?;
+    let from = watermark.map_or(floor, |w| (w - overlap).max(floor));
     let to = now - chrono::Duration::from_std(SETTLE).ok()?;
     (from <= to).then_some((from, to))
 }
@@ -212,19 +58,65 @@ pub fn placement(
     }
 }
 
-/// How far one store has been looked at during a sweep: everything created up to `at`
-/// is handled. Advanced item by item, in listing order; stopping at an item not handled
-/// caps it there (`from` is inclusive, so the next sweep starts with that item).
+/// How far one store has been looked at during a sweep: everything created up to
+/// [`Mark::at`] is handled. Advanced item by item, in listing order; stopping at an item
+/// not handled caps it there (`from` is inclusive, so the next sweep starts with that
+/// item).
+///
+/// That reasoning holds only for a listing served oldest first. Every page's new items
+/// are checked to be in creation order, continuing the pages before ([`Mark::see`]); once
+/// they are not (a server that ignores `cursor_direction=asc` and serves newest first),
+/// the mark stays at the window's start until the listing has been read to its end: the
+/// items not yet listed may be older than any seen, so nothing after `from` is known to
+/// be handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mark {
-    pub at: DateTime<Utc>,
+    at: DateTime<Utc>,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
+    /// The latest creation time listed so far, in listing order.
+    latest: Option<DateTime<Utc>>,
+    in_order: bool,
+    complete: bool,
 }
 
 impl Mark {
     pub fn new(from: DateTime<Utc>, to: DateTime<Utc>) -> Mark {
-        Mark { at: from, from, to }
+        Mark {
+            at: from,
+            from,
+            to,
+            latest: None,
+            in_order: true,
+            complete: false,
+        }
+    }
+
+    /// How far the store is known to be handled: the watermark to commit.
+    pub fn at(&self) -> DateTime<Utc> {
+        if self.complete {
+            self.to
+        } else if self.in_order {
+            self.at
+        } else {
+            self.from
+        }
+    }
+
+    /// Takes in a page's new items, in listing order, before any of them is handled.
+    /// Items without a creation time say nothing about the order.
+    pub fn see(&mut self, items: &[Listed]) {
+        for t in items.iter().filter_map(|i| i.created_on) {
+            if self.latest.is_some_and(|l| t < l) {
+                self.in_order = false;
+            }
+            self.latest = Some(self.latest.map_or(t, |l| l.max(t)));
+        }
+    }
+
+    /// Whether everything listed so far came oldest first.
+    pub fn in_order(&self) -> bool {
+        self.in_order
     }
 
     /// An item created at `created` is handled.
@@ -235,16 +127,17 @@ impl Mark {
     }
 
     /// The item created at `created` is not handled: nothing from it on may count as
-    /// handled. (A listing out of creation order cannot make the mark pass it.)
+    /// handled.
     pub fn stop_before(&mut self, created: Option<DateTime<Utc>>) {
         if let Some(t) = created {
             self.at = self.at.min(t).max(self.from);
         }
     }
 
-    /// The listing ended: everything in the window is handled.
+    /// The listing was read to its end: everything in the window is handled, whatever
+    /// order it came in.
     pub fn complete(&mut self) {
-        self.at = self.to;
+        self.complete = true;
     }
 
     /// The window's start.
@@ -405,92 +298,37 @@ mod tests {
     }
 
     #[test]
-    fn payment_types() {
-        assert_eq!(payment_kind(Some("konbini")), PaymentKind::Konbini);
-        assert_eq!(
-            payment_kind(Some("card")),
-            PaymentKind::Other("card".into())
-        );
-        assert_eq!(
-            payment_kind(Some("sim_unknown")),
-            PaymentKind::Unknown("sim_unknown".into())
-        );
-        assert_eq!(payment_kind(None), PaymentKind::Missing);
-        let mut row = item(Some("c"));
-        assert_eq!(item_verdict(&row), ItemVerdict::Candidate);
-        row.payment_type = Some("card".into());
-        assert_eq!(item_verdict(&row), ItemVerdict::NotKonbini);
-        row.payment_type = Some("cash".into());
-        assert_eq!(item_verdict(&row), ItemVerdict::UnknownType("cash".into()));
-    }
-
-    #[test]
-    fn brands_fit_the_column() {
-        assert_eq!(brand(Some("pay_easy")).as_deref(), Some("pay_easy"));
-        assert_eq!(brand(Some("Seven Eleven")), None);
-        assert_eq!(brand(Some("")), None);
-        assert_eq!(brand(None), None);
-    }
-
-    #[test]
-    fn deadline_is_the_end_of_the_day_in_japan() {
-        // 16:00Z is already the 28th in Japan; seven days later is the 5th of December,
-        // which ends at 23:59:59 JST = 14:59:59Z.
-        let created = t("2026-11-27T16:00:00Z");
-        assert_eq!(
-            deadline(created, Some("P7D"), None, false),
-            Some(t("2026-12-05T14:59:59Z"))
-        );
-        assert_eq!(
-            deadline(created, Some("PT24H"), Some("09:00:00.000+09:00"), false),
-            Some(t("2026-11-29T00:00:00Z"))
-        );
-        assert_eq!(
-            deadline(
-                t("2026-11-27T10:00:00Z"),
-                Some("P1D"),
-                Some("15:00Z"),
-                false
-            ),
-            Some(t("2026-11-28T15:00:00Z"))
-        );
-        // Unsure: no period, a period of months, garbage, capture_at.
-        assert_eq!(deadline(created, None, None, false), None);
-        assert_eq!(deadline(created, Some("P1M"), None, false), None);
-        assert_eq!(deadline(created, Some("7 days"), None, false), None);
-        assert_eq!(deadline(created, Some("P7D"), Some("noon"), false), None);
-        assert_eq!(deadline(created, Some("P7D"), None, true), None);
-        assert_eq!(deadline(created, Some("P9999D"), None, false), None);
-    }
-
-    #[test]
-    fn iso_durations() {
-        let d = |s| parse_iso_duration(s).map(|d| d.as_secs());
-        assert_eq!(d("P7D"), Some(7 * 86_400));
-        assert_eq!(d("PT720H"), Some(30 * 86_400));
-        assert_eq!(d("P1W"), Some(7 * 86_400));
-        assert_eq!(d("P1DT1H1M1S"), Some(90_061));
-        for bad in [
-            "", "P", "PT", "7D", "P1M", "P1Y", "PT1D", "P1H", "PD", "P1D2D",
-        ] {
-            assert_eq!(d(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn the_window_starts_at_the_watermark_within_the_lookback() {
+    fn the_window_starts_an_overlap_behind_the_watermark_within_the_lookback() {
         let now = t("2026-11-27T12:00:00Z");
         let day = Duration::from_secs(86_400);
-        let (from, to) = window(now, 35 * day, None).unwrap();
+        let hour = Duration::from_secs(3_600);
+        let (from, to) = window(now, 35 * day, hour, None).unwrap();
         assert_eq!(from, t("2026-10-23T12:00:00Z"));
         assert_eq!(to, t("2026-11-27T11:58:00Z"));
-        let (from, _) = window(now, 35 * day, Some(t("2026-11-27T10:00:00Z"))).unwrap();
+        let (from, _) = window(now, 35 * day, hour, Some(t("2026-11-27T10:00:00Z"))).unwrap();
+        assert_eq!(from, t("2026-11-27T09:00:00Z"));
+        let (from, _) = window(
+            now,
+            35 * day,
+            Duration::ZERO,
+            Some(t("2026-11-27T10:00:00Z")),
+        )
+        .unwrap();
         assert_eq!(from, t("2026-11-27T10:00:00Z"));
-        // A watermark older than the lookback: the lookback wins.
-        let (from, _) = window(now, day, Some(t("2026-01-01T00:00:00Z"))).unwrap();
+        // A watermark older than the lookback, or an overlap reaching past it: the
+        // lookback wins.
+        let (from, _) = window(now, day, hour, Some(t("2026-01-01T00:00:00Z"))).unwrap();
         assert_eq!(from, t("2026-11-26T12:00:00Z"));
-        // Swept up to a minute ago: nothing settled since.
-        assert_eq!(window(now, day, Some(t("2026-11-27T11:59:00Z"))), None);
+        let (from, _) = window(now, day, 2 * day, Some(t("2026-11-27T10:00:00Z"))).unwrap();
+        assert_eq!(from, t("2026-11-26T12:00:00Z"));
+        // Without an overlap, swept up to a minute ago: nothing settled since.
+        let recent = Some(t("2026-11-27T11:59:00Z"));
+        assert_eq!(window(now, day, Duration::ZERO, recent), None);
+        let (from, to) = window(now, day, hour, recent).unwrap();
+        assert_eq!(
+            (from, to),
+            (t("2026-11-27T10:59:00Z"), t("2026-11-27T11:58:00Z"))
+        );
     }
 
     #[test]
@@ -500,16 +338,59 @@ mod tests {
         m.handled(Some(t("2026-11-02T00:00:00Z")));
         m.handled(None);
         m.handled(Some(t("2026-11-05T00:00:00Z")));
-        assert_eq!(m.at, t("2026-11-05T00:00:00Z"));
-        // Listed out of order: an earlier item not handled pulls the mark back to it.
+        assert_eq!(m.at(), t("2026-11-05T00:00:00Z"));
         m.stop_before(Some(t("2026-11-04T00:00:00Z")));
-        assert_eq!(m.at, t("2026-11-04T00:00:00Z"));
+        assert_eq!(m.at(), t("2026-11-04T00:00:00Z"));
         // Past the window's end: capped there.
         let mut m = Mark::new(from, to);
         m.handled(Some(t("2026-12-01T00:00:00Z")));
-        assert_eq!(m.at, to);
+        assert_eq!(m.at(), to);
         m.complete();
-        assert_eq!(m.at, to);
+        assert_eq!(m.at(), to);
+    }
+
+    fn dated(times: &[&str]) -> Vec<Listed> {
+        times
+            .iter()
+            .map(|s| Listed {
+                created_on: Some(t(s)),
+                ..item(Some("c"))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_listing_not_oldest_first_holds_the_mark_at_the_window_start_until_its_end() {
+        let (from, to) = (t("2026-11-01T00:00:00Z"), t("2026-11-10T00:00:00Z"));
+        // Oldest first, across two pages (equal times are in order): the mark follows.
+        let mut m = Mark::new(from, to);
+        m.see(&dated(&["2026-11-02T00:00:00Z", "2026-11-03T00:00:00Z"]));
+        m.handled(Some(t("2026-11-03T00:00:00Z")));
+        m.see(&dated(&["2026-11-03T00:00:00Z", "2026-11-04T00:00:00Z"]));
+        m.handled(Some(t("2026-11-04T00:00:00Z")));
+        assert!(m.in_order());
+        assert_eq!(m.at(), t("2026-11-04T00:00:00Z"));
+        // Newest first: the first page's newest items handled, the mark stays at `from`.
+        let mut m = Mark::new(from, to);
+        m.see(&dated(&["2026-11-09T00:00:00Z", "2026-11-08T00:00:00Z"]));
+        m.handled(Some(t("2026-11-09T00:00:00Z")));
+        m.handled(Some(t("2026-11-08T00:00:00Z")));
+        assert!(!m.in_order());
+        assert_eq!(m.at(), from);
+        // A later page going back in time, each page ascending in itself.
+        let mut m = Mark::new(from, to);
+        m.see(&dated(&["2026-11-08T00:00:00Z", "2026-11-09T00:00:00Z"]));
+        m.handled(Some(t("2026-11-09T00:00:00Z")));
+        assert_eq!(m.at(), t("2026-11-09T00:00:00Z"));
+        m.see(&dated(&["2026-11-02T00:00:00Z"]));
+        assert_eq!(m.at(), from);
+        // Read to its end: everything is handled, whatever the order.
+        m.complete();
+        assert_eq!(m.at(), to);
+        // Items without a time say nothing about the order.
+        let mut m = Mark::new(from, to);
+        m.see(&[item(Some("a")), item(Some("b"))]);
+        assert!(m.in_order());
     }
 
     #[test]
@@ -579,6 +460,49 @@ mod tests {
                     .collect(),
                 has_more,
             })
+    }
+
+    proptest! {
+        /// A listing served oldest first or newest first (distinct creation times, pages
+        /// of at least two), cut off after any page: every item created before the mark
+        /// has been seen. (A newest-first first page whose times are all equal cannot be
+        /// told from an oldest-first one; see the docs.)
+        #[test]
+        fn the_mark_never_passes_an_item_not_seen(
+            minutes in prop::collection::btree_set(0i64..10_000, 1..60),
+            newest_first in any::<bool>(),
+            page_size in 2usize..10,
+            pages_read in 1usize..10,
+        ) {
+            let base = t("2026-11-01T00:00:00Z");
+            let mut times: Vec<DateTime<Utc>> =
+                minutes.iter().map(|m| base + chrono::Duration::minutes(*m)).collect();
+            if newest_first {
+                times.reverse();
+            }
+            let (from, to) = (base, base + chrono::Duration::minutes(10_000));
+            let mut m = Mark::new(from, to);
+            let pages: Vec<&[DateTime<Utc>]> = times.chunks(page_size).collect();
+            let read = pages_read.min(pages.len());
+            for page in &pages[..read] {
+                let items: Vec<Listed> = page
+                    .iter()
+                    .map(|c| Listed { created_on: Some(*c), ..item(Some("c")) })
+                    .collect();
+                m.see(&items);
+                for c in page.iter() {
+                    m.handled(Some(*c));
+                }
+            }
+            if read == pages.len() {
+                m.complete();
+            }
+            let seen: HashSet<DateTime<Utc>> =
+                pages[..read].iter().flat_map(|p| p.iter().copied()).collect();
+            for c in &times {
+                prop_assert!(*c >= m.at() || seen.contains(c), "{c} passed unseen");
+            }
+        }
     }
 
     proptest! {
