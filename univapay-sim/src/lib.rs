@@ -74,6 +74,7 @@ mod http;
 mod lifecycle;
 mod listing;
 mod ratelimit;
+pub mod receiver;
 mod seed;
 mod sim;
 mod store;
