@@ -61,7 +61,9 @@
 //! - `ratelimit` and `bucket`: the buckets behind the rate-limit headers and 429s;
 //! - `counters`: [`CounterSnapshot`], what was seen and sent;
 //! - `http`: the routes, each run through the shared steps in `http::pipeline`;
-//! - [`foreground`]: the shop's own charge GETs at a steady rate, sharing the bucket.
+//! - [`foreground`]: the shop's own charge GETs at a steady rate, sharing the bucket;
+//! - [`receiver`]: not UnivaPay but the shop: a test receiver for konbini-reconciler's
+//!   own signed deliveries (Standard Webhooks), with its Rust API in its module doc.
 
 mod bucket;
 mod charge;
