@@ -28,8 +28,8 @@ const jwt =
   process.env.UNIVAPAY_APPLICATION_JWT ??
   "eyJhbGciOiJIUzI1NiJ9.eyJhcHBfaWQiOiJzaW0ifQ.c2lnbmF0dXJl";
 
-// Where the SDK declares a non-null type but UnivaPay's API documentation (see
-// ../shared/univapay-api.md, "The charge object") says the real API answers `null`:
+// Where the SDK declares a non-null type but UnivaPay's API documentation of the charge
+// object says the real API answers `null`:
 // `charged_*` until the charge is processed; `descriptor`, `capture_at`,
 // `subscription_id` "string or null"; `error` "null, missing, {} or {...}". The
 // simulator answers as the API does there; every other field must match the SDK.

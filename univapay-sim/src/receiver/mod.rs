@@ -13,12 +13,12 @@
 //! let rx = Receiver::start().await?;                  // 127.0.0.1:0
 //! rx.add_endpoint("shop", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
 //! let url = rx.url("shop");                            // http://127.0.0.1:PORT/shop
-//! rx.set_plan("shop", Plan::always(Behaviour::Status(503))); // every delivery refused
-//! rx.push("shop", Behaviour::Hang);                    // ... the next one never answered
+//! rx.set_plan("shop", Plan::always(Behaviour::Status(503))).unwrap(); // all refused
+//! rx.push("shop", Behaviour::Hang).unwrap();           // ... the next one never answered
 //! rx.set_plan("shop", Plan {                          // each event: 500, reset, then 200
 //!     per_attempt: vec![Behaviour::Status(500), Behaviour::Reset],
 //!     ..Plan::default()
-//! });
+//! }).unwrap();
 //! // ... point the sender at `url`, run it ...
 //! rx.wait_for_accepted("shop", 3, Duration::from_secs(10)).await;
 //! let all = rx.deliveries_to("shop");                  // every attempt, in arrival order
