@@ -283,14 +283,12 @@ async fn reset_cuts_the_connection_before_any_answer() {
 #[tokio::test]
 async fn a_slow_body_sends_its_status_at_once_and_the_rest_later() {
     let rx = receiver().await;
-    rx.push(
-        "shop",
-        Behaviour::SlowBody {
-            status: 200,
-            delay_ms: 400,
-        },
-    )
-    .unwrap();
+    let delay = Duration::from_millis(600);
+    let slow = Behaviour::SlowBody {
+        status: 200,
+        delay_ms: 600,
+    };
+    rx.push("shop", slow).unwrap();
     let started = Instant::now();
     let r = deliver(&rx.url("shop"), "evt_1", "{}").await.unwrap();
     let head = started.elapsed();
@@ -298,8 +296,13 @@ async fn a_slow_body_sends_its_status_at_once_and_the_rest_later() {
     let body: Value = r.json().await.unwrap();
     let whole = started.elapsed();
     assert_eq!(body, json!({"status": 200}));
-    assert!(head < Duration::from_millis(300), "{head:?}");
-    assert!(whole >= Duration::from_millis(400), "{whole:?}");
+    // The body's rest comes a delay after the status line (some slack for a loaded
+    // machine, which can only make the status line late).
+    assert!(whole >= delay, "{whole:?}");
+    assert!(
+        whole - head >= delay / 2,
+        "status at {head:?}, body at {whole:?}"
+    );
 }
 
 #[tokio::test]
