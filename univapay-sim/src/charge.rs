@@ -27,6 +27,9 @@ pub struct SimCharge {
     pub transaction_token_id: Option<String>,
 }
 
+/// The merchant every simulated store belongs to (`merchant_id` on every charge).
+pub const MERCHANT_ID: &str = "11f2aa00-0000-4000-8000-00000000a11e";
+
 /// The final statuses: a charge in one never changes again.
 pub const FINAL_STATUSES: [&str; 4] = ["successful", "failed", "error", "canceled"];
 
@@ -126,6 +129,7 @@ impl SimCharge {
     pub fn to_json(&self) -> Value {
         json!({
             "id": self.id,
+            "merchant_id": MERCHANT_ID,
             "store_id": self.store_id,
             "transaction_token_id": self.token_id(),
             "transaction_token_type": "one_time",

@@ -10,9 +10,18 @@
 //! - `POST /charges` with `Idempotency-Key` / `Idempotency-Status`: a charge that goes
 //!   `pending -> awaiting` on simulated time and then waits to be paid, canceled or
 //!   expired ([`Sim::pay`], [`Sim::schedule`], its deadline);
-//! - `GET /stores/{sid}/charges` and `GET /stores/{sid}/transaction_history`: cursor
-//!   paging over held and seeded charges, with filters;
+//! - `polling=true` on the charge GET: held (up to 3 s of real time) while the charge is
+//!   `pending`, as UnivaPay does;
+//! - `GET /stores/{sid}/charges/{id}/expiry/latest`: a konbini charge's deadline;
+//! - `GET /stores/{sid}/charges`, the merchant-wide `GET /charges` and `GET
+//!   /stores/{sid}/transaction_history`: cursor paging over held and seeded charges, with
+//!   filters;
 //! - `GET /heartbeat` (no auth) and `GET /_sim/counters` (the simulator's own).
+//!
+//! The JSON is shaped as UnivaPay's official Node SDK (univapay-node) declares it
+//! (`merchant_id` on charges, `merchant_name`/`store_name` on list items, a token's
+//! `phone_number.country_code` a string, no `null` for a token's optional fields), and
+//! `conformance/` proves it with the SDK itself (see `univapay-sim/README.md`).
 //!
 //! It delivers webhooks like UnivaPay ([`WebhookTarget`] in [`SimConfig::webhook`]):
 //! `charge_updated` and `charge_finished` POSTs with a verbatim `Authorization` value,
@@ -54,6 +63,8 @@
 //! - `http`: the routes, each run through the shared steps in `http::pipeline`;
 //! - [`foreground`]: the shop's own charge GETs at a steady rate, sharing the bucket;
 //! - `reconciler_config`: a ready konbini-reconciler config for a running simulator.
+//! - [`receiver`]: not UnivaPay but the shop: a test receiver for konbini-reconciler's
+//!   own signed deliveries (Standard Webhooks), with its Rust API in its module doc.
 
 mod bucket;
 mod charge;
@@ -67,6 +78,7 @@ mod lifecycle;
 mod listing;
 mod ratelimit;
 mod reconciler_config;
+pub mod receiver;
 mod seed;
 mod sim;
 mod store;

@@ -147,6 +147,59 @@ impl Sim {
     }
 }
 
+impl Sim {
+    /// One page of the merchant's charges over all stores: each store's page from the same
+    /// cursor, merged in listing order and cut to the limit.
+    pub(crate) fn merchant_page(
+        &self,
+        q: &Query,
+        keep: impl Fn(&Item) -> bool,
+    ) -> Result<Page, UnknownCursor> {
+        let pop_copy = self.population();
+        let index = pop_copy.as_ref().map(|p| self.population_index(p));
+        self.with_data(|d, pop, now| {
+            let mut stores: BTreeSet<String> = d.held_stores().cloned().collect();
+            if let Some(p) = pop {
+                stores.extend(p.store_ids());
+            }
+            let mut items = vec![];
+            let mut has_more = false;
+            for store in &stores {
+                let lister = Lister {
+                    d,
+                    pop,
+                    now,
+                    seeded: match (pop, &index) {
+                        (Some(p), Some(ix)) => ix.store(p, store),
+                        _ => &[],
+                    },
+                    held: d.listed_in(store),
+                };
+                match lister.page(q, &keep) {
+                    Ok(page) => {
+                        has_more |= page.has_more;
+                        items.extend(page.items);
+                    }
+                    Err(e) => return (Err(e), vec![]),
+                }
+            }
+            let key = |i: &Item| (created_micros(&i.charge.created_on), i.charge.id.clone());
+            items.sort_by_key(key);
+            if q.descending {
+                items.reverse();
+            }
+            has_more |= items.len() > q.limit;
+            items.truncate(q.limit);
+            let page = Page {
+                items,
+                has_more,
+                cursor_item: None,
+            };
+            (Ok(page), vec![])
+        })
+    }
+}
+
 /// One listing's view of the data, under the data lock.
 struct Lister<'a> {
     d: &'a Data,

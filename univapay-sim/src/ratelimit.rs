@@ -24,6 +24,7 @@ pub(crate) enum Route {
     TokenCreate,
     TokenGet,
     History,
+    ChargeExpiry,
 }
 
 /// The four rate-limit header values of one answer.

@@ -118,6 +118,11 @@ impl Data {
         self.by_store.get(store)
     }
 
+    /// The stores that hold charges.
+    pub fn held_stores(&self) -> impl Iterator<Item = &String> {
+        self.by_store.keys()
+    }
+
     /// Whether any token or charge was ever made in this store, or it was added.
     pub fn knows_store(&self, store: &str) -> bool {
         self.stores.contains(store)

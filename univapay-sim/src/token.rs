@@ -46,7 +46,7 @@ impl SimToken {
         SimToken {
             data: json!({
                 "customer_name": "Sim Customer",
-                "phone_number": {"country_code": 81, "local_number": "0312345678"},
+                "phone_number": {"country_code": "81", "local_number": "0312345678"},
                 "convenience_store": convenience_store,
                 "expiration_period": null,
                 "expiration_time_shift": null,
@@ -113,8 +113,20 @@ impl SimToken {
         self.data.get("expiration_time_shift")?.as_str()
     }
 
-    /// The token as UnivaPay's JSON.
+    /// The token as UnivaPay's JSON, shaped as the official SDK declares it: optional
+    /// fields that have no value are left out rather than sent as `null` (the SDK types
+    /// them `string`, never `null`), and `last_used_on` is the creation time (a one-time
+    /// token is used by the charge made with it; the SDK types the field as always set).
     pub fn to_json(&self) -> Value {
+        let data = match &self.data {
+            Value::Object(m) => Value::Object(
+                m.iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+            other => other.clone(),
+        };
         json!({
             "id": self.id,
             "store_id": self.store_id,
@@ -123,12 +135,10 @@ impl SimToken {
             "active": true,
             "mode": self.mode,
             "type": self.token_type,
-            "usage_limit": null,
-            "confirmed": null,
             "metadata": self.metadata,
             "created_on": self.created_on,
-            "last_used_on": null,
-            "data": self.data,
+            "last_used_on": self.created_on,
+            "data": data,
         })
     }
 }

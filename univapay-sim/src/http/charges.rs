@@ -1,14 +1,17 @@
 //! The charge routes: `GET /stores/{store_id}/charges/{charge_id}`, the call the
-//! reconciler makes most, with its scripted replies and injected faults; and `POST
-//! /charges` (step 2 of the seed flow: a charge with a token, under `Idempotency-Key`).
+//! reconciler makes most, with its scripted replies and injected faults, and its
+//! `polling=true` hold; and `POST /charges` (step 2 of the seed flow: a charge with a
+//! token, under `Idempotency-Key`).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query as QueryParams, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use serde_json::json;
+use tokio::time::Instant;
 
 use super::idempotency;
 use super::pipeline::{self, Call};
@@ -19,16 +22,44 @@ use crate::counters::bump;
 use crate::ratelimit::Route;
 use crate::sim::Sim;
 
+/// How long `polling=true` holds a GET at most, in real time (UnivaPay's Japanese docs
+/// say about 3 s).
+pub(crate) const POLLING_HOLD: Duration = Duration::from_secs(3);
+
+/// How often a held GET looks at the charge again.
+const POLLING_STEP: Duration = Duration::from_millis(50);
+
 pub(super) async fn get_charge(
     State(sim): State<Sim>,
     Path((store_id, charge_id)): Path<(String, String)>,
+    QueryParams(params): QueryParams<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
     let url = format!("/stores/{store_id}/charges/{charge_id}");
+    let polling = params.get("polling").is_some_and(|v| v == "true");
     pipeline::run(&sim, Route::ChargeGet, &url, &headers, async |call| {
+        if polling {
+            hold_while_pending(&call.sim, &store_id, &charge_id).await;
+        }
         answer_charge(call, &store_id, &charge_id).await
     })
     .await
+}
+
+/// `polling=true`: waits (up to [`POLLING_HOLD`] of real time, read from tokio's clock so
+/// a paused test is not slowed) while the charge is `pending`. A charge that is not there,
+/// or has left `pending` (`awaiting` or final), is answered at once.
+async fn hold_while_pending(sim: &Sim, store_id: &str, charge_id: &str) {
+    let until = Instant::now() + POLLING_HOLD;
+    loop {
+        let pending = sim
+            .charge(charge_id)
+            .is_some_and(|c| c.store_id == store_id && c.status == "pending");
+        if !pending || Instant::now() >= until {
+            return;
+        }
+        tokio::time::sleep(POLLING_STEP.min(until - Instant::now())).await;
+    }
 }
 
 /// `POST /charges`: `transaction_token_id`, `amount`, `currency`, optional `metadata`.

@@ -1,5 +1,5 @@
 //! The list routes: `GET /stores/{sid}/charges` (all charges, newest first by default, no
-//! status filter, as at UnivaPay) and `GET /stores/{sid}/transaction_history` (rows that
+//! status filter, as at UnivaPay; `GET /charges` is the same over all stores) and `GET /stores/{sid}/transaction_history` (rows that
 //! carry the payment type and, for konbini, the brand and customer name, and can be
 //! filtered by them).
 //!
@@ -49,6 +49,34 @@ pub(super) async fn list_charges(
         bump(&call.sim.inner.counters.charge_lists);
         let keep = |item: &Item| charge_filter(&params, item);
         serve_page(call, &store_id, &params, keep, charge_item)
+    })
+    .await
+}
+
+/// `GET /charges`: the merchant's charges over all its stores, with the store list's
+/// paging and filters (a cursor is the id of any store's charge).
+pub(super) async fn list_merchant_charges(
+    State(sim): State<Sim>,
+    QueryParams(params): QueryParams<Params>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let url = with_query("/charges", raw);
+    pipeline::run(&sim, Route::ChargeList, &url, &headers, async |call| {
+        if let Some(resp) = call.random_fault(malformed_page).await {
+            return resp;
+        }
+        bump(&call.sim.inner.counters.charge_lists);
+        let q = match paging(&params) {
+            Ok(q) => q,
+            Err(e) => return e.response(),
+        };
+        let keep = |item: &Item| charge_filter(&params, item);
+        let Ok(page) = call.sim.merchant_page(&q, keep) else {
+            return ApiError::invalid("cursor", "NOT_FOUND").response();
+        };
+        let items = page.items.iter().map(|i| charge_item(i).to_string());
+        page_response(items.collect(), page.has_more)
     })
     .await
 }
@@ -229,8 +257,26 @@ fn history_filter(params: &Params, item: &Item) -> bool {
         && params.get("mode").is_none_or(|v| *v == c.mode)
 }
 
+/// A charge list item: the charge with its merchant's and store's names, as the SDK's
+/// `ChargeListItem` (`WithStoreMerchantName<ChargeItem>`) declares.
 fn charge_item(item: &Item) -> Value {
-    item.charge.to_json()
+    let mut v = item.charge.to_json();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("merchant_name".into(), json!(MERCHANT_NAME));
+        o.insert(
+            "store_name".into(),
+            json!(store_name(&item.charge.store_id)),
+        );
+    }
+    v
+}
+
+/// The name of the simulator's one merchant, on list items.
+pub(crate) const MERCHANT_NAME: &str = "Sim Merchant";
+
+/// A store's display name, on list items.
+pub(crate) fn store_name(store_id: &str) -> String {
+    format!("Sim Store {store_id}")
 }
 
 /// A transaction history row for a charge. With the `unknown_payment_type` fault about

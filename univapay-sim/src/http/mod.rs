@@ -2,6 +2,7 @@
 //! API route runs the same steps ([`pipeline`]) before its own answer.
 
 mod charges;
+mod expiry;
 pub(crate) mod idempotency;
 mod lists;
 mod pipeline;
@@ -22,6 +23,10 @@ pub(crate) fn router(sim: Sim) -> Router {
             "/stores/{store_id}/charges/{charge_id}",
             get(charges::get_charge),
         )
+        .route(
+            "/stores/{store_id}/charges/{charge_id}/expiry/latest",
+            get(expiry::latest),
+        )
         .route("/stores/{store_id}/charges", get(lists::list_charges))
         .route(
             "/stores/{store_id}/transaction_history",
@@ -32,7 +37,10 @@ pub(crate) fn router(sim: Sim) -> Router {
             get(tokens::get_token),
         )
         .route("/tokens", post(tokens::create_token))
-        .route("/charges", post(charges::post_charge))
+        .route(
+            "/charges",
+            post(charges::post_charge).get(lists::list_merchant_charges),
+        )
         .route("/_sim/counters", get(counters))
         .with_state(sim)
 }

@@ -6,6 +6,7 @@
 //! `data.customer_name`, `data.phone_number{country_code, local_number}`, a known
 //! `data.convenience_store`, a parsable `data.expiration_period` and
 //! `data.expiration_time_shift` when given) and keeps only the harmless details of a card.
+//! `country_code` is answered as a string, as the official SDK types it.
 //! Other payment types are accepted with their `data` as given. The token is made in
 //! [`crate::SimConfig::default_store_id`] unless the body names another known store in
 //! `store_id` (the simulator's stand-in for "the store of the app token").
@@ -195,7 +196,8 @@ fn konbini_data(data: &Value) -> Result<Value, ApiError> {
     }))
 }
 
-/// `data.phone_number`: `country_code` a number (or digits), `local_number` digits.
+/// `data.phone_number`: `country_code` digits (a JSON number is taken too), `local_number`
+/// digits. The answer carries `country_code` as a string, as the SDK types it.
 fn phone_number(data: &Value) -> Result<Value, ApiError> {
     let bad = |f: &str| ApiError::invalid(&format!("data.phone_number.{f}"), "INVALID_FORMAT");
     let phone = data
@@ -215,7 +217,7 @@ fn phone_number(data: &Value) -> Result<Value, ApiError> {
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit() || c == '-'))
         .ok_or_else(|| bad("local_number"))?;
-    Ok(json!({"country_code": code, "local_number": local}))
+    Ok(json!({"country_code": code.to_string(), "local_number": local}))
 }
 
 /// A card token's data without the number or the security code (UnivaPay never shows
