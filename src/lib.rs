@@ -28,9 +28,11 @@
 pub mod app;
 pub mod commands;
 pub mod config;
+pub mod context;
 pub mod daemon;
 pub mod discovery;
 pub mod domain;
+pub mod jobs;
 pub mod ledger;
 pub mod lock;
 pub mod metrics;

@@ -13,13 +13,13 @@ use tokio_util::sync::CancellationToken;
 use super::rules::{self, Broken, Fresh, ItemVerdict, Mark, Next, Paging, Placement};
 use super::verify::{Halt, Source, Verifier};
 use crate::config::DiscoverySettings;
+use crate::context::Context;
 use crate::domain::{ChargeId, StoreId};
 use crate::ledger::{
     DiscoveryBatch, LedgerError, NewDiscovered, Open, Skip, SkipReason, SweepCounts, SweepOutcome,
     Trigger,
 };
 use crate::lock::PassGuard;
-use crate::reconcile::Reconciler;
 use crate::univapay::{ApiError, ErrorClass, Listed, Listing, MAX_PAGE_LIMIT, Page, PageQuery};
 
 /// Pages read per store in one sweep (10,000 items): the next sweep goes on from there.
@@ -158,7 +158,7 @@ enum ItemOutcome {
 
 /// A sweep in progress.
 pub(super) struct Sweep<'a> {
-    rec: &'a Reconciler,
+    rec: &'a Context,
     settings: &'a DiscoverySettings,
     pub(super) verifier: Verifier,
     pub(super) sweep_id: i64,
@@ -176,7 +176,7 @@ pub(super) struct Sweep<'a> {
 
 /// Runs a whole sweep under the pass lock `held`.
 pub(super) async fn run(
-    rec: &Reconciler,
+    rec: &Context,
     settings: &DiscoverySettings,
     _held: &PassGuard,
     trigger: Trigger,
@@ -638,7 +638,7 @@ impl Sweep<'_> {
         Ok(())
     }
 
-    pub(super) fn rec(&self) -> &Reconciler {
+    pub(super) fn rec(&self) -> &Context {
         self.rec
     }
 

@@ -8,6 +8,7 @@
 mod discovery;
 mod hints;
 mod ops;
+mod run_requests;
 mod schema;
 
 use std::path::{Path, PathBuf};
