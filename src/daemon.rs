@@ -32,6 +32,7 @@
 //! the offset). It polls every 500 ms, so a tick can come up to half a second late.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Offset, TimeZone, Utc};
@@ -43,6 +44,7 @@ use uuid::Uuid;
 
 use crate::config::{ScheduleSettings, Settings};
 use crate::discovery::SweepJob;
+use crate::jobs::clock::{StepWatch, TickWatch, Ticks};
 use crate::jobs::pass::{PassJob, ReportTo};
 use crate::jobs::{self, Gate, Jobs};
 use crate::ledger::{LedgerError, Outcome};
@@ -76,6 +78,9 @@ pub enum DaemonError {
 
 /// Time allowed on top of `schedule.drain_timeout` for the last commit and the `runs` row.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// How often the wall clock is compared with the monotonic one, and the ticks counted.
+const CLOCK_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// How often the schedule's time zone is checked for a new UTC offset.
 const OFFSET_CHECK_EVERY: Duration = Duration::from_secs(60);
@@ -111,6 +116,8 @@ pub async fn run(
     let listener = webhook::open(settings.webhook.as_ref())?;
 
     let health = Health::new();
+    pull_back_next_checks(&reconciler).await;
+    let stalled = Arc::new(AtomicBool::new(false));
     let jobs = Jobs::new(
         daemon_jobs(&reconciler, &health, &notifier),
         Gate::new(lock, notifier.clone()),
@@ -122,13 +129,18 @@ pub async fn run(
             w,
             reconciler.checker().clone(),
             hooks(&reconciler, jobs.tracker()),
-            health,
+            health.clone(),
             shutdown.clone(),
         )?),
         _ => None,
     };
     let mut schedule = Schedule::arm(jobs.clone(), &settings.schedule).await?;
-    let watchdog = notifier.spawn_watchdog(alive(&jobs, &reconciler, stall_limit(&settings)));
+    let watchdog = notifier.spawn_watchdog(alive(
+        &jobs,
+        &reconciler,
+        stalled.clone(),
+        stall_limit(&settings),
+    ));
     let zone = zone_name(settings.schedule.timezone);
     notifier.ready(&format!(
         "waiting for the schedule {:?} ({zone})",
@@ -148,12 +160,26 @@ pub async fn run(
 
     let mut offset_check = tokio::time::interval(OFFSET_CHECK_EVERY);
     offset_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut clock_check = tokio::time::interval(CLOCK_CHECK_EVERY);
+    clock_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watch = ClockWatch::new(
+        &settings.schedule.cron,
+        &jobs,
+        health.clone(),
+        stalled.clone(),
+    );
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             _ = offset_check.tick(), if schedule.tz.is_some() => {
                 if let Err(e) = schedule.follow_offset(Utc::now()).await {
                     tracing::error!(error = %e, "cannot re-arm the schedule for the new UTC offset");
+                }
+            }
+            _ = clock_check.tick() => {
+                if let Some(step) = watch.check() {
+                    on_clock_step(&mut schedule, &reconciler, step).await;
+                    watch.rearmed();
                 }
             }
         }
@@ -235,14 +261,19 @@ fn report_pass(health: Health, notifier: Notifier) -> ReportTo {
 }
 
 /// The watchdog's check: false while a pass has finished no check for `limit`.
+/// Also false while the schedule has stopped ticking (see [`ClockWatch`]).
 fn alive(
     jobs: &Arc<Jobs>,
     reconciler: &Reconciler,
+    stalled: Arc<AtomicBool>,
     limit: Duration,
 ) -> impl FnMut() -> bool + Send + 'static {
     let mut watch = ProgressWatch::new(limit, tokio::time::Instant::now());
     let (jobs, checker) = (jobs.clone(), reconciler.checker().clone());
     move || {
+        if stalled.load(Ordering::Relaxed) {
+            return false;
+        }
         let busy = jobs.gate().busy();
         match watch.check(busy, checker.progress(), tokio::time::Instant::now()) {
             notify::Health::Moving => true,
@@ -310,13 +341,7 @@ impl Schedule {
         if offset == self.offset {
             return Ok(false);
         }
-        let err = |source| DaemonError::Schedule {
-            cron: self.cron.clone(),
-            source,
-        };
-        let job = new_job(&self.cron, self.tz, &self.jobs).map_err(err)?;
-        self.scheduler.remove(&self.job).await.map_err(err)?;
-        self.job = self.scheduler.add(job).await.map_err(err)?;
+        self.rearm().await?;
         tracing::info!(
             timezone = %zone_name(self.tz),
             from_offset_s = self.offset,
@@ -327,10 +352,135 @@ impl Schedule {
         Ok(true)
     }
 
+    /// Replaces the job by a new one, whose next tick is computed from the wall clock now.
+    async fn rearm(&mut self) -> Result<(), DaemonError> {
+        let err = |source| DaemonError::Schedule {
+            cron: self.cron.clone(),
+            source,
+        };
+        let job = new_job(&self.cron, self.tz, &self.jobs).map_err(err)?;
+        self.scheduler.remove(&self.job).await.map_err(err)?;
+        self.job = self.scheduler.add(job).await.map_err(err)?;
+        Ok(())
+    }
+
     async fn stop(&mut self) {
         if let Err(e) = self.scheduler.shutdown().await {
             tracing::warn!(error = %e, "schedule did not stop cleanly");
         }
+    }
+}
+
+/// The wall clock against the monotonic one, and the ticks against the cron: a step
+/// re-arms the schedule, ticks that stop coming are a health failure. See
+/// [`crate::jobs::clock`].
+struct ClockWatch {
+    cron: String,
+    jobs: Arc<Jobs>,
+    health: Health,
+    stalled: Arc<AtomicBool>,
+    steps: StepWatch,
+    ticks: TickWatch,
+    ticks_seen: u64,
+}
+
+impl ClockWatch {
+    fn new(cron: &str, jobs: &Arc<Jobs>, health: Health, stalled: Arc<AtomicBool>) -> ClockWatch {
+        let (wall, mono) = (Utc::now(), tokio::time::Instant::now());
+        ClockWatch {
+            cron: cron.to_owned(),
+            jobs: jobs.clone(),
+            health,
+            stalled,
+            steps: StepWatch::new(wall, mono),
+            ticks: TickWatch::new(cron, wall, mono),
+            ticks_seen: jobs.gate().summary().ticks,
+        }
+    }
+
+    /// One look: the step of the wall clock, if it stepped; the tick watch updated.
+    fn check(&mut self) -> Option<chrono::Duration> {
+        let (wall, mono) = (Utc::now(), tokio::time::Instant::now());
+        let step = self.steps.observe(wall, mono);
+        let seen = self.jobs.gate().summary().ticks;
+        let ticked = seen != self.ticks_seen;
+        self.ticks_seen = seen;
+        if ticked {
+            self.ticks.rearm(&self.cron, wall, mono);
+        }
+        match self.ticks.check(mono, ticked) {
+            Ticks::Stalled { newly: true } => {
+                tracing::error!(
+                    cron = %self.cron,
+                    "no schedule tick for twice the cron period; /healthz answers 503 and watchdog keep-alives stopped"
+                );
+                self.set_stalled(true);
+            }
+            Ticks::Resumed => {
+                tracing::warn!("schedule ticks again; /healthz and watchdog keep-alives resumed");
+                self.set_stalled(false);
+            }
+            Ticks::Stalled { newly: false } | Ticks::Coming => {}
+        }
+        step
+    }
+
+    /// The schedule was re-armed: the next tick is expected from now.
+    fn rearmed(&mut self) {
+        let (wall, mono) = (Utc::now(), tokio::time::Instant::now());
+        self.ticks.rearm(&self.cron, wall, mono);
+    }
+
+    fn set_stalled(&self, stalled: bool) {
+        self.stalled.store(stalled, Ordering::Relaxed);
+        self.health.schedule_stalled(stalled);
+    }
+}
+
+/// The wall clock stepped by `step`: the schedule is re-armed from the new time, and
+/// charges scheduled while the clock was ahead are pulled back.
+async fn on_clock_step(schedule: &mut Schedule, reconciler: &Reconciler, step: chrono::Duration) {
+    match schedule.rearm().await {
+        Ok(()) => tracing::warn!(
+            step_s = step.num_seconds(),
+            "the wall clock stepped; schedule re-armed"
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "the wall clock stepped and the schedule could not be re-armed")
+        }
+    }
+    pull_back_next_checks(reconciler).await;
+}
+
+/// Open charges due later than the schedule can set (their `next_check_at` was computed
+/// while the wall clock was ahead) are made due now.
+async fn pull_back_next_checks(reconciler: &Reconciler) {
+    let s = reconciler.settings();
+    let now = reconciler.now();
+    let longest = s
+        .reconcile
+        .recheck_schedule
+        .iter()
+        .map(|step| step.every)
+        .chain([s.reconcile.retry_backoff_max])
+        .max()
+        .unwrap_or_default();
+    let slack = crate::config::cron_period(&s.schedule.cron, now).unwrap_or_default()
+        + Duration::from_secs(60);
+    let latest = crate::jobs::clock::latest_next_check(longest, reconciler.stretch(), slack, now);
+    let (latest, now) = (crate::ledger::ts(latest), crate::ledger::ts(now));
+    let pulled = reconciler
+        .with_ledger(crate::ledger::Open::Existing, move |l| {
+            l.pull_back_next_checks(&latest, &now)
+        })
+        .await;
+    match pulled {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            charges = n,
+            "charges scheduled further ahead than the schedule allows (the clock was ahead) are due now"
+        ),
+        Err(e) => tracing::error!(error = %e, "cannot pull back charges scheduled too far ahead"),
     }
 }
 

@@ -26,7 +26,7 @@ use crate::domain::{RecheckStep, StoreId};
 use file::FileConfig;
 
 pub use check::cron as validate_cron;
-pub use check::cron_period;
+pub use check::{cron_next, cron_period};
 
 /// UnivaPay's production API.
 pub const DEFAULT_BASE_URL: &str = "https://api.univapay.com";

@@ -28,6 +28,7 @@
 //!    [`When::Own`] job whose `next` sleeps a minute the first time and an hour after.
 //!    Work is bounded steps that check `shutdown` between them.
 
+pub mod clock;
 pub mod pass;
 
 use std::sync::Arc;

@@ -5,6 +5,7 @@
 //! Everything here is blocking (rusqlite); the pass calls it from dedicated threads, never
 //! from async tasks.
 
+mod clock_step;
 mod discovery;
 mod hints;
 mod ops;

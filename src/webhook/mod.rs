@@ -305,6 +305,8 @@ pub struct Health(Arc<HealthState>);
 #[derive(Debug, Default)]
 struct HealthState {
     stopping: AtomicBool,
+    /// The cron ticks stopped coming (see `crate::jobs::clock`).
+    schedule_stalled: AtomicBool,
     /// 0: no failed pass; else the failed outcome's code (see [`Health::pass_finished`]).
     failed_pass: AtomicU8,
 }
@@ -339,10 +341,18 @@ impl Health {
         self.0.stopping.store(true, Ordering::Relaxed);
     }
 
+    /// Records whether the schedule has stopped ticking.
+    pub fn schedule_stalled(&self, stalled: bool) {
+        self.0.schedule_stalled.store(stalled, Ordering::Relaxed);
+    }
+
     /// Why the daemon is not healthy, if it is not.
     pub fn problem(&self) -> Option<&'static str> {
         if self.0.stopping.load(Ordering::Relaxed) {
             return Some("stopping\n");
+        }
+        if self.0.schedule_stalled.load(Ordering::Relaxed) {
+            return Some("schedule: no tick for twice the cron period\n");
         }
         match self.0.failed_pass.load(Ordering::Relaxed) {
             0 => None,
