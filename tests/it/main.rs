@@ -5,6 +5,7 @@
 mod bad_input;
 mod binary;
 mod budget;
+mod clock_step;
 mod commands;
 mod config;
 mod daemon;
