@@ -1,35 +1,44 @@
-//! The daemon: reconciliation passes on the `[schedule] cron` until shutdown is requested.
+//! The daemon: the job loop ([`crate::jobs`]) on the `[schedule] cron` until shutdown is
+//! requested.
 //!
-//! [`run`] opens (and migrates) the ledger, arms the schedule, tells systemd it is ready,
-//! and from then on every tick asks for a pass. A pass is started only when none of this
-//! process is running and no other process holds the pass lock ([`crate::lock`]); any
-//! other tick is skipped and logged at info as `tick skipped: ...`, never queued, so a
-//! slow API can stretch passes out but can never stack them.
+//! [`run`] opens (and migrates) the ledger, registers the jobs (the discovery sweep on its
+//! interval, the pass on every tick; the webhook's hint batches run in the listener),
+//! arms the schedule, tells systemd it is ready, and from then on every tick asks for a
+//! pass. A pass is started only when no job under the pass lock of this process is running
+//! and no other process holds the pass lock ([`crate::lock`]); any other tick is skipped
+//! and logged at info as `tick skipped: ...`, never queued, so a slow API can stretch
+//! passes out but can never stack them.
 //!
 //! With `[webhook]` configured, the webhook listener ([`crate::webhook`]) runs beside the
-//! schedule on the same [`Reconciler`] (so the same pacer and budget): its socket is opened
+//! schedule on the same context (so the same pacer and budget): its socket is opened
 //! before the schedule is armed, so an address that cannot be bound stops the start with
 //! one error naming `webhook.listen`; it stops with the daemon and gets the same drain
-//! deadline for its last checks. Its `/healthz` reports the last scheduled pass.
+//! deadline for its last checks. Its `/healthz` reports the last scheduled pass, and a
+//! schedule that stopped ticking.
 //!
 //! Shutdown arrives as a [`CancellationToken`] (the binary cancels it on SIGTERM/SIGINT,
 //! tests cancel it directly). The schedule stops, the pass in flight stops claiming
 //! charges, lets its checks finish within `schedule.drain_timeout`, commits and records
-//! its outcome, and [`run`] returns.
+//! its outcome, every job drains, and [`run`] returns.
 //!
 //! Ticks come from tokio-cron-scheduler (why that version: beside it in `Cargo.toml`).
 //!
-//! The systemd watchdog's keep-alives mean "passes are making progress": a pass that
-//! finishes no check for [`stall_limit`] stops them (with one error in the log), so that
-//! `WatchdogSec=` restarts a wedged process rather than watching it skip every tick.
+//! The systemd watchdog's keep-alives mean "passes are making progress and the schedule
+//! ticks": a pass that finishes no check for [`stall_limit`], or no tick for twice the
+//! cron period, stops them (with one error in the log), so that `WatchdogSec=` restarts a
+//! wedged process rather than watching it skip every tick.
 //!
 //! Even so, nothing here depends on a tick firing exactly once: a second tick during a
 //! pass is skipped by the pass slot, and a second tick after a pass finds no charge due
-//! (every check moves the charge's `next_check_at` forward). Two limits of the library
+//! (every check moves the charge's `next_check_at` forward). Three limits of the library
 //! are handled here: it starts a job's runs without waiting for the previous one (hence
-//! the pass slot), and it fixes a time zone's UTC offset when the job is created (hence
-//! [`Schedule::follow_offset`], which re-arms the job when daylight saving time changes
-//! the offset). It polls every 500 ms, so a tick can come up to half a second late.
+//! the pass slot); it fixes a time zone's UTC offset when the job is created (hence
+//! `Schedule::follow_offset`, which re-arms the job when daylight saving time changes
+//! the offset); and it keeps its next tick as a wall-clock time, so a step of the wall
+//! clock could leave it waiting days (hence the clock watch, which compares the wall
+//! clock with the monotonic one every [`CLOCK_CHECK_EVERY`], re-arms the job on a step
+//! and pulls back charges scheduled while the clock was ahead; see [`crate::jobs::clock`]).
+//! It polls every 500 ms, so a tick can come up to half a second late.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -80,7 +89,7 @@ pub enum DaemonError {
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// How often the wall clock is compared with the monotonic one, and the ticks counted.
-const CLOCK_CHECK_EVERY: Duration = Duration::from_secs(2);
+pub const CLOCK_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// How often the schedule's time zone is checked for a new UTC offset.
 const OFFSET_CHECK_EVERY: Duration = Duration::from_secs(60);
@@ -141,6 +150,34 @@ pub async fn run(
         stalled.clone(),
         stall_limit(&settings),
     ));
+    started(&settings, &jobs, &notifier);
+    let watch = ClockWatch::new(&settings.schedule.cron, &jobs, health, stalled);
+    until_shutdown(&mut schedule, &reconciler, watch, &shutdown).await;
+
+    notifier.stopping();
+    tracing::info!("shutting down: no new passes; the pass in flight finishes its checks");
+    schedule.stop().await;
+    let deadline = settings.schedule.drain_timeout + DRAIN_GRACE;
+    let intake_stopped = async {
+        match intake {
+            Some(i) => i.stopped(deadline).await,
+            None => true,
+        }
+    };
+    let (jobs_stopped, intake_stopped) = tokio::join!(jobs.stopped(deadline), intake_stopped);
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    let summary = stopped(&jobs);
+    if jobs_stopped && intake_stopped {
+        Ok(summary)
+    } else {
+        Err(DaemonError::Drain(deadline))
+    }
+}
+
+/// Ready: systemd told, the start logged, the start-up run and the jobs' own loops begun.
+fn started(settings: &Settings, jobs: &Arc<Jobs>, notifier: &Notifier) {
     let zone = zone_name(settings.schedule.timezone);
     notifier.ready(&format!(
         "waiting for the schedule {:?} ({zone})",
@@ -157,20 +194,22 @@ pub async fn run(
         jobs.tick("start");
     }
     jobs.start();
+}
 
+/// While the daemon runs: the time zone's offset followed, the wall clock watched.
+async fn until_shutdown(
+    schedule: &mut Schedule,
+    reconciler: &Reconciler,
+    mut watch: ClockWatch,
+    shutdown: &CancellationToken,
+) {
     let mut offset_check = tokio::time::interval(OFFSET_CHECK_EVERY);
     offset_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut clock_check = tokio::time::interval(CLOCK_CHECK_EVERY);
     clock_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut watch = ClockWatch::new(
-        &settings.schedule.cron,
-        &jobs,
-        health.clone(),
-        stalled.clone(),
-    );
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = shutdown.cancelled() => return,
             _ = offset_check.tick(), if schedule.tz.is_some() => {
                 if let Err(e) = schedule.follow_offset(Utc::now()).await {
                     tracing::error!(error = %e, "cannot re-arm the schedule for the new UTC offset");
@@ -178,28 +217,16 @@ pub async fn run(
             }
             _ = clock_check.tick() => {
                 if let Some(step) = watch.check() {
-                    on_clock_step(&mut schedule, &reconciler, step).await;
+                    on_clock_step(schedule, reconciler, step).await;
                     watch.rearmed();
                 }
             }
         }
     }
+}
 
-    notifier.stopping();
-    tracing::info!("shutting down: no new passes; the pass in flight finishes its checks");
-    schedule.stop().await;
-    let deadline = settings.schedule.drain_timeout + DRAIN_GRACE;
-    let intake_stopped = async {
-        match intake {
-            Some(i) => i.stopped(deadline).await,
-            None => true,
-        }
-    };
-    let (jobs_stopped, intake_stopped) = tokio::join!(jobs.stopped(deadline), intake_stopped);
-    let drained = jobs_stopped && intake_stopped;
-    if let Some(w) = watchdog {
-        w.abort();
-    }
+/// The summary of what the daemon did, logged.
+fn stopped(jobs: &Jobs) -> Summary {
     let summary = jobs.gate().summary();
     tracing::info!(
         ticks = summary.ticks,
@@ -208,11 +235,7 @@ pub async fn run(
         skipped_locked = summary.skipped_locked,
         "daemon stopped"
     );
-    if drained {
-        Ok(summary)
-    } else {
-        Err(DaemonError::Drain(deadline))
-    }
+    summary
 }
 
 /// The daemon's jobs, in the order `--once` runs them too: the discovery sweep, then the

@@ -6,7 +6,7 @@
 //! an error message or in `Debug` output.
 //!
 //! The file is read into [`file`]'s serde structs, then each section is resolved on its
-//! own by [`sections`] with the small validators of [`check`].
+//! own by `sections` with the small validators of `check`.
 
 mod check;
 mod file;
@@ -192,7 +192,7 @@ impl<const N: usize> Env for [(&str, &str); N] {
 
 impl Settings {
     /// Reads and validates the config file at `path`, applying overrides from `env`. Only
-    /// a regular file of at most [`check::MAX_CONFIG_BYTES`] is read.
+    /// a regular file of at most `check::MAX_CONFIG_BYTES` is read.
     pub fn load(path: &Path, env: &dyn Env) -> Result<Settings, ConfigError> {
         let text = check::read_bounded(path, check::MAX_CONFIG_BYTES).map_err(|source| {
             ConfigError::Read {

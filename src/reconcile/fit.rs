@@ -107,7 +107,7 @@ pub fn urgency(c: &Cadence, now: DateTime<Utc>) -> Option<Urgency> {
     })
 }
 
-/// The ledger timestamp `d` before `now`, no earlier than [`EARLIEST`].
+/// The ledger timestamp `d` before `now`, no earlier than `EARLIEST`.
 pub fn ts_before(now: DateTime<Utc>, d: Duration) -> String {
     chrono::Duration::from_std(d)
         .ok()
@@ -117,7 +117,7 @@ pub fn ts_before(now: DateTime<Utc>, d: Duration) -> String {
         .unwrap_or_else(|| EARLIEST.to_owned())
 }
 
-/// The ledger timestamp `d` after `now`, no later than [`LATEST`].
+/// The ledger timestamp `d` after `now`, no later than `LATEST`.
 pub fn ts_after(now: DateTime<Utc>, d: Duration) -> String {
     chrono::Duration::from_std(d)
         .ok()

@@ -3,7 +3,7 @@
 //! Two tasks and the checks they start:
 //! - the **recorder** takes hints from the HTTP side (a bounded channel), up to
 //!   [`RECORD_BATCH`] at a time, and in one ledger transaction looks each up and writes its
-//!   `webhook` event row ([`Ledger::record_hints`]); open charges go to the coalescer,
+//!   `webhook` event row ([`Ledger::record_hints`](crate::ledger::Ledger::record_hints)); open charges go to the coalescer,
 //!   unknown ones to [`UnknownChargeHook::on_unknown_charge`](super::UnknownChargeHook),
 //!   the rest are counted;
 //! - the **dispatcher**, a job of the job loop ([`HintJob`]), starts the GETs the

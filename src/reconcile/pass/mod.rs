@@ -2,14 +2,14 @@
 //! ([`super::run`]):
 //!
 //! 1. [`Run::open`]: the `runs` row, and a pause recorded earlier honoured before any
-//!    request; then [`plan`](Reconciler::plan): count the due backlog and estimate the
+//!    request; then `plan`: count the due backlog and estimate the
 //!    checks per minute the open charges need under the recheck schedule, against which
 //!    the budget share stretches the intervals (see [`super::fit`]);
-//! 2. [`check_due`](Reconciler::check_due): a reader thread streams due charges from the
+//! 2. `check_due`: a reader thread streams due charges from the
 //!    ledger in keyset-paginated batches; each is checked by
 //!    [`Checker::check_one`](super::Checker::check_one) (wait for the pacer, GET, decide),
 //!    at most `api.concurrency` at a time; a writer thread commits the results in groups
-//!    (see [`writer`]);
+//!    (see `writer`);
 //! 3. [`verdict`](super::run::verdict) and [`Run::finish`]: the outcome from the tally, into
 //!    the `runs` row.
 //!
@@ -21,7 +21,7 @@
 //! - `not_found_wall`: every check (at least [`WALL_MIN`](super::run::WALL_MIN)) answered
 //!   404. The writer holds back 404 results until the pass has seen another answer, so
 //!   that the 404s of such a pass are written without counting toward any charge's
-//!   `not_found_limit` (see [`writer`]).
+//!   `not_found_limit` (see `writer`).
 //!
 //! Bounded channels join the threads, so memory stays flat however many charges are due.
 //!
