@@ -363,12 +363,8 @@ pub async fn run_once(settings: Arc<Settings>, shutdown: CancellationToken) -> E
         }
     };
     // The same jobs as the daemon's, each once, under the one lock.
-    let jobs: Vec<Arc<dyn crate::jobs::Job>> = vec![
-        Arc::new(crate::discovery::SweepJob::new(
-            reconciler.context().clone(),
-        )),
-        Arc::new(crate::jobs::pass::PassJob::once(reconciler.clone())),
-    ];
+    let pass = crate::jobs::pass::PassJob::once(reconciler.clone());
+    let jobs = crate::daemon::jobs_for(&reconciler, pass);
     let drain = reconciler.settings().schedule.drain_timeout;
     let ended = crate::jobs::once(&jobs, Arc::new(guard), drain, &shutdown).await;
     if let Some(e) = ended.fatal {

@@ -238,19 +238,25 @@ fn stopped(jobs: &Jobs) -> Summary {
     summary
 }
 
-/// The daemon's jobs, in the order `--once` runs them too: the discovery sweep, then the
-/// pass. A new job is registered here (see [`crate::jobs`]).
+/// The daemon's jobs: [`jobs_for`] with the pass reporting to `/healthz` and systemd.
 fn daemon_jobs(
     reconciler: &Reconciler,
     health: &Health,
     notifier: &Notifier,
 ) -> Vec<Arc<dyn jobs::Job>> {
+    let pass = PassJob::daemon(
+        reconciler.clone(),
+        report_pass(health.clone(), notifier.clone()),
+    );
+    jobs_for(reconciler, pass)
+}
+
+/// The jobs of the daemon and of `--once`, in the order `--once` runs them: the discovery
+/// sweep, then the pass. A new job is registered here (see [`crate::jobs`]).
+pub fn jobs_for(reconciler: &Reconciler, pass: PassJob) -> Vec<Arc<dyn jobs::Job>> {
     vec![
         Arc::new(SweepJob::new(reconciler.context().clone())),
-        Arc::new(PassJob::daemon(
-            reconciler.clone(),
-            report_pass(health.clone(), notifier.clone()),
-        )),
+        Arc::new(pass),
     ]
 }
 

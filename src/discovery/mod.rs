@@ -222,7 +222,13 @@ impl Job for SweepJob {
                         )
                         .to_string(),
                     ),
-                    Ok(_) => Ended::Ran,
+                    Ok(Some(_)) => Ended::Ran,
+                    // Discovery is on: nothing ran because of a recorded pause. Look
+                    // again later, not at once.
+                    Ok(None) => {
+                        self.set_backoff(self.retry_after_skip());
+                        Ended::Ran
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "discovery sweep failed");
                         self.set_backoff(self.interval().unwrap_or(RETRY_AFTER_SKIP));

@@ -22,8 +22,9 @@
 //!    jobs registered after it, or not), and what is left to do at the end
 //!    ([`Job::drain`], given at most `schedule.drain_timeout`: a delivery job sends what
 //!    is pending there).
-//! 3. Register it: in the daemon, `jobs.push(Arc::new(MyJob::new(ctx.clone())))` in
-//!    [`crate::daemon::run`]; `--once` ([`crate::app::run_once`]) runs the same list.
+//! 3. Register it: one line in [`crate::daemon::jobs_for`], the list the daemon runs
+//!    ([`crate::daemon::run`] starts the [`When::Own`] loops and feeds the cron ticks) and
+//!    `--once` runs ([`crate::app::run_once`], through [`once`]).
 //!    A job that runs "within a minute of start, then every hour" (pruning) is a
 //!    [`When::Own`] job whose `next` sleeps a minute the first time and an hour after.
 //!    Work is bounded steps that check `shutdown` between them.
