@@ -125,7 +125,6 @@ pub async fn run(
     let listener = webhook::open(settings.webhook.as_ref())?;
 
     let health = Health::new();
-    pull_back_next_checks(&reconciler).await;
     let stalled = Arc::new(AtomicBool::new(false));
     let jobs = Jobs::new(
         daemon_jobs(&reconciler, &health, &notifier),
