@@ -119,7 +119,7 @@ async fn webhook(reconciler: &Reconciler, sim: &Sim, db: &Path) -> anyhow::Resul
     let serving = webhook::serve(
         listener,
         &settings,
-        reconciler.clone(),
+        reconciler.checker().clone(),
         Hooks::default(),
         Health::new(),
         stop.clone(),

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::commands::{self, CommandError, recheck};
 use crate::config::{self, ProcessEnv, Settings};
 use crate::domain::{ChargeId, Currency, State, StoreId};
-use crate::ledger::{ExportFilter, NewCharge, Outcome, Trigger};
+use crate::ledger::{ExportFilter, NewCharge, Outcome};
 use crate::lock::{Acquired, PassLock};
 use crate::reconcile::{PassReport, Reconciler};
 
@@ -362,21 +362,25 @@ pub async fn run_once(settings: Arc<Settings>, shutdown: CancellationToken) -> E
             return Exit::Fatal;
         }
     };
-    if let Err(e) = crate::discovery::before_pass(&reconciler, &guard, &shutdown).await {
+    // The same jobs as the daemon's, each once, under the one lock.
+    let pass = crate::jobs::pass::PassJob::once(reconciler.clone());
+    let jobs = crate::daemon::jobs_for(&reconciler, pass);
+    let drain = reconciler.settings().schedule.drain_timeout;
+    let ended = crate::jobs::once(&jobs, Arc::new(guard), drain, &shutdown).await;
+    if let Some(e) = ended.fatal {
         report_fatal(e);
         return Exit::Fatal;
     }
-    let pass = reconciler.run_pass(&guard, Trigger::Once, shutdown).await;
-    crate::metrics::after_pass(reconciler.settings(), reconciler.client()).await;
-    match pass {
-        Ok(report) => {
+    match ended.pass {
+        Some(Ok(report)) => {
             println!("{}", report.summary_line());
             exit_for(&report)
         }
-        Err(e) => {
+        Some(Err(e)) => {
             report_fatal(e);
             Exit::Fatal
         }
+        None => Exit::Clean,
     }
 }
 

@@ -1,38 +1,47 @@
-//! The daemon: reconciliation passes on the `[schedule] cron` until shutdown is requested.
+//! The daemon: the job loop ([`crate::jobs`]) on the `[schedule] cron` until shutdown is
+//! requested.
 //!
-//! [`run`] opens (and migrates) the ledger, arms the schedule, tells systemd it is ready,
-//! and from then on every tick asks for a pass. A pass is started only when none of this
-//! process is running and no other process holds the pass lock ([`crate::lock`]); any
-//! other tick is skipped and logged at info as `tick skipped: ...`, never queued, so a
-//! slow API can stretch passes out but can never stack them.
+//! [`run`] opens (and migrates) the ledger, registers the jobs (the discovery sweep on its
+//! interval, the pass on every tick; the webhook's hint batches run in the listener),
+//! arms the schedule, tells systemd it is ready, and from then on every tick asks for a
+//! pass. A pass is started only when no job under the pass lock of this process is running
+//! and no other process holds the pass lock ([`crate::lock`]); any other tick is skipped
+//! and logged at info as `tick skipped: ...`, never queued, so a slow API can stretch
+//! passes out but can never stack them.
 //!
 //! With `[webhook]` configured, the webhook listener ([`crate::webhook`]) runs beside the
-//! schedule on the same [`Reconciler`] (so the same pacer and budget): its socket is opened
+//! schedule on the same context (so the same pacer and budget): its socket is opened
 //! before the schedule is armed, so an address that cannot be bound stops the start with
 //! one error naming `webhook.listen`; it stops with the daemon and gets the same drain
-//! deadline for its last checks. Its `/healthz` reports the last scheduled pass.
+//! deadline for its last checks. Its `/healthz` reports the last scheduled pass, and a
+//! schedule that stopped ticking.
 //!
 //! Shutdown arrives as a [`CancellationToken`] (the binary cancels it on SIGTERM/SIGINT,
 //! tests cancel it directly). The schedule stops, the pass in flight stops claiming
 //! charges, lets its checks finish within `schedule.drain_timeout`, commits and records
-//! its outcome, and [`run`] returns.
+//! its outcome, every job drains, and [`run`] returns.
 //!
 //! Ticks come from tokio-cron-scheduler (why that version: beside it in `Cargo.toml`).
 //!
-//! The systemd watchdog's keep-alives mean "passes are making progress": a pass that
-//! finishes no check for [`stall_limit`] stops them (with one error in the log), so that
-//! `WatchdogSec=` restarts a wedged process rather than watching it skip every tick.
+//! The systemd watchdog's keep-alives mean "passes are making progress and the schedule
+//! ticks": a pass that finishes no check for [`stall_limit`], or no tick for twice the
+//! cron period, stops them (with one error in the log), so that `WatchdogSec=` restarts a
+//! wedged process rather than watching it skip every tick.
 //!
 //! Even so, nothing here depends on a tick firing exactly once: a second tick during a
 //! pass is skipped by the pass slot, and a second tick after a pass finds no charge due
-//! (every check moves the charge's `next_check_at` forward). Two limits of the library
+//! (every check moves the charge's `next_check_at` forward). Three limits of the library
 //! are handled here: it starts a job's runs without waiting for the previous one (hence
-//! the pass slot), and it fixes a time zone's UTC offset when the job is created (hence
-//! [`Schedule::follow_offset`], which re-arms the job when daylight saving time changes
-//! the offset). It polls every 500 ms, so a tick can come up to half a second late.
+//! the pass slot); it fixes a time zone's UTC offset when the job is created (hence
+//! `Schedule::follow_offset`, which re-arms the job when daylight saving time changes
+//! the offset); and it keeps its next tick as a wall-clock time, so a step of the wall
+//! clock could leave it waiting days (hence the clock watch, which compares the wall
+//! clock with the monotonic one every [`CLOCK_CHECK_EVERY`], re-arms the job on a step
+//! and pulls back charges scheduled while the clock was ahead; see [`crate::jobs::clock`]).
+//! It polls every 500 ms, so a tick can come up to half a second late.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Offset, TimeZone, Utc};
@@ -43,11 +52,17 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::config::{ScheduleSettings, Settings};
-use crate::ledger::{LedgerError, Outcome, Trigger};
+use crate::discovery::SweepJob;
+use crate::jobs::clock::{StepWatch, TickWatch, Ticks};
+use crate::jobs::pass::{PassJob, ReportTo};
+use crate::jobs::{self, Gate, Jobs};
+use crate::ledger::{LedgerError, Outcome};
 use crate::lock::{LockError, PassLock};
 use crate::notify::{self, Notifier, ProgressWatch};
 use crate::reconcile::Reconciler;
 use crate::webhook::{self, Health, Hooks, WebhookError};
+
+pub use crate::jobs::Summary;
 
 /// Why the daemon could not start, or did not stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -70,21 +85,11 @@ pub enum DaemonError {
     Webhook(#[from] WebhookError),
 }
 
-/// What the daemon did, reported when it stops.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Summary {
-    /// Ticks seen: schedule ticks plus the start-up run.
-    pub ticks: u64,
-    /// Passes started (each one a `runs` row).
-    pub passes: u64,
-    /// Ticks skipped because this daemon's previous pass was still running.
-    pub skipped_running: u64,
-    /// Ticks skipped because another process (a `--once`) held the pass lock.
-    pub skipped_locked: u64,
-}
-
 /// Time allowed on top of `schedule.drain_timeout` for the last commit and the `runs` row.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// How often the wall clock is compared with the monotonic one, and the ticks counted.
+pub const CLOCK_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// How often the schedule's time zone is checked for a new UTC offset.
 const OFFSET_CHECK_EVERY: Duration = Duration::from_secs(60);
@@ -120,29 +125,58 @@ pub async fn run(
     let listener = webhook::open(settings.webhook.as_ref())?;
 
     let health = Health::new();
-    let runner = Arc::new(Runner {
-        reconciler,
-        lock,
-        notifier: notifier.clone(),
-        shutdown: shutdown.clone(),
-        slot: Arc::new(Semaphore::new(1)),
-        passes: TaskTracker::new(),
-        counts: Counts::default(),
-        health: health.clone(),
-    });
+    let stalled = Arc::new(AtomicBool::new(false));
+    let jobs = Jobs::new(
+        daemon_jobs(&reconciler, &health, &notifier),
+        Gate::new(lock, notifier.clone()),
+        shutdown.clone(),
+    );
     let intake = match (listener, settings.webhook.as_ref()) {
         (Some(l), Some(w)) => Some(webhook::serve(
             l,
             w,
-            runner.reconciler.clone(),
-            hooks(&runner.reconciler, &runner.passes),
-            health,
+            reconciler.checker().clone(),
+            hooks(&reconciler, jobs.tracker()),
+            health.clone(),
             shutdown.clone(),
         )?),
         _ => None,
     };
-    let mut schedule = Schedule::arm(runner.clone(), &settings.schedule).await?;
-    let watchdog = notifier.spawn_watchdog(runner.clone().alive(stall_limit(&settings)));
+    let mut schedule = Schedule::arm(jobs.clone(), &settings.schedule).await?;
+    let watchdog = notifier.spawn_watchdog(alive(
+        &jobs,
+        &reconciler,
+        stalled.clone(),
+        stall_limit(&settings),
+    ));
+    started(&settings, &jobs, &notifier);
+    let watch = ClockWatch::new(&settings.schedule.cron, &jobs, health, stalled);
+    until_shutdown(&mut schedule, &reconciler, watch, &shutdown).await;
+
+    notifier.stopping();
+    tracing::info!("shutting down: no new passes; the pass in flight finishes its checks");
+    schedule.stop().await;
+    let deadline = settings.schedule.drain_timeout + DRAIN_GRACE;
+    let intake_stopped = async {
+        match intake {
+            Some(i) => i.stopped(deadline).await,
+            None => true,
+        }
+    };
+    let (jobs_stopped, intake_stopped) = tokio::join!(jobs.stopped(deadline), intake_stopped);
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    let summary = stopped(&jobs);
+    if jobs_stopped && intake_stopped {
+        Ok(summary)
+    } else {
+        Err(DaemonError::Drain(deadline))
+    }
+}
+
+/// Ready: systemd told, the start logged, the start-up run and the jobs' own loops begun.
+fn started(settings: &Settings, jobs: &Arc<Jobs>, notifier: &Notifier) {
     let zone = zone_name(settings.schedule.timezone);
     notifier.ready(&format!(
         "waiting for the schedule {:?} ({zone})",
@@ -152,54 +186,47 @@ pub async fn run(
         cron = %settings.schedule.cron,
         timezone = %zone,
         run_on_start = settings.schedule.run_on_start,
-        lock = %runner.lock.path().display(),
+        lock = %jobs.gate().lock().path().display(),
         "daemon started"
     );
     if settings.schedule.run_on_start {
-        runner.tick("start");
+        jobs.tick("start");
     }
-    // Discovery sweeps on their own interval (none when it is off), one at a time with
-    // the passes: a sweep holds the same slot and lock.
-    runner.passes.spawn(crate::discovery::every_interval(
-        runner.reconciler.clone(),
-        runner.lock.clone(),
-        runner.slot.clone(),
-        shutdown.clone(),
-    ));
+    jobs.start();
+}
 
+/// While the daemon runs: the time zone's offset followed, the wall clock watched.
+async fn until_shutdown(
+    schedule: &mut Schedule,
+    reconciler: &Reconciler,
+    mut watch: ClockWatch,
+    shutdown: &CancellationToken,
+) {
     let mut offset_check = tokio::time::interval(OFFSET_CHECK_EVERY);
     offset_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut clock_check = tokio::time::interval(CLOCK_CHECK_EVERY);
+    clock_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = shutdown.cancelled() => return,
             _ = offset_check.tick(), if schedule.tz.is_some() => {
                 if let Err(e) = schedule.follow_offset(Utc::now()).await {
                     tracing::error!(error = %e, "cannot re-arm the schedule for the new UTC offset");
                 }
             }
+            _ = clock_check.tick() => {
+                if let Some(step) = watch.check() {
+                    on_clock_step(schedule, reconciler, step).await;
+                    watch.rearmed();
+                }
+            }
         }
     }
+}
 
-    notifier.stopping();
-    tracing::info!("shutting down: no new passes; the pass in flight finishes its checks");
-    schedule.stop().await;
-    runner.passes.close();
-    let deadline = settings.schedule.drain_timeout + DRAIN_GRACE;
-    let intake_stopped = async {
-        match intake {
-            Some(i) => i.stopped(deadline).await,
-            None => true,
-        }
-    };
-    let (passes, intake_stopped) = tokio::join!(
-        tokio::time::timeout(deadline, runner.passes.wait()),
-        intake_stopped
-    );
-    let drained = passes.is_ok() && intake_stopped;
-    if let Some(w) = watchdog {
-        w.abort();
-    }
-    let summary = runner.counts.summary();
+/// The summary of what the daemon did, logged.
+fn stopped(jobs: &Jobs) -> Summary {
+    let summary = jobs.gate().summary();
     tracing::info!(
         ticks = summary.ticks,
         passes = summary.passes,
@@ -207,154 +234,97 @@ pub async fn run(
         skipped_locked = summary.skipped_locked,
         "daemon stopped"
     );
-    if drained {
-        Ok(summary)
-    } else {
-        Err(DaemonError::Drain(deadline))
+    summary
+}
+
+/// The daemon's jobs: [`jobs_for`] with the pass reporting to `/healthz` and systemd.
+fn daemon_jobs(
+    reconciler: &Reconciler,
+    health: &Health,
+    notifier: &Notifier,
+) -> Vec<Arc<dyn jobs::Job>> {
+    let pass = PassJob::daemon(
+        reconciler.clone(),
+        report_pass(health.clone(), notifier.clone()),
+    );
+    jobs_for(reconciler, pass)
+}
+
+/// The jobs of the daemon and of `--once`, in the order `--once` runs them: the discovery
+/// sweep, then the pass. A new job is registered here (see [`crate::jobs`]).
+pub fn jobs_for(reconciler: &Reconciler, pass: PassJob) -> Vec<Arc<dyn jobs::Job>> {
+    vec![
+        Arc::new(SweepJob::new(reconciler.context().clone())),
+        Arc::new(pass),
+    ]
+}
+
+/// Where the daemon reports a pass's end: `/healthz`, systemd's `STATUS=`, the log.
+fn report_pass(health: Health, notifier: Notifier) -> ReportTo {
+    Box::new(move |pass| match pass {
+        Ok(report) => {
+            health.pass_finished(report.outcome);
+            if report.outcome.is_failure() {
+                tracing::error!(
+                    run_id = report.run_id,
+                    outcome = report.outcome.as_str(),
+                    detail = report.detail.as_deref().unwrap_or(""),
+                    "pass failed"
+                );
+            } else if report.outcome == Outcome::RateLimited {
+                tracing::warn!(
+                    run_id = report.run_id,
+                    detail = report.detail.as_deref().unwrap_or(""),
+                    "pass ended early: rate limited"
+                );
+            }
+            notifier.status(&report.summary_line());
+        }
+        Err(e) => {
+            health.pass_failed();
+            tracing::error!(error = %e, "pass failed");
+            notifier.status(&format!("last pass failed: {e}"));
+        }
+    })
+}
+
+/// The watchdog's check: false while a pass has finished no check for `limit`.
+/// Also false while the schedule has stopped ticking (see [`ClockWatch`]).
+fn alive(
+    jobs: &Arc<Jobs>,
+    reconciler: &Reconciler,
+    stalled: Arc<AtomicBool>,
+    limit: Duration,
+) -> impl FnMut() -> bool + Send + 'static {
+    let mut watch = ProgressWatch::new(limit, tokio::time::Instant::now());
+    let (jobs, checker) = (jobs.clone(), reconciler.checker().clone());
+    move || {
+        if stalled.load(Ordering::Relaxed) {
+            return false;
+        }
+        let busy = jobs.gate().busy();
+        match watch.check(busy, checker.progress(), tokio::time::Instant::now()) {
+            notify::Health::Moving => true,
+            notify::Health::Recovered => {
+                tracing::warn!("the pass is making progress again; watchdog keep-alives resumed");
+                true
+            }
+            notify::Health::Stuck { for_, newly } => {
+                if newly {
+                    tracing::error!(
+                        stuck_for_s = for_.as_secs(),
+                        limit_s = watch.limit().as_secs(),
+                        "the pass has finished no check for longer than the limit; watchdog keep-alives stopped so that systemd (WatchdogSec=) restarts the process"
+                    );
+                }
+                false
+            }
+        }
     }
 }
 
 fn zone_name(tz: Option<chrono_tz::Tz>) -> String {
     tz.map_or_else(|| "UTC".to_owned(), |tz| tz.name().to_owned())
-}
-
-#[derive(Default)]
-struct Counts {
-    ticks: AtomicU64,
-    passes: AtomicU64,
-    skipped_running: AtomicU64,
-    skipped_locked: AtomicU64,
-}
-
-impl Counts {
-    fn summary(&self) -> Summary {
-        Summary {
-            ticks: self.ticks.load(Ordering::Relaxed),
-            passes: self.passes.load(Ordering::Relaxed),
-            skipped_running: self.skipped_running.load(Ordering::Relaxed),
-            skipped_locked: self.skipped_locked.load(Ordering::Relaxed),
-        }
-    }
-}
-
-/// Turns ticks into passes, one at a time.
-struct Runner {
-    reconciler: Reconciler,
-    lock: PassLock,
-    notifier: Notifier,
-    shutdown: CancellationToken,
-    /// One permit: this process's pass in flight holds it. A tick that cannot take it
-    /// is skipped, because tokio-cron-scheduler would otherwise start a second pass.
-    slot: Arc<Semaphore>,
-    /// The pass in flight, so shutdown can wait for it to commit.
-    passes: TaskTracker,
-    counts: Counts,
-    /// What the webhook listener's `/healthz` reports.
-    health: Health,
-}
-
-impl Runner {
-    /// The watchdog's check: false while a pass has finished no check for `limit`.
-    fn alive(self: Arc<Self>, limit: Duration) -> impl FnMut() -> bool + Send + 'static {
-        let mut watch = ProgressWatch::new(limit, tokio::time::Instant::now());
-        move || {
-            let busy = self.slot.available_permits() == 0;
-            let progress = self.reconciler.progress();
-            match watch.check(busy, progress, tokio::time::Instant::now()) {
-                notify::Health::Moving => true,
-                notify::Health::Recovered => {
-                    tracing::warn!(
-                        "the pass is making progress again; watchdog keep-alives resumed"
-                    );
-                    true
-                }
-                notify::Health::Stuck { for_, newly } => {
-                    if newly {
-                        tracing::error!(
-                            stuck_for_s = for_.as_secs(),
-                            limit_s = watch.limit().as_secs(),
-                            "the pass has finished no check for longer than the limit; watchdog keep-alives stopped so that systemd (WatchdogSec=) restarts the process"
-                        );
-                    }
-                    false
-                }
-            }
-        }
-    }
-
-    /// Starts a pass unless one is running. Never waits: called from the scheduler.
-    fn tick(self: &Arc<Self>, cause: &'static str) {
-        if self.shutdown.is_cancelled() {
-            return;
-        }
-        self.counts.ticks.fetch_add(1, Ordering::Relaxed);
-        let Ok(permit) = self.slot.clone().try_acquire_owned() else {
-            let n = self.counts.skipped_running.fetch_add(1, Ordering::Relaxed) + 1;
-            tracing::info!(
-                cause,
-                skipped_so_far = n,
-                "tick skipped: previous pass still running"
-            );
-            return;
-        };
-        let me = self.clone();
-        self.passes.spawn(async move {
-            me.pass().await;
-            drop(permit);
-        });
-    }
-
-    async fn pass(&self) {
-        let guard = match self.lock.try_acquire() {
-            Ok(Ok(guard)) => guard,
-            Ok(Err(busy)) => {
-                let n = self.counts.skipped_locked.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::info!(
-                    lock = %self.lock.path().display(),
-                    holder_pid = busy.holder,
-                    skipped_so_far = n,
-                    "tick skipped: another process holds the pass lock"
-                );
-                return;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "pass not started");
-                self.notifier.status(&format!("pass not started: {e}"));
-                return;
-            }
-        };
-        self.counts.passes.fetch_add(1, Ordering::Relaxed);
-        match self
-            .reconciler
-            .run_pass(&guard, Trigger::Schedule, self.shutdown.clone())
-            .await
-        {
-            Ok(report) => {
-                self.health.pass_finished(report.outcome);
-                if report.outcome.is_failure() {
-                    tracing::error!(
-                        run_id = report.run_id,
-                        outcome = report.outcome.as_str(),
-                        detail = report.detail.as_deref().unwrap_or(""),
-                        "pass failed"
-                    );
-                } else if report.outcome == Outcome::RateLimited {
-                    tracing::warn!(
-                        run_id = report.run_id,
-                        detail = report.detail.as_deref().unwrap_or(""),
-                        "pass ended early: rate limited"
-                    );
-                }
-                self.notifier.status(&report.summary_line());
-            }
-            Err(e) => {
-                self.health.pass_failed();
-                tracing::error!(error = %e, "pass failed");
-                self.notifier.status(&format!("last pass failed: {e}"));
-            }
-        }
-        crate::metrics::after_pass(self.reconciler.settings(), self.reconciler.client()).await;
-    }
 }
 
 /// The armed cron job and what it was armed with.
@@ -365,14 +335,11 @@ struct Schedule {
     tz: Option<chrono_tz::Tz>,
     /// The UTC offset (seconds) tokio-cron-scheduler fixed when the job was created.
     offset: i32,
-    runner: Arc<Runner>,
+    jobs: Arc<Jobs>,
 }
 
 impl Schedule {
-    async fn arm(
-        runner: Arc<Runner>,
-        settings: &ScheduleSettings,
-    ) -> Result<Schedule, DaemonError> {
+    async fn arm(jobs: Arc<Jobs>, settings: &ScheduleSettings) -> Result<Schedule, DaemonError> {
         let err = |source| DaemonError::Schedule {
             cron: settings.cron.clone(),
             source,
@@ -380,7 +347,7 @@ impl Schedule {
         let scheduler = JobScheduler::new().await.map_err(err)?;
         let now = Utc::now();
         let job = scheduler
-            .add(new_job(&settings.cron, settings.timezone, &runner).map_err(err)?)
+            .add(new_job(&settings.cron, settings.timezone, &jobs).map_err(err)?)
             .await
             .map_err(err)?;
         scheduler.start().await.map_err(err)?;
@@ -390,7 +357,7 @@ impl Schedule {
             cron: settings.cron.clone(),
             tz: settings.timezone,
             offset: utc_offset(settings.timezone, now),
-            runner,
+            jobs,
         })
     }
 
@@ -402,13 +369,7 @@ impl Schedule {
         if offset == self.offset {
             return Ok(false);
         }
-        let err = |source| DaemonError::Schedule {
-            cron: self.cron.clone(),
-            source,
-        };
-        let job = new_job(&self.cron, self.tz, &self.runner).map_err(err)?;
-        self.scheduler.remove(&self.job).await.map_err(err)?;
-        self.job = self.scheduler.add(job).await.map_err(err)?;
+        self.rearm().await?;
         tracing::info!(
             timezone = %zone_name(self.tz),
             from_offset_s = self.offset,
@@ -419,10 +380,135 @@ impl Schedule {
         Ok(true)
     }
 
+    /// Replaces the job by a new one, whose next tick is computed from the wall clock now.
+    async fn rearm(&mut self) -> Result<(), DaemonError> {
+        let err = |source| DaemonError::Schedule {
+            cron: self.cron.clone(),
+            source,
+        };
+        let job = new_job(&self.cron, self.tz, &self.jobs).map_err(err)?;
+        self.scheduler.remove(&self.job).await.map_err(err)?;
+        self.job = self.scheduler.add(job).await.map_err(err)?;
+        Ok(())
+    }
+
     async fn stop(&mut self) {
         if let Err(e) = self.scheduler.shutdown().await {
             tracing::warn!(error = %e, "schedule did not stop cleanly");
         }
+    }
+}
+
+/// The wall clock against the monotonic one, and the ticks against the cron: a step
+/// re-arms the schedule, ticks that stop coming are a health failure. See
+/// [`crate::jobs::clock`].
+struct ClockWatch {
+    cron: String,
+    jobs: Arc<Jobs>,
+    health: Health,
+    stalled: Arc<AtomicBool>,
+    steps: StepWatch,
+    ticks: TickWatch,
+    ticks_seen: u64,
+}
+
+impl ClockWatch {
+    fn new(cron: &str, jobs: &Arc<Jobs>, health: Health, stalled: Arc<AtomicBool>) -> ClockWatch {
+        let (wall, mono) = (Utc::now(), tokio::time::Instant::now());
+        ClockWatch {
+            cron: cron.to_owned(),
+            jobs: jobs.clone(),
+            health,
+            stalled,
+            steps: StepWatch::new(wall, mono),
+            ticks: TickWatch::new(cron, wall, mono),
+            ticks_seen: jobs.gate().summary().ticks,
+        }
+    }
+
+    /// One look: the step of the wall clock, if it stepped; the tick watch updated.
+    fn check(&mut self) -> Option<chrono::Duration> {
+        let (wall, mono) = (Utc::now(), tokio::time::Instant::now());
+        let step = self.steps.observe(wall, mono);
+        let seen = self.jobs.gate().summary().ticks;
+        let ticked = seen != self.ticks_seen;
+        self.ticks_seen = seen;
+        if ticked {
+            self.ticks.rearm(&self.cron, wall, mono);
+        }
+        match self.ticks.check(mono, ticked) {
+            Ticks::Stalled { newly: true } => {
+                tracing::error!(
+                    cron = %self.cron,
+                    "no schedule tick for twice the cron period; /healthz answers 503 and watchdog keep-alives stopped"
+                );
+                self.set_stalled(true);
+            }
+            Ticks::Resumed => {
+                tracing::warn!("schedule ticks again; /healthz and watchdog keep-alives resumed");
+                self.set_stalled(false);
+            }
+            Ticks::Stalled { newly: false } | Ticks::Coming => {}
+        }
+        step
+    }
+
+    /// The schedule was re-armed: the next tick is expected from now.
+    fn rearmed(&mut self) {
+        let (wall, mono) = (Utc::now(), tokio::time::Instant::now());
+        self.ticks.rearm(&self.cron, wall, mono);
+    }
+
+    fn set_stalled(&self, stalled: bool) {
+        self.stalled.store(stalled, Ordering::Relaxed);
+        self.health.schedule_stalled(stalled);
+    }
+}
+
+/// The wall clock stepped by `step`: the schedule is re-armed from the new time, and
+/// charges scheduled while the clock was ahead are pulled back.
+async fn on_clock_step(schedule: &mut Schedule, reconciler: &Reconciler, step: chrono::Duration) {
+    match schedule.rearm().await {
+        Ok(()) => tracing::warn!(
+            step_s = step.num_seconds(),
+            "the wall clock stepped; schedule re-armed"
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "the wall clock stepped and the schedule could not be re-armed")
+        }
+    }
+    pull_back_next_checks(reconciler).await;
+}
+
+/// Open charges due later than the schedule can set (their `next_check_at` was computed
+/// while the wall clock was ahead) are made due now.
+async fn pull_back_next_checks(reconciler: &Reconciler) {
+    let s = reconciler.settings();
+    let now = reconciler.now();
+    let longest = s
+        .reconcile
+        .recheck_schedule
+        .iter()
+        .map(|step| step.every)
+        .chain([s.reconcile.retry_backoff_max])
+        .max()
+        .unwrap_or_default();
+    let slack = crate::config::cron_period(&s.schedule.cron, now).unwrap_or_default()
+        + Duration::from_secs(60);
+    let latest = crate::jobs::clock::latest_next_check(longest, reconciler.stretch(), slack, now);
+    let (latest, now) = (crate::ledger::ts(latest), crate::ledger::ts(now));
+    let pulled = reconciler
+        .with_ledger(crate::ledger::Open::Existing, move |l| {
+            l.pull_back_next_checks(&latest, &now)
+        })
+        .await;
+    match pulled {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            charges = n,
+            "charges scheduled further ahead than the schedule allows (the clock was ahead) are due now"
+        ),
+        Err(e) => tracing::error!(error = %e, "cannot pull back charges scheduled too far ahead"),
     }
 }
 
@@ -434,14 +520,14 @@ fn utc_offset(tz: Option<chrono_tz::Tz>, at: DateTime<Utc>) -> i32 {
     })
 }
 
-/// The cron job: it only hands the tick to the runner, which decides whether a pass
+/// The cron job: it only hands the tick to the job loop, which decides whether a pass
 /// starts, so the scheduler's own task never waits on a pass.
 fn new_job(
     cron: &str,
     tz: Option<chrono_tz::Tz>,
-    runner: &Arc<Runner>,
+    jobs: &Arc<Jobs>,
 ) -> Result<Job, JobSchedulerError> {
-    let r = runner.clone();
+    let r = jobs.clone();
     let on_tick =
         move |_id, _scheduler| -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
             r.tick("schedule");
@@ -470,7 +556,7 @@ fn hooks(reconciler: &Reconciler, tracker: &TaskTracker) -> Hooks {
     });
     Hooks {
         unknown: Arc::new(DiscoverUnknown {
-            reconciler: reconciler.clone(),
+            ctx: reconciler.context().clone(),
             tracker: tracker.clone(),
             in_flight: Arc::new(Semaphore::new(UNKNOWN_IN_FLIGHT)),
         }),
@@ -487,7 +573,7 @@ const UNKNOWN_IN_FLIGHT: usize = 4;
 /// with a GET and registers it when it is a konbini charge of a swept store (and does
 /// nothing, without a request, when discovery is off).
 struct DiscoverUnknown {
-    reconciler: Reconciler,
+    ctx: crate::context::Context,
     /// The daemon's task tracker, so that shutdown waits for a verification under way.
     tracker: TaskTracker,
     in_flight: Arc<Semaphore>,
@@ -499,10 +585,10 @@ impl webhook::UnknownChargeHook for DiscoverUnknown {
             tracing::debug!(charge_id = %charge.charge_id, "busy verifying other unknown charges; left to the sweep");
             return;
         };
-        let rec = self.reconciler.clone();
+        let ctx = self.ctx.clone();
         self.tracker.spawn(async move {
             let _permit = permit;
-            match crate::discovery::register_unknown(&rec, &charge.store_id, &charge.charge_id)
+            match crate::discovery::register_unknown(&ctx, &charge.store_id, &charge.charge_id)
                 .await
             {
                 Ok(outcome) => tracing::debug!(charge_id = %charge.charge_id, ?outcome, "charge named by a webhook"),
@@ -520,7 +606,7 @@ mod tests {
 
     use super::*;
 
-    fn runner(dir: &std::path::Path) -> Arc<Runner> {
+    fn runner(dir: &std::path::Path) -> Arc<Jobs> {
         let text = format!(
             "[api]\nbase_url = \"http://127.0.0.1:9\"\napp_token = \"t\"\nsecret = \"s\"\n\
              [database]\npath = \"{}\"\n",
@@ -528,16 +614,13 @@ mod tests {
         );
         let settings = Settings::from_toml(&text, &dir.join("c.toml"), &[("UNUSED", "")]).unwrap();
         let lock = PassLock::for_database(&settings.database.path);
-        Arc::new(Runner {
-            reconciler: Reconciler::new(Arc::new(settings)).unwrap(),
-            lock,
-            notifier: Notifier::disabled(),
-            shutdown: CancellationToken::new(),
-            slot: Arc::new(Semaphore::new(1)),
-            passes: TaskTracker::new(),
-            counts: Counts::default(),
-            health: Health::new(),
-        })
+        let reconciler = Reconciler::new(Arc::new(settings)).unwrap();
+        let pass: Arc<dyn jobs::Job> = Arc::new(PassJob::once(reconciler));
+        Jobs::new(
+            vec![pass],
+            Gate::new(lock, Notifier::disabled()),
+            CancellationToken::new(),
+        )
     }
 
     fn schedule_settings(cron: &str, tz: Option<chrono_tz::Tz>) -> ScheduleSettings {
@@ -622,18 +705,5 @@ mod tests {
         assert_eq!(utc_offset(tokyo, winter), 9 * 3600);
         assert_eq!(utc_offset(tokyo, summer), 9 * 3600);
         assert_eq!(utc_offset(None, summer), 0);
-    }
-
-    #[tokio::test]
-    async fn a_tick_during_a_pass_is_skipped_not_queued() {
-        let dir = tempfile::tempdir().unwrap();
-        let r = runner(dir.path());
-        let held = r.slot.clone().try_acquire_owned().unwrap();
-        r.tick("schedule");
-        r.tick("schedule");
-        let c = r.counts.summary();
-        assert_eq!((c.ticks, c.passes, c.skipped_running), (2, 0, 2));
-        assert!(r.passes.is_empty(), "nothing was started");
-        drop(held);
     }
 }

@@ -341,7 +341,7 @@ async fn start(
     let serving = webhook::serve(
         listener,
         wh,
-        reconciler.clone(),
+        reconciler.checker().clone(),
         hooks,
         Health::new(),
         stop.clone(),

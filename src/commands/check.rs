@@ -4,14 +4,15 @@
 //!
 //! In stages, like a pass: the ids are looked up first (one not in the ledger ends the
 //! command before any request); then, under the pass lock (waiting `schedule.lock_wait`
-//! like `--once`), a `runs` row with trigger `check` is begun, the charges are read
-//! afresh and checked by [`Reconciler::check_one`], the results are written by
-//! [`Ledger::apply`] in one transaction, and the run gets its outcome from the same
-//! [`verdict`] a pass uses. The exit status then follows `--once`.
+//! like `--once`), a run with trigger `check` is opened on the run protocol ([`Run`], the
+//! same as a pass: a recorded pause is honoured before any request), the charges are read
+//! afresh and checked by [`Checker::check_one`], the results are written by
+//! [`Ledger::apply`] in one transaction with the run's end, and the run gets its outcome
+//! from the same verdict a pass uses. The exit status then follows `--once`.
 
 use std::io::Write;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -19,12 +20,12 @@ use tokio_util::sync::CancellationToken;
 use super::{CommandError, writing};
 use crate::config::Settings;
 use crate::domain::ChargeId;
-use crate::ledger::{
-    self, Applied, CheckResult, Counts, DueCharge, Ledger, Open, Outcome, Trigger,
-};
+use tracing::Instrument;
+
+use crate::context::Context;
+use crate::ledger::{self, Applied, CheckResult, Counts, DueCharge, Ledger, Trigger};
 use crate::lock::{Acquired, Busy, PassGuard, PassLock};
-use crate::reconcile::pass::{Checked, Stop, Tally, verdict};
-use crate::reconcile::{PassReport, Reconciler};
+use crate::reconcile::{Checked, Checker, Run, RunReport, Stop, Tally};
 
 /// The one line for a pass lock still held after `waited`.
 pub fn lock_busy(lock: &PassLock, busy: &Busy, waited: Duration) -> String {
@@ -57,11 +58,11 @@ pub async fn run(
     ids: Vec<ChargeId>,
     shutdown: CancellationToken,
     out: &mut (dyn Write + Send),
-) -> Result<Option<PassReport>, CommandError> {
+) -> Result<Option<RunReport>, CommandError> {
     let ids = dedup(ids);
     look_up(&settings, ids.clone()).await?;
-    let reconciler =
-        Reconciler::new(settings.clone()).map_err(|e| CommandError::Fatal(format!("{e:#}")))?;
+    let ctx = Context::new(settings.clone()).map_err(|e| CommandError::Fatal(format!("{e:#}")))?;
+    let checker = Checker::new(ctx);
     let lock = PassLock::for_database(&settings.database.path);
     let wait = settings.schedule.lock_wait;
     let guard = match lock.acquire_within(wait, &shutdown).await {
@@ -72,7 +73,7 @@ pub async fn run(
         Ok(Acquired::Cancelled) => return Ok(None),
         Err(e) => return Err(CommandError::Fatal(e.to_string())),
     };
-    let report = check_under_lock(&reconciler, &guard, ids, shutdown, out).await?;
+    let report = check_under_lock(&checker, &guard, ids, shutdown, out).await?;
     drop(guard);
     Ok(Some(report))
 }
@@ -113,54 +114,92 @@ async fn look_up(settings: &Settings, ids: Vec<ChargeId>) -> Result<(), CommandE
     Ok(())
 }
 
-/// The run itself, with the lock held.
+/// The run itself, with the lock held: the run protocol ([`Run`]) around the named
+/// charges' checks.
 async fn check_under_lock(
-    reconciler: &Reconciler,
-    _held: &PassGuard,
+    checker: &Checker,
+    held: &PassGuard,
     ids: Vec<ChargeId>,
     shutdown: CancellationToken,
     out: &mut (dyn Write + Send),
-) -> Result<PassReport, CommandError> {
-    let started = Instant::now();
-    let now = reconciler.now();
-    let (ledger, run_id, rows, recorded_pause) = reconciler
-        .with_ledger(Open::Migrate, move |l| {
-            l.close_abandoned_runs()?;
-            let recorded_pause = l.resume_at()?;
-            let run_id = l.begin_run(Trigger::Check, now)?;
-            let rows = l.charges_by_id(&ids)?;
-            Ok((
-                l,
-                run_id,
-                ids.into_iter().zip(rows).collect::<Vec<_>>(),
-                recorded_pause,
-            ))
+) -> Result<RunReport, CommandError> {
+    let ctx = checker.context();
+    let (run, ledger) = Run::open(ctx, held, Trigger::Check).await?;
+    let span = run.span().clone();
+    let rows = ctx
+        .blocking(move || {
+            let rows = ledger.charges_by_id(&ids)?;
+            Ok((ledger, ids.into_iter().zip(rows).collect::<Vec<_>>()))
         })
-        .await?;
+        .instrument(span.clone())
+        .await;
+    let (ledger, rows) = match rows {
+        Ok(r) => r,
+        Err(e) => {
+            run.fail(&e).await;
+            return Err(e.into());
+        }
+    };
     // A pause UnivaPay asked for binds support's checks as much as the passes: the shop's
     // own requests share the budget.
-    if let Err(resume_at) = reconciler.honour_pause(recorded_pause) {
-        return paused_before_start(reconciler, ledger, run_id, &rows, resume_at, started, out)
-            .await;
+    if let Some(report) = run.honour_pause() {
+        let report = run.finish(ledger, report).await?;
+        print_paused(&rows, out)?;
+        return Ok(report);
     }
-    let settings = reconciler.settings();
-    let (stop, drain_guard) = Stop::with_drain(&shutdown, settings.schedule.drain_timeout);
+    let drain = ctx.settings().schedule.drain_timeout;
+    let (stop, drain_guard) = Stop::with_drain(&shutdown, drain);
+    let (steps, tally) = check_all(checker, rows, &stop).instrument(span).await;
+    drop(drain_guard);
+    let results: Vec<CheckResult> = steps
+        .iter()
+        .filter_map(|(_, s)| match s {
+            Step::Done { result } => Some((**result).clone()),
+            _ => None,
+        })
+        .collect();
+    let mut report = run.report(&tally, Counts::default());
+    let clock = ctx.clone();
+    let (run, report, applied) = ctx
+        .blocking(move || {
+            let mut ledger = ledger;
+            let mut run = run;
+            let applied = match ledger.apply(run.id().unwrap_or(0), &results) {
+                Ok(a) => a,
+                Err(e) => {
+                    let _ = ledger.fail_run(run.id().unwrap_or(0), &e.to_string(), clock.now());
+                    return Err(e);
+                }
+            };
+            report.counts = applied.counts;
+            run.end_in(&ledger, &mut report)?;
+            Ok((run, report, applied))
+        })
+        .await?;
+    run.log_finished(&report);
+    print_lines(&steps, &applied, out)?;
+    Ok(report)
+}
+
+/// The named charges' checks, at most `api.concurrency` at once, in the order named.
+async fn check_all(
+    checker: &Checker,
+    rows: Vec<(ChargeId, Option<ledger::DueRow>)>,
+    stop: &Stop,
+) -> (Vec<(ChargeId, Step)>, Tally) {
     let mut tally = Tally {
         complete: true,
         ..Tally::default()
     };
     let steps: Vec<(ChargeId, Step)> = futures::stream::iter(rows)
-        .map(|(id, row)| {
-            let stop = &stop;
-            async move {
-                let step = match row {
-                    Some(Ok(charge)) => check(reconciler, charge, stop).await,
-                    _ => (Step::Gone, None),
-                };
-                (id, step)
-            }
+        .map(|(id, row)| async move {
+            let step = match row {
+                Some(Ok(charge)) => check(checker, charge, stop).await,
+                _ => (Step::Gone, None),
+            };
+            (id, step)
         })
-        .buffered(settings.api.concurrency)
+        .buffered(checker.context().settings().api.concurrency)
         .collect::<Vec<_>>()
         .await
         .into_iter()
@@ -172,80 +211,15 @@ async fn check_under_lock(
             (id, step)
         })
         .collect();
-    drop(drain_guard);
-    let (outcome, detail) = verdict(&tally, reconciler.max_pause());
-    let results: Vec<CheckResult> = steps
-        .iter()
-        .filter_map(|(_, s)| match s {
-            Step::Done { result } => Some((**result).clone()),
-            _ => None,
-        })
-        .collect();
-    let finished_at = reconciler.now();
-    let stored_detail = detail.clone();
-    let resume_at = tally.paused.as_ref().map(|p| reconciler.resume_at(p));
-    let stored_resume = resume_at.map(ledger::ts);
-    let applied = ledger::blocking(&settings.database.path, move || {
-        let mut ledger = ledger;
-        let applied = match ledger.apply(run_id, &results) {
-            Ok(a) => a,
-            Err(e) => {
-                let _ = ledger.fail_run(run_id, &e.to_string(), finished_at);
-                return Err(e);
-            }
-        };
-        ledger.finish_run(
-            run_id,
-            outcome,
-            applied.counts,
-            stored_detail.as_deref(),
-            finished_at,
-        )?;
-        if let Some(at) = &stored_resume {
-            ledger.set_resume_at(run_id, at)?;
-        }
-        Ok(applied)
-    })
-    .await?;
-    print_lines(&steps, &applied, out)?;
-    Ok(PassReport {
-        run_id,
-        trigger: Trigger::Check,
-        outcome,
-        counts: applied.counts,
-        elapsed: started.elapsed(),
-        detail,
-        resume_at,
-    })
+    (steps, tally)
 }
 
-/// A pause recorded earlier has not ended: nothing is sent, every charge is reported not
-/// checked, and the run ends `rate_limited`.
-async fn paused_before_start(
-    reconciler: &Reconciler,
-    ledger: ledger::Ledger,
-    run_id: i64,
+/// A pause recorded earlier has not ended: nothing was sent, every charge is reported not
+/// checked.
+fn print_paused(
     rows: &[(ChargeId, Option<ledger::DueRow>)],
-    resume_at: chrono::DateTime<chrono::Utc>,
-    started: Instant,
     out: &mut (dyn Write + Send),
-) -> Result<PassReport, CommandError> {
-    let detail = format!(
-        "UnivaPay asked for a pause until {} (recorded by an earlier run); no request before then",
-        ledger::ts(resume_at)
-    );
-    let finished_at = reconciler.now();
-    let stored = detail.clone();
-    ledger::blocking(&reconciler.settings().database.path, move || {
-        ledger.finish_run(
-            run_id,
-            Outcome::RateLimited,
-            Counts::default(),
-            Some(&stored),
-            finished_at,
-        )
-    })
-    .await?;
+) -> Result<(), CommandError> {
     let lines: Vec<String> = rows
         .iter()
         .map(|(id, _)| format!("{id}: not checked (UnivaPay asked for a pause)"))
@@ -255,15 +229,6 @@ async fn paused_before_start(
             writeln!(out, "{l}")?;
         }
         out.flush()
-    })?;
-    Ok(PassReport {
-        run_id,
-        trigger: Trigger::Check,
-        outcome: Outcome::RateLimited,
-        counts: Counts::default(),
-        elapsed: started.elapsed(),
-        detail: Some(detail),
-        resume_at: Some(resume_at),
     })
 }
 
@@ -276,6 +241,12 @@ enum Seen {
 }
 
 fn record(tally: &mut Tally, seen: Option<Seen>) {
+    if matches!(
+        seen,
+        Some(Seen::Reached | Seen::Unreachable(_) | Seen::Auth(_))
+    ) {
+        tally.requests += 1;
+    }
     match seen {
         Some(Seen::Reached) => tally.reached += 1,
         Some(Seen::Unreachable(why)) => {
@@ -292,8 +263,8 @@ fn record(tally: &mut Tally, seen: Option<Seen>) {
     }
 }
 
-async fn check(reconciler: &Reconciler, charge: DueCharge, stop: &Stop) -> (Step, Option<Seen>) {
-    match reconciler.check_one(charge, stop).await {
+async fn check(checker: &Checker, charge: DueCharge, stop: &Stop) -> (Step, Option<Seen>) {
+    match checker.check_one(charge, stop).await {
         // A few named charges are no 404 wall: each 404 counts as it would alone.
         Checked::Decided {
             result, no_answer, ..

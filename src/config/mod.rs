@@ -6,11 +6,11 @@
 //! an error message or in `Debug` output.
 //!
 //! The file is read into [`file`]'s serde structs, then each section is resolved on its
-//! own by [`sections`] with the small validators of [`check`].
+//! own by `sections` with the small validators of `validate`.
 
-mod check;
 mod file;
 mod sections;
+mod validate;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -25,8 +25,8 @@ use crate::domain::text::one_line;
 use crate::domain::{RecheckStep, StoreId};
 use file::FileConfig;
 
-pub use check::cron as validate_cron;
-pub use check::cron_period;
+pub use validate::cron as validate_cron;
+pub use validate::{cron_next, cron_period};
 
 /// UnivaPay's production API.
 pub const DEFAULT_BASE_URL: &str = "https://api.univapay.com";
@@ -195,9 +195,9 @@ impl<const N: usize> Env for [(&str, &str); N] {
 
 impl Settings {
     /// Reads and validates the config file at `path`, applying overrides from `env`. Only
-    /// a regular file of at most [`check::MAX_CONFIG_BYTES`] is read.
+    /// a regular file of at most `validate::MAX_CONFIG_BYTES` is read.
     pub fn load(path: &Path, env: &dyn Env) -> Result<Settings, ConfigError> {
-        let text = check::read_bounded(path, check::MAX_CONFIG_BYTES).map_err(|source| {
+        let text = validate::read_bounded(path, validate::MAX_CONFIG_BYTES).map_err(|source| {
             ConfigError::Read {
                 path: path.to_owned(),
                 source,

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::check::{self, at_most, in_range, positive};
 use super::file::{
     FileApi, FileDatabase, FileDiscovery, FileMetrics, FileReconcile, FileSchedule, FileWebhook,
 };
+use super::validate::{self, at_most, in_range, positive};
 use super::{
     ApiSettings, DatabaseSettings, DiscoverySettings, Env, MetricsSettings, ReconcileSettings,
     ScheduleSettings, WebhookSettings, env,
@@ -51,7 +51,7 @@ fn credential(
 }
 
 pub(super) fn api(f: FileApi, config_path: &Path, env: &dyn Env) -> Result<ApiSettings, Invalid> {
-    let base_url = check::parse_base_url(&f.base_url).map_err(at("api.base_url"))?;
+    let base_url = validate::parse_base_url(&f.base_url).map_err(at("api.base_url"))?;
     // Errors about a credential name where its value came from, so that the operator
     // looks in the right place.
     let (app_token, app_token_key) = credential(
@@ -66,9 +66,9 @@ pub(super) fn api(f: FileApi, config_path: &Path, env: &dyn Env) -> Result<ApiSe
             env::APP_TOKEN
         ))
     })?;
-    check::secret_text(app_token.expose_secret()).map_err(at(app_token_key))?;
+    validate::secret_text(app_token.expose_secret()).map_err(at(app_token_key))?;
     let (secret, secret_key) = api_secret(env, f.secret, f.secret_file, config_path)?;
-    check::secret_text(secret.expose_secret()).map_err(at(secret_key))?;
+    validate::secret_text(secret.expose_secret()).map_err(at(secret_key))?;
     positive(f.timeout).map_err(at("api.timeout"))?;
     in_range(f.concurrency, 1, 1024).map_err(at("api.concurrency"))?;
     let max_requests_per_minute = f
@@ -112,7 +112,8 @@ fn api_secret(
         (None, Some(s), None) => Ok((s, "api.secret")),
         (None, None, Some(file)) => Ok((
             SecretString::from(
-                check::read_secret_file(&file, config_path, env).map_err(at("api.secret_file"))?,
+                validate::read_secret_file(&file, config_path, env)
+                    .map_err(at("api.secret_file"))?,
             ),
             "api.secret_file",
         )),
@@ -135,7 +136,7 @@ pub(super) fn database(f: FileDatabase) -> Result<DatabaseSettings, Invalid> {
 }
 
 pub(super) fn schedule(f: FileSchedule) -> Result<ScheduleSettings, Invalid> {
-    check::cron(&f.cron).map_err(at("schedule.cron"))?;
+    validate::cron(&f.cron).map_err(at("schedule.cron"))?;
     let timezone = f
         .timezone
         .map(|name| {
@@ -282,7 +283,7 @@ pub(super) fn webhook(
         (None, Some(t), None) => (t, "webhook.auth_token"),
         (None, None, Some(file)) => (
             SecretString::from(
-                check::read_secret_file(&file, config_path, env)
+                validate::read_secret_file(&file, config_path, env)
                     .map_err(at("webhook.auth_token_file"))?,
             ),
             "webhook.auth_token_file",

@@ -12,7 +12,7 @@ use super::payment::{PaymentKind, brand, payment_kind};
 use super::verify::{Halt, Looked, Verifier};
 use crate::domain::ChargeId;
 use crate::ledger::{Enrichment, LedgerError, Open};
-use crate::reconcile::Reconciler;
+use crate::context::Context;
 
 /// Charges enriched in one sweep at most (two requests each).
 pub const MAX_ENRICHED_PER_SWEEP: usize = 200;
@@ -27,7 +27,7 @@ pub struct Enriched {
 /// Enriches what is waiting, through the sweep's `verifier`, and commits it with the
 /// sweep `sweep_id`. `None` when nothing was waiting.
 pub(super) async fn run(
-    rec: &Reconciler,
+    rec: &Context,
     verifier: &Verifier,
     sweep_id: i64,
 ) -> Result<Option<Enriched>, LedgerError> {

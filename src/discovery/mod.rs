@@ -46,11 +46,12 @@
 //! charge it spent a request on and did not register has a `discovery_skips` row.
 //!
 //! # When
-//! In the daemon, every `discovery.interval` ([`every_interval`]); with `--once`, before
-//! the pass when the last sweep started at least an interval ago ([`before_pass`]).
-//! Always under the pass lock, and through the reconciler's client: the same pacer and
-//! budget share as the passes. With discovery off, no list, history or token request
-//! is ever made.
+//! As a job of the job loop ([`SweepJob`]): in the daemon, every `discovery.interval`;
+//! with `--once`, before the pass when the last sweep started at least an interval ago.
+//! Always under the pass lock, and through the context's client: the same pacer and
+//! budget share as the passes. A pause UnivaPay asked for (`runs.resume_at`) is honoured
+//! before the first request of a sweep or of a webhook's unknown charge. With discovery
+//! off, no list, history or token request is ever made.
 //!
 //! A webhook about a charge the ledger does not hold takes the same verification
 //! ([`register_unknown`]).
@@ -67,13 +68,16 @@ mod window;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
+use crate::context::Context;
 use crate::domain::{ChargeId, StoreId};
+use crate::jobs::{Ended, InOnce, Job, Lock, When, Work};
 use crate::ledger::{DiscoveryBatch, LedgerError, Open, SkipReason, SweepOutcome, Trigger};
-use crate::lock::{PassGuard, PassLock};
-use crate::reconcile::Reconciler;
+use crate::lock::PassGuard;
+use crate::reconcile::run::honour_recorded_pause;
 use crate::univapay::Listed;
 
 pub use enrich::MAX_ENRICHED_PER_SWEEP;
@@ -91,18 +95,35 @@ pub enum DiscoveryError {
     AuthFailed(String),
 }
 
-/// Runs a sweep now under the pass lock `held`. `None` when discovery is off.
+/// Runs a sweep now under the pass lock `held`. `None` when discovery is off, or when a
+/// pause UnivaPay asked for (`runs.resume_at`, recorded by any process) has not ended:
+/// then no request at all is sent (a short rest of the pause is waited out instead).
 pub async fn sweep(
-    rec: &Reconciler,
+    ctx: &Context,
     held: &PassGuard,
     trigger: Trigger,
     shutdown: &CancellationToken,
 ) -> Result<Option<SweepReport>, LedgerError> {
-    let Some(settings) = rec.settings().discovery.clone() else {
+    let Some(settings) = ctx.settings().discovery.clone() else {
         return Ok(None);
     };
-    let report = sweep::run(rec, &settings, held, trigger, shutdown).await?;
-    match report.outcome {
+    if let Err(resume_at) = honour_recorded_pause(ctx).await? {
+        tracing::info!(
+            "discovery sweep not started: {}",
+            crate::reconcile::run::pause_detail(resume_at)
+        );
+        return Ok(None);
+    }
+    let span = tracing::info_span!(
+        "sweep",
+        sweep_id = tracing::field::Empty,
+        trigger = trigger.as_str()
+    );
+    let report = sweep::run(ctx, &settings, held, trigger, shutdown)
+        .instrument(span.clone())
+        .await?;
+    span.record("sweep_id", report.sweep_id);
+    span.in_scope(|| match report.outcome {
         SweepOutcome::Ok | SweepOutcome::Interrupted => {
             tracing::info!("{}", report.summary_line());
         }
@@ -111,124 +132,161 @@ pub async fn sweep(
             "{}",
             report.summary_line()
         ),
-    }
+    });
     Ok(Some(report))
 }
 
 /// How long until a sweep is due: zero when none ran yet or the last one started at least
 /// `discovery.interval` ago. `None` when discovery is off.
-pub async fn until_due(rec: &Reconciler) -> Result<Option<Duration>, LedgerError> {
-    let Some(interval) = rec.settings().discovery.as_ref().map(|d| d.interval) else {
+pub async fn until_due(ctx: &Context) -> Result<Option<Duration>, LedgerError> {
+    let Some(interval) = ctx.settings().discovery.as_ref().map(|d| d.interval) else {
         return Ok(None);
     };
-    let last = rec
+    let last = ctx
         .with_ledger(Open::Migrate, |l| l.last_sweep_started())
         .await?;
     let Some(last) = last else {
         return Ok(Some(Duration::ZERO));
     };
-    let since = (rec.now() - last).to_std().unwrap_or(Duration::ZERO);
+    let since = (ctx.now() - last).to_std().unwrap_or(Duration::ZERO);
     // A clock stepped back makes `since` zero: wait one interval, never longer.
     Ok(Some(interval.saturating_sub(since)))
 }
 
 /// Runs a sweep if one is due (see [`until_due`]).
 pub async fn sweep_if_due(
-    rec: &Reconciler,
+    ctx: &Context,
     held: &PassGuard,
     trigger: Trigger,
     shutdown: &CancellationToken,
 ) -> Result<Option<SweepReport>, LedgerError> {
-    match until_due(rec).await? {
-        Some(wait) if wait.is_zero() => sweep(rec, held, trigger, shutdown).await,
+    match until_due(ctx).await? {
+        Some(wait) if wait.is_zero() => sweep(ctx, held, trigger, shutdown).await,
         _ => Ok(None),
     }
 }
 
-/// `--once`: the sweep when due, before the pass. Only the ledger failing and the
-/// credentials being refused stop the pass; anything else the sweep met is in its log
-/// line and its `discovery_sweeps` row.
-pub async fn before_pass(
-    rec: &Reconciler,
-    held: &PassGuard,
-    shutdown: &CancellationToken,
-) -> Result<(), DiscoveryError> {
-    let report = sweep_if_due(rec, held, Trigger::Once, shutdown).await?;
-    match report {
-        Some(r) if r.outcome == SweepOutcome::AuthFailed => Err(DiscoveryError::AuthFailed(
-            r.detail
-                .unwrap_or_else(|| "credentials rejected".to_owned()),
-        )),
-        _ => Ok(()),
-    }
+/// The sweep as a job ([`crate::jobs`]): under the pass lock, whenever due (every
+/// `discovery.interval`; a minute after a sweep that could not start), and in `--once`
+/// before the pass when due. In `--once` only the ledger failing and the credentials
+/// being refused stop what follows; anything else the sweep met is in its log line and
+/// its `discovery_sweeps` row.
+pub struct SweepJob {
+    ctx: Context,
+    /// Wait before the next look at `until_due` (after a sweep that failed).
+    backoff: std::sync::Mutex<Duration>,
 }
 
-/// How long the daemon waits before trying again when a sweep could not start.
-const RETRY_AFTER_SKIP: Duration = Duration::from_secs(60);
+impl SweepJob {
+    pub fn new(ctx: Context) -> SweepJob {
+        SweepJob {
+            ctx,
+            backoff: std::sync::Mutex::new(Duration::ZERO),
+        }
+    }
 
-/// The daemon's sweeps: one whenever due, until `shutdown`. A sweep takes `slot` (the
-/// daemon's one-pass-at-a-time permit, waiting for a pass in flight to end) and the pass
-/// lock (skipped, and tried again a minute later, while another process holds it).
-/// Returns at once when discovery is off.
-pub async fn every_interval(
-    rec: Reconciler,
-    lock: PassLock,
-    slot: Arc<Semaphore>,
-    shutdown: CancellationToken,
-) {
-    let Some(interval) = rec.settings().discovery.as_ref().map(|d| d.interval) else {
-        return;
-    };
-    loop {
-        let wait = match until_due(&rec).await {
+    fn interval(&self) -> Option<Duration> {
+        self.ctx.settings().discovery.as_ref().map(|d| d.interval)
+    }
+
+    fn set_backoff(&self, d: Duration) {
+        *self.backoff.lock().unwrap_or_else(|p| p.into_inner()) = d;
+    }
+
+    fn take_backoff(&self) -> Duration {
+        std::mem::take(&mut *self.backoff.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// When the next sweep may start: the backoff, then until it is due.
+    async fn wait_due(&self, interval: Duration) -> Duration {
+        let backoff = self.take_backoff();
+        if !backoff.is_zero() {
+            return backoff;
+        }
+        match until_due(&self.ctx).await {
             Ok(w) => w.unwrap_or(interval),
             Err(e) => {
                 tracing::error!(error = %e, "cannot tell when discovery is due");
                 interval
             }
-        };
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
-        }
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => return,
-            p = slot.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let swept = match lock.try_acquire() {
-            Ok(Ok(guard)) => sweep(&rec, &guard, Trigger::Schedule, &shutdown).await,
-            Ok(Err(busy)) => {
-                tracing::info!(
-                    holder_pid = busy.holder,
-                    "discovery sweep skipped: another process holds the pass lock"
-                );
-                Ok(None)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "discovery sweep not started");
-                Ok(None)
-            }
-        };
-        drop(permit);
-        let retry = match swept {
-            Ok(Some(_)) => Duration::ZERO,
-            Ok(None) => RETRY_AFTER_SKIP.min(interval),
-            Err(e) => {
-                tracing::error!(error = %e, "discovery sweep failed");
-                interval
-            }
-        };
-        if !retry.is_zero() {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(retry) => {}
-            }
         }
     }
 }
+
+impl Job for SweepJob {
+    fn name(&self) -> &'static str {
+        "discovery sweep"
+    }
+
+    fn when(&self) -> When {
+        When::Own
+    }
+
+    fn lock(&self) -> Lock {
+        Lock::Pass
+    }
+
+    fn work(self: Arc<Self>, trigger: Trigger) -> Work {
+        Box::new(move |held, shutdown| {
+            Box::pin(async move {
+                let Some(held) = held else {
+                    return Ended::Fatal("a sweep runs only under the pass lock".to_owned());
+                };
+                match sweep(&self.ctx, &held, trigger, &shutdown).await {
+                    Ok(Some(r)) if r.outcome == SweepOutcome::AuthFailed => Ended::Fatal(
+                        DiscoveryError::AuthFailed(
+                            r.detail
+                                .unwrap_or_else(|| "credentials rejected".to_owned()),
+                        )
+                        .to_string(),
+                    ),
+                    Ok(Some(_)) => Ended::Ran,
+                    // Discovery is on: nothing ran because of a recorded pause. Look
+                    // again later, not at once.
+                    Ok(None) => {
+                        self.set_backoff(self.retry_after_skip());
+                        Ended::Ran
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "discovery sweep failed");
+                        self.set_backoff(self.interval().unwrap_or(RETRY_AFTER_SKIP));
+                        Ended::Fatal(e.to_string())
+                    }
+                }
+            })
+        })
+    }
+
+    fn next(self: Arc<Self>, shutdown: CancellationToken) -> BoxFuture<'static, Option<Work>> {
+        Box::pin(async move {
+            let interval = self.interval()?;
+            let wait = self.wait_due(interval).await;
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                () = tokio::time::sleep(wait) => {}
+            }
+            Some(self.work(Trigger::Schedule))
+        })
+    }
+
+    fn in_once(self: Arc<Self>) -> BoxFuture<'static, InOnce> {
+        Box::pin(async move {
+            match until_due(&self.ctx).await {
+                Ok(Some(w)) if w.is_zero() => InOnce::Run,
+                Ok(_) => InOnce::Skip,
+                // The sweep reports the ledger's failure itself.
+                Err(_) => InOnce::Run,
+            }
+        })
+    }
+
+    fn retry_after_skip(&self) -> Duration {
+        RETRY_AFTER_SKIP.min(self.interval().unwrap_or(RETRY_AFTER_SKIP))
+    }
+}
+
+/// How long the daemon waits before trying again when a sweep could not start.
+const RETRY_AFTER_SKIP: Duration = Duration::from_secs(60);
 
 /// What [`register_unknown`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,7 +308,7 @@ pub enum Unknown {
 /// (charge GET, token GET, both paced) and registers it if it is konbini. Needs no pass
 /// lock: registration is one idempotent transaction.
 pub async fn register_unknown(
-    rec: &Reconciler,
+    rec: &Context,
     store: &StoreId,
     charge: &ChargeId,
 ) -> Result<Unknown, LedgerError> {
@@ -268,6 +326,12 @@ pub async fn register_unknown(
         .await?;
     if !known.is_empty() {
         return Ok(Unknown::AlreadyKnown);
+    }
+    // A recorded pause binds this verification too; the sweep finds the charge later.
+    if let Err(resume_at) = honour_recorded_pause(rec).await? {
+        return Ok(Unknown::Failed(crate::reconcile::run::pause_detail(
+            resume_at,
+        )));
     }
     let verifier = verify::Verifier::new(
         rec.client().clone(),

@@ -16,13 +16,13 @@ use super::payment::{ItemVerdict, item_verdict};
 use super::verify::{Halt, Source, Verifier};
 use super::window::{self, Broken, Fresh, Mark, Next, Paging, Placement};
 use crate::config::DiscoverySettings;
+use crate::context::Context;
 use crate::domain::{ChargeId, StoreId};
 use crate::ledger::{
     DiscoveryBatch, LedgerError, NewDiscovered, Open, Skip, SkipReason, SweepCounts, SweepOutcome,
     Trigger,
 };
 use crate::lock::PassGuard;
-use crate::reconcile::Reconciler;
 use crate::univapay::{ApiError, ErrorClass, Listed, Listing, MAX_PAGE_LIMIT, Page, PageQuery};
 
 /// Pages read per store in one sweep (10,000 items): the next sweep goes on from there.
@@ -118,7 +118,7 @@ enum ItemOutcome {
 
 /// A sweep in progress.
 struct Sweep<'a> {
-    rec: &'a Reconciler,
+    rec: &'a Context,
     settings: &'a DiscoverySettings,
     verifier: Verifier,
     sweep_id: i64,
@@ -136,7 +136,7 @@ struct Sweep<'a> {
 
 /// Runs a whole sweep under the pass lock `held`.
 pub(super) async fn run(
-    rec: &Reconciler,
+    rec: &Context,
     settings: &DiscoverySettings,
     _held: &PassGuard,
     trigger: Trigger,

@@ -4,16 +4,16 @@
 //! ledger, the client and the rules all build on it.
 
 mod backoff;
-mod cadence;
-mod check;
+mod decision;
+mod recheck_step;
 mod run;
 pub mod text;
 
 use std::fmt;
 
 pub use backoff::backoff;
-pub use cadence::{ChargeDates, RecheckStep, parse_time};
-pub use check::{Decision, EventKind, NewEvent, Requested, Tracked};
+pub use decision::{Decision, EventKind, NewEvent, Requested, Tracked};
+pub use recheck_step::{ChargeDates, RecheckStep, parse_time};
 pub use run::{Counts, Outcome, Trigger};
 
 /// Identifier of a UnivaPay charge. Non-empty, no whitespace, and safe to put in a URL path.

@@ -5,9 +5,11 @@
 //! Everything here is blocking (rusqlite); the pass calls it from dedicated threads, never
 //! from async tasks.
 
+mod clock_step;
 mod discovery;
 mod hints;
 mod ops;
+mod run_requests;
 mod schema;
 
 use std::path::{Path, PathBuf};

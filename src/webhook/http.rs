@@ -25,9 +25,9 @@ use tokio::sync::mpsc;
 
 use super::intake::Intake;
 use super::{ChargeEvent, Health, Hint, MetricsRender, Stats, Throttle};
+use crate::context::Context;
 use crate::domain::text::one_line;
 use crate::domain::{ChargeId, IdError, StoreId};
-use crate::reconcile::Reconciler;
 
 /// Largest body accepted. A charge webhook is a few KiB.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -172,7 +172,7 @@ pub struct Service {
     pub hook_path: String,
     pub token: SecretString,
     pub hints: mpsc::Sender<Hint>,
-    pub reconciler: Reconciler,
+    pub ctx: Context,
     pub stats: Arc<Stats>,
     pub health: Health,
     pub metrics: Option<MetricsRender>,
@@ -314,7 +314,7 @@ impl Service {
             store_id,
             event,
             arrived: self.intake.now(),
-            at: self.reconciler.now(),
+            at: self.ctx.now(),
         };
         self.intake.unrecorded.fetch_add(1, Ordering::AcqRel);
         if self.hints.try_send(hint).is_err() {

@@ -3,31 +3,35 @@
 //! Two tasks and the checks they start:
 //! - the **recorder** takes hints from the HTTP side (a bounded channel), up to
 //!   [`RECORD_BATCH`] at a time, and in one ledger transaction looks each up and writes its
-//!   `webhook` event row ([`Ledger::record_hints`]); open charges go to the coalescer,
+//!   `webhook` event row ([`Ledger::record_hints`](crate::ledger::Ledger::record_hints)); open charges go to the coalescer,
 //!   unknown ones to [`UnknownChargeHook::on_unknown_charge`](super::UnknownChargeHook),
 //!   the rest are counted;
-//! - the **dispatcher** starts the GETs the coalescer lets go, in batches: each batch
-//!   re-reads its rows, checks them with [`Reconciler::check_one`] (the pass's own pacer
-//!   and budget) and writes the results with [`Ledger::apply`] under one `runs` row of
-//!   trigger `webhook`.
+//! - the **dispatcher**, a job of the job loop ([`HintJob`]), starts the GETs the
+//!   coalescer lets go, in batches: each batch is a
+//!   run on the run protocol ([`Run::unlocked`], trigger `webhook`): it re-reads its rows
+//!   and the recorded pause (`runs.resume_at`, honoured before any request), checks them
+//!   with [`Checker::check_one`] (the pass's own pacer, budget and fit) and writes the
+//!   results with [`Ledger::apply`](crate::ledger::Ledger::apply) and the run's row in one
+//!   transaction.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use futures::future::join_all;
+use futures::future::{BoxFuture, join_all};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use super::coalesce::{Coalescer, Due, Ended, Hinted, Lane, Limits};
 use super::{Hint, Hooks, IntakeClock, Stats, Throttle, UnknownCharge};
+use crate::context::Context;
 use crate::domain::{ChargeId, Outcome};
-use crate::ledger::{CheckResult, HintRow, HintTarget, Open, Trigger};
-use crate::reconcile::Reconciler;
-use crate::reconcile::pass::{Checked, Stop, Tally, verdict};
+use crate::jobs::{self, InOnce, Job, Lock, When, Work};
+use crate::ledger::{CheckResult, Counts, HintRow, HintTarget, Open, Trigger};
+use crate::reconcile::{Checked, Checker, Run, Stop, Tally};
 
 /// Most hints looked up and recorded in one transaction.
 pub const RECORD_BATCH: usize = 256;
@@ -63,7 +67,7 @@ const MAX_TRACKED: usize = 10_000;
 
 /// The shared state of the recorder, the dispatcher and the checks.
 pub struct Intake {
-    reconciler: Reconciler,
+    checker: Checker,
     /// The time the coalescer's spacing and bucket are counted in.
     clock: IntakeClock,
     coalescer: Mutex<Coalescer>,
@@ -80,15 +84,15 @@ pub struct Intake {
 }
 
 impl Intake {
-    pub fn new(reconciler: Reconciler, hooks: Hooks, stats: Arc<Stats>) -> Arc<Intake> {
-        let limits = limits(&reconciler.settings().api);
+    pub fn new(checker: Checker, hooks: Hooks, stats: Arc<Stats>) -> Arc<Intake> {
+        let limits = limits(&checker.context().settings().api);
         let clock = hooks
             .clock
             .clone()
             .unwrap_or_else(|| Arc::new(Instant::now));
         let start = clock();
         Arc::new(Intake {
-            reconciler,
+            checker,
             clock,
             coalescer: Mutex::new(Coalescer::new(limits, start)),
             wake: Notify::new(),
@@ -99,6 +103,10 @@ impl Intake {
             ledger_log: Throttle::new(),
             auth_log: Throttle::new(),
         })
+    }
+
+    fn ctx(&self) -> &Context {
+        self.checker.context()
     }
 
     /// Now, by the intake's clock.
@@ -132,7 +140,7 @@ impl Intake {
             })
             .collect();
         let targets = match self
-            .reconciler
+            .ctx()
             .with_ledger(Open::Existing, move |mut l| l.record_hints(&rows))
             .await
         {
@@ -203,10 +211,10 @@ impl Intake {
     /// Makes these charges due now, so the next pass checks them (hints that could not be
     /// followed: the coalescer was full, or the daemon is stopping).
     async fn make_due(&self, ids: Vec<ChargeId>) {
-        let now = self.reconciler.now();
+        let now = self.ctx().now();
         let n = ids.len();
         let done = self
-            .reconciler
+            .ctx()
             .with_ledger(Open::Existing, move |mut l| l.make_due(&ids, now))
             .await;
         if let Err(e) = done {
@@ -214,20 +222,20 @@ impl Intake {
         }
     }
 
-    /// The dispatcher: starts checks as the coalescer allows, until `shutdown`.
-    pub async fn dispatch_loop(self: Arc<Self>, stop: Stop, shutdown: CancellationToken) {
+    /// The charges the coalescer lets go now, at most a batch; else when to look again.
+    fn take_due(&self) -> (Vec<Due>, Option<Instant>) {
+        let now = self.now();
+        let mut c = self.coalescer();
+        (c.take_due(now, CHECK_BATCH), c.next_wake(now))
+    }
+
+    /// Waits until the coalescer lets a batch go, or `shutdown` (`None`).
+    async fn next_batch(&self, shutdown: &CancellationToken) -> Option<Vec<Due>> {
         loop {
             let now = self.now();
-            let (due, wake_at) = {
-                let mut c = self.coalescer();
-                (c.take_due(now, CHECK_BATCH), c.next_wake(now))
-            };
+            let (due, wake_at) = self.take_due();
             if !due.is_empty() {
-                let me = self.clone();
-                let stop = stop.clone();
-                self.checks
-                    .spawn(async move { me.check_batch(due, &stop).await });
-                continue;
+                return Some(due);
             }
             // A wait in the intake's time, slept in tokio's.
             let sleep = async {
@@ -239,9 +247,18 @@ impl Intake {
             tokio::select! {
                 () = self.wake.notified() => {}
                 () = sleep => {}
-                () = shutdown.cancelled() => break,
+                () = shutdown.cancelled() => return None,
             }
         }
+    }
+
+    /// Starts one batch's checks beside the others in flight (they share the coalescer's
+    /// budget, not the pass lock).
+    fn start_batch(self: &Arc<Self>, due: Vec<Due>, stop: &Stop) {
+        let me = self.clone();
+        let stop = stop.clone();
+        self.checks
+            .spawn(async move { me.check_batch(due, &stop).await });
     }
 
     /// At shutdown, once nothing more is recorded or checked: the charges still waiting
@@ -268,17 +285,21 @@ impl Intake {
         self.checks.wait().await;
     }
 
-    /// One batch: read the rows afresh, check the open ones, write the results under one
-    /// `runs` row.
+    /// One batch: a run without the pass lock. Reads the rows and the recorded pause
+    /// afresh, checks the open ones (none while a recorded pause lasts), and writes the
+    /// results and the run's row in one transaction.
     async fn check_batch(&self, due: Vec<Due>, stop: &Stop) {
-        let started_at = self.reconciler.now();
+        let mut run = Run::unlocked(self.ctx(), Trigger::Webhook);
         let ids: Vec<ChargeId> = due.iter().map(|d| d.charge_id.clone()).collect();
-        let rows = match self
-            .reconciler
-            .with_ledger(Open::Existing, move |l| l.charges_by_id(&ids))
-            .await
-        {
-            Ok(rows) => rows,
+        let read = self
+            .ctx()
+            .with_ledger(Open::Existing, move |l| {
+                run.read_pause_in(&l)?;
+                Ok((run, l.charges_by_id(&ids)?))
+            })
+            .await;
+        let (run, rows) = match read {
+            Ok(read) => read,
             Err(e) => {
                 if let Some(suppressed) = self.ledger_log.allow() {
                     tracing::error!(error = %e, suppressed, "cannot read hinted charges; the scheduled passes will check them");
@@ -300,85 +321,56 @@ impl Intake {
         if checkable.is_empty() {
             return;
         }
+        if let Some(paused) = run.honour_pause() {
+            // Nothing is sent before the recorded pause ends; the charges keep their
+            // schedule and a pass after the pause checks them.
+            tracing::debug!(
+                charges = checkable.len(),
+                detail = paused.detail.as_deref().unwrap_or(""),
+                "webhook checks not sent"
+            );
+            self.finish(checkable.iter().map(|c| (&c.charge_id, Ended::Checked)));
+            return;
+        }
+        let span = run.span().clone();
         let checked = join_all(checkable.into_iter().map(|c| async move {
             let id = c.charge_id.clone();
-            (id, self.reconciler.check_one(c, stop).await)
+            (id, self.checker.check_one(c, stop).await)
         }))
+        .instrument(span)
         .await;
         Stats::add(&self.stats.checks, checked.len() as u64);
-        self.write(started_at, checked).await;
+        self.write(run, checked).await;
     }
 
     /// Writes what the checks decided, and tells the coalescer which charges are done.
-    async fn write(&self, started_at: DateTime<Utc>, checked: Vec<(ChargeId, Checked)>) {
-        let mut tally = Tally {
-            complete: true,
-            ..Tally::default()
-        };
-        let mut results: Vec<CheckResult> = Vec::new();
-        let mut unwritten: Vec<ChargeId> = Vec::new();
-        for (charge_id, c) in checked {
-            match c {
-                // A hint's charges are no 404 wall: each 404 counts as it would alone.
-                Checked::Decided {
-                    result, no_answer, ..
-                } => {
-                    match no_answer {
-                        None => tally.reached += 1,
-                        Some(why) => {
-                            tally.unreachable += 1;
-                            tally.last_unreachable = Some(why);
-                        }
-                    }
-                    results.push(*result);
-                }
-                Checked::AuthRejected(e) => {
-                    tally.auth.get_or_insert(e.to_string());
-                    unwritten.push(charge_id.clone());
-                }
-                Checked::Skipped => {
-                    tally.complete = false;
-                    unwritten.push(charge_id.clone());
-                }
-                // UnivaPay asked for a long pause: nothing was sent, the charge stays due
-                // for a pass after the pause.
-                Checked::Paused(p) => {
-                    tally.complete = false;
-                    tally.paused.get_or_insert(p);
-                    unwritten.push(charge_id.clone());
-                }
-            }
-        }
+    async fn write(&self, run: Run, checked: Vec<(ChargeId, Checked)>) {
+        let (tally, results, unwritten) = tally(checked);
         self.finish(unwritten.iter().map(|id| (id, Ended::Checked)));
-        if results.is_empty() && tally.auth.is_none() {
+        if results.is_empty() && tally.auth.is_none() && tally.paused.is_none() {
             return;
         }
-        let (outcome, detail) = verdict(&tally, self.reconciler.max_pause());
-        if outcome == Outcome::AuthFailed
+        let mut report = run.report(&tally, Counts::default());
+        if report.outcome == Outcome::AuthFailed
             && let Some(suppressed) = self.auth_log.allow()
         {
             tracing::error!(
                 suppressed,
                 "webhook check: {}",
-                detail.as_deref().unwrap_or("credentials rejected")
+                report.detail.as_deref().unwrap_or("credentials rejected")
             );
         }
-        let finished_at = self.reconciler.now();
         let failed_ids: Vec<ChargeId> =
             results.iter().map(|r| r.charge.charge_id.clone()).collect();
         let written = self
-            .reconciler
+            .ctx()
             .with_ledger(Open::Existing, move |mut l| {
-                let run_id = l.begin_run(Trigger::Webhook, started_at)?;
-                let applied = l.apply(run_id, &results)?;
-                l.finish_run(
-                    run_id,
-                    outcome,
-                    applied.counts,
-                    detail.as_deref(),
-                    finished_at,
-                )?;
-                Ok((run_id, applied, results))
+                let mut run = run;
+                let id = run.begin_in(&l)?;
+                let applied = l.apply(id, &results)?;
+                report.counts = applied.counts;
+                run.end_in(&l, &mut report)?;
+                Ok((id, applied, results))
             })
             .await;
         match written {
@@ -437,6 +429,109 @@ impl Intake {
         let c = self.coalescer();
         self.unrecorded.load(Ordering::Acquire) == 0 && c.waiting() == 0 && c.in_flight() == 0
     }
+}
+
+/// The hint batches as a job of the job loop ([`crate::jobs`]): due when the coalescer
+/// lets charges go, without the pass lock (hints run beside passes, on the same pacer);
+/// not part of `--once`. Each run starts one batch and returns; shutdown waits for the
+/// batches in flight through [`Intake::checks_done`].
+pub struct HintJob {
+    intake: Arc<Intake>,
+    /// The checks' stop signal, shared by every batch.
+    stop: Stop,
+}
+
+impl HintJob {
+    pub fn new(intake: Arc<Intake>, stop: Stop) -> HintJob {
+        HintJob { intake, stop }
+    }
+
+    fn batch(&self, due: Vec<Due>) -> Work {
+        let (intake, stop) = (self.intake.clone(), self.stop.clone());
+        Box::new(move |_held, _shutdown| {
+            if !due.is_empty() {
+                intake.start_batch(due, &stop);
+            }
+            Box::pin(std::future::ready(jobs::Ended::Ran))
+        })
+    }
+}
+
+impl Job for HintJob {
+    fn name(&self) -> &'static str {
+        "webhook hint batch"
+    }
+
+    fn when(&self) -> When {
+        When::Own
+    }
+
+    fn lock(&self) -> Lock {
+        Lock::None
+    }
+
+    fn work(self: Arc<Self>, _trigger: Trigger) -> Work {
+        let (due, _) = self.intake.take_due();
+        self.batch(due)
+    }
+
+    fn next(self: Arc<Self>, shutdown: CancellationToken) -> BoxFuture<'static, Option<Work>> {
+        Box::pin(async move {
+            let due = self.intake.next_batch(&shutdown).await?;
+            Some(self.batch(due))
+        })
+    }
+
+    fn in_once(self: Arc<Self>) -> BoxFuture<'static, InOnce> {
+        Box::pin(std::future::ready(InOnce::Skip))
+    }
+}
+
+/// What a batch's checks tell its verdict, the results to write, and the charges left
+/// unwritten (refused credentials, shutdown, a long pause: they stay due). A hint's
+/// charges are no 404 wall: each 404 counts as it would alone.
+fn tally(checked: Vec<(ChargeId, Checked)>) -> (Tally, Vec<CheckResult>, Vec<ChargeId>) {
+    let mut tally = Tally {
+        complete: true,
+        ..Tally::default()
+    };
+    let mut results: Vec<CheckResult> = Vec::new();
+    let mut unwritten: Vec<ChargeId> = Vec::new();
+    for (charge_id, c) in checked {
+        if c.sent() {
+            tally.requests += 1;
+        }
+        match c {
+            Checked::Decided {
+                result, no_answer, ..
+            } => {
+                match no_answer {
+                    None => tally.reached += 1,
+                    Some(why) => {
+                        tally.unreachable += 1;
+                        tally.last_unreachable = Some(why);
+                    }
+                }
+                results.push(*result);
+            }
+            Checked::AuthRejected(e) => {
+                tally.auth.get_or_insert(e.to_string());
+                unwritten.push(charge_id);
+            }
+            Checked::Skipped => {
+                tally.complete = false;
+                unwritten.push(charge_id);
+            }
+            // UnivaPay asked for a long pause: nothing was sent, the charge stays due
+            // for a pass after the pause, and the run records `resume_at`.
+            Checked::Paused(p) => {
+                tally.complete = false;
+                tally.paused.get_or_insert(p);
+                unwritten.push(charge_id);
+            }
+        }
+    }
+    (tally, results, unwritten)
 }
 
 /// One line per transition a hint's check committed, like a pass's writer logs them.

@@ -23,7 +23,7 @@
 //! # A hint's check beside a running pass
 //! Hints are checked while passes run: holding the pass lock for a hint would delay it by
 //! a whole pass. What keeps the two from writing the same change twice is the row version
-//! a check is decided from: [`Reconciler::check_one`] decides from the row as read, and
+//! a check is decided from: [`Checker::check_one`](crate::reconcile::Checker::check_one) decides from the row as read, and
 //! [`Ledger::apply`](crate::ledger::Ledger::apply) writes the result only if the row's
 //! `updated_at` (and state) are still the same, in the same per-charge transaction a pass
 //! uses. Whichever of the two commits second finds the row changed and writes nothing:
@@ -69,8 +69,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::WebhookSettings;
 use crate::domain::{ChargeId, Outcome, StoreId};
-use crate::reconcile::Reconciler;
-use crate::reconcile::pass::{DrainGuard, Stop};
+use crate::reconcile::{Checker, DrainGuard, Stop};
 
 pub use listen::Listener;
 
@@ -306,6 +305,8 @@ pub struct Health(Arc<HealthState>);
 #[derive(Debug, Default)]
 struct HealthState {
     stopping: AtomicBool,
+    /// The cron ticks stopped coming (see `crate::jobs::clock`).
+    schedule_stalled: AtomicBool,
     /// 0: no failed pass; else the failed outcome's code (see [`Health::pass_finished`]).
     failed_pass: AtomicU8,
 }
@@ -340,10 +341,18 @@ impl Health {
         self.0.stopping.store(true, Ordering::Relaxed);
     }
 
+    /// Records whether the schedule has stopped ticking.
+    pub fn schedule_stalled(&self, stalled: bool) {
+        self.0.schedule_stalled.store(stalled, Ordering::Relaxed);
+    }
+
     /// Why the daemon is not healthy, if it is not.
     pub fn problem(&self) -> Option<&'static str> {
         if self.0.stopping.load(Ordering::Relaxed) {
             return Some("stopping\n");
+        }
+        if self.0.schedule_stalled.load(Ordering::Relaxed) {
+            return Some("schedule: no tick for twice the cron period\n");
         }
         match self.0.failed_pass.load(Ordering::Relaxed) {
             0 => None,
@@ -388,12 +397,12 @@ pub struct Serving {
     _drain: DrainGuard,
 }
 
-/// Starts serving `listener`: webhooks on `settings.path`, checked through `reconciler`,
+/// Starts serving `listener`: webhooks on `settings.path`, checked through `checker`,
 /// until `shutdown`. Must be called inside a tokio runtime.
 pub fn serve(
     listener: Listener,
     settings: &WebhookSettings,
-    reconciler: Reconciler,
+    checker: Checker,
     hooks: Hooks,
     health: Health,
     shutdown: CancellationToken,
@@ -402,12 +411,12 @@ pub fn serve(
     let from_systemd = listener.from_systemd();
     let stats = Arc::new(Stats::default());
     let (tx, rx) = mpsc::channel(QUEUE);
-    let intake = intake::Intake::new(reconciler.clone(), hooks.clone(), stats.clone());
+    let intake = intake::Intake::new(checker.clone(), hooks.clone(), stats.clone());
     let service = Arc::new(http::Service {
         hook_path: settings.path.clone(),
         token: settings.auth_token.clone(),
         hints: tx,
-        reconciler: reconciler.clone(),
+        ctx: checker.context().clone(),
         stats: stats.clone(),
         health: health.clone(),
         metrics: hooks.metrics,
@@ -418,11 +427,12 @@ pub fn serve(
     });
     let (tasks, conns) = (TaskTracker::new(), TaskTracker::new());
     let accept = listener.serve(service, conns.clone(), shutdown.clone())?;
-    let drain = reconciler.settings().schedule.drain_timeout;
+    let drain = checker.context().settings().schedule.drain_timeout;
     let (stop, drain_guard) = Stop::with_drain(&shutdown, drain);
     tasks.spawn(accept);
     tasks.spawn(intake.clone().record_loop(rx));
-    tasks.spawn(intake.clone().dispatch_loop(stop, shutdown));
+    let hints = Arc::new(intake::HintJob::new(intake.clone(), stop));
+    tasks.spawn(crate::jobs::own_loop(hints, None, shutdown));
     tasks.close();
     tracing::info!(
         %addr,

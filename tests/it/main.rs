@@ -5,6 +5,7 @@
 mod bad_input;
 mod binary;
 mod budget;
+mod clock_step;
 mod commands;
 mod config;
 mod daemon;
@@ -20,8 +21,10 @@ mod hostile;
 mod lifecycle;
 mod metrics;
 mod pacing;
+mod pauses;
 mod processes;
 mod proxy;
+mod run_records;
 mod secrets;
 mod util;
 mod webhook;

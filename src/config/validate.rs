@@ -181,6 +181,18 @@ pub fn cron_period(expr: &str, now: chrono::DateTime<chrono::Utc>) -> Option<std
     (second - first).to_std().ok()
 }
 
+/// The first tick of `expr` after `now`; `None` for an invalid cron or one that never
+/// fires again.
+pub fn cron_next(
+    expr: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    parse_cron(expr)
+        .ok()?
+        .find_next_occurrence(&now, false)
+        .ok()
+}
+
 fn parse_cron(expr: &str) -> Result<croner::Cron, croner::errors::CronError> {
     croner::parser::CronParser::builder()
         .seconds(croner::parser::Seconds::Required)
