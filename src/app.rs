@@ -367,7 +367,12 @@ pub async fn run_once(settings: Arc<Settings>, shutdown: CancellationToken) -> E
         return Exit::Fatal;
     }
     let pass = reconciler.run_pass(&guard, Trigger::Once, shutdown).await;
-    crate::metrics::after_pass(reconciler.settings(), reconciler.client()).await;
+    crate::metrics::after_pass(
+        reconciler.database(),
+        reconciler.settings(),
+        reconciler.client(),
+    )
+    .await;
     match pass {
         Ok(report) => {
             println!("{}", report.summary_line());

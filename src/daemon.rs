@@ -353,7 +353,8 @@ impl Runner {
                 self.notifier.status(&format!("last pass failed: {e}"));
             }
         }
-        crate::metrics::after_pass(self.reconciler.settings(), self.reconciler.client()).await;
+        let r = &self.reconciler;
+        crate::metrics::after_pass(r.database(), r.settings(), r.client()).await;
     }
 }
 
@@ -462,8 +463,13 @@ fn hooks(reconciler: &Reconciler, tracker: &TaskTracker) -> Hooks {
         let render: webhook::MetricsRender = Arc::new(move || {
             let rec = rec.clone();
             Box::pin(async move {
-                let snapshot = crate::metrics::Snapshot::take(rec.settings(), rec.client()).await;
-                snapshot.ok().map(|s| crate::metrics::render(&s))
+                let snapshot =
+                    crate::metrics::Snapshot::take(rec.database(), rec.settings(), rec.client())
+                        .await;
+                Some(snapshot.map_or_else(
+                    |_| crate::metrics::render_unreadable(),
+                    |s| crate::metrics::render(&s),
+                ))
             })
         });
         render

@@ -45,8 +45,8 @@ use super::rules::{self, Policy};
 use crate::config::{ReconcileSettings, Settings};
 use crate::domain::Decision;
 use crate::ledger::{
-    self, CheckResult, Counts, DueCharge, DueRow, Ledger, LedgerError, Open, Outcome, Trigger,
-    Urgency,
+    self, CheckResult, Counts, DueCharge, DueRow, Ledger, LedgerError, Open, Outcome, Timestamp,
+    Trigger, Urgency,
 };
 use crate::lock::PassGuard;
 use crate::univapay::{ApiError, Client, ErrorClass, PauseCause, Paused};
@@ -128,6 +128,9 @@ pub struct Reconciler {
     settings: Arc<Settings>,
     client: Client,
     clock: Arc<dyn Clock>,
+    /// The ledger every connection of this reconciler (and its clones) opens: it holds
+    /// the identity the first open found, which every later open checks.
+    db: ledger::Database,
     policy: Policy,
     /// Counts checks finished (and pass stages passed), for the daemon's watchdog: a pass
     /// whose count stops moving is stuck.
@@ -232,10 +235,12 @@ impl Reconciler {
     pub fn with_clock(settings: Arc<Settings>, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let client = Client::new(&settings.api)?;
         let policy = policy(&settings.reconcile);
+        let db = ledger::Database::new(&settings.database.path, settings.database.busy_timeout);
         Ok(Reconciler {
             settings,
             client,
             clock,
+            db,
             policy,
             progress: Arc::new(AtomicU64::new(0)),
             load: Arc::default(),
@@ -266,6 +271,11 @@ impl Reconciler {
         &self.client
     }
 
+    /// The ledger's handle.
+    pub fn database(&self) -> &ledger::Database {
+        &self.db
+    }
+
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }
@@ -276,8 +286,7 @@ impl Reconciler {
         open: Open,
         f: impl FnOnce(Ledger) -> Result<T, LedgerError> + Send + 'static,
     ) -> Result<T, LedgerError> {
-        let db = &self.settings.database;
-        ledger::with_ledger(&db.path, db.busy_timeout, open, f).await
+        self.db.with_ledger(open, f).await
     }
 
     /// Opens and migrates the ledger (creating it if needed).
@@ -406,19 +415,19 @@ impl Reconciler {
         let c = self.policy.cadence.clone();
         let tick = crate::config::cron_period(&self.settings.schedule.cron, now);
         let (ledger, due, open) = ledger::blocking(&self.settings.database.path, move || {
-            let due = ledger.count_due(&ledger::ts(now))?;
+            let due = ledger.count_due(Timestamp::new(now))?;
             if due == 0 {
                 return Ok((ledger, due, None));
             }
-            let born_after: Vec<String> = c
+            let born_after: Vec<Timestamp> = c
                 .schedule
                 .iter()
                 .skip(1)
-                .map(|s| ts_before(now, s.age))
+                .map(|s| Timestamp::before(now, s.age))
                 .collect();
-            let watch_until = ts_after(now, c.deadline_watch);
+            let watch_until = Timestamp::after(now, c.deadline_watch);
             let (mut by_step, watched) =
-                ledger.count_open_by_age(&born_after, Some((&ledger::ts(now), &watch_until)))?;
+                ledger.count_open_by_age(&born_after, Some((Timestamp::new(now), watch_until)))?;
             // Bands run youngest first, the schedule's steps too.
             by_step.truncate(c.schedule.len());
             Ok((
@@ -454,8 +463,8 @@ impl Reconciler {
         }
         Some(Urgency {
             // With a flat schedule no charge is young: a bound after every created_at.
-            born_after: young.map_or_else(|| LATEST.to_owned(), |a| ts_before(now, a)),
-            expiring_by: ts_after(now, c.deadline_watch),
+            born_after: young.map_or_else(Timestamp::latest, |a| Timestamp::before(now, a)),
+            expiring_by: Timestamp::after(now, c.deadline_watch),
         })
     }
 
@@ -531,7 +540,7 @@ impl Reconciler {
         run_id: i64,
         stop: &Stop,
     ) -> Result<(Ledger, Counts, Tally), LedgerError> {
-        let cutoff = ledger::ts(self.clock.now());
+        let cutoff = Timestamp::new(self.clock.now());
         let (to_writer, writer_rx) = mpsc::channel::<ToWriter>(writer::MAX_GROUP * 2);
         let writer = tokio::task::spawn_blocking({
             let stop = stop.stop.clone();
@@ -568,13 +577,13 @@ impl Reconciler {
     #[allow(clippy::type_complexity)]
     fn read_due(
         &self,
-        cutoff: String,
+        cutoff: Timestamp,
         stop: CancellationToken,
     ) -> (
         tokio::task::JoinHandle<Result<(bool, u64), LedgerError>>,
         impl futures::Stream<Item = DueRow> + Send + use<>,
     ) {
-        let db = self.settings.database.clone();
+        let db = self.db.clone();
         let batch_size = self.settings.reconcile.batch_size;
         let (tx, rx) = mpsc::channel::<Vec<DueRow>>(2);
         // Short of budget: the urgent charges first, then the rest.
@@ -589,7 +598,7 @@ impl Reconciler {
             None => vec![None],
         };
         let reader = tokio::task::spawn_blocking(move || {
-            let ledger = Ledger::open_existing(&db.path, db.busy_timeout)?;
+            let ledger = db.open(Open::Existing)?;
             let mut after: Option<(String, String)> = None;
             let mut sent = 0u64;
             let mut phase = phases.pop().flatten();
@@ -599,7 +608,7 @@ impl Reconciler {
                 }
                 let position = after.as_ref().map(|(a, b)| (a.as_str(), b.as_str()));
                 let urgent = phase.as_ref().map(|(u, want)| (u, *want));
-                let batch = ledger.due_batch_where(&cutoff, position, batch_size, urgent)?;
+                let batch = ledger.due_batch_where(cutoff, position, batch_size, urgent)?;
                 let Some(last) = batch.last() else {
                     match phases.pop() {
                         Some(next) => {
@@ -735,7 +744,7 @@ impl Reconciler {
         let to_store = report.clone();
         ledger::blocking(&self.settings.database.path, move || {
             if let Some(at) = to_store.resume_at {
-                ledger.set_resume_at(to_store.run_id, &ledger::ts(at))?;
+                ledger.set_resume_at(to_store.run_id, at)?;
             }
             ledger.finish_run(
                 to_store.run_id,
@@ -776,30 +785,6 @@ impl Reconciler {
             tracing::debug!(run_id, error = %e, "could not mark the run failed");
         }
     }
-}
-
-/// The first and last ledger timestamps SQLite's date functions read (years 0 to 9999).
-const EARLIEST: &str = "0000-01-01T00:00:00.000Z";
-const LATEST: &str = "9999-12-31T23:59:59.999Z";
-
-/// The ledger timestamp `d` before `now`, no earlier than [`EARLIEST`].
-fn ts_before(now: DateTime<Utc>, d: Duration) -> String {
-    chrono::Duration::from_std(d)
-        .ok()
-        .and_then(|d| now.checked_sub_signed(d))
-        .map(ledger::ts)
-        .filter(|t| t.as_str() >= EARLIEST && t.len() == EARLIEST.len())
-        .unwrap_or_else(|| EARLIEST.to_owned())
-}
-
-/// The ledger timestamp `d` after `now`, no later than [`LATEST`].
-fn ts_after(now: DateTime<Utc>, d: Duration) -> String {
-    chrono::Duration::from_std(d)
-        .ok()
-        .and_then(|d| now.checked_add_signed(d))
-        .map(ledger::ts)
-        .filter(|t| t.as_str() <= LATEST && t.len() == LATEST.len())
-        .unwrap_or_else(|| LATEST.to_owned())
 }
 
 /// What the checks of one pass saw, as far as its outcome is concerned.
