@@ -54,7 +54,6 @@ impl Daemon {
             process,
         };
         d.wait_health(200, "the daemon up and healthy").await;
-        d.wait_metric("konbini_ledger_ok 1").await;
         d
     }
 
@@ -142,6 +141,11 @@ async fn a_replaced_ledger_is_not_adopted_and_the_right_one_back_heals() {
     std::fs::rename(dir.join("kept.db"), &db).unwrap();
     d.wait_health(200, "the right ledger back").await;
     d.wait_metric("konbini_ledger_ok 1").await;
+    let runs: i64 = Connection::open(&other)
+        .unwrap()
+        .query_row("SELECT count(*) FROM runs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(runs, 0, "the other ledger was written");
     let out = d.stop().await;
     assert!(
         out.stderr().contains("was replaced") && out.stderr().contains("it is not adopted"),
