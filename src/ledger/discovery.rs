@@ -17,7 +17,7 @@ use super::{Ledger, LedgerError, Trigger, ts};
 use crate::domain::{ChargeId, Currency, StoreId};
 
 /// `charge_events.kind` of a discovered charge's first row.
-pub const DISCOVERED_EVENT: &str = "discovered";
+const DISCOVERED_EVENT: &str = "discovered";
 
 /// A transient failure is retried on this many sweeps before the charge is skipped for
 /// good (so that one charge UnivaPay keeps failing on cannot hold a store's watermark).

@@ -12,7 +12,7 @@ use super::{Ledger, LedgerError, ts};
 use crate::domain::{ChargeId, State, StoreId};
 
 /// The `charge_events.kind` of a hint's row; `detail` holds the event name.
-pub const WEBHOOK_EVENT: &str = "webhook";
+pub(super) const WEBHOOK_EVENT: &str = "webhook";
 
 /// One hint to look up and record.
 #[derive(Debug, Clone)]

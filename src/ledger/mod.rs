@@ -49,16 +49,16 @@ pub use charges::{
 pub use checks::{Applied, CheckResult};
 pub use database::{Database, Open, blocking, check_path, join_error};
 pub use discovery::{
-    DISCOVERED_EVENT, DiscoveryBatch, Enrichment, MAX_ATTEMPTS, NewDiscovered, Skip, SkipReason,
+    DiscoveryBatch, Enrichment, MAX_ATTEMPTS, NewDiscovered, Skip, SkipReason,
     SweepCounts, SweepOutcome,
 };
 pub use due::{BadRow, DueCharge, DueRow, Urgency};
 pub use error::LedgerError;
 pub use events::Ending;
-pub use hints::{HintRow, HintTarget, WEBHOOK_EVENT};
+pub use hints::{HintRow, HintTarget};
+use hints::WEBHOOK_EVENT;
 pub use overview::{Backlog, Figures, Overview, StateTotal};
 pub use runs::RunRow;
-pub use schema::NOW_SQL;
 pub use time::{Timestamp, ts};
 
 /// A connection to the ledger, opened by a [`Database`].

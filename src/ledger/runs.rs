@@ -194,7 +194,8 @@ impl Ledger {
     }
 
     /// The run `run_id`, if there is one.
-    pub fn run(&self, run_id: i64) -> Result<Option<RunRow>, LedgerError> {
+    #[cfg(test)]
+    fn run(&self, run_id: i64) -> Result<Option<RunRow>, LedgerError> {
         self.sql(|c| {
             c.prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"))?
                 .query_row([run_id], row_to_run)

@@ -4,10 +4,6 @@
 
 use rusqlite_migration::{M, Migrations};
 
-/// RFC 3339 UTC with milliseconds, the format every timestamp in the ledger uses, so that
-/// text order is time order (`2026-11-27T16:55:22.123Z`).
-pub const NOW_SQL: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
-
 const V1: &str = r#"
 CREATE TABLE charges (
     charge_id          TEXT PRIMARY KEY NOT NULL
@@ -320,7 +316,7 @@ BEGIN
 END;
 "#;
 
-pub fn migrations() -> Migrations<'static> {
+pub(super) fn migrations() -> Migrations<'static> {
     Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4)])
 }
 
