@@ -184,7 +184,6 @@ async fn check_under_lock(
     let finished_at = reconciler.now();
     let stored_detail = detail.clone();
     let resume_at = tally.paused.as_ref().map(|p| reconciler.resume_at(p));
-    let stored_resume = resume_at;
     let applied = ledger::blocking(&settings.database.path, move || {
         let mut ledger = ledger;
         let applied = match ledger.apply(run_id, &results) {
@@ -201,7 +200,7 @@ async fn check_under_lock(
             stored_detail.as_deref(),
             finished_at,
         )?;
-        if let Some(at) = stored_resume {
+        if let Some(at) = resume_at {
             ledger.set_resume_at(run_id, at)?;
         }
         Ok(applied)

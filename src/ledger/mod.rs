@@ -49,14 +49,14 @@ pub use charges::{
 pub use checks::{Applied, CheckResult};
 pub use database::{Database, Open, blocking, check_path, join_error};
 pub use discovery::{
-    DiscoveryBatch, Enrichment, MAX_ATTEMPTS, NewDiscovered, Skip, SkipReason,
-    SweepCounts, SweepOutcome,
+    DiscoveryBatch, Enrichment, MAX_ATTEMPTS, NewDiscovered, Skip, SkipReason, SweepCounts,
+    SweepOutcome,
 };
 pub use due::{BadRow, DueCharge, DueRow, Urgency};
 pub use error::LedgerError;
 pub use events::Ending;
-pub use hints::{HintRow, HintTarget};
 use hints::WEBHOOK_EVENT;
+pub use hints::{HintRow, HintTarget};
 pub use overview::{Backlog, Figures, Overview, StateTotal};
 pub use runs::RunRow;
 pub use time::{Timestamp, ts};
