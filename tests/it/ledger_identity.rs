@@ -2,7 +2,8 @@
 //! running daemon is neither recreated nor adopted (its passes fail with one clear error,
 //! `/healthz` answers 503, `konbini_ledger_ok` is 0, and putting the file back heals it);
 //! every command refuses a corrupt ledger alike; the history refuses the deletion of its
-//! facts; `status` counts rows whose state is invalid instead of dropping them.
+//! facts; `status` counts rows whose state is invalid instead of dropping them, and shows
+//! the ledger's id.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -227,7 +228,7 @@ async fn the_history_refuses_deleting_its_facts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_counts_rows_with_an_invalid_state() {
+async fn status_counts_rows_with_an_invalid_state_and_names_the_ledger() {
     let app = TestApp::spawn().await;
     for id in ["c1", "c2", "c3"] {
         app.register(id, 100);
@@ -244,9 +245,17 @@ async fn status_counts_rows_with_an_invalid_state() {
     assert_eq!(j["total"], 3, "{j}");
     assert_eq!(j["invalid_state"], 1, "{j}");
     assert_eq!(j["charges"]["pending"]["count"], 2, "{j}");
+    let id: String = app
+        .db()
+        .query_row("SELECT value FROM meta WHERE key = 'ledger_id'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(j["ledger_id"], id.as_str(), "{j}");
     let out = app.command().arg("status").run();
     out.assert_code(0);
     let text = out.stdout();
+    assert!(text.contains(&format!("\nid     {id}\n")), "{text}");
     assert!(text.contains("invalid              1"), "{text}");
     assert!(text.contains("total                3"), "{text}");
 }
