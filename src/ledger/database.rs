@@ -18,7 +18,6 @@
 //! that read or change what is there use [`Database::existing`].
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -49,8 +48,6 @@ pub struct Database {
     /// open must find again. Shared, so that the passes, hints, sweeps and metrics of one
     /// daemon all hold on to the same ledger.
     identity: Arc<OnceLock<String>>,
-    /// Set while the ledger is found gone or replaced, for health and metrics.
-    lost: Arc<AtomicBool>,
 }
 
 impl Database {
@@ -62,7 +59,6 @@ impl Database {
             busy_timeout,
             may_create: true,
             identity: Arc::default(),
-            lost: Arc::default(),
         }
     }
 
@@ -80,32 +76,15 @@ impl Database {
         &self.path
     }
 
-    pub fn busy_timeout(&self) -> Duration {
-        self.busy_timeout
-    }
-
     /// The ledger id the first open found, once one has.
     pub fn identity(&self) -> Option<&str> {
         self.identity.get().map(String::as_str)
     }
 
-    /// Whether the last open found the ledger gone or replaced.
-    pub fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::Relaxed)
-    }
-
-    /// Opens a connection, making the checks of the module doc.
+    /// Opens a connection, making the checks of the module doc. A ledger found gone or
+    /// replaced is an error for which [`LedgerError::is_lost`] holds; the next open looks
+    /// again, so putting the right file back heals it.
     pub fn open(&self, how: Open) -> Result<Ledger, LedgerError> {
-        let opened = self.open_checked(how);
-        match &opened {
-            Err(e) if e.is_lost() => self.lost.store(true, Ordering::Relaxed),
-            Err(_) => {}
-            Ok(_) => self.lost.store(false, Ordering::Relaxed),
-        }
-        opened
-    }
-
-    fn open_checked(&self, how: Open) -> Result<Ledger, LedgerError> {
         check_path(&self.path)?;
         let Some(expected) = self.identity.get() else {
             return self.first_open(how);
@@ -362,7 +341,7 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         let e = db.open(Open::Migrate).unwrap_err();
         assert!(matches!(e, LedgerError::Vanished { .. }), "{e}");
-        assert!(db.is_lost());
+        assert!(e.is_lost());
         assert!(!path.exists(), "recreated");
     }
 
@@ -387,7 +366,6 @@ mod tests {
         assert_eq!(Some(found.as_str()), other.identity());
         std::fs::rename(d.path().join("kept.db"), &path).unwrap();
         drop(db.open(Open::Migrate).unwrap());
-        assert!(!db.is_lost());
     }
 
     #[test]
