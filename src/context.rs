@@ -14,7 +14,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::config::Settings;
-use crate::ledger::{self, Ledger, LedgerError, Open};
+use crate::ledger::{self, Database, Ledger, LedgerError, Open};
 use crate::univapay::Client;
 
 /// The time the ledger and the rules are computed in; a test or a simulation gives its
@@ -39,6 +39,10 @@ pub struct Context {
     settings: Arc<Settings>,
     client: Client,
     clock: Arc<dyn Clock>,
+    /// The ledger every connection of this context (and its clones) opens: it holds the
+    /// identity the first open found, which every later open checks, so a ledger that
+    /// vanished or was replaced under a running process is never adopted.
+    db: Database,
 }
 
 impl Context {
@@ -50,10 +54,12 @@ impl Context {
     /// A context on `clock` (tests, simulations).
     pub fn with_clock(settings: Arc<Settings>, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let client = Client::new(&settings.api)?;
+        let db = Database::new(&settings.database.path, settings.database.busy_timeout);
         Ok(Context {
             settings,
             client,
             clock,
+            db,
         })
     }
 
@@ -79,6 +85,11 @@ impl Context {
         self.clock.now()
     }
 
+    /// The ledger's handle.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
     /// The longest wait for UnivaPay's permission any job accepts before it ends early:
     /// `schedule.drain_timeout`, so that a job never outlives the shutdown deadline
     /// waiting.
@@ -92,8 +103,7 @@ impl Context {
         open: Open,
         f: impl FnOnce(Ledger) -> Result<T, LedgerError> + Send + 'static,
     ) -> Result<T, LedgerError> {
-        let db = &self.settings.database;
-        ledger::with_ledger(&db.path, db.busy_timeout, open, f).await
+        self.db.with_ledger(open, f).await
     }
 
     /// Runs `f` on the blocking pool, its join failure named after the database.

@@ -496,10 +496,13 @@ async fn pull_back_next_checks(reconciler: &Reconciler) {
     let slack = crate::config::cron_period(&s.schedule.cron, now).unwrap_or_default()
         + Duration::from_secs(60);
     let latest = crate::jobs::clock::latest_next_check(longest, reconciler.stretch(), slack, now);
-    let (latest, now) = (crate::ledger::ts(latest), crate::ledger::ts(now));
+    let (latest, now) = (
+        crate::ledger::Timestamp::new(latest),
+        crate::ledger::Timestamp::new(now),
+    );
     let pulled = reconciler
         .with_ledger(crate::ledger::Open::Existing, move |l| {
-            l.pull_back_next_checks(&latest, &now)
+            l.pull_back_next_checks(latest, now)
         })
         .await;
     match pulled {
@@ -548,8 +551,13 @@ fn hooks(reconciler: &Reconciler, tracker: &TaskTracker) -> Hooks {
         let render: webhook::MetricsRender = Arc::new(move || {
             let rec = rec.clone();
             Box::pin(async move {
-                let snapshot = crate::metrics::Snapshot::take(rec.settings(), rec.client()).await;
-                snapshot.ok().map(|s| crate::metrics::render(&s))
+                let snapshot =
+                    crate::metrics::Snapshot::take(rec.database(), rec.settings(), rec.client())
+                        .await;
+                Some(snapshot.map_or_else(
+                    |_| crate::metrics::render_unreadable(),
+                    |s| crate::metrics::render(&s),
+                ))
             })
         });
         render

@@ -22,7 +22,7 @@ use prometheus::{Counter, Gauge, IntCounterVec, IntGauge, IntGaugeVec, Opts, Reg
 
 use crate::config::Settings;
 use crate::domain::State;
-use crate::ledger::{self, Ledger, LedgerError, Open, Overview};
+use crate::ledger::{Database, Ledger, LedgerError, Open, Overview};
 use crate::univapay::{Client, ClientStats, RequestResult};
 
 /// The `Content-Type` of [`render`]'s text, for `/metrics`.
@@ -66,13 +66,16 @@ impl Snapshot {
         })
     }
 
-    /// [`gather`](Self::gather) from async code, on the blocking pool, with the ledger the
-    /// settings name (already migrated by whoever runs passes).
-    pub async fn take(settings: &Settings, client: &Client) -> Result<Snapshot, LedgerError> {
+    /// [`gather`](Self::gather) from async code, on the blocking pool, from `db` (already
+    /// migrated by whoever runs passes).
+    pub async fn take(
+        db: &Database,
+        settings: &Settings,
+        client: &Client,
+    ) -> Result<Snapshot, LedgerError> {
         let api = client.stats();
         let share = settings.api.budget_share;
-        let db = &settings.database;
-        ledger::with_ledger(&db.path, db.busy_timeout, Open::Existing, move |l| {
+        db.with_ledger(Open::Existing, move |l| {
             Snapshot::gather(&l, api, share, Utc::now())
         })
         .await
@@ -100,6 +103,7 @@ pub fn render(s: &Snapshot) -> String {
             tracing::warn!(error = %e, "metric not rendered");
         }
     };
+    add(ledger_ok(true));
     add(ledger_figures(&s.overview));
     add(last_pass(&s.overview));
     add(api_figures(&s.api));
@@ -110,6 +114,33 @@ pub fn render(s: &Snapshot) -> String {
         tracing::warn!(error = %e, "metrics not rendered");
     }
     text
+}
+
+/// What the metrics say when the ledger cannot be read (gone, replaced, corrupt, locked):
+/// `konbini_ledger_ok 0` alone, so an alert fires on it rather than on stale figures.
+pub fn render_unreadable() -> String {
+    let registry = Registry::new();
+    let mut text = String::new();
+    let encoded = registry
+        .register(ledger_ok(false))
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            prometheus::TextEncoder::new()
+                .encode_utf8(&registry.gather(), &mut text)
+                .map_err(|e| e.to_string())
+        });
+    if let Err(e) = encoded {
+        tracing::warn!(error = %e, "metrics not rendered");
+    }
+    text
+}
+
+fn ledger_ok(ok: bool) -> Box<dyn Collector> {
+    int_gauge(
+        "konbini_ledger_ok",
+        "1 when the ledger could be read (present, intact, still the ledger this process opened), else 0",
+        u64::from(ok),
+    )
 }
 
 /// A set of metrics gathered as one collector, so each group is built in one place.
@@ -387,15 +418,15 @@ pub fn write_textfile(path: &Path, text: &str) -> std::io::Result<()> {
 
 /// After a pass: the textfile, when `[metrics] textfile` is set. A failure is a warning
 /// (the pass itself went fine), never an error.
-pub async fn after_pass(settings: &Settings, client: &Client) {
+pub async fn after_pass(db: &Database, settings: &Settings, client: &Client) {
     let Some(path) = settings.metrics.as_ref().and_then(|m| m.textfile.clone()) else {
         return;
     };
-    let text = match Snapshot::take(settings, client).await {
+    let text = match Snapshot::take(db, settings, client).await {
         Ok(s) => render(&s),
         Err(e) => {
-            tracing::warn!(error = %e, "metrics not written: cannot read the ledger");
-            return;
+            tracing::warn!(error = %e, "metrics: cannot read the ledger");
+            render_unreadable()
         }
     };
     let shown = path.display().to_string();

@@ -41,7 +41,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use konbini_reconciler::config::Settings;
-use konbini_reconciler::ledger::{Ledger, Trigger, ts};
+use konbini_reconciler::domain::{ChargeId, Currency, StoreId};
+use konbini_reconciler::ledger::{Backfill, Ledger, NewCharge, Trigger};
 use konbini_reconciler::reconcile::{Clock, Reconciler};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -514,7 +515,7 @@ async fn month(v: &Variant, dir: &Path) -> Result<Report, String> {
     let settings = settings(&base, &db, &v.reconcile)?;
     let rec = Reconciler::with_clock(settings, Arc::new(time)).map_err(|e| e.to_string())?;
     rec.prepare_ledger().await.map_err(|e| e.to_string())?;
-    let ledger = Ledger::open(&db, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    let mut ledger = Ledger::open(&db, Duration::from_secs(5)).map_err(|e| e.to_string())?;
     let lock = konbini_reconciler::lock::PassLock::for_database(&db);
     let guard = lock
         .try_acquire()
@@ -534,7 +535,7 @@ async fn month(v: &Variant, dir: &Path) -> Result<Report, String> {
             tick += chrono::Duration::from_std(TICK).expect("5 minutes");
             continue;
         }
-        registered = register(&ledger, &world, registered, tick)?;
+        registered = register(&mut ledger, &world, registered, tick)?;
         let (open, due) = series.observe(&ledger, &time)?;
         if due > 0 {
             pass(&rec, &guard, &front_state, due).await?;
@@ -632,35 +633,28 @@ async fn real_sleep(d: Duration) {
 /// checkout does: the charge, its amount, its deadline; due at once. Returns how many are
 /// registered in all.
 fn register(
-    ledger: &Ledger,
+    ledger: &mut Ledger,
     world: &World,
     from: usize,
     now: DateTime<Utc>,
 ) -> Result<usize, String> {
     let until = from + world.plans[from..].partition_point(|p| p.created <= now);
-    let conn = ledger.conn();
-    let tx = conn.unchecked_transaction().map_err(|e| e.to_string())?;
-    {
-        let mut ins = tx
-            .prepare_cached(
-                "INSERT INTO charges (charge_id, store_id, requested_amount, created_at,
-                                      next_check_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
-            )
-            .map_err(|e| e.to_string())?;
-        for i in from..until {
+    let charges = (from..until)
+        .map(|i| {
             let p = &world.plans[i];
-            ins.execute(rusqlite::params![
-                p.id,
-                p.store_id,
-                p.amount,
-                ts(p.created),
-                ts(world.deadlines[i])
-            ])
-            .map_err(|e| e.to_string())?;
-        }
-    }
-    tx.commit().map_err(|e| e.to_string())?;
+            Ok(Backfill {
+                charge: NewCharge {
+                    charge_id: ChargeId::parse(p.id.clone()).map_err(|e| e.to_string())?,
+                    store_id: StoreId::parse(p.store_id.clone()).map_err(|e| e.to_string())?,
+                    amount: p.amount,
+                    currency: Currency::JPY,
+                    expires_at: Some(world.deadlines[i]),
+                },
+                created_at: p.created,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    ledger.backfill(&charges).map_err(|e| e.to_string())?;
     Ok(until)
 }
 
@@ -679,24 +673,11 @@ struct Series {
 impl Series {
     /// Samples the open and due charges now; returns them.
     fn observe(&mut self, ledger: &Ledger, time: &SimTime) -> Result<(u64, u64), String> {
-        // One scan: the open charges, how many are due, and the earliest next check (the
-        // most overdue when any is due).
-        let (open, due, oldest): (i64, i64, Option<String>) = ledger
-            .conn()
-            .query_row(
-                "SELECT count(*), total(next_check_at <= ?1), min(next_check_at)
-                 FROM charges WHERE next_check_at IS NOT NULL",
-                [ts(time.now())],
-                |r| Ok((r.get(0)?, r.get::<_, f64>(1)? as i64, r.get(2)?)),
-            )
-            .map_err(|e| e.to_string())?;
-        let (open, due) = (open as u64, due as u64);
-        let oldest = oldest.filter(|_| due > 0);
-        let waited = oldest
-            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
-            .map_or(0.0, |t| {
-                (time.now() - t.with_timezone(&Utc)).num_milliseconds() as f64 / 1000.0
-            });
+        let b = ledger.backlog(time.now()).map_err(|e| e.to_string())?;
+        let (open, due) = (b.open, b.due);
+        let waited = b
+            .oldest_due
+            .map_or(0.0, |t| (time.now() - t).num_milliseconds() as f64 / 1000.0);
         self.open_peak = self.open_peak.max(open);
         self.due_peak = self.due_peak.max(due);
         let day = ((time.now() - time.start).num_seconds() / DAY) as u32;
@@ -759,12 +740,7 @@ fn measure(
     let arrival_minutes = (v.days as usize * 24 * 60).min(b.ours_by_minute.len());
     let used = &b.ours_by_minute[..arrival_minutes];
     let per_minute = f64::from(v.limit().per_minute);
-    let stretch_max: f64 = ledger
-        .conn()
-        .query_row("SELECT coalesce(max(stretch), 1) FROM runs", [], |r| {
-            r.get(0)
-        })
-        .map_err(|e| e.to_string())?;
+    let stretch_max = ledger.max_stretch().map_err(|e| e.to_string())?;
     let thirds = [0, 1, 2].map(|k| (v.days * k / 3, v.days * (k + 1) / 3));
     let in_third = |k: usize| {
         let (lo, hi) = thirds[k];
@@ -806,27 +782,13 @@ fn measure(
 /// each charge's planned end to its `transition` event into a final state; and how many
 /// charges that ended within the arrival days were never seen to end.
 fn latencies(ledger: &Ledger, world: &World) -> Result<([f64; 3], [f64; 3], u64), String> {
-    let mut stmt = ledger
-        .conn()
-        .prepare(
-            "SELECT charge_id, at FROM charge_events
-             WHERE kind = 'transition' AND to_state IN ('successful', 'failed')",
-        )
-        .map_err(|e| e.to_string())?;
-    let seen: HashMap<String, String> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .map_err(|e| e.to_string())?
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
+    let seen = ledger.endings().map_err(|e| e.to_string())?;
     let (mut paid, mut expired, mut undetected) = (vec![], vec![], 0);
     for p in &world.plans {
-        let Some(at) = seen.get(&p.id) else {
+        let Some(at) = seen.get(&p.id).and_then(|e| e.finalized_at) else {
             undetected += 1;
             continue;
         };
-        let at = DateTime::parse_from_rfc3339(at)
-            .map_err(|e| e.to_string())?
-            .with_timezone(&Utc);
         let minutes = (at - p.final_at).num_milliseconds() as f64 / 60_000.0;
         match p.outcome {
             Outcome::Paid | Outcome::Underpaid | Outcome::ForeignCurrency => paid.push(minutes),

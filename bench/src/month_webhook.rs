@@ -492,42 +492,21 @@ async fn pass(w: &World) -> Result<(), String> {
 
 /// What the simulator and the ledger say about each charge.
 fn collect(w: &World, made: &[Made]) -> Result<Vec<Seen>, String> {
-    let ledger = Ledger::open_existing(&w.db, Duration::from_secs(5)).map_err(|e| e.to_string())?;
-    let time = |s: Option<String>| {
-        s.and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
-            .map(|t| t.with_timezone(&Utc))
-    };
+    let ledger =
+        Ledger::open_if_exists(&w.db, Duration::from_secs(5)).map_err(|e| e.to_string())?;
     // One scan for every charge: when it turned final, when its final hint arrived.
-    let mut stmt = ledger
-        .conn()
-        .prepare(
-            "SELECT charge_id,
-                    min(CASE WHEN kind = 'transition' AND to_state IN ('successful', 'failed')
-                             THEN at END),
-                    min(CASE WHEN kind = 'webhook' AND detail = 'charge_finished' THEN at END)
-             FROM charge_events GROUP BY charge_id",
-        )
-        .map_err(|e| e.to_string())?;
-    let mut events = std::collections::HashMap::new();
-    let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, (r.get(1)?, r.get(2)?))))
-        .map_err(|e| e.to_string())?;
-    for row in rows {
-        let (id, at): (String, (Option<String>, Option<String>)) =
-            row.map_err(|e| e.to_string())?;
-        events.insert(id, at);
-    }
+    let mut events = ledger.endings().map_err(|e| e.to_string())?;
     Ok(made
         .iter()
         .map(|m| {
-            let (detected, hinted) = events.remove(&m.id).unwrap_or_default();
+            let ending = events.remove(&m.id).unwrap_or_default();
             Seen {
                 fate: m.fate,
                 gets: w.sim.requests_for(&m.id),
                 life: (m.ends - m.created).to_std().unwrap_or_default(),
                 final_at: m.ends,
-                detected_at: time(detected),
-                hinted_at: time(hinted),
+                detected_at: ending.finalized_at,
+                hinted_at: ending.finished_hint_at,
             }
         })
         .collect())

@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 use super::{CommandError, writing};
 use crate::config::Settings;
 use crate::domain::State;
-use crate::ledger::{Ledger, Overview, RunRow, ts};
+use crate::ledger::{Database, Open, Overview, RunRow, ts};
 
 /// Widest line of the human form.
 pub const WIDTH: usize = 80;
@@ -27,12 +27,20 @@ pub fn run(
     now: DateTime<Utc>,
     out: &mut dyn Write,
 ) -> Result<(), CommandError> {
-    let db = &settings.database;
-    let overview = Ledger::open_if_exists(&db.path, db.busy_timeout)?.overview(now)?;
+    let db = Database::existing(&settings.database.path, settings.database.busy_timeout);
+    let overview = db.open(Open::Migrate)?.overview(now)?;
+    let id = db.identity();
     let text = if json {
-        to_json(&overview, &db.path, now).to_string() + "\n"
+        let mut j = to_json(&overview, db.path(), now);
+        j["ledger_id"] = json!(id);
+        j.to_string() + "\n"
     } else {
-        table(&overview, &db.path, now)
+        let t = table(&overview, db.path(), now);
+        match id {
+            // Beside the path: which ledger this is (docs/ledger.md).
+            Some(id) => t.replacen('\n', &format!("\nid     {id}\n"), 1),
+            None => t,
+        }
     };
     writing(|| {
         out.write_all(text.as_bytes())?;
@@ -60,12 +68,12 @@ pub fn to_json(o: &Overview, database: &Path, now: DateTime<Utc>) -> Value {
             }),
         );
     }
-    let total: u64 = State::ALL.iter().map(|s| f.count(*s)).sum();
     json!({
         "database": database.display().to_string(),
         "at": ts(now),
         "charges": charges,
-        "total": total,
+        "invalid_state": f.invalid_state,
+        "total": f.total(),
         "mismatches": f.mismatches,
         "unchecked": f.unchecked,
         "due": f.due,
@@ -103,8 +111,11 @@ pub fn table(o: &Overview, database: &Path, now: DateTime<Utc>) -> String {
             lines.push(format!("{:<22}{:>20}", "", amount(t)));
         }
     }
-    let total: u64 = State::ALL.iter().map(|s| f.count(*s)).sum();
-    lines.push(format!("{:<12}{:>10}", "total", total));
+    if f.invalid_state > 0 {
+        // Rows the schema's checks should have kept out: shown, so the total adds up.
+        lines.push(format!("{:<12}{:>10}", "invalid", f.invalid_state));
+    }
+    lines.push(format!("{:<12}{:>10}", "total", f.total()));
     lines.push(String::new());
     for (label, n) in [
         ("amount mismatches", f.mismatches),
@@ -203,6 +214,7 @@ mod tests {
                     total(State::Successful, "JPY", 400, 999_999_999_999_999),
                     total(State::Successful, "USD", 2, 500),
                 ],
+                invalid_state: 0,
                 mismatches: 1,
                 unchecked: 2,
                 due: 3,

@@ -62,7 +62,7 @@ impl Job for PassJob {
                 if let Some(report_to) = &self.report_to {
                     report_to(&pass);
                 }
-                crate::metrics::after_pass(rec.settings(), rec.client()).await;
+                crate::metrics::after_pass(rec.database(), rec.settings(), rec.client()).await;
                 Ended::Pass(pass)
             })
         })

@@ -4,18 +4,22 @@
 
 use rusqlite::params;
 
-use super::{Ledger, LedgerError};
+use super::{Ledger, LedgerError, Timestamp};
 
 impl Ledger {
     /// Sets `next_check_at = now` on every open charge whose `next_check_at` is after
     /// `latest`. Returns how many.
-    pub fn pull_back_next_checks(&self, latest: &str, now: &str) -> Result<usize, LedgerError> {
-        self.conn
-            .execute(
+    pub fn pull_back_next_checks(
+        &self,
+        latest: Timestamp,
+        now: Timestamp,
+    ) -> Result<usize, LedgerError> {
+        self.sql(|c| {
+            c.execute(
                 "UPDATE charges SET next_check_at = ?2
                  WHERE next_check_at > ?1 AND state IN ('pending', 'awaiting')",
                 params![latest, now],
             )
-            .map_err(|e| self.err(e))
+        })
     }
 }

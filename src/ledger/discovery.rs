@@ -11,13 +11,13 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, params};
 
 use super::{Ledger, LedgerError, Trigger, ts};
 use crate::domain::{ChargeId, Currency, StoreId};
 
 /// `charge_events.kind` of a discovered charge's first row.
-pub const DISCOVERED_EVENT: &str = "discovered";
+const DISCOVERED_EVENT: &str = "discovered";
 
 /// A transient failure is retried on this many sweeps before the charge is skipped for
 /// good (so that one charge UnivaPay keeps failing on cannot hold a store's watermark).
@@ -173,21 +173,19 @@ impl Ledger {
     /// Closes sweeps a dead process left `running`, and inserts a new sweep's row. Call
     /// with the pass lock held.
     pub fn begin_sweep(&self, trigger: Trigger, now: DateTime<Utc>) -> Result<i64, LedgerError> {
-        self.conn
-            .execute(
+        self.sql(|c| {
+            c.execute(
                 "UPDATE discovery_sweeps SET outcome = 'interrupted',
                         detail = coalesce(detail || '; ', '') || 'process ended before the sweep finished'
                  WHERE outcome = 'running'",
                 [],
-            )
-            .map_err(|e| self.err(e))?;
-        self.conn
-            .execute(
+            )?;
+            c.execute(
                 "INSERT INTO discovery_sweeps (trigger, started_at, pid) VALUES (?1, ?2, ?3)",
                 params![trigger.as_str(), ts(now), std::process::id()],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(self.conn.last_insert_rowid())
+            )?;
+            Ok(c.last_insert_rowid())
+        })
     }
 
     /// Records how a sweep ended.
@@ -199,42 +197,40 @@ impl Ledger {
         detail: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<(), LedgerError> {
-        self.conn
-            .execute(
+        self.sql(|c| {
+            c.execute(
                 "UPDATE discovery_sweeps SET outcome = ?2, finished_at = ?3, stores = ?4, detail = ?5
                  WHERE id = ?1",
                 params![sweep_id, outcome.as_str(), ts(now), stores, detail],
             )
-            .map_err(|e| self.err(e))?;
+        })?;
         Ok(())
     }
 
     /// When the latest sweep that ran its course started. Sweeps cut short by shutdown, a
     /// crash or a ledger failure do not count: the next chance sweeps again.
     pub fn last_sweep_started(&self) -> Result<Option<DateTime<Utc>>, LedgerError> {
-        let t: Option<String> = self
-            .conn
-            .query_row(
+        let t: Option<String> = self.sql(|c| {
+            c.query_row(
                 "SELECT max(started_at) FROM discovery_sweeps
                  WHERE outcome NOT IN ('running', 'interrupted', 'failed')",
                 [],
                 |r| r.get(0),
             )
-            .map_err(|e| self.err(e))?;
+        })?;
         Ok(t.and_then(|t| parse_ts(&t)))
     }
 
     /// How far the sweeps have looked at `store`'s charges.
     pub fn watermark(&self, store: &StoreId) -> Result<Option<DateTime<Utc>>, LedgerError> {
-        let t: Option<String> = self
-            .conn
-            .query_row(
+        let t: Option<String> = self.sql(|c| {
+            c.query_row(
                 "SELECT swept_to FROM discovery_watermarks WHERE store_id = ?1",
                 [store.as_str()],
                 |r| r.get(0),
             )
             .optional()
-            .map_err(|e| self.err(e))?;
+        })?;
         Ok(t.and_then(|t| parse_ts(&t)))
     }
 
@@ -244,24 +240,20 @@ impl Ledger {
         &self,
         ids: impl IntoIterator<Item = &'a ChargeId>,
     ) -> Result<HashSet<ChargeId>, LedgerError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
+        self.sql(|c| {
+            let mut stmt = c.prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM charges WHERE charge_id = ?1)
                      OR EXISTS (SELECT 1 FROM discovery_skips
                                 WHERE charge_id = ?1 AND reason <> 'retrying')",
-            )
-            .map_err(|e| self.err(e))?;
-        let mut known = HashSet::new();
-        for id in ids {
-            let hit: bool = stmt
-                .query_row([id.as_str()], |r| r.get(0))
-                .map_err(|e| self.err(e))?;
-            if hit {
-                known.insert(id.clone());
+            )?;
+            let mut known = HashSet::new();
+            for id in ids {
+                if stmt.query_row([id.as_str()], |r| r.get::<_, bool>(0))? {
+                    known.insert(id.clone());
+                }
             }
-        }
-        Ok(known)
+            Ok(known)
+        })
     }
 
     /// Writes a batch in one transaction (see the module doc). Returns what it added:
@@ -271,71 +263,58 @@ impl Ledger {
         batch: &DiscoveryBatch,
         now: DateTime<Utc>,
     ) -> Result<SweepCounts, LedgerError> {
-        let err = super::err_at(&self.path);
         let at = ts(now);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let mut added = batch.counts;
-        added.discovered = 0;
-        added.skipped = 0;
-        for d in &batch.found {
-            let created = d.created_on.map_or_else(|| at.clone(), |c| ts(c.min(now)));
-            if insert_discovered(&tx, d, &at, &created).map_err(err)? {
-                added.discovered += 1;
+        self.write(|tx| {
+            let mut added = batch.counts;
+            added.discovered = 0;
+            added.skipped = 0;
+            for d in &batch.found {
+                let created = d.created_on.map_or_else(|| at.clone(), |c| ts(c.min(now)));
+                if insert_discovered(tx, d, &at, &created)? {
+                    added.discovered += 1;
+                }
             }
-        }
-        for s in &batch.skipped {
-            upsert_skip(&tx, s, &at).map_err(err)?;
-            added.skipped += 1;
-        }
-        if let Some((store, mark)) = &batch.watermark {
-            // Never backwards: two sweeps cannot overlap (the pass lock), but a clock
-            // stepped back must not make a sweep look at everything again.
-            tx.execute(
-                "INSERT INTO discovery_watermarks (store_id, swept_to, updated_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (store_id) DO UPDATE SET swept_to = max(swept_to, excluded.swept_to),
-                                                      updated_at = excluded.updated_at",
-                params![store.as_str(), ts(*mark), at],
-            )
-            .map_err(err)?;
-        }
-        if let Some(id) = batch.sweep_id {
-            add_counts(&tx, id, &added).map_err(err)?;
-        }
-        tx.commit().map_err(err)?;
-        Ok(added)
+            for s in &batch.skipped {
+                upsert_skip(tx, s, &at)?;
+                added.skipped += 1;
+            }
+            if let Some((store, mark)) = &batch.watermark {
+                // Never backwards: two sweeps cannot overlap (the pass lock), but a clock
+                // stepped back must not make a sweep look at everything again.
+                tx.execute(
+                    "INSERT INTO discovery_watermarks (store_id, swept_to, updated_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (store_id) DO UPDATE SET swept_to = max(swept_to, excluded.swept_to),
+                                                          updated_at = excluded.updated_at",
+                    params![store.as_str(), ts(*mark), at],
+                )?;
+            }
+            if let Some(id) = batch.sweep_id {
+                add_counts(tx, id, &added)?;
+            }
+            Ok(added)
+        })
     }
 
     /// Registered, open charges that lack a brand or deadline and were never enriched,
     /// oldest first, at most `limit`.
     pub fn charges_to_enrich(&self, limit: usize) -> Result<Vec<(ChargeId, StoreId)>, LedgerError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
+        let rows: Vec<(String, String)> = self.sql(|c| {
+            let mut stmt = c.prepare_cached(
                 "SELECT charge_id, store_id FROM charges
                  WHERE origin = 'registered' AND state IN ('pending', 'awaiting')
                    AND (konbini IS NULL OR expires_at IS NULL)
                    AND charge_id NOT IN (SELECT charge_id FROM discovery_enriched)
                  ORDER BY created_at, charge_id
                  LIMIT ?1",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([limit as i64], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-            })
-            .map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (c, s) = row.map_err(|e| self.err(e))?;
-            // Constraints keep bad ids out; a row written with them off is left alone.
-            if let (Ok(c), Ok(s)) = (ChargeId::parse(c), StoreId::parse(s)) {
-                out.push((c, s));
-            }
-        }
-        Ok(out)
+            )?;
+            let rows = stmt.query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })?;
+        // Constraints keep bad ids out; a row written with them off is left alone.
+        Ok(rows
+            .into_iter()
+            .filter_map(|(c, s)| Some((ChargeId::parse(c).ok()?, StoreId::parse(s).ok()?)))
+            .collect())
     }
 
     /// Fills what enrichment found (only columns still NULL: a shop's own values stand)
@@ -346,41 +325,34 @@ impl Ledger {
         items: &[Enrichment],
         now: DateTime<Utc>,
     ) -> Result<u64, LedgerError> {
-        let err = super::err_at(&self.path);
         let at = ts(now);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let mut filled = 0;
-        for e in items {
-            let changed = tx
-                .execute(
+        self.write(|tx| {
+            let mut filled = 0;
+            for e in items {
+                let changed = tx.execute(
                     "UPDATE charges SET konbini = coalesce(konbini, ?2),
                             expires_at = coalesce(expires_at, ?3)
                      WHERE charge_id = ?1
                        AND ((konbini IS NULL AND ?2 IS NOT NULL)
                             OR (expires_at IS NULL AND ?3 IS NOT NULL))",
                     params![e.charge_id.as_str(), e.konbini, e.expires_at.map(ts)],
-                )
-                .map_err(err)?;
-            filled += changed as u64;
-            tx.execute(
-                "INSERT INTO discovery_enriched (charge_id, at, outcome) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (charge_id) DO NOTHING",
-                params![e.charge_id.as_str(), at, e.outcome],
-            )
-            .map_err(err)?;
-        }
-        if let Some(id) = sweep_id {
-            let counts = SweepCounts {
-                enriched: filled,
-                ..SweepCounts::default()
-            };
-            add_counts(&tx, id, &counts).map_err(err)?;
-        }
-        tx.commit().map_err(err)?;
-        Ok(filled)
+                )?;
+                filled += changed as u64;
+                tx.execute(
+                    "INSERT INTO discovery_enriched (charge_id, at, outcome) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (charge_id) DO NOTHING",
+                    params![e.charge_id.as_str(), at, e.outcome],
+                )?;
+            }
+            if let Some(id) = sweep_id {
+                let counts = SweepCounts {
+                    enriched: filled,
+                    ..SweepCounts::default()
+                };
+                add_counts(tx, id, &counts)?;
+            }
+            Ok(filled)
+        })
     }
 }
 

@@ -6,13 +6,13 @@
 //! [`Ledger::apply`](super::Ledger::apply) like any other check.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, params};
 
 use super::{Ledger, LedgerError, ts};
 use crate::domain::{ChargeId, State, StoreId};
 
 /// The `charge_events.kind` of a hint's row; `detail` holds the event name.
-pub const WEBHOOK_EVENT: &str = "webhook";
+pub(super) const WEBHOOK_EVENT: &str = "webhook";
 
 /// One hint to look up and record.
 #[derive(Debug, Clone)]
@@ -40,44 +40,31 @@ pub enum HintTarget {
     Unknown,
 }
 
-/// The columns a pass reads, by id; `next_check_at` reads as `''` for final charges.
 impl Ledger {
     /// Looks up each hinted charge and, for those the ledger holds under the same store,
     /// appends one `webhook` event row (`detail`: the event name), all in one transaction.
     /// Returns what each hint named, in order.
     pub fn record_hints(&mut self, hints: &[HintRow]) -> Result<Vec<HintTarget>, LedgerError> {
-        let err = super::err_at(&self.path);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let mut targets = Vec::with_capacity(hints.len());
-        {
-            let mut look = tx
-                .prepare_cached(
-                    "SELECT store_id, state, coalesce(expires_at <= ?2, 0) FROM charges WHERE charge_id = ?1",
-                )
-                .map_err(err)?;
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO charge_events (charge_id, at, kind, detail) VALUES (?1, ?2, ?3, ?4)",
-                )
-                .map_err(err)?;
+        self.write(|tx| {
+            let mut look = tx.prepare_cached(
+                "SELECT store_id, state, coalesce(expires_at <= ?2, 0) FROM charges WHERE charge_id = ?1",
+            )?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO charge_events (charge_id, at, kind, detail) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            let mut targets = Vec::with_capacity(hints.len());
             for h in hints {
                 let at = ts(h.at);
                 let found: Option<(String, String, bool)> = look
                     .query_row(params![h.charge_id.as_str(), at], |r| {
                         Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                     })
-                    .optional()
-                    .map_err(err)?;
+                    .optional()?;
                 let target = match found {
                     None => HintTarget::Unknown,
                     Some((store, _, _)) if store != h.store_id.as_str() => HintTarget::OtherStore,
                     Some((_, state, past_deadline)) => {
-                        insert
-                            .execute(params![h.charge_id.as_str(), at, WEBHOOK_EVENT, h.event])
-                            .map_err(err)?;
+                        insert.execute(params![h.charge_id.as_str(), at, WEBHOOK_EVENT, h.event])?;
                         match State::parse(&state) {
                             Some(s) if s.is_final() => HintTarget::Final,
                             _ => HintTarget::Open { past_deadline },
@@ -86,33 +73,24 @@ impl Ledger {
                 };
                 targets.push(target);
             }
-        }
-        tx.commit().map_err(err)?;
-        Ok(targets)
+            Ok(targets)
+        })
     }
 
     /// Makes the named open charges due at `now` (unless they already are), in one
     /// transaction: hints that could not be followed leave their charge to the next pass.
     pub fn make_due(&mut self, ids: &[ChargeId], now: DateTime<Utc>) -> Result<usize, LedgerError> {
-        let err = super::err_at(&self.path);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let mut changed = 0;
-        {
-            let mut update = tx
-                .prepare_cached(
-                    "UPDATE charges SET next_check_at = ?2 WHERE charge_id = ?1 AND next_check_at > ?2",
-                )
-                .map_err(err)?;
-            let now = ts(now);
+        let now = ts(now);
+        self.write(|tx| {
+            let mut update = tx.prepare_cached(
+                "UPDATE charges SET next_check_at = ?2 WHERE charge_id = ?1 AND next_check_at > ?2",
+            )?;
+            let mut changed = 0;
             for id in ids {
-                changed += update.execute(params![id.as_str(), now]).map_err(err)?;
+                changed += update.execute(params![id.as_str(), now])?;
             }
-        }
-        tx.commit().map_err(err)?;
-        Ok(changed)
+            Ok(changed)
+        })
     }
 }
 

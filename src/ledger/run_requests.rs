@@ -9,12 +9,12 @@ impl Ledger {
     /// Records the requests run `run_id` sent.
     pub fn set_run_requests(&self, run_id: i64, requests: u64) -> Result<(), LedgerError> {
         let requests = i64::try_from(requests).unwrap_or(i64::MAX);
-        self.conn
-            .execute(
+        self.sql(|c| {
+            c.execute(
                 "UPDATE runs SET requests = ?2 WHERE id = ?1",
                 params![run_id, requests],
             )
-            .map_err(|e| self.err(e))?;
+        })?;
         Ok(())
     }
 }

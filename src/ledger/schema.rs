@@ -4,10 +4,6 @@
 
 use rusqlite_migration::{M, Migrations};
 
-/// RFC 3339 UTC with milliseconds, the format every timestamp in the ledger uses, so that
-/// text order is time order (`2026-11-27T16:55:22.123Z`).
-pub const NOW_SQL: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
-
 const V1: &str = r#"
 CREATE TABLE charges (
     charge_id          TEXT PRIMARY KEY NOT NULL
@@ -286,8 +282,42 @@ BEGIN
 END;
 "#;
 
-pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3)])
+/// The ledger's identity and the end of deleting facts.
+const V4: &str = r#"
+-- One row per key. `ledger_id` is drawn once, when this migration runs (on a new ledger:
+-- when it is created), and never changes: every open checks that the file still carries
+-- the identity the process first saw, so a ledger that was removed or replaced under a
+-- running daemon is refused instead of recreated or adopted. A backup carries it too, so
+-- restoring one is restoring the same ledger.
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY NOT NULL,
+    value TEXT NOT NULL
+) STRICT;
+INSERT INTO meta (key, value) VALUES ('ledger_id', lower(hex(randomblob(16))));
+
+CREATE TRIGGER meta_ledger_id_fixed BEFORE UPDATE ON meta
+WHEN OLD.key = 'ledger_id'
+BEGIN
+    SELECT RAISE(ABORT, 'meta.ledger_id never changes');
+END;
+CREATE TRIGGER meta_ledger_id_kept BEFORE DELETE ON meta
+WHEN OLD.key = 'ledger_id'
+BEGIN
+    SELECT RAISE(ABORT, 'meta.ledger_id never changes');
+END;
+
+-- Append-only means no deletes either. Only `webhook` events (hints, which retention
+-- prunes after `retention.webhook_events`) may be deleted; transitions, mismatches,
+-- discoveries, errors and every other kind are the charge's history and stay.
+CREATE TRIGGER charge_events_keep_facts BEFORE DELETE ON charge_events
+WHEN OLD.kind <> 'webhook'
+BEGIN
+    SELECT RAISE(ABORT, 'charge_events keeps its facts: only webhook events may be deleted');
+END;
+"#;
+
+pub(super) fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4)])
 }
 
 #[cfg(test)]
@@ -440,5 +470,37 @@ mod tests {
             })
             .unwrap();
         assert_eq!(n.as_deref(), Some("58091"));
+    }
+
+    #[test]
+    fn history_keeps_its_facts_and_the_identity_stays() {
+        let c = db();
+        c.execute_batch(
+            "INSERT INTO charge_events (charge_id, at, kind) VALUES ('c', 'x', 'transition');
+             INSERT INTO charge_events (charge_id, at, kind) VALUES ('c', 'x', 'webhook');
+             INSERT INTO charge_events (charge_id, at, kind) VALUES ('c', 'x', 'mismatch');",
+        )
+        .unwrap();
+        for kind in ["transition", "mismatch"] {
+            let e = c
+                .execute("DELETE FROM charge_events WHERE kind = ?1", [kind])
+                .unwrap_err();
+            assert!(e.to_string().contains("only webhook events"), "{kind}: {e}");
+        }
+        assert_eq!(
+            c.execute("DELETE FROM charge_events WHERE kind = 'webhook'", [])
+                .unwrap(),
+            1,
+            "retention prunes hints"
+        );
+        assert!(c.execute("DELETE FROM charge_events", []).is_err());
+        let id: String = c
+            .query_row("SELECT value FROM meta WHERE key = 'ledger_id'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(id.len(), 32);
+        assert!(c.execute("UPDATE meta SET value = 'x'", []).is_err());
+        assert!(c.execute("DELETE FROM meta", []).is_err());
     }
 }

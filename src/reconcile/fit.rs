@@ -7,16 +7,11 @@
 //! runs again only when the counts or the budget have changed.
 
 use std::sync::Mutex;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use super::cadence::{Cadence, OpenCount};
-use crate::ledger::{self, Urgency};
-
-/// The first and last ledger timestamps SQLite's date functions read (years 0 to 9999).
-const EARLIEST: &str = "0000-01-01T00:00:00.000Z";
-const LATEST: &str = "9999-12-31T23:59:59.999Z";
+use crate::ledger::{Timestamp, Urgency};
 
 /// What a pass found before it read its due charges.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -102,27 +97,7 @@ pub fn urgency(c: &Cadence, now: DateTime<Utc>) -> Option<Urgency> {
     }
     Some(Urgency {
         // With a flat schedule no charge is young: a bound after every created_at.
-        born_after: young.map_or_else(|| LATEST.to_owned(), |a| ts_before(now, a)),
-        expiring_by: ts_after(now, c.deadline_watch),
+        born_after: young.map_or_else(Timestamp::latest, |a| Timestamp::before(now, a)),
+        expiring_by: Timestamp::after(now, c.deadline_watch),
     })
-}
-
-/// The ledger timestamp `d` before `now`, no earlier than `EARLIEST`.
-pub fn ts_before(now: DateTime<Utc>, d: Duration) -> String {
-    chrono::Duration::from_std(d)
-        .ok()
-        .and_then(|d| now.checked_sub_signed(d))
-        .map(ledger::ts)
-        .filter(|t| t.as_str() >= EARLIEST && t.len() == EARLIEST.len())
-        .unwrap_or_else(|| EARLIEST.to_owned())
-}
-
-/// The ledger timestamp `d` after `now`, no later than `LATEST`.
-pub fn ts_after(now: DateTime<Utc>, d: Duration) -> String {
-    chrono::Duration::from_std(d)
-        .ok()
-        .and_then(|d| now.checked_add_signed(d))
-        .map(ledger::ts)
-        .filter(|t| t.as_str() <= LATEST && t.len() == LATEST.len())
-        .unwrap_or_else(|| LATEST.to_owned())
 }

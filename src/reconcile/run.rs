@@ -338,7 +338,7 @@ impl Run {
         let id = self.begin_in(l)?;
         report.run_id = id;
         if let Some(at) = report.resume_at {
-            l.set_resume_at(id, &ledger::ts(at))?;
+            l.set_resume_at(id, at)?;
         }
         l.set_run_requests(id, report.requests)?;
         l.finish_run(

@@ -483,15 +483,14 @@ fn layout() -> (tempfile::TempDir, PathBuf, PathBuf) {
     std::fs::write(etc.join("locked-secret"), "locked").unwrap();
     chmod(&etc.join("locked-secret"), 0o000);
     let db = data.join("ledger.db");
-    let ledger = Ledger::open(&db, std::time::Duration::from_secs(1)).unwrap();
-    ledger
-        .conn()
+    drop(Ledger::open(&db, std::time::Duration::from_secs(1)).unwrap());
+    rusqlite::Connection::open(&db)
+        .unwrap()
         .execute(
             "INSERT INTO charges (charge_id, store_id, requested_amount) VALUES ('c1', ?1, 100)",
             [STORE],
         )
         .unwrap();
-    drop(ledger);
     open_up(root.path());
     for d in [&data, &etc] {
         chmod(d, 0o777);

@@ -18,6 +18,7 @@ mod errors;
 mod harden;
 mod helpers;
 mod hostile;
+mod ledger_identity;
 mod lifecycle;
 mod metrics;
 mod pacing;

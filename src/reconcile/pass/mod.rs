@@ -42,13 +42,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::cadence;
-use super::fit::{self, Plan, ts_after, ts_before};
+use super::fit::{self, Plan};
 use super::run::{Run, RunReport, Tally, is_wall};
 use super::single::{Checked, Checker};
 use super::stop::Stop;
 use crate::config::Settings;
 use crate::context::{Clock, Context};
-use crate::ledger::{self, Counts, DueRow, Ledger, LedgerError, Trigger, Urgency};
+use crate::ledger::{
+    self, Counts, DueRow, Ledger, LedgerError, Open, Timestamp, Trigger, Urgency,
+};
 use crate::lock::PassGuard;
 use crate::univapay::{ApiError, Client, Paused};
 use writer::ToWriter;
@@ -183,19 +185,19 @@ impl Reconciler {
         let tick = crate::config::cron_period(&self.settings().schedule.cron, now);
         let (ledger, due, open) = self
             .blocking(move || {
-                let due = ledger.count_due(&ledger::ts(now))?;
+                let due = ledger.count_due(Timestamp::new(now))?;
                 if due == 0 {
                     return Ok((ledger, due, None));
                 }
-                let born_after: Vec<String> = c
+                let born_after: Vec<Timestamp> = c
                     .schedule
                     .iter()
                     .skip(1)
-                    .map(|s| ts_before(now, s.age))
+                    .map(|s| Timestamp::before(now, s.age))
                     .collect();
-                let watch_until = ts_after(now, c.deadline_watch);
+                let watch_until = Timestamp::after(now, c.deadline_watch);
                 let (mut by_step, watched) = ledger
-                    .count_open_by_age(&born_after, Some((&ledger::ts(now), &watch_until)))?;
+                    .count_open_by_age(&born_after, Some((Timestamp::new(now), watch_until)))?;
                 // Bands run youngest first, the schedule's steps too.
                 by_step.truncate(c.schedule.len());
                 Ok((
@@ -253,7 +255,7 @@ impl Reconciler {
         run_id: i64,
         stop: &Stop,
     ) -> Result<(Ledger, Counts, Tally), LedgerError> {
-        let cutoff = ledger::ts(self.now());
+        let cutoff = Timestamp::new(self.now());
         let (to_writer, writer_rx) = mpsc::channel::<ToWriter>(writer::MAX_GROUP * 2);
         let writer = tokio::task::spawn_blocking({
             let stop = stop.stop.clone();
@@ -292,13 +294,13 @@ impl Reconciler {
     #[allow(clippy::type_complexity)]
     fn read_due(
         &self,
-        cutoff: String,
+        cutoff: Timestamp,
         stop: CancellationToken,
     ) -> (
         tokio::task::JoinHandle<Result<(bool, u64), LedgerError>>,
         impl futures::Stream<Item = DueRow> + Send + use<>,
     ) {
-        let db = self.settings().database.clone();
+        let db = self.database().clone();
         let batch_size = self.settings().reconcile.batch_size;
         let (tx, rx) = mpsc::channel::<Vec<DueRow>>(2);
         // Short of budget: the urgent charges first, then the rest.
@@ -307,8 +309,8 @@ impl Reconciler {
             None => vec![None],
         };
         let reader = tokio::task::spawn_blocking(move || {
-            let ledger = Ledger::open_existing(&db.path, db.busy_timeout)?;
-            read_phases(&ledger, &cutoff, batch_size, phases, &tx, &stop)
+            let ledger = db.open(Open::Existing)?;
+            read_phases(&ledger, cutoff, batch_size, phases, &tx, &stop)
         });
         let mut rx = rx;
         let rows =
@@ -373,7 +375,7 @@ impl Reconciler {
 /// many rows it handed over.
 fn read_phases(
     ledger: &Ledger,
-    cutoff: &str,
+    cutoff: Timestamp,
     batch_size: usize,
     mut phases: Vec<Option<(Urgency, bool)>>,
     tx: &mpsc::Sender<Vec<DueRow>>,

@@ -1,0 +1,381 @@
+//! The database handle: where the ledger is, how long to wait for its write lock, and
+//! which ledger it is. Every connection of the process is opened through one, so every
+//! open makes the same checks:
+//!
+//! - The path must name a regular file (or, for a handle that may create the ledger and
+//!   has not opened it yet, a place to create one).
+//! - The first open of a handle runs SQLite's `quick_check`, so a corrupt ledger is
+//!   refused by every command and the daemon alike, before anything is read or written.
+//! - The ledger carries an identity (`meta.ledger_id`, drawn when it was created). The
+//!   first open learns it; every later open, by the handle or any clone of it, finds the
+//!   file still there and carrying that identity, or fails with
+//!   [`LedgerError::Vanished`] or [`LedgerError::Replaced`]. A ledger removed or renamed
+//!   over under a running daemon is therefore never recreated or adopted: its passes
+//!   fail, one clear error each, until the file is put back (or the daemon restarted).
+//!
+//! Only a handle made with [`Database::new`] may create the file, and only at its first
+//! open with [`Open::Migrate`]: the daemon's start, `--once`, `register`. The commands
+//! that read or change what is there use [`Database::existing`].
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use super::{Ledger, LedgerError, schema};
+
+/// How an open treats the schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Open {
+    /// Migrate it to the latest schema (and, for a handle that may, create the file on
+    /// its first open).
+    Migrate,
+    /// Open it as it is: for connections beside another of the same process that has
+    /// already migrated it.
+    Existing,
+}
+
+/// Where the ledger is and which one it is; cheap to clone, and every clone shares what
+/// the first open learnt.
+#[derive(Debug, Clone)]
+pub struct Database {
+    path: PathBuf,
+    busy_timeout: Duration,
+    /// Whether the first open may create the file.
+    may_create: bool,
+    /// `meta.ledger_id` as the first successful open found it: the ledger every later
+    /// open must find again. Shared, so that the passes, hints, sweeps and metrics of one
+    /// daemon all hold on to the same ledger.
+    identity: Arc<OnceLock<String>>,
+}
+
+impl Database {
+    /// A handle whose first open with [`Open::Migrate`] creates the ledger if it is
+    /// missing: for the daemon, `--once` and `register`.
+    pub fn new(path: impl Into<PathBuf>, busy_timeout: Duration) -> Database {
+        Database {
+            path: path.into(),
+            busy_timeout,
+            may_create: true,
+            identity: Arc::default(),
+        }
+    }
+
+    /// A handle for a ledger that must exist already: for the commands that only read or
+    /// change what is there, which must never leave an empty ledger behind a mistyped
+    /// `database.path`.
+    pub fn existing(path: impl Into<PathBuf>, busy_timeout: Duration) -> Database {
+        Database {
+            may_create: false,
+            ..Database::new(path, busy_timeout)
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The ledger id the first open found, once one has.
+    pub fn identity(&self) -> Option<&str> {
+        self.identity.get().map(String::as_str)
+    }
+
+    /// Opens a connection, making the checks of the module doc. A ledger found gone or
+    /// replaced is an error for which [`LedgerError::is_lost`] holds; the next open looks
+    /// again, so putting the right file back heals it.
+    pub fn open(&self, how: Open) -> Result<Ledger, LedgerError> {
+        check_path(&self.path)?;
+        let Some(expected) = self.identity.get() else {
+            return self.first_open(how);
+        };
+        if !self.path.is_file() {
+            return Err(LedgerError::Vanished {
+                path: self.path.clone(),
+            });
+        }
+        let ledger = self.connect(false)?;
+        let found = read_identity(&ledger)?;
+        if found.as_deref() != Some(expected.as_str()) {
+            return Err(LedgerError::Replaced {
+                path: self.path.clone(),
+                expected: expected.clone(),
+                found: found.unwrap_or_else(|| "none".to_owned()),
+            });
+        }
+        if how == Open::Migrate {
+            migrate(ledger).map(|(l, _)| l)
+        } else {
+            Ok(ledger)
+        }
+    }
+
+    /// The handle's first open: creates the file if it may, checks its integrity,
+    /// migrates it if asked, and learns its identity.
+    fn first_open(&self, how: Open) -> Result<Ledger, LedgerError> {
+        let create = self.may_create && how == Open::Migrate;
+        if !create && !self.path.is_file() {
+            return Err(LedgerError::Unusable {
+                path: self.path.clone(),
+                reason: "no such database (check database.path; `register` or the service's \
+                         first start creates it)"
+                    .to_owned(),
+            });
+        }
+        let ledger = self.connect(create)?;
+        quick_check(&ledger)?;
+        let (ledger, identity) = match how {
+            Open::Migrate => migrate(ledger)?,
+            Open::Existing => {
+                let id = read_identity(&ledger)?;
+                (ledger, id)
+            }
+        };
+        if let Some(id) = identity {
+            // Two clones racing through their first open read the same file; the first
+            // to get here sets it, and the other's value is the same.
+            let _ = self.identity.set(id);
+        }
+        Ok(ledger)
+    }
+
+    fn connect(&self, create: bool) -> Result<Ledger, LedgerError> {
+        let path = &self.path;
+        let sqlite = |source| LedgerError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        if let Some(parent) = path.parent()
+            && !parent.as_os_str().is_empty()
+            && !parent.is_dir()
+        {
+            return Err(LedgerError::Unusable {
+                path: path.clone(),
+                reason: format!("directory {} does not exist", parent.display()),
+            });
+        }
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        if create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let conn = Connection::open_with_flags(path, flags).map_err(sqlite)?;
+        conn.busy_timeout(self.busy_timeout).map_err(sqlite)?;
+        // The first statement that reads the file: a file that is not SQLite fails here.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(sqlite)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(LedgerError::Unusable {
+                path: path.clone(),
+                reason: format!("cannot switch to WAL mode (journal_mode is {mode})"),
+            });
+        }
+        // NORMAL in WAL mode survives a killed process intact; a power cut may lose the
+        // last commits, which the next pass simply redoes (every check is re-runnable).
+        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+            .map_err(sqlite)?;
+        Ok(Ledger::from_parts(conn, path.clone()))
+    }
+
+    /// Runs `f` with a connection opened `how`, on tokio's blocking pool: the one way the
+    /// async code reaches SQLite.
+    pub async fn with_ledger<T: Send + 'static>(
+        &self,
+        how: Open,
+        f: impl FnOnce(Ledger) -> Result<T, LedgerError> + Send + 'static,
+    ) -> Result<T, LedgerError> {
+        let db = self.clone();
+        blocking(&self.path, move || f(db.open(how)?)).await
+    }
+}
+
+/// Migrates the ledger to the latest schema, and reads its identity.
+fn migrate(mut ledger: Ledger) -> Result<(Ledger, Option<String>), LedgerError> {
+    let path = ledger.path().to_owned();
+    schema::migrations()
+        .to_latest(ledger.conn_mut())
+        .map_err(|source| LedgerError::Migrate { path, source })?;
+    let id = read_identity(&ledger)?;
+    Ok((ledger, id))
+}
+
+/// `meta.ledger_id`; `None` when the file has no such table or row (not a ledger of this
+/// version, or not migrated yet).
+fn read_identity(ledger: &Ledger) -> Result<Option<String>, LedgerError> {
+    ledger.sql(|c| {
+        let has_meta: bool = c.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'meta')",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_meta {
+            return Ok(None);
+        }
+        c.query_row("SELECT value FROM meta WHERE key = 'ledger_id'", [], |r| {
+            r.get(0)
+        })
+        .optional()
+    })
+}
+
+/// SQLite's `quick_check` (the integrity check without the index-content comparison):
+/// its cost follows the size of the file, which is why only a handle's first open pays it.
+///
+/// It also reports rows that break a `CHECK` or `NOT NULL` constraint (written by another
+/// program with the checks off). Those are not damage to the file: a pass reads such a
+/// row as one it cannot check, records it, and goes on with the others.
+fn quick_check(ledger: &Ledger) -> Result<(), LedgerError> {
+    let problems: Vec<String> = ledger.sql(|c| {
+        let mut stmt = c.prepare("PRAGMA quick_check(100)")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.collect()
+    })?;
+    let damage: Vec<&str> = problems
+        .iter()
+        .map(String::as_str)
+        .filter(|p| *p != "ok" && !is_constraint_report(p))
+        .take(3)
+        .collect();
+    if damage.is_empty() {
+        return Ok(());
+    }
+    Err(LedgerError::Corrupt {
+        path: ledger.path().to_owned(),
+        detail: crate::domain::text::one_line(&damage.join("; ")),
+    })
+}
+
+/// The lines of `quick_check` that report a row breaking a constraint, not damage.
+fn is_constraint_report(line: &str) -> bool {
+    line.starts_with("CHECK constraint failed in ") || line.starts_with("NULL value in ")
+}
+
+/// Runs ledger work on tokio's blocking pool, so that rusqlite never blocks an async
+/// worker thread. A panic in `f` becomes an error naming the database.
+pub async fn blocking<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> Result<T, LedgerError> + Send + 'static,
+) -> Result<T, LedgerError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(join_error(path, e)))
+}
+
+/// The error for a database thread that ended without an answer (it panicked).
+pub fn join_error(path: &Path, e: tokio::task::JoinError) -> LedgerError {
+    LedgerError::Worker {
+        path: path.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+/// Refuses a database path that names something other than a regular file (a device such
+/// as `/dev/null`, a directory, a FIFO, a socket): SQLite would fail on it with a
+/// misleading message, block on a FIFO, or hint at a full disk. A path that does not exist
+/// yet is fine (the database is created there); a symlink is judged by what it points to.
+pub fn check_path(path: &Path) -> Result<(), LedgerError> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(_) => return Ok(()),
+    };
+    if meta.is_file() {
+        return Ok(());
+    }
+    Err(LedgerError::Unusable {
+        path: path.to_owned(),
+        reason: format!(
+            "not a regular file ({}); database.path must name a SQLite database file, or a place to create one",
+            file_kind(&meta)
+        ),
+    })
+}
+
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
+    }
+
+    #[test]
+    fn a_new_ledger_gets_an_identity_that_later_opens_find_again() {
+        let d = dir();
+        let db = Database::new(d.path().join("l.db"), Duration::from_secs(1));
+        drop(db.open(Open::Migrate).unwrap());
+        let id = db.identity().unwrap().to_owned();
+        assert_eq!(id.len(), 32, "{id}");
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        drop(db.clone().open(Open::Existing).unwrap());
+        let other = Database::new(d.path().join("m.db"), Duration::from_secs(1));
+        drop(other.open(Open::Migrate).unwrap());
+        assert_ne!(other.identity(), Some(id.as_str()), "drawn at random");
+    }
+
+    #[test]
+    fn a_removed_ledger_is_not_recreated() {
+        let d = dir();
+        let path = d.path().join("l.db");
+        let db = Database::new(&path, Duration::from_secs(1));
+        drop(db.open(Open::Migrate).unwrap());
+        std::fs::remove_file(&path).unwrap();
+        let e = db.open(Open::Migrate).unwrap_err();
+        assert!(matches!(e, LedgerError::Vanished { .. }), "{e}");
+        assert!(e.is_lost());
+        assert!(!path.exists(), "recreated");
+    }
+
+    #[test]
+    fn a_replaced_ledger_is_not_adopted_and_its_return_is() {
+        let d = dir();
+        let path = d.path().join("l.db");
+        let db = Database::new(&path, Duration::from_secs(1));
+        drop(db.open(Open::Migrate).unwrap());
+        std::fs::rename(&path, d.path().join("kept.db")).unwrap();
+        let other = Database::new(d.path().join("other.db"), Duration::from_secs(1));
+        drop(other.open(Open::Migrate).unwrap());
+        std::fs::rename(d.path().join("other.db"), &path).unwrap();
+        let e = db.open(Open::Existing).unwrap_err();
+        let LedgerError::Replaced {
+            expected, found, ..
+        } = &e
+        else {
+            panic!("{e}");
+        };
+        assert_eq!(Some(expected.as_str()), db.identity());
+        assert_eq!(Some(found.as_str()), other.identity());
+        std::fs::rename(d.path().join("kept.db"), &path).unwrap();
+        drop(db.open(Open::Migrate).unwrap());
+    }
+
+    #[test]
+    fn an_existing_handle_never_creates() {
+        let d = dir();
+        let path = d.path().join("l.db");
+        let e = Database::existing(&path, Duration::from_secs(1))
+            .open(Open::Migrate)
+            .unwrap_err();
+        assert!(e.to_string().contains("no such database"), "{e}");
+        assert!(!path.exists());
+    }
+}
