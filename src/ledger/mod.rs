@@ -5,6 +5,7 @@
 //! Everything here is blocking (rusqlite); the pass calls it from dedicated threads, never
 //! from async tasks.
 
+pub mod backup;
 mod discovery;
 mod hints;
 mod ops;
