@@ -166,10 +166,7 @@ fn units(from: &Path, dir: &Path) -> Result<()> {
     for unit in names {
         let text =
             fs::read_to_string(&unit).with_context(|| format!("reading {}", unit.display()))?;
-        let text = text.replace(
-            "/usr/local/bin/konbini-reconciler",
-            "/usr/bin/konbini-reconciler",
-        );
+        let text = text.replace("/usr/local/bin", "/usr/bin");
         fs::write(dir.join(unit.file_name().unwrap_or_default()), text)?;
     }
     Ok(())
