@@ -17,7 +17,7 @@ impl From<BackupError> for CommandError {
             BackupError::LiveDatabase { .. }
             | BackupError::Exists { .. }
             | BackupError::BadDestination { .. } => CommandError::Refused(e.to_string()),
-            BackupError::Integrity { .. } | BackupError::Io { .. } => {
+            BackupError::Copy { .. } | BackupError::Integrity { .. } | BackupError::Io { .. } => {
                 CommandError::Fatal(e.to_string())
             }
         }

@@ -48,6 +48,10 @@ pub enum BackupError {
     BadDestination { dest: PathBuf, reason: String },
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// Making the copy failed (the disk is full, the ledger stayed locked, ...); the
+    /// partial copy was removed.
+    #[error("cannot write the backup to {dest}: {message}")]
+    Copy { dest: PathBuf, message: String },
     /// The copy did not pass `PRAGMA integrity_check`; it was removed.
     #[error("the copy failed PRAGMA integrity_check and was removed: {problems}")]
     Integrity { problems: String },
@@ -214,11 +218,9 @@ fn parent_dir(dest: &Path) -> Result<PathBuf, BackupError> {
 /// The backup proper: the whole database in one step into `tmp`, then the check and the
 /// counts, read from the copy.
 fn copy_into(ledger: &Ledger, tmp: &Path, dest: &Path) -> Result<Written, BackupError> {
-    let sqlite = |e: rusqlite::Error| {
-        BackupError::Ledger(LedgerError::Sqlite {
-            path: tmp.to_owned(),
-            message: sqlite_message(&e),
-        })
+    let sqlite = |e: rusqlite::Error| BackupError::Copy {
+        dest: dest.to_owned(),
+        message: sqlite_message(&e),
     };
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let mut copy = Connection::open_with_flags(tmp, flags).map_err(sqlite)?;

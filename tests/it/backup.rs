@@ -406,3 +406,26 @@ async fn a_restored_backup_loses_and_duplicates_no_transition() {
     }
     assert_consistent(&app.db_path);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_leaves_the_old_copy_and_no_partial_file() {
+    let app = TestApp::spawn().await;
+    seed(&app, 2_000);
+    let size = std::fs::metadata(&app.db_path).unwrap().len();
+    assert!(size > 256 * 1024, "{size}");
+    let dest = app.dir.path().join("copy.db");
+    std::fs::write(&dest, b"yesterday's backup").unwrap();
+    // The stand-in for a full disk: no file of the process may grow past 128 KiB.
+    let line = backup(&app, &dest)
+        .arg("--force")
+        .file_size_limit(128 * 1024)
+        .run()
+        .assert_fatal(&["cannot write the backup to", "copy.db:", "is the disk full"]);
+    assert!(!line.contains(".partial"), "{line}");
+    assert_eq!(std::fs::read(&dest).unwrap(), b"yesterday's backup");
+    assert!(
+        files_like(app.dir.path(), ".copy.db.").is_empty(),
+        "no partial file left"
+    );
+    assert_consistent(&app.db_path);
+}
