@@ -186,7 +186,7 @@ pub fn backup(
         tmp.persist(dest)
             .map_err(|e| io("renaming it into place")(e.error))?;
     } else {
-        // A link, not a rename: a DEST created meanwhile is not replaced.
+        // Never over a DEST that appeared since the check (a rename that does not replace).
         tmp.persist_noclobber(dest)
             .map_err(|e| match e.error.kind() {
                 std::io::ErrorKind::AlreadyExists => BackupError::Exists {
