@@ -82,6 +82,8 @@ struct Held {
     charges: i64,
     transitions: i64,
     runs: i64,
+    /// The runs' `checked` counts summed: it grows with every commit of a pass.
+    checked: i64,
 }
 
 /// Fails unless the ledger at `path` is whole and of one point in time: integrity ok,
@@ -135,6 +137,7 @@ fn assert_consistent(path: &Path) -> Held {
         charges: n("SELECT count(*) FROM charges"),
         transitions,
         runs: n("SELECT count(*) FROM runs"),
+        checked: n("SELECT coalesce(sum(checked), 0) FROM runs"),
     }
 }
 
@@ -238,6 +241,8 @@ async fn trials(app: &TestApp, charges: usize, count: usize) -> (usize, usize, u
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         let dest = app.dir.path().join(format!("copy-{trial}.db"));
+        // Committed before the backup starts, so the copy must hold it.
+        let committed = app.count("SELECT coalesce(sum(checked), 0) FROM runs");
         let started = Instant::now();
         let running = backup(app, &dest).spawn();
         if trial % 2 == 1 {
@@ -257,7 +262,12 @@ async fn trials(app: &TestApp, charges: usize, count: usize) -> (usize, usize, u
             whole += 1;
         }
         if dest.exists() {
-            held.push(assert_consistent(&dest));
+            let h = assert_consistent(&dest);
+            assert!(
+                h.checked >= committed,
+                "{h:?} lacks commits made before it began ({committed})"
+            );
+            held.push(h);
         }
         let _ = std::fs::remove_file(&dest);
     }
