@@ -87,6 +87,16 @@ pub enum Command {
         #[arg(long, value_name = "RFC3339", value_parser = commands::parse_time)]
         until: Option<DateTime<Utc>>,
     },
+    /// A consistent copy of the ledger, integrity-checked, written atomically to DEST
+    /// (beside a running daemon; never over the live database).
+    Backup {
+        /// The file to write; its directory must exist.
+        #[arg(value_name = "DEST")]
+        dest: PathBuf,
+        /// Replace DEST if it exists (atomically: the old file stays until the new one is whole).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// The documented exit statuses.
@@ -269,6 +279,7 @@ pub fn run_command(command: Command, settings: Arc<Settings>) -> Exit {
             };
             commands::export::run(&settings, &filter, &mut out)
         }
+        Command::Backup { dest, force } => commands::backup::run(&settings, &dest, force, &mut out),
     };
     done.map_or_else(|e| command_failed(&e), |()| Exit::Clean)
 }

@@ -12,6 +12,7 @@
 //! names the argument. Each command writes its report to the `out` it is given (stdout
 //! in the binary) and returns a [`CommandError`] for the one stderr line otherwise.
 
+pub mod backup;
 pub mod check;
 pub mod export;
 pub mod recheck;

@@ -10,9 +10,9 @@ use super::deadline::deadline;
 use super::outcome::StoreEnd;
 use super::payment::{PaymentKind, brand, payment_kind};
 use super::verify::{Halt, Looked, Verifier};
+use crate::context::Context;
 use crate::domain::ChargeId;
 use crate::ledger::{Enrichment, LedgerError, Open};
-use crate::context::Context;
 
 /// Charges enriched in one sweep at most (two requests each).
 pub const MAX_ENRICHED_PER_SWEEP: usize = 200;

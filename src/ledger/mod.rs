@@ -18,10 +18,12 @@
 //! - `overview`: the figures `status` and the metrics report.
 //! - `hints`: the ledger side of webhook hints.
 //! - `discovery`: discovery's registrations, watermarks and skips.
+//! - `backup`: the online, integrity-checked copy behind `backup DEST`.
 //!
 //! Everything here is blocking (rusqlite); async code calls it through
 //! [`Database::with_ledger`] or [`blocking`], on tokio's blocking pool.
 
+pub mod backup;
 mod charges;
 mod checks;
 mod clock_step;

@@ -2,6 +2,7 @@
 //! UnivaPay on 127.0.0.1:0 and its own temporary database (see `helpers`); tests of the
 //! real binary launch it through `util::TestCommand`.
 
+mod backup;
 mod bad_input;
 mod binary;
 mod budget;

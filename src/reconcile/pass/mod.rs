@@ -48,9 +48,7 @@ use super::single::{Checked, Checker};
 use super::stop::Stop;
 use crate::config::Settings;
 use crate::context::{Clock, Context};
-use crate::ledger::{
-    self, Counts, DueRow, Ledger, LedgerError, Open, Timestamp, Trigger, Urgency,
-};
+use crate::ledger::{self, Counts, DueRow, Ledger, LedgerError, Open, Timestamp, Trigger, Urgency};
 use crate::lock::PassGuard;
 use crate::univapay::{ApiError, Client, Paused};
 use writer::ToWriter;
