@@ -28,7 +28,7 @@ pub use discovery::{
     DISCOVERED_EVENT, DiscoveryBatch, Enrichment, MAX_ATTEMPTS, NewDiscovered, Skip, SkipReason,
     SweepCounts, SweepOutcome,
 };
-pub use hints::{HintRow, HintTarget, WEBHOOK_EVENT};
+pub use hints::{HintCheck, HintEvents, HintRow, HintTarget, WEBHOOK_EVENT};
 pub use ops::{
     EXPORT_COLUMNS, ExportFilter, ExportRow, Figures, NewCharge, Overview, Rechecked, Registered,
     RunRow, StateTotal,

@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use super::coalesce::{Coalescer, Due, Ended, Hinted, Lane, Limits};
 use super::{Hint, Hooks, IntakeClock, Stats, Throttle, UnknownCharge};
 use crate::domain::{ChargeId, Outcome};
-use crate::ledger::{CheckResult, HintRow, HintTarget, Open, Trigger};
+use crate::ledger::{CheckResult, HintCheck, HintRow, HintTarget, Open, Trigger};
 use crate::reconcile::Reconciler;
 use crate::reconcile::pass::{Checked, Stop, Tally, verdict};
 
@@ -127,7 +127,7 @@ impl Intake {
             .map(|h| HintRow {
                 charge_id: h.charge_id.clone(),
                 store_id: h.store_id.clone(),
-                event: h.event.as_str(),
+                event: h.event.as_str().to_owned(),
                 at: h.at,
             })
             .collect();
@@ -166,6 +166,7 @@ impl Intake {
                 let hinted = self.coalescer().hint(
                     hint.charge_id.clone(),
                     hint.store_id.clone(),
+                    hint.event.as_str(),
                     lane,
                     hint.arrived,
                 );
@@ -273,9 +274,13 @@ impl Intake {
     async fn check_batch(&self, due: Vec<Due>, stop: &Stop) {
         let started_at = self.reconciler.now();
         let ids: Vec<ChargeId> = due.iter().map(|d| d.charge_id.clone()).collect();
+        let seen = hint_checks(&due, started_at);
         let rows = match self
             .reconciler
-            .with_ledger(Open::Existing, move |l| l.charges_by_id(&ids))
+            .with_ledger(Open::Existing, move |mut l| {
+                l.record_hint_checks(&seen)?;
+                l.charges_by_id(&ids)
+            })
             .await
         {
             Ok(rows) => rows,
@@ -437,6 +442,17 @@ impl Intake {
         let c = self.coalescer();
         self.unrecorded.load(Ordering::Acquire) == 0 && c.waiting() == 0 && c.in_flight() == 0
     }
+}
+
+/// The `webhook` rows of these GETs, one each: the hints each serves.
+fn hint_checks(due: &[Due], at: DateTime<Utc>) -> Vec<HintCheck> {
+    due.iter()
+        .map(|d| HintCheck {
+            charge_id: d.charge_id.clone(),
+            events: d.events.clone(),
+            at,
+        })
+        .collect()
 }
 
 /// One line per transition a hint's check committed, like a pass's writer logs them.

@@ -72,6 +72,7 @@ use crate::domain::{ChargeId, Outcome, StoreId};
 use crate::reconcile::Reconciler;
 use crate::reconcile::pass::{DrainGuard, Stop};
 
+use coalesce::{Admitted, UnknownBudget, UnknownLimits};
 pub use listen::Listener;
 
 /// The hints waiting to be recorded; past this, new hints are dropped (still 200).
@@ -96,29 +97,49 @@ pub enum WebhookError {
     ReservedPath(String, &'static str),
 }
 
-/// The two charge events that are hints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChargeEvent {
-    /// The charge became `awaiting` (or `authorized`).
-    Updated,
-    /// The charge became final.
-    Finished,
-}
+/// The name of a webhook event that names a charge (`charge_updated`, `charge_finished`,
+/// `cancel_finished`, `refund_finished`, ...): every such event is a hint, whatever it
+/// says happened, because only the GET that follows is believed. The name comes from the
+/// body, so it is bounded and sanitised before it is stored or logged: at most
+/// [`ChargeEvent::MAX_CHARS`] characters, each an ASCII letter, digit, `_`, `.` or `-`
+/// (anything else becomes `_`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ChargeEvent(Arc<str>);
 
 impl ChargeEvent {
-    pub fn from_name(name: &str) -> Option<ChargeEvent> {
-        match name {
-            "charge_updated" => Some(ChargeEvent::Updated),
-            "charge_finished" => Some(ChargeEvent::Finished),
-            _ => None,
-        }
+    pub const MAX_CHARS: usize = 48;
+
+    /// The sanitised name of `raw`.
+    pub fn new(raw: &str) -> ChargeEvent {
+        let name: String = raw
+            .chars()
+            .take(Self::MAX_CHARS)
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        ChargeEvent(name.into())
     }
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChargeEvent::Updated => "charge_updated",
-            ChargeEvent::Finished => "charge_finished",
-        }
+    /// Whether the event's `data` is the charge itself (`charge_*` events: its `id` is
+    /// the charge's) rather than an object that names it in `data.charge_id` (a cancel,
+    /// a refund).
+    pub fn carries_the_charge(&self) -> bool {
+        self.0.starts_with("charge_")
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ChargeEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -156,6 +177,43 @@ pub struct IgnoreUnknown;
 
 impl UnknownChargeHook for IgnoreUnknown {
     fn on_unknown_charge(&self, _charge: UnknownCharge) {}
+}
+
+/// Puts [`UnknownBudget`] in front of the hook that verifies unknown charges.
+struct Budgeted {
+    inner: Arc<dyn UnknownChargeHook>,
+    budget: Mutex<UnknownBudget>,
+    clock: IntakeClock,
+    stats: Arc<Stats>,
+}
+
+impl UnknownChargeHook for Budgeted {
+    fn on_unknown_charge(&self, charge: UnknownCharge) {
+        let admitted = self
+            .budget
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(&charge.charge_id, (self.clock)());
+        match admitted {
+            Admitted::Yes => self.inner.on_unknown_charge(charge),
+            Admitted::Repeat => Stats::bump(&self.stats.unknown_repeats),
+            Admitted::OverBudget => Stats::bump(&self.stats.unknown_over_budget),
+        }
+    }
+}
+
+/// The budget of unknown charges, from the hints' own: a fifth of it (0.5 a second at
+/// the default `api.budget_share`), in bursts of up to 5, so that hints for charges the
+/// ledger lacks never take more than a twentieth of the budget share, and 4,096 ids
+/// remembered for 10 minutes.
+pub fn unknown_limits(hints: &coalesce::Limits) -> UnknownLimits {
+    let per_second = (hints.per_second / 5.0).max(0.05);
+    UnknownLimits {
+        per_second,
+        burst: (per_second * 10.0).clamp(1.0, 5.0),
+        remember: 4096,
+        remember_for: Duration::from_secs(600),
+    }
 }
 
 /// The intake's monotonic time: when hints arrived, GETs started, the bucket refilled.
@@ -204,6 +262,10 @@ pub struct Stats {
     pub coalesced: AtomicU64,
     pub for_final: AtomicU64,
     pub not_in_ledger: AtomicU64,
+    /// Unknown charges not handed to discovery: already handed over lately.
+    pub unknown_repeats: AtomicU64,
+    /// Unknown charges not handed to discovery: their budget was spent.
+    pub unknown_over_budget: AtomicU64,
     pub other_store: AtomicU64,
     /// Charge GETs made for hints.
     pub checks: AtomicU64,
@@ -225,6 +287,8 @@ pub struct StatsSnapshot {
     pub coalesced: u64,
     pub for_final: u64,
     pub not_in_ledger: u64,
+    pub unknown_repeats: u64,
+    pub unknown_over_budget: u64,
     pub other_store: u64,
     pub checks: u64,
     pub stale: u64,
@@ -253,6 +317,8 @@ impl Stats {
             coalesced: l(&self.coalesced),
             for_final: l(&self.for_final),
             not_in_ledger: l(&self.not_in_ledger),
+            unknown_repeats: l(&self.unknown_repeats),
+            unknown_over_budget: l(&self.unknown_over_budget),
             other_store: l(&self.other_store),
             checks: l(&self.checks),
             stale: l(&self.stale),
@@ -402,6 +468,20 @@ pub fn serve(
     let from_systemd = listener.from_systemd();
     let stats = Arc::new(Stats::default());
     let (tx, rx) = mpsc::channel(QUEUE);
+    let clock: IntakeClock = hooks
+        .clock
+        .clone()
+        .unwrap_or_else(|| Arc::new(tokio::time::Instant::now));
+    let limits = unknown_limits(&intake::limits(&reconciler.settings().api));
+    let hooks = Hooks {
+        unknown: Arc::new(Budgeted {
+            inner: hooks.unknown.clone(),
+            budget: Mutex::new(UnknownBudget::new(limits, clock())),
+            clock,
+            stats: stats.clone(),
+        }),
+        ..hooks
+    };
     let intake = intake::Intake::new(reconciler.clone(), hooks.clone(), stats.clone());
     let service = Arc::new(http::Service {
         hook_path: settings.path.clone(),
@@ -499,6 +579,8 @@ impl Serving {
             checks = s.checks,
             coalesced = s.coalesced,
             not_in_ledger = s.not_in_ledger,
+            unknown_repeats = s.unknown_repeats,
+            unknown_over_budget = s.unknown_over_budget,
             for_final = s.for_final,
             unauthorized = s.unauthorized,
             malformed = s.malformed,
