@@ -39,6 +39,7 @@ pub mod env {
     pub const APP_TOKEN: &str = "UNIVAPAY_APP_TOKEN";
     pub const SECRET: &str = "UNIVAPAY_SECRET";
     pub const WEBHOOK_TOKEN: &str = "KONBINI_RECONCILER_WEBHOOK_TOKEN";
+    pub const METRICS_TOKEN: &str = "KONBINI_RECONCILER_METRICS_TOKEN";
     /// Set by systemd for `LoadCredential=`; may be referenced from `api.secret_file`.
     pub const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
 }
@@ -159,11 +160,16 @@ pub struct DiscoverySettings {
     pub enrich: bool,
 }
 
-/// `[metrics]`.
+/// `[metrics]`. `Debug` redacts the token.
 #[derive(Debug, Clone)]
 pub struct MetricsSettings {
     /// node_exporter textfile written after every pass.
     pub textfile: Option<PathBuf>,
+    /// A listener of its own for `GET /metrics`; `None`: none.
+    pub listen: Option<SocketAddr>,
+    /// When set, `/metrics` is also served on the webhook listener, and wherever it is
+    /// served it asks for `Authorization: Bearer <token>`.
+    pub auth_token: Option<SecretString>,
 }
 
 // ---- loading -------------------------------------------------------------------------
@@ -234,7 +240,7 @@ impl Settings {
             },
             metrics: file
                 .metrics
-                .map(sections::metrics)
+                .map(|m| sections::metrics(m, path, env))
                 .transpose()
                 .map_err(invalid)?,
             warnings: Vec::new(),

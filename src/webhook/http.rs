@@ -23,7 +23,10 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 
+use futures::future::BoxFuture;
+
 use super::intake::Intake;
+use super::listen::Handler;
 use super::{ChargeEvent, Health, Hint, MetricsRender, Stats, Throttle};
 use crate::domain::text::one_line;
 use crate::domain::{ChargeId, IdError, StoreId};
@@ -222,7 +225,8 @@ pub struct Service {
     pub reconciler: Reconciler,
     pub stats: Arc<Stats>,
     pub health: Health,
-    pub metrics: Option<MetricsRender>,
+    /// `None`: `/metrics` answers 404 here.
+    pub metrics: Option<Scrape>,
     /// Counts the hints in the channel (see [`Intake::is_settled`]).
     pub intake: Arc<Intake>,
     pub unauthorized_log: Throttle,
@@ -230,7 +234,104 @@ pub struct Service {
     pub dropped_log: Throttle,
 }
 
-type Answer = Response<Full<Bytes>>;
+pub(super) type Answer = Response<Full<Bytes>>;
+
+/// `GET /metrics`: the cached text (never the ledger), behind a bearer token when one is
+/// set. Shared by the webhook listener (only with a token) and the metrics listener.
+pub struct Scrape {
+    pub render: MetricsRender,
+    /// The whole `Authorization` value a scrape must present (`Bearer <token>`).
+    pub expected: Option<SecretString>,
+    pub stats: Arc<Stats>,
+    pub refused_log: Throttle,
+}
+
+/// The cached text as a body, without a copy.
+struct Text(Arc<str>);
+
+impl AsRef<[u8]> for Text {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl Scrape {
+    fn answer(&self, peer: SocketAddr, headers: &HeaderMap) -> Answer {
+        if let Some(expected) = &self.expected
+            && authorize(headers, expected.expose_secret().as_bytes()).is_err()
+        {
+            Stats::bump(&self.stats.metrics_refused);
+            if let Some(suppressed) = self.refused_log.allow() {
+                // As for webhooks: the presented value is never logged.
+                tracing::warn!(%peer, suppressed, "metrics scrape refused (401): Authorization is not Bearer metrics.auth_token");
+            }
+            let mut r = answer(StatusCode::UNAUTHORIZED, "unauthorized\n");
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+        match (self.render)() {
+            Some(text) => {
+                let mut r = Response::new(Full::new(Bytes::from_owner(Text(text))));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                r
+            }
+            None => answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "metrics not gathered yet\n",
+            ),
+        }
+    }
+}
+
+/// The listener of `metrics.listen`: `GET /metrics` and nothing else.
+pub struct MetricsService {
+    pub scrape: Scrape,
+}
+
+impl Handler for MetricsService {
+    fn handle(
+        self: Arc<Self>,
+        peer: SocketAddr,
+        req: Request<Incoming>,
+    ) -> BoxFuture<'static, Result<Answer, Infallible>> {
+        let read = req.method() == Method::GET || req.method() == Method::HEAD;
+        let r = match (req.uri().path(), read) {
+            (METRICS_PATH, true) => self.scrape.answer(peer, req.headers()),
+            (METRICS_PATH, false) => wrong_method("GET, HEAD"),
+            _ => answer(StatusCode::NOT_FOUND, "not found\n"),
+        };
+        Box::pin(std::future::ready(Ok(r)))
+    }
+
+    fn shed(&self) {
+        Stats::bump(&self.scrape.stats.shed_idle);
+    }
+}
+
+fn wrong_method(allow: &'static str) -> Answer {
+    let mut r = answer(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+impl Handler for Service {
+    fn handle(
+        self: Arc<Self>,
+        peer: SocketAddr,
+        req: Request<Incoming>,
+    ) -> BoxFuture<'static, Result<Answer, Infallible>> {
+        Box::pin(self.answer(peer, req))
+    }
+
+    fn shed(&self) {
+        Stats::bump(&self.stats.shed_idle);
+    }
+}
 
 fn answer(status: StatusCode, text: &'static str) -> Answer {
     let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
@@ -244,7 +345,7 @@ fn answer(status: StatusCode, text: &'static str) -> Answer {
 
 impl Service {
     /// Answers one request. Never fails: every outcome is an HTTP answer.
-    pub async fn handle(
+    pub async fn answer(
         self: Arc<Self>,
         peer: SocketAddr,
         req: Request<Incoming>,
@@ -252,13 +353,11 @@ impl Service {
         let r = match route(&self.hook_path, req.method(), req.uri().path()) {
             Route::Hook => self.hook(peer, req).await,
             Route::Health => self.healthz(),
-            Route::Metrics => self.metrics().await,
-            Route::WrongMethod(allow) => {
-                let mut r = answer(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-                r.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static(allow));
-                r
-            }
+            Route::Metrics => match &self.metrics {
+                Some(scrape) => scrape.answer(peer, req.headers()),
+                None => answer(StatusCode::NOT_FOUND, "not found\n"),
+            },
+            Route::WrongMethod(allow) => wrong_method(allow),
             Route::NotFound => answer(StatusCode::NOT_FOUND, "not found\n"),
         };
         Ok(r)
@@ -268,23 +367,6 @@ impl Service {
         match self.health.problem() {
             None => answer(StatusCode::OK, "ok\n"),
             Some(why) => answer(StatusCode::SERVICE_UNAVAILABLE, why),
-        }
-    }
-
-    async fn metrics(&self) -> Answer {
-        let Some(render) = &self.metrics else {
-            return answer(StatusCode::NOT_FOUND, "metrics are not enabled\n");
-        };
-        match render().await {
-            Some(text) => {
-                let mut r = Response::new(Full::new(Bytes::from(text)));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                );
-                r
-            }
-            None => answer(StatusCode::NOT_FOUND, "metrics are not enabled\n"),
         }
     }
 

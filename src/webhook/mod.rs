@@ -62,7 +62,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::future::BoxFuture;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -93,6 +93,12 @@ pub enum WebhookError {
     NoSocket,
     #[error("webhook.listen: the socket systemd passed cannot be used: {0}")]
     Passed(String),
+    #[error("metrics.listen {addr}: cannot listen: {source}")]
+    MetricsBind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("webhook.path {0:?} is the listener's own {1} path; choose another")]
     ReservedPath(String, &'static str),
 }
@@ -219,15 +225,61 @@ pub fn unknown_limits(hints: &coalesce::Limits) -> UnknownLimits {
 /// The intake's monotonic time: when hints arrived, GETs started, the bucket refilled.
 pub type IntakeClock = Arc<dyn Fn() -> tokio::time::Instant + Send + Sync>;
 
-/// Renders the Prometheus text for `GET /metrics`; `None` answers 404.
-pub type MetricsRender = Arc<dyn Fn() -> BoxFuture<'static, Option<String>> + Send + Sync>;
+/// The Prometheus text for `GET /metrics`, from memory (a scrape must never cost the
+/// ledger anything: see [`crate::metrics::Cache`]); `None` while nothing is gathered yet
+/// (503).
+pub type MetricsRender = Arc<dyn Fn() -> Option<Arc<str>> + Send + Sync>;
+
+/// `/metrics` on the webhook listener, which faces the internet: only with a token.
+#[derive(Clone)]
+pub struct MetricsHook {
+    pub render: MetricsRender,
+    /// `metrics.auth_token`: a scrape presents `Authorization: Bearer <token>`.
+    pub token: SecretString,
+}
+
+/// The whole `Authorization` value a scrape with `token` presents.
+fn bearer(token: &SecretString) -> SecretString {
+    SecretString::from(format!("Bearer {}", token.expose_secret()))
+}
+
+/// Binds `metrics.listen` (not a socket systemd passed: that one is the webhook's).
+pub fn bind_metrics(addr: SocketAddr) -> Result<Listener, WebhookError> {
+    let socket = std::net::TcpListener::bind(addr)
+        .map_err(|source| WebhookError::MetricsBind { addr, source })?;
+    Listener::from_std(socket)
+}
+
+/// Serves `GET /metrics` (and nothing else) on `listener` until `shutdown`, behind
+/// `token` when one is set. The accept loop goes on `tasks`.
+pub fn serve_metrics(
+    listener: Listener,
+    render: MetricsRender,
+    token: Option<&SecretString>,
+    tasks: &TaskTracker,
+    shutdown: CancellationToken,
+) -> Result<SocketAddr, WebhookError> {
+    let addr = listener.local_addr();
+    let service = Arc::new(http::MetricsService {
+        scrape: http::Scrape {
+            render,
+            expected: token.map(bearer),
+            stats: Arc::new(Stats::default()),
+            refused_log: Throttle::new(),
+        },
+    });
+    let accept = listener.serve(service, TaskTracker::new(), shutdown)?;
+    tasks.spawn(accept);
+    tracing::info!(%addr, token = token.is_some(), "metrics listener started");
+    Ok(addr)
+}
 
 /// What the rest of the program plugs into the listener.
 #[derive(Clone)]
 pub struct Hooks {
     pub unknown: Arc<dyn UnknownChargeHook>,
-    /// `None`: `/metrics` answers 404.
-    pub metrics: Option<MetricsRender>,
+    /// `None`: `/metrics` answers 404 on the webhook listener.
+    pub metrics: Option<MetricsHook>,
     /// `None`: tokio's clock. The benchmark maps its simulated time onto it, so that
     /// spacing and the hint budget count simulated seconds, as the ledger does.
     pub clock: Option<IntakeClock>,
@@ -269,6 +321,10 @@ pub struct Stats {
     pub other_store: AtomicU64,
     /// Charge GETs made for hints.
     pub checks: AtomicU64,
+    /// Idle connections closed to make room for new ones.
+    pub shed_idle: AtomicU64,
+    /// Scrapes of `/metrics` without the right bearer token.
+    pub metrics_refused: AtomicU64,
     /// Hint checks not written because the row had changed meanwhile.
     pub stale: AtomicU64,
 }
@@ -291,6 +347,8 @@ pub struct StatsSnapshot {
     pub unknown_over_budget: u64,
     pub other_store: u64,
     pub checks: u64,
+    pub shed_idle: u64,
+    pub metrics_refused: u64,
     pub stale: u64,
 }
 
@@ -321,6 +379,8 @@ impl Stats {
             unknown_over_budget: l(&self.unknown_over_budget),
             other_store: l(&self.other_store),
             checks: l(&self.checks),
+            shed_idle: l(&self.shed_idle),
+            metrics_refused: l(&self.metrics_refused),
             stale: l(&self.stale),
         }
     }
@@ -490,7 +550,12 @@ pub fn serve(
         reconciler: reconciler.clone(),
         stats: stats.clone(),
         health: health.clone(),
-        metrics: hooks.metrics,
+        metrics: hooks.metrics.as_ref().map(|m| http::Scrape {
+            render: m.render.clone(),
+            expected: Some(bearer(&m.token)),
+            stats: stats.clone(),
+            refused_log: Throttle::new(),
+        }),
         intake: intake.clone(),
         unauthorized_log: Throttle::new(),
         malformed_log: Throttle::new(),
