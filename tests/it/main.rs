@@ -21,3 +21,4 @@ mod processes;
 mod secrets;
 mod util;
 mod webhook;
+mod webhook_security;
