@@ -1,24 +1,33 @@
-//! Webhook intake: UnivaPay's `charge_updated` / `charge_finished` webhooks as **hints**
-//! that a charge is worth checking now. A hint never changes the ledger; the charge GET it
-//! leads to does.
+//! Webhook intake: UnivaPay's webhooks about a charge (`charge_updated`,
+//! `charge_finished`, `cancel_finished`, `refund_finished`, ...) as **hints** that the
+//! charge is worth checking now. A hint never changes the ledger; the charge GET it leads
+//! to does.
 //!
 //! UnivaPay's webhooks are unsigned (the only proof is an `Authorization` value the
 //! merchant configured, sent back verbatim) and best-effort. So:
 //! - a request is let in only with exactly `webhook.auth_token` as its `Authorization`
 //!   (constant-time comparison; the presented value is never logged): else 401;
-//! - from the body only the event name, `data.id` and `data.store_id` are read; its status
-//!   and amounts are never used;
-//! - a hint for an open ledger charge gets one `charge_events` row of kind `webhook`
-//!   (`detail`: the event name) and a charge GET that starts after the hint arrived,
-//!   normally within a second or two;
+//! - from the body only the event name (bounded, sanitised: [`ChargeEvent`]), the charge's
+//!   id (`data.id` for `charge_*` events, else `data.charge_id`) and `data.store_id` are
+//!   read, each refused (400) when given twice; its status and amounts are never used;
+//! - a hint for an open ledger charge gets a charge GET that starts after the hint
+//!   arrived, normally within a second or two, and each GET that hints caused one
+//!   `charge_events` row of kind `webhook` naming their events and counts (see
+//!   [`crate::ledger::HintEvents`]); a final charge at most one row a minute;
 //! - everything authenticated and well-formed is answered 200 at once, also when it is
 //!   ignored (other events, final charges, charges not in the ledger, a full queue):
 //!   UnivaPay disables a webhook that keeps failing, and the scheduled passes remain the
 //!   safety net for anything a hint does not cover.
 //!
 //! The HTTP side is in [`http`] (routes, the checks of a request, the answers), the
-//! socket and connection limits in [`listen`], when a hinted charge is checked in
-//! [`coalesce`] (pure), and the ledger and API work in [`intake`].
+//! socket and connection limits in [`listen`] (idle connections make room for new ones),
+//! when a hinted charge is checked in [`coalesce`] (pure), and the ledger and API work in
+//! [`intake`].
+//!
+//! `GET /metrics` is served here only when `metrics.auth_token` is set, and then only to a
+//! scrape presenting it as a bearer token; [`serve_metrics`] serves it on a listener of
+//! its own (`metrics.listen`). Either way from memory ([`MetricsRender`]), never from the
+//! ledger.
 //!
 //! # A hint's check beside a running pass
 //! Hints are checked while passes run: holding the pass lock for a hint would delay it by
@@ -46,10 +55,14 @@
 //! past 10,000 distinct charges waiting, a hinted charge is made due for the next pass
 //! instead, as are the charges still waiting when the daemon stops.
 //!
+//! Charges the ledger does not hold have a budget of their own ([`unknown_limits`]: a
+//! fifth of the hints', 0.5 a second at the default share) and a bounded memory of ids
+//! already handed over, so thousands of unknown ids cost a bounded number of GETs.
+//!
 //! # Hooks for other parts
 //! [`Hooks::unknown`] receives charges the ledger does not hold ([`UnknownChargeHook`],
-//! for discovery to verify and register), and [`Hooks::metrics`] renders `GET /metrics`
-//! (404 while unset).
+//! for discovery to verify and register; behind the budget above), and [`Hooks::metrics`]
+//! serves `GET /metrics` on this listener (404 while unset).
 
 pub mod coalesce;
 pub mod http;
