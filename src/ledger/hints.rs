@@ -32,7 +32,7 @@ pub const FINAL_ROW_EVERY: Duration = Duration::from_secs(60);
 const MAX_NAMES: usize = 8;
 
 /// The events of the hints behind one row, in the order they first arrived, with counts.
-/// Bounded: at most [`MAX_NAMES`] names (each already bounded by the listener), the rest
+/// Bounded: at most 8 names (each already bounded by the listener), the rest
 /// counted as `other`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HintEvents {
@@ -118,7 +118,7 @@ pub enum HintTarget {
     /// about its expiry.
     Open { past_deadline: bool },
     /// Already `successful` or `failed`: nothing to check; a `webhook` row at most once
-    /// per [`FINAL_ROW_EVERY`].
+    /// per minute.
     Final,
     /// The ledger holds the id under another store: nothing written, nothing checked.
     OtherStore,
@@ -130,7 +130,7 @@ impl Ledger {
     /// Looks up each hinted charge, in one transaction, and returns what each hint named,
     /// in order. Open charges get their row when their check starts
     /// ([`record_hint_checks`](Self::record_hint_checks)); a final charge gets one row for
-    /// this batch's hints unless it got one within the last [`FINAL_ROW_EVERY`].
+    /// this batch's hints unless it got one within the last minute.
     pub fn record_hints(&mut self, hints: &[HintRow]) -> Result<Vec<HintTarget>, LedgerError> {
         let err = super::err_at(&self.path);
         let tx = self
