@@ -278,7 +278,10 @@ impl Intake {
         let rows = match self
             .reconciler
             .with_ledger(Open::Existing, move |mut l| {
-                l.record_hint_checks(&seen)?;
+                // A row lost is better than a check lost: the check goes on regardless.
+                if let Err(e) = l.record_hint_checks(&seen) {
+                    tracing::warn!(error = %e, "webhook rows of these checks not written");
+                }
                 l.charges_by_id(&ids)
             })
             .await
