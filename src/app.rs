@@ -86,6 +86,10 @@ pub enum Command {
         /// Only charges updated before this time.
         #[arg(long, value_name = "RFC3339", value_parser = commands::parse_time)]
         until: Option<DateTime<Utc>>,
+        /// Cells exactly as stored, for programs; without it, cells a spreadsheet would
+        /// run as a formula (=, +, -, @, tab, CR first) get a leading '.
+        #[arg(long)]
+        raw: bool,
     },
     /// A consistent copy of the ledger, integrity-checked, written atomically to DEST
     /// (beside a running daemon; never over the live database).
@@ -271,13 +275,19 @@ pub fn run_command(command: Command, settings: Arc<Settings>) -> Exit {
             state,
             since,
             until,
+            raw,
         } => {
             let filter = ExportFilter {
                 state,
                 since,
                 until,
             };
-            commands::export::run(&settings, &filter, &mut out)
+            let cells = if raw {
+                commands::export::Cells::Raw
+            } else {
+                commands::export::Cells::Spreadsheet
+            };
+            commands::export::run(&settings, &filter, cells, &mut out)
         }
         Command::Backup { dest, force } => commands::backup::run(&settings, &dest, force, &mut out),
     };

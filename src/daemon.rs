@@ -123,6 +123,10 @@ pub async fn run(
     let lock = PassLock::for_database(&settings.database.path);
     lock.ensure_file()?;
     let listener = webhook::open(settings.webhook.as_ref())?;
+    let metrics_listener = match settings.metrics.as_ref().and_then(|m| m.listen) {
+        Some(addr) => Some(webhook::bind_metrics(addr)?),
+        None => None,
+    };
 
     let health = Health::new();
     let stalled = Arc::new(AtomicBool::new(false));
@@ -131,12 +135,20 @@ pub async fn run(
         Gate::new(lock, notifier.clone()),
         shutdown.clone(),
     );
+    let metrics = metrics_cache(&reconciler, jobs.tracker(), &shutdown);
+    if let (Some(l), Some(render)) = (metrics_listener, &metrics) {
+        let token = settings
+            .metrics
+            .as_ref()
+            .and_then(|m| m.auth_token.as_ref());
+        webhook::serve_metrics(l, render.clone(), token, jobs.tracker(), shutdown.clone())?;
+    }
     let intake = match (listener, settings.webhook.as_ref()) {
         (Some(l), Some(w)) => Some(webhook::serve(
             l,
             w,
             reconciler.checker().clone(),
-            hooks(&reconciler, jobs.tracker()),
+            hooks(&reconciler, jobs.tracker(), metrics.as_ref()),
             health.clone(),
             shutdown.clone(),
         )?),
@@ -542,35 +554,53 @@ fn new_job(
     }
 }
 
-/// What the webhook listener plugs into: discovery for charges the ledger lacks, and the
-/// metrics for `GET /metrics` when `[metrics]` is set.
-fn hooks(reconciler: &Reconciler, tracker: &TaskTracker) -> Hooks {
-    let settings = reconciler.settings();
-    let metrics: Option<webhook::MetricsRender> = settings.metrics.as_ref().map(|_| {
-        let rec = reconciler.clone();
-        let render: webhook::MetricsRender = Arc::new(move || {
-            let rec = rec.clone();
-            Box::pin(async move {
-                let snapshot =
-                    crate::metrics::Snapshot::take(rec.database(), rec.settings(), rec.client())
-                        .await;
-                Some(snapshot.map_or_else(
-                    |_| crate::metrics::render_unreadable(),
-                    |s| crate::metrics::render(&s),
-                ))
-            })
-        });
-        render
-    });
+/// What the webhook listener plugs into: discovery for charges the ledger lacks, and
+/// `GET /metrics` from `metrics` when `metrics.auth_token` is set.
+fn hooks(
+    reconciler: &Reconciler,
+    tracker: &TaskTracker,
+    metrics: Option<&webhook::MetricsRender>,
+) -> Hooks {
+    let token = reconciler
+        .settings()
+        .metrics
+        .as_ref()
+        .and_then(|m| m.auth_token.clone());
     Hooks {
         unknown: Arc::new(DiscoverUnknown {
             ctx: reconciler.context().clone(),
             tracker: tracker.clone(),
             in_flight: Arc::new(Semaphore::new(UNKNOWN_IN_FLIGHT)),
         }),
-        metrics,
+        metrics: metrics
+            .zip(token)
+            .map(|(render, token)| webhook::MetricsHook {
+                render: render.clone(),
+                token,
+            }),
         ..Hooks::default()
     }
+}
+
+/// When `/metrics` is served anywhere (`metrics.listen`, or `metrics.auth_token` on the
+/// webhook listener): the cache, refreshed by one task on `tracker`, and its reader.
+fn metrics_cache(
+    reconciler: &Reconciler,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Option<webhook::MetricsRender> {
+    let m = reconciler.settings().metrics.as_ref()?;
+    if m.listen.is_none() && m.auth_token.is_none() {
+        return None;
+    }
+    let cache = crate::metrics::Cache::new();
+    tracker.spawn(cache.clone().refresh_loop(
+        reconciler.database().clone(),
+        reconciler.settings_arc().clone(),
+        reconciler.client().clone(),
+        shutdown.clone(),
+    ));
+    Some(Arc::new(move || cache.latest()))
 }
 
 /// Unknown charges verified at once, at most: beyond, they are left to the next sweep, so

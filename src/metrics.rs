@@ -5,9 +5,16 @@
 //! A [`Snapshot`] is gathered from the ledger and the client; [`render`] turns it into the
 //! text. The same text goes to the `[metrics] textfile` after every pass ([`after_pass`],
 //! written atomically: a temporary file in the same directory, then a rename) and to
-//! `/metrics` on the webhook listener. Rendering builds a fresh registry of the
-//! `prometheus` crate each time, so the figures are always the snapshot's, never
-//! leftovers of an earlier one.
+//! `GET /metrics` ([`Cache`]). Rendering builds a fresh registry of the `prometheus`
+//! crate each time, so the figures are always the snapshot's, never leftovers of an
+//! earlier one.
+//!
+//! `/metrics` never reads the ledger itself: one task gathers the figures every
+//! [`REFRESH_EVERY`] into a [`Cache`], and a scrape is handed the cached text (a
+//! reference count, no copy), so any number of scrapers costs the ledger nothing and
+//! each scrape a bounded, small amount of work. The figures are therefore up to
+//! [`REFRESH_EVERY`] old; `konbini_metrics_gathered_timestamp_seconds` says when they
+//! were gathered, and `konbini_metrics_refreshes_total{result}` counts the gatherings.
 //!
 //! The names and their meaning are listed in the README ("Metrics"). Counters
 //! (`*_total`) count from the start of the process, so for `--once` they cover one pass;
@@ -15,6 +22,9 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use prometheus::core::Collector;
@@ -414,6 +424,97 @@ pub fn write_textfile(path: &Path, text: &str) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     written
+}
+
+/// How often the figures of `/metrics` are gathered from the ledger.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(5);
+
+/// The latest `/metrics` text, gathered by one task ([`Cache::refresh_loop`]); a scrape
+/// only takes a reference to it ([`Cache::latest`]).
+#[derive(Debug, Default)]
+pub struct Cache {
+    text: RwLock<Option<Arc<str>>>,
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Cache {
+    pub fn new() -> Arc<Cache> {
+        Arc::new(Cache::default())
+    }
+
+    /// The text of the last gathering; `None` before the first.
+    pub fn latest(&self) -> Option<Arc<str>> {
+        self.text.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Gathers once: the ledger's figures and the client's counters, rendered with the
+    /// cache's own. When the ledger cannot be read, only the cache's own figures remain,
+    /// so the ledger's go absent (what an alert on absent series sees) rather than stale.
+    pub async fn refresh(&self, db: &Database, settings: &Settings, client: &Client) {
+        let snapshot = Snapshot::take(db, settings, client).await;
+        let (mut text, counter) = match snapshot {
+            Ok(s) => (render(&s), &self.ok),
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics not gathered: cannot read the ledger");
+                (render_unreadable(), &self.failed)
+            }
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        text.push_str(&self.own_figures(Utc::now()));
+        *self.text.write().unwrap_or_else(|p| p.into_inner()) = Some(text.into());
+    }
+
+    fn own_figures(&self, now: DateTime<Utc>) -> String {
+        let registry = Registry::new();
+        let refreshes = IntCounterVec::new(
+            Opts::new(
+                "konbini_metrics_refreshes_total",
+                "Times the /metrics figures were gathered from the ledger, by result",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        refreshes
+            .with_label_values(&["ok"])
+            .inc_by(self.ok.load(Ordering::Relaxed));
+        refreshes
+            .with_label_values(&["failed"])
+            .inc_by(self.failed.load(Ordering::Relaxed));
+        let gathered = gauge(
+            "konbini_metrics_gathered_timestamp_seconds",
+            "When the /metrics figures were gathered (Unix time)",
+            now.timestamp_millis() as f64 / 1000.0,
+        );
+        for c in [Box::new(refreshes) as Box<dyn Collector>, gathered] {
+            if let Err(e) = registry.register(c) {
+                tracing::warn!(error = %e, "metric not rendered");
+            }
+        }
+        let mut text = String::new();
+        if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut text) {
+            tracing::warn!(error = %e, "metrics not rendered");
+        }
+        text
+    }
+
+    /// Gathers at once and then every [`REFRESH_EVERY`] until `shutdown`.
+    pub async fn refresh_loop(
+        self: Arc<Self>,
+        db: Database,
+        settings: Arc<Settings>,
+        client: Client,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let mut every = tokio::time::interval(REFRESH_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => self.refresh(&db, &settings, &client).await,
+                () = shutdown.cancelled() => break,
+            }
+        }
+    }
 }
 
 /// After a pass: the textfile, when `[metrics] textfile` is set. A failure is a warning

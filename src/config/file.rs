@@ -193,4 +193,7 @@ impl Default for FileDiscovery {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct FileMetrics {
     pub textfile: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub auth_token: Option<SecretString>,
+    pub auth_token_file: Option<String>,
 }

@@ -39,6 +39,7 @@ pub mod env {
     pub const APP_TOKEN: &str = "UNIVAPAY_APP_TOKEN";
     pub const SECRET: &str = "UNIVAPAY_SECRET";
     pub const WEBHOOK_TOKEN: &str = "KONBINI_RECONCILER_WEBHOOK_TOKEN";
+    pub const METRICS_TOKEN: &str = "KONBINI_RECONCILER_METRICS_TOKEN";
     /// Set by systemd for `LoadCredential=`; may be referenced from `api.secret_file`.
     pub const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
 }
@@ -162,11 +163,16 @@ pub struct DiscoverySettings {
     pub enrich: bool,
 }
 
-/// `[metrics]`.
+/// `[metrics]`. `Debug` redacts the token.
 #[derive(Debug, Clone)]
 pub struct MetricsSettings {
     /// node_exporter textfile written after every pass.
     pub textfile: Option<PathBuf>,
+    /// A listener of its own for `GET /metrics`; `None`: none.
+    pub listen: Option<SocketAddr>,
+    /// When set, `/metrics` is also served on the webhook listener, and wherever it is
+    /// served it asks for `Authorization: Bearer <token>`.
+    pub auth_token: Option<SecretString>,
 }
 
 // ---- loading -------------------------------------------------------------------------
@@ -237,7 +243,7 @@ impl Settings {
             },
             metrics: file
                 .metrics
-                .map(sections::metrics)
+                .map(|m| sections::metrics(m, path, env))
                 .transpose()
                 .map_err(invalid)?,
             warnings: Vec::new(),
@@ -436,6 +442,60 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("api.secret_file"), "{e}");
+    }
+
+    #[test]
+    fn the_metrics_token_comes_from_env_inline_or_file_and_is_redacted() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("mt"), "file-metrics-token-0123\n").unwrap();
+        let cfg = dir.path().join("c.toml");
+        let base = MINIMAL.to_owned() + "[metrics]\n";
+        let with = |extra: &str| format!("{base}{extra}\n");
+
+        let s = load(&base).unwrap();
+        let m = s.metrics.unwrap();
+        assert!(
+            m.listen.is_none() && m.auth_token.is_none(),
+            "nothing by default"
+        );
+
+        let text = with("auth_token = \"INLINE-metrics-token-0123\"\nlisten = \":9464\"");
+        let s = Settings::from_toml(&text, &cfg, &SECRETS).unwrap();
+        let m = s.metrics.as_ref().unwrap();
+        assert_eq!(m.listen.unwrap().to_string(), "127.0.0.1:9464");
+        assert_eq!(
+            m.auth_token.as_ref().unwrap().expose_secret(),
+            "INLINE-metrics-token-0123"
+        );
+        assert!(!format!("{s:?}").contains("INLINE-metrics"), "redacted");
+
+        let s = Settings::from_toml(&with("auth_token_file = \"mt\""), &cfg, &SECRETS).unwrap();
+        let token = s.metrics.unwrap().auth_token.unwrap();
+        assert_eq!(token.expose_secret(), "file-metrics-token-0123");
+
+        let env = [("KONBINI_RECONCILER_METRICS_TOKEN", "env-metrics-token-0123")];
+        let s = Settings::from_toml(&text, &cfg, &env).unwrap();
+        let token = s.metrics.unwrap().auth_token.unwrap();
+        assert_eq!(token.expose_secret(), "env-metrics-token-0123");
+
+        let both = with("auth_token = \"INLINE-metrics-token-0123\"\nauth_token_file = \"mt\"");
+        let e = Settings::from_toml(&both, &cfg, &SECRETS)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("metrics.auth_token_file") && e.contains("not both"),
+            "{e}"
+        );
+        let short = [("KONBINI_RECONCILER_METRICS_TOKEN", "short")];
+        let e = Settings::from_toml(&base, &cfg, &short)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("$KONBINI_RECONCILER_METRICS_TOKEN") && e.contains("at least 16"),
+            "{e}"
+        );
+        let e = err(&with("listen = \"0.0.0.0\""));
+        assert!(e.contains("metrics.listen") && e.contains("0.0.0.0"), "{e}");
     }
 
     #[test]

@@ -251,6 +251,53 @@ fn recheck_schedule(steps: &[super::file::FileStep]) -> Result<Vec<RecheckStep>,
     Ok(out)
 }
 
+/// Where a token may come from: its environment variable, its inline key, its file key.
+struct TokenKeys {
+    env: &'static str,
+    inline: &'static str,
+    file: &'static str,
+}
+
+/// A token from the environment (which wins), inline, or a file; `None` when none is set.
+/// At least [`MIN_WEBHOOK_TOKEN`] characters, no control characters; errors name where
+/// the value came from, never the value.
+fn token(
+    keys: &TokenKeys,
+    inline: Option<SecretString>,
+    file: Option<String>,
+    config_path: &Path,
+    env: &dyn Env,
+) -> Result<Option<SecretString>, Invalid> {
+    let from_env = format!("${}", keys.env);
+    let (token, key) = match (env.var(keys.env), inline, file) {
+        (Some(v), _, _) => (SecretString::from(v), from_env.as_str()),
+        (None, Some(_), Some(_)) => {
+            return Err(at(keys.file)(format!(
+                "set either {} or {}, not both",
+                keys.inline, keys.file
+            )));
+        }
+        (None, Some(t), None) => (t, keys.inline),
+        (None, None, Some(file)) => (
+            SecretString::from(
+                validate::read_secret_file(&file, config_path, env).map_err(at(keys.file))?,
+            ),
+            keys.file,
+        ),
+        (None, None, None) => return Ok(None),
+    };
+    let t = token.expose_secret();
+    if t.chars().count() < MIN_WEBHOOK_TOKEN {
+        return Err(at(key)(format!(
+            "must be at least {MIN_WEBHOOK_TOKEN} characters"
+        )));
+    }
+    if t.chars().any(char::is_control) {
+        return Err(at(key)("contains control characters".into()));
+    }
+    Ok(Some(token))
+}
+
 pub(super) fn webhook(
     f: FileWebhook,
     config_path: &Path,
@@ -273,37 +320,17 @@ pub(super) fn webhook(
             f.path
         )));
     }
-    let (token, key) = match (env.var(env::WEBHOOK_TOKEN), f.auth_token, f.auth_token_file) {
-        (Some(v), _, _) => (SecretString::from(v), "$KONBINI_RECONCILER_WEBHOOK_TOKEN"),
-        (None, Some(_), Some(_)) => {
-            return Err(at("webhook.auth_token_file")(
-                "set either webhook.auth_token or webhook.auth_token_file, not both".into(),
-            ));
-        }
-        (None, Some(t), None) => (t, "webhook.auth_token"),
-        (None, None, Some(file)) => (
-            SecretString::from(
-                validate::read_secret_file(&file, config_path, env)
-                    .map_err(at("webhook.auth_token_file"))?,
-            ),
-            "webhook.auth_token_file",
-        ),
-        (None, None, None) => {
-            return Err(at("webhook.auth_token")(format!(
-                "missing: a webhook listener needs the Authorization value configured at UnivaPay (or ${})",
-                env::WEBHOOK_TOKEN
-            )));
-        }
+    let names = TokenKeys {
+        env: env::WEBHOOK_TOKEN,
+        inline: "webhook.auth_token",
+        file: "webhook.auth_token_file",
     };
-    let t = token.expose_secret();
-    if t.chars().count() < MIN_WEBHOOK_TOKEN {
-        return Err(at(key)(format!(
-            "must be at least {MIN_WEBHOOK_TOKEN} characters"
+    let Some(token) = token(&names, f.auth_token, f.auth_token_file, config_path, env)? else {
+        return Err(at("webhook.auth_token")(format!(
+            "missing: a webhook listener needs the Authorization value configured at UnivaPay (or ${})",
+            env::WEBHOOK_TOKEN
         )));
-    }
-    if t.chars().any(char::is_control) {
-        return Err(at(key)("contains control characters".into()));
-    }
+    };
     Ok(WebhookSettings {
         listen,
         path: f.path,
@@ -340,13 +367,73 @@ pub(super) fn discovery(f: FileDiscovery) -> Result<Option<DiscoverySettings>, I
     }))
 }
 
-pub(super) fn metrics(f: FileMetrics) -> Result<MetricsSettings, Invalid> {
+pub(super) fn metrics(
+    f: FileMetrics,
+    config_path: &Path,
+    env: &dyn Env,
+) -> Result<MetricsSettings, Invalid> {
     if let Some(p) = &f.textfile
         && (p.as_os_str().is_empty() || p.file_name().is_none())
     {
         return Err(at("metrics.textfile")("must name a file".into()));
     }
+    let listen = f
+        .listen
+        .as_deref()
+        .map(metrics_listen)
+        .transpose()
+        .map_err(at("metrics.listen"))?;
+    let names = TokenKeys {
+        env: env::METRICS_TOKEN,
+        inline: "metrics.auth_token",
+        file: "metrics.auth_token_file",
+    };
+    let auth_token = token(&names, f.auth_token, f.auth_token_file, config_path, env)?;
     Ok(MetricsSettings {
         textfile: f.textfile,
+        listen,
+        auth_token,
     })
+}
+
+/// `metrics.listen`: `"host:port"` as written, or only a port (`"9464"`, `":9464"`),
+/// which means loopback (`127.0.0.1`): metrics stay on the machine unless a host says
+/// otherwise. `localhost` is `127.0.0.1`.
+fn metrics_listen(raw: &str) -> Result<SocketAddr, String> {
+    let bad = || format!("{raw:?} is not a port or address:port such as \"127.0.0.1:9464\"");
+    let port_only = raw.strip_prefix(':').unwrap_or(raw);
+    if let Ok(port) = port_only.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    if let Some(port) = raw.strip_prefix("localhost:") {
+        let port = port.parse::<u16>().map_err(|_| bad())?;
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    raw.parse::<SocketAddr>().map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_listen_without_a_host_is_loopback() {
+        let ok = |s: &str| metrics_listen(s).unwrap().to_string();
+        assert_eq!(ok("9464"), "127.0.0.1:9464");
+        assert_eq!(ok(":9464"), "127.0.0.1:9464");
+        assert_eq!(ok("localhost:9464"), "127.0.0.1:9464");
+        assert_eq!(ok("0.0.0.0:9464"), "0.0.0.0:9464");
+        assert_eq!(ok("[::1]:9464"), "[::1]:9464");
+        for bad in [
+            "",
+            ":",
+            "70000",
+            "host:9464",
+            "127.0.0.1",
+            "9464:",
+            "localhost:x",
+        ] {
+            assert!(metrics_listen(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -60,7 +60,7 @@ pub use due::{BadRow, DueCharge, DueRow, Urgency};
 pub use error::LedgerError;
 pub use events::Ending;
 use hints::WEBHOOK_EVENT;
-pub use hints::{HintRow, HintTarget};
+pub use hints::{HintCheck, HintEvents, HintRow, HintTarget};
 pub use overview::{Backlog, Figures, Overview, StateTotal};
 pub use runs::RunRow;
 pub use time::{Timestamp, ts};

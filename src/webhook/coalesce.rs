@@ -16,7 +16,14 @@
 //!   hints come in a burst when a day's unpaid charges expire together, and a payment's
 //!   hint arriving meanwhile must not wait behind them;
 //! - a GET that found the charge final ends it ([`Ended::Final`]): hints that came during
-//!   that GET need no other.
+//!   that GET need no other;
+//! - the events of the hints a GET serves are counted on the charge and handed over with
+//!   it ([`Due::events`]), so that the ledger gets one row per GET, not one per hint.
+//!
+//! Charges the ledger lacks have a budget of their own, [`UnknownBudget`]: a small token
+//! bucket for their verification, and a bounded memory of the ids already handed over,
+//! so that thousands of distinct unknown ids cost a bounded number of GETs and the same
+//! unknown id costs one.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
@@ -24,6 +31,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::domain::{ChargeId, StoreId};
+use crate::ledger::HintEvents;
 
 /// The knobs of the rules above.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -76,6 +84,8 @@ pub enum Ended {
 pub struct Due {
     pub charge_id: ChargeId,
     pub store_id: StoreId,
+    /// The hints this GET serves (none for the repeat after a stale write).
+    pub events: HintEvents,
 }
 
 #[derive(Debug)]
@@ -97,6 +107,8 @@ struct Slot {
     last_start: Option<Instant>,
     /// The last GET was already a repeat after a stale write (see [`Coalescer::finished`]).
     stale_repeated: bool,
+    /// The hints since the last GET started, for the next one's ledger row.
+    events: HintEvents,
 }
 
 /// A token bucket over [`Instant`]s.
@@ -107,18 +119,18 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn refill(&mut self, now: Instant, l: &Limits) {
+    fn refill(&mut self, now: Instant, per_second: f64, burst: f64) {
         let dt = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + dt * l.per_second).min(l.burst);
+        self.tokens = (self.tokens + dt * per_second).min(burst);
         self.at = self.at.max(now);
     }
 
     /// When a whole token will be there (`now` if it is).
-    fn ready_at(&self, now: Instant, l: &Limits) -> Instant {
+    fn ready_at(&self, now: Instant, per_second: f64) -> Instant {
         if self.tokens >= 1.0 {
             return now;
         }
-        let secs = (1.0 - self.tokens) / l.per_second;
+        let secs = (1.0 - self.tokens) / per_second;
         // A millisecond more, so that the wake-up finds the token (no busy loop on rounding).
         now + Duration::from_secs_f64(secs) + Duration::from_millis(1)
     }
@@ -152,11 +164,12 @@ impl Coalescer {
         }
     }
 
-    /// A hint for `charge_id` (of `store_id`) arrived at `now`.
+    /// A hint of `event` for `charge_id` (of `store_id`) arrived at `now`.
     pub fn hint(
         &mut self,
         charge_id: ChargeId,
         store_id: StoreId,
+        event: &str,
         lane: Lane,
         now: Instant,
     ) -> Hinted {
@@ -164,6 +177,7 @@ impl Coalescer {
         let spacing = self.limits.spacing;
         if let Some(slot) = self.slots.get_mut(&charge_id) {
             slot.stale_repeated = false;
+            slot.events.add(event);
             let moved = lane < slot.lane;
             slot.lane = slot.lane.min(lane);
             return match slot.phase {
@@ -189,6 +203,8 @@ impl Coalescer {
         if self.slots.len() >= self.limits.max_tracked {
             return Hinted::Dropped;
         }
+        let mut events = HintEvents::default();
+        events.add(event);
         self.slots.insert(
             charge_id.clone(),
             Slot {
@@ -197,6 +213,7 @@ impl Coalescer {
                 phase: Phase::Idle,
                 last_start: None,
                 stale_repeated: false,
+                events,
             },
         );
         self.enqueue(charge_id, now);
@@ -222,7 +239,8 @@ impl Coalescer {
     /// the bucket allows, and marks them in flight.
     pub fn take_due(&mut self, now: Instant, max: usize) -> Vec<Due> {
         self.forget_idle(now);
-        self.bucket.refill(now, &self.limits);
+        self.bucket
+            .refill(now, self.limits.per_second, self.limits.burst);
         let mut due = Vec::new();
         while due.len() < max && self.bucket.tokens >= 1.0 {
             let Some(lane) = self.due_lane(now) else {
@@ -239,6 +257,7 @@ impl Coalescer {
             slot.last_start = Some(now);
             due.push(Due {
                 store_id: slot.store_id.clone(),
+                events: std::mem::take(&mut slot.events),
                 charge_id,
             });
         }
@@ -255,7 +274,7 @@ impl Coalescer {
             .map(|f| f.0)
             .min()?;
         let at = at.max(now);
-        Some(at.max(self.bucket.ready_at(at, &self.limits)))
+        Some(at.max(self.bucket.ready_at(at, self.limits.per_second)))
     }
 
     /// The GET of `charge_id` (started by [`take_due`](Self::take_due)) is over. After
@@ -326,9 +345,91 @@ impl Coalescer {
                 Some(Due {
                     charge_id,
                     store_id: slot.store_id,
+                    events: slot.events,
                 })
             })
             .collect()
+    }
+}
+
+/// The knobs of [`UnknownBudget`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UnknownLimits {
+    /// Verifications per second, sustained.
+    pub per_second: f64,
+    /// Verifications that may start at once after a quiet time.
+    pub burst: f64,
+    /// Most ids remembered as handed over.
+    pub remember: usize,
+    /// How long an id handed over is remembered (a repeat within it costs nothing).
+    pub remember_for: Duration,
+}
+
+/// What [`UnknownBudget::admit`] says about one unknown charge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admitted {
+    /// Verify it now.
+    Yes,
+    /// Handed over within [`UnknownLimits::remember_for`] already: found absent, not a
+    /// konbini charge, or registered since. Not again.
+    Repeat,
+    /// The budget is spent: left to discovery's next sweep.
+    OverBudget,
+}
+
+/// The budget of charges the ledger lacks (see the module doc).
+#[derive(Debug)]
+pub struct UnknownBudget {
+    limits: UnknownLimits,
+    bucket: Bucket,
+    seen: HashMap<ChargeId, Instant>,
+    /// The ids in `seen` by when they were handed over, oldest first.
+    order: VecDeque<(Instant, ChargeId)>,
+}
+
+impl UnknownBudget {
+    pub fn new(limits: UnknownLimits, now: Instant) -> UnknownBudget {
+        UnknownBudget {
+            limits,
+            bucket: Bucket {
+                tokens: limits.burst,
+                at: now,
+            },
+            seen: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    /// Whether the unknown charge `id`, named by a hint at `now`, may be verified.
+    pub fn admit(&mut self, id: &ChargeId, now: Instant) -> Admitted {
+        while let Some((at, _)) = self.order.front() {
+            let full = self.order.len() >= self.limits.remember.max(1);
+            if !full && *at + self.limits.remember_for > now {
+                break;
+            }
+            if let Some((at, old)) = self.order.pop_front()
+                && self.seen.get(&old) == Some(&at)
+            {
+                self.seen.remove(&old);
+            }
+        }
+        if self.seen.contains_key(id) {
+            return Admitted::Repeat;
+        }
+        self.bucket
+            .refill(now, self.limits.per_second, self.limits.burst);
+        if self.bucket.tokens < 1.0 {
+            return Admitted::OverBudget;
+        }
+        self.bucket.tokens -= 1.0;
+        self.seen.insert(id.clone(), now);
+        self.order.push_back((now, id.clone()));
+        Admitted::Yes
+    }
+
+    /// Ids remembered now.
+    pub fn remembered(&self) -> usize {
+        self.seen.len()
     }
 }
 
@@ -365,9 +466,15 @@ mod tests {
     fn duplicate_hints_before_the_start_share_one_get() {
         let t0 = Instant::now();
         let mut c = Coalescer::new(limits(), t0);
-        assert_eq!(c.hint(id(1), store(), Lane::Now, t0), Hinted::Queued);
+        assert_eq!(
+            c.hint(id(1), store(), "charge_updated", Lane::Now, t0),
+            Hinted::Queued
+        );
         for _ in 0..50 {
-            assert_eq!(c.hint(id(1), store(), Lane::Now, t0), Hinted::Shared);
+            assert_eq!(
+                c.hint(id(1), store(), "charge_updated", Lane::Now, t0),
+                Hinted::Shared
+            );
         }
         assert_eq!(ids(&c.take_due(t0, 10)), [id(1)]);
         assert!(c.take_due(t0, 10).is_empty());
@@ -377,14 +484,85 @@ mod tests {
     }
 
     #[test]
+    fn a_get_carries_the_events_of_the_hints_it_serves() {
+        let t0 = Instant::now();
+        let mut c = Coalescer::new(limits(), t0);
+        for e in ["charge_updated", "charge_updated", "cancel_finished"] {
+            c.hint(id(1), store(), e, Lane::Now, t0);
+        }
+        let due = c.take_due(t0, 10);
+        assert_eq!(
+            due[0].events.detail(),
+            "charge_updated x2, cancel_finished x1"
+        );
+        for _ in 0..40 {
+            c.hint(id(1), store(), "charge_finished", Lane::Now, t0);
+        }
+        c.finished(&id(1), t0, Ended::Checked);
+        let due = c.take_due(t0 + SPACING, 10);
+        assert_eq!(due[0].events.detail(), "charge_finished x40");
+        // The repeat after a stale write serves no new hint.
+        c.finished(&id(1), t0 + SPACING, Ended::Stale);
+        let due = c.take_due(t0 + SPACING * 2, 10);
+        assert_eq!(due.len(), 1);
+        assert!(due[0].events.is_empty());
+    }
+
+    fn unknown_limits() -> UnknownLimits {
+        UnknownLimits {
+            per_second: 0.5,
+            burst: 3.0,
+            remember: 5,
+            remember_for: Duration::from_secs(600),
+        }
+    }
+
+    #[test]
+    fn unknown_charges_have_a_small_budget_and_repeats_cost_nothing() {
+        let t0 = Instant::now();
+        let mut b = UnknownBudget::new(unknown_limits(), t0);
+        let got: Vec<Admitted> = (0..5).map(|n| b.admit(&id(n), t0)).collect();
+        use Admitted::*;
+        assert_eq!(got, [Yes, Yes, Yes, OverBudget, OverBudget]);
+        assert_eq!(b.admit(&id(0), t0 + SPACING * 30), Repeat);
+        assert_eq!(b.admit(&id(3), t0 + SPACING * 2), Yes, "refilled");
+        assert_eq!(b.admit(&id(4), t0 + SPACING * 2), OverBudget);
+        // Remembered for a while, then verified again.
+        assert_eq!(b.admit(&id(3), t0 + Duration::from_secs(601)), Repeat);
+        assert_eq!(b.admit(&id(0), t0 + Duration::from_secs(601)), Yes);
+    }
+
+    #[test]
+    fn the_memory_of_unknown_ids_is_bounded() {
+        let t0 = Instant::now();
+        let mut l = unknown_limits();
+        l.per_second = 1000.0;
+        l.burst = 1000.0;
+        let mut b = UnknownBudget::new(l, t0);
+        for n in 0..100 {
+            assert_eq!(b.admit(&id(n), t0), Admitted::Yes);
+            assert!(b.remembered() <= 5);
+        }
+        assert_eq!(b.admit(&id(99), t0), Admitted::Repeat);
+        assert_eq!(
+            b.admit(&id(0), t0),
+            Admitted::Yes,
+            "forgotten: the oldest go first"
+        );
+    }
+
+    #[test]
     fn hints_during_a_get_make_exactly_one_more_spaced_by_a_second() {
         let t0 = Instant::now();
         let mut c = Coalescer::new(limits(), t0);
-        c.hint(id(1), store(), Lane::Now, t0);
+        c.hint(id(1), store(), "charge_updated", Lane::Now, t0);
         assert_eq!(c.take_due(t0, 10).len(), 1);
         let during = t0 + Duration::from_millis(50);
         for _ in 0..20 {
-            assert_eq!(c.hint(id(1), store(), Lane::Now, during), Hinted::Again);
+            assert_eq!(
+                c.hint(id(1), store(), "charge_updated", Lane::Now, during),
+                Hinted::Again
+            );
         }
         let done = t0 + Duration::from_millis(200);
         c.finished(&id(1), done, Ended::Checked);
@@ -399,11 +577,14 @@ mod tests {
     fn a_hint_just_after_a_get_waits_for_the_spacing() {
         let t0 = Instant::now();
         let mut c = Coalescer::new(limits(), t0);
-        c.hint(id(1), store(), Lane::Now, t0);
+        c.hint(id(1), store(), "charge_updated", Lane::Now, t0);
         c.take_due(t0, 10);
         c.finished(&id(1), t0 + Duration::from_millis(100), Ended::Checked);
         let later = t0 + Duration::from_millis(300);
-        assert_eq!(c.hint(id(1), store(), Lane::Now, later), Hinted::Queued);
+        assert_eq!(
+            c.hint(id(1), store(), "charge_updated", Lane::Now, later),
+            Hinted::Queued
+        );
         assert!(c.take_due(later, 10).is_empty());
         assert_eq!(c.take_due(t0 + SPACING, 10).len(), 1);
     }
@@ -412,7 +593,7 @@ mod tests {
     fn a_stale_write_is_repeated_once_per_hint() {
         let t0 = Instant::now();
         let mut c = Coalescer::new(limits(), t0);
-        c.hint(id(1), store(), Lane::Now, t0);
+        c.hint(id(1), store(), "charge_updated", Lane::Now, t0);
         c.take_due(t0, 10);
         c.finished(&id(1), t0, Ended::Stale);
         assert_eq!(c.take_due(t0 + SPACING, 10).len(), 1, "repeated");
@@ -428,10 +609,10 @@ mod tests {
         let t0 = Instant::now();
         let mut c = Coalescer::new(limits(), t0);
         for n in 0..8 {
-            c.hint(id(n), store(), Lane::Now, t0);
+            c.hint(id(n), store(), "charge_updated", Lane::Now, t0);
         }
         assert_eq!(
-            c.hint(id(99), store(), Lane::Now, t0),
+            c.hint(id(99), store(), "charge_updated", Lane::Now, t0),
             Hinted::Dropped,
             "max_tracked"
         );
@@ -450,9 +631,12 @@ mod tests {
     fn a_get_that_found_the_charge_final_needs_no_follow_up() {
         let t0 = Instant::now();
         let mut c = Coalescer::new(limits(), t0);
-        c.hint(id(1), store(), Lane::Now, t0);
+        c.hint(id(1), store(), "charge_updated", Lane::Now, t0);
         c.take_due(t0, 10);
-        assert_eq!(c.hint(id(1), store(), Lane::Now, t0), Hinted::Again);
+        assert_eq!(
+            c.hint(id(1), store(), "charge_updated", Lane::Now, t0),
+            Hinted::Again
+        );
         c.finished(&id(1), t0, Ended::Final);
         assert_eq!(c.waiting() + c.in_flight(), 0);
         assert!(c.take_due(t0 + SPACING * 2, 10).is_empty());
@@ -463,12 +647,12 @@ mod tests {
         let t0 = Instant::now();
         let mut c = Coalescer::new(limits(), t0);
         for n in 0..6 {
-            c.hint(id(n), store(), Lane::Late, t0);
+            c.hint(id(n), store(), "charge_updated", Lane::Late, t0);
         }
         let later = t0 + Duration::from_millis(10);
-        c.hint(id(10), store(), Lane::Now, later);
+        c.hint(id(10), store(), "charge_updated", Lane::Now, later);
         // A late charge hinted again as urgent moves up, keeping its time.
-        c.hint(id(5), store(), Lane::Now, later);
+        c.hint(id(5), store(), "charge_updated", Lane::Now, later);
         let first = ids(&c.take_due(later, 2));
         assert_eq!(first, [id(5), id(10)]);
         assert_eq!(
@@ -482,8 +666,8 @@ mod tests {
     fn shutdown_takes_the_waiting_charges() {
         let t0 = Instant::now();
         let mut c = Coalescer::new(limits(), t0);
-        c.hint(id(1), store(), Lane::Now, t0);
-        c.hint(id(2), store(), Lane::Now, t0);
+        c.hint(id(1), store(), "charge_updated", Lane::Now, t0);
+        c.hint(id(2), store(), "charge_updated", Lane::Now, t0);
         c.take_due(t0, 1);
         assert_eq!(ids(&c.drain_waiting()), [id(2)]);
         assert_eq!(c.waiting(), 0);
@@ -535,7 +719,7 @@ mod tests {
                 match o {
                     Op::Hint(n, late) => {
                         let lane = if late { Lane::Late } else { Lane::Now };
-                        let h = c.hint(id(n), store(), lane, now);
+                        let h = c.hint(id(n), store(), "charge_updated", lane, now);
                         prop_assert_ne!(h, Hinted::Dropped);
                         last_hint.insert(id(n), now);
                     }

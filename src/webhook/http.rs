@@ -23,7 +23,10 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 
+use futures::future::BoxFuture;
+
 use super::intake::Intake;
+use super::listen::Handler;
 use super::{ChargeEvent, Health, Hint, MetricsRender, Stats, Throttle};
 use crate::context::Context;
 use crate::domain::text::one_line;
@@ -99,13 +102,13 @@ pub fn authorize(headers: &HeaderMap, expected: &[u8]) -> Result<(), Refused> {
 /// An understood webhook body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Parsed {
-    /// A charge event naming a charge.
+    /// An event naming a charge: a hint.
     Charge {
         event: ChargeEvent,
         charge_id: ChargeId,
         store_id: StoreId,
     },
-    /// Any other event (refunds, tokens, subscriptions...): answered 200, not used.
+    /// Any other event (tokens, subscriptions...): answered 200, not used.
     Other { event: String },
 }
 
@@ -114,56 +117,103 @@ pub enum Parsed {
 pub enum BadBody {
     #[error("not a JSON webhook object: {0}")]
     NotJson(String),
+    /// A key the intake reads (`event`, `data`, `data.id`, `data.charge_id`,
+    /// `data.store_id`) appears twice: which one a reader takes is a matter of parser,
+    /// so neither is.
+    #[error("ambiguous webhook: {0}")]
+    Duplicate(String),
     #[error("{event} without a usable data.{field}: {problem}")]
     BadId {
-        event: &'static str,
+        event: ChargeEvent,
         field: &'static str,
         problem: String,
     },
 }
 
+/// The top level. serde's derived structs refuse a key they know that appears twice.
 #[derive(Deserialize)]
 struct Envelope {
     event: String,
     #[serde(default)]
-    data: serde_json::Value,
+    data: Option<serde_json::Value>,
 }
 
-/// Reads a webhook body. Only the event name and `data.id` / `data.store_id` are taken;
-/// the status and amounts in it are never read (only a charge GET is believed). Not
-/// UTF-8, not JSON, nested deeper than serde_json's 128 levels, not an object, or no
-/// `event`: [`BadBody::NotJson`]. A charge event whose ids are missing or could not be
-/// ids (path characters, say): [`BadBody::BadId`].
+/// The keys of `data` the intake reads, parsed a second time from the same bytes so that
+/// a duplicated one is refused (a [`serde_json::Value`] keeps only the last).
+#[derive(Deserialize)]
+struct Named {
+    data: NamedData,
+}
+
+#[derive(Deserialize)]
+struct NamedData {
+    id: Option<serde_json::Value>,
+    charge_id: Option<serde_json::Value>,
+    store_id: Option<serde_json::Value>,
+}
+
+fn duplicate_or(e: serde_json::Error, other: impl FnOnce(String) -> BadBody) -> BadBody {
+    let text = one_line(&e.to_string());
+    if text.starts_with("duplicate field") {
+        BadBody::Duplicate(text)
+    } else {
+        other(text)
+    }
+}
+
+/// Reads a webhook body. Only the event name and `data.id` (or `data.charge_id`) and
+/// `data.store_id` are taken; the status and amounts in it are never read (only a charge
+/// GET is believed). A `charge_*` event names the charge in `data.id`; any other event
+/// names one in `data.charge_id` (a cancel, a refund), and without it is
+/// [`Parsed::Other`]. Not UTF-8, not JSON, nested deeper than serde_json's 128 levels, not
+/// an object, or no `event`: [`BadBody::NotJson`]; a key read here given twice:
+/// [`BadBody::Duplicate`]; ids missing or not possible ids (path characters, say):
+/// [`BadBody::BadId`].
 pub fn parse(body: &[u8]) -> Result<Parsed, BadBody> {
     let env: Envelope =
-        serde_json::from_slice(body).map_err(|e| BadBody::NotJson(one_line(&e.to_string())))?;
-    let Some(event) = ChargeEvent::from_name(&env.event) else {
+        serde_json::from_slice(body).map_err(|e| duplicate_or(e, BadBody::NotJson))?;
+    let event = ChargeEvent::new(&env.event);
+    let names_charge = env
+        .data
+        .as_ref()
+        .is_some_and(|d| d.get("charge_id").is_some());
+    if !event.carries_the_charge() && !names_charge {
         let name: String = one_line(&env.event).chars().take(64).collect();
         return Ok(Parsed::Other { event: name });
+    }
+    let id_field = if event.carries_the_charge() {
+        "id"
+    } else {
+        "charge_id"
     };
-    let field = |field: &'static str| {
-        let bad = |problem: String| BadBody::BadId {
-            event: event.as_str(),
-            field,
-            problem,
-        };
-        match env.data.get(field) {
-            Some(serde_json::Value::String(s)) => Ok(s.clone()),
-            Some(_) => Err(bad("not a string".into())),
-            None => Err(bad("missing".into())),
-        }
+    let bad = |field: &'static str, problem: String| BadBody::BadId {
+        event: event.clone(),
+        field,
+        problem,
     };
-    let id_err = |field: &'static str| {
-        move |e: IdError| BadBody::BadId {
-            event: event.as_str(),
-            field,
-            problem: e.to_string(),
-        }
+    if !env.data.as_ref().is_some_and(serde_json::Value::is_object) {
+        return Err(bad(id_field, "data is not an object".into()));
+    }
+    let named: Named =
+        serde_json::from_slice(body).map_err(|e| duplicate_or(e, |p| bad(id_field, p)))?;
+    let text = |field: &'static str, v: Option<serde_json::Value>| match v {
+        Some(serde_json::Value::String(s)) => Ok(s),
+        Some(_) => Err(bad(field, "not a string".into())),
+        None => Err(bad(field, "missing".into())),
     };
+    let d = named.data;
+    let raw_id = if event.carries_the_charge() {
+        d.id
+    } else {
+        d.charge_id
+    };
+    let id_err = |field: &'static str| move |e: IdError| bad(field, e.to_string());
+    let charge_id = ChargeId::parse(text(id_field, raw_id)?).map_err(id_err(id_field))?;
+    let store_id = StoreId::parse(text("store_id", d.store_id)?).map_err(id_err("store_id"))?;
     Ok(Parsed::Charge {
         event,
-        charge_id: ChargeId::parse(field("id")?).map_err(id_err("id"))?,
-        store_id: StoreId::parse(field("store_id")?).map_err(id_err("store_id"))?,
+        charge_id,
+        store_id,
     })
 }
 
@@ -175,7 +225,8 @@ pub struct Service {
     pub ctx: Context,
     pub stats: Arc<Stats>,
     pub health: Health,
-    pub metrics: Option<MetricsRender>,
+    /// `None`: `/metrics` answers 404 here.
+    pub metrics: Option<Scrape>,
     /// Counts the hints in the channel (see [`Intake::is_settled`]).
     pub intake: Arc<Intake>,
     pub unauthorized_log: Throttle,
@@ -183,7 +234,104 @@ pub struct Service {
     pub dropped_log: Throttle,
 }
 
-type Answer = Response<Full<Bytes>>;
+pub(super) type Answer = Response<Full<Bytes>>;
+
+/// `GET /metrics`: the cached text (never the ledger), behind a bearer token when one is
+/// set. Shared by the webhook listener (only with a token) and the metrics listener.
+pub struct Scrape {
+    pub render: MetricsRender,
+    /// The whole `Authorization` value a scrape must present (`Bearer <token>`).
+    pub expected: Option<SecretString>,
+    pub stats: Arc<Stats>,
+    pub refused_log: Throttle,
+}
+
+/// The cached text as a body, without a copy.
+struct Text(Arc<str>);
+
+impl AsRef<[u8]> for Text {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl Scrape {
+    fn answer(&self, peer: SocketAddr, headers: &HeaderMap) -> Answer {
+        if let Some(expected) = &self.expected
+            && authorize(headers, expected.expose_secret().as_bytes()).is_err()
+        {
+            Stats::bump(&self.stats.metrics_refused);
+            if let Some(suppressed) = self.refused_log.allow() {
+                // As for webhooks: the presented value is never logged.
+                tracing::warn!(%peer, suppressed, "metrics scrape refused (401): Authorization is not Bearer metrics.auth_token");
+            }
+            let mut r = answer(StatusCode::UNAUTHORIZED, "unauthorized\n");
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+        match (self.render)() {
+            Some(text) => {
+                let mut r = Response::new(Full::new(Bytes::from_owner(Text(text))));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                r
+            }
+            None => answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "metrics not gathered yet\n",
+            ),
+        }
+    }
+}
+
+/// The listener of `metrics.listen`: `GET /metrics` and nothing else.
+pub struct MetricsService {
+    pub scrape: Scrape,
+}
+
+impl Handler for MetricsService {
+    fn handle(
+        self: Arc<Self>,
+        peer: SocketAddr,
+        req: Request<Incoming>,
+    ) -> BoxFuture<'static, Result<Answer, Infallible>> {
+        let read = req.method() == Method::GET || req.method() == Method::HEAD;
+        let r = match (req.uri().path(), read) {
+            (METRICS_PATH, true) => self.scrape.answer(peer, req.headers()),
+            (METRICS_PATH, false) => wrong_method("GET, HEAD"),
+            _ => answer(StatusCode::NOT_FOUND, "not found\n"),
+        };
+        Box::pin(std::future::ready(Ok(r)))
+    }
+
+    fn shed(&self) {
+        Stats::bump(&self.scrape.stats.shed_idle);
+    }
+}
+
+fn wrong_method(allow: &'static str) -> Answer {
+    let mut r = answer(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+impl Handler for Service {
+    fn handle(
+        self: Arc<Self>,
+        peer: SocketAddr,
+        req: Request<Incoming>,
+    ) -> BoxFuture<'static, Result<Answer, Infallible>> {
+        Box::pin(self.answer(peer, req))
+    }
+
+    fn shed(&self) {
+        Stats::bump(&self.stats.shed_idle);
+    }
+}
 
 fn answer(status: StatusCode, text: &'static str) -> Answer {
     let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
@@ -197,7 +345,7 @@ fn answer(status: StatusCode, text: &'static str) -> Answer {
 
 impl Service {
     /// Answers one request. Never fails: every outcome is an HTTP answer.
-    pub async fn handle(
+    pub async fn answer(
         self: Arc<Self>,
         peer: SocketAddr,
         req: Request<Incoming>,
@@ -205,13 +353,11 @@ impl Service {
         let r = match route(&self.hook_path, req.method(), req.uri().path()) {
             Route::Hook => self.hook(peer, req).await,
             Route::Health => self.healthz(),
-            Route::Metrics => self.metrics().await,
-            Route::WrongMethod(allow) => {
-                let mut r = answer(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-                r.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static(allow));
-                r
-            }
+            Route::Metrics => match &self.metrics {
+                Some(scrape) => scrape.answer(peer, req.headers()),
+                None => answer(StatusCode::NOT_FOUND, "not found\n"),
+            },
+            Route::WrongMethod(allow) => wrong_method(allow),
             Route::NotFound => answer(StatusCode::NOT_FOUND, "not found\n"),
         };
         Ok(r)
@@ -221,23 +367,6 @@ impl Service {
         match self.health.problem() {
             None => answer(StatusCode::OK, "ok\n"),
             Some(why) => answer(StatusCode::SERVICE_UNAVAILABLE, why),
-        }
-    }
-
-    async fn metrics(&self) -> Answer {
-        let Some(render) = &self.metrics else {
-            return answer(StatusCode::NOT_FOUND, "metrics are not enabled\n");
-        };
-        match render().await {
-            Some(text) => {
-                let mut r = Response::new(Full::new(Bytes::from(text)));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                );
-                r
-            }
-            None => answer(StatusCode::NOT_FOUND, "metrics are not enabled\n"),
         }
     }
 
@@ -419,7 +548,7 @@ mod tests {
 
     fn charge(event: &str, id: &str, store: &str) -> Parsed {
         Parsed::Charge {
-            event: ChargeEvent::from_name(event).unwrap(),
+            event: ChargeEvent::new(event),
             charge_id: ChargeId::parse(id).unwrap(),
             store_id: StoreId::parse(store).unwrap(),
         }
@@ -436,6 +565,13 @@ mod tests {
 
     #[test]
     fn other_events_are_understood_but_not_used() {
+        let body = br#"{"event":"token_created","data":{"id":"t1"}}"#;
+        assert_eq!(
+            parse(body),
+            Ok(Parsed::Other {
+                event: "token_created".into()
+            })
+        );
         let body = br#"{"event":"refund_finished","data":{"id":"r1"}}"#;
         assert_eq!(
             parse(body),
@@ -448,6 +584,49 @@ mod tests {
             panic!()
         };
         assert_eq!(event.chars().count(), 64);
+    }
+
+    #[test]
+    fn any_event_that_names_a_charge_is_a_hint() {
+        let body = br#"{"event":"cancel_finished","data":{"id":"cancel-1","charge_id":"c1",
+            "store_id":"s1","status":"successful"}}"#;
+        assert_eq!(parse(body), Ok(charge("cancel_finished", "c1", "s1")));
+        let body =
+            br#"{"event":"refund_finished","data":{"id":"r1","charge_id":"c2","store_id":"s1"}}"#;
+        assert_eq!(parse(body), Ok(charge("refund_finished", "c2", "s1")));
+        // A name from the body is bounded and sanitised before it goes anywhere.
+        let odd = format!(
+            r#"{{"event":"x\u001b[2J\n{}","data":{{"charge_id":"c3","store_id":"s1"}}}}"#,
+            "y".repeat(100)
+        );
+        let Ok(Parsed::Charge { event, .. }) = parse(odd.as_bytes()) else {
+            panic!("{odd}")
+        };
+        assert_eq!(event.as_str(), format!("x__2J_{}", "y".repeat(42)));
+        // A charge_* event names its charge in data.id, never in data.charge_id.
+        let body =
+            br#"{"event":"charge_updated","data":{"id":"c1","charge_id":"c9","store_id":"s1"}}"#;
+        assert_eq!(parse(body), Ok(charge("charge_updated", "c1", "s1")));
+    }
+
+    #[test]
+    fn a_key_the_intake_reads_given_twice_is_refused() {
+        for body in [
+            r#"{"event":"charge_updated","event":"charge_finished","data":{"id":"c1","store_id":"s1"}}"#,
+            r#"{"event":"charge_updated","data":{"id":"c1","id":"c2","store_id":"s1"}}"#,
+            r#"{"event":"charge_updated","data":{"id":"c1","store_id":"s1","store_id":"s2"}}"#,
+            r#"{"event":"cancel_finished","data":{"charge_id":"c1","charge_id":"c2","store_id":"s1"}}"#,
+            r#"{"event":"charge_updated","data":{"id":"c1","store_id":"s1"},"data":{"id":"c2","store_id":"s1"}}"#,
+        ] {
+            assert!(
+                matches!(parse(body.as_bytes()), Err(BadBody::Duplicate(_))),
+                "{body}: {:?}",
+                parse(body.as_bytes())
+            );
+        }
+        // Keys the intake does not read may repeat: they are never used.
+        let body = br#"{"event":"charge_updated","data":{"id":"c1","status":"a","status":"b","store_id":"s1"}}"#;
+        assert_eq!(parse(body), Ok(charge("charge_updated", "c1", "s1")));
     }
 
     #[test]
@@ -480,6 +659,8 @@ mod tests {
             r#"{"id":"c"}"#,
             r#"{"id":7,"store_id":"s"}"#,
             r#"null"#,
+            r#"["c","c","s"]"#,
+            r#"7"#,
         ] {
             let body = format!(r#"{{"event":"charge_updated","data":{data}}}"#);
             assert!(

@@ -30,7 +30,7 @@ use super::{Hint, Hooks, IntakeClock, Stats, Throttle, UnknownCharge};
 use crate::context::Context;
 use crate::domain::{ChargeId, Outcome};
 use crate::jobs::{self, InOnce, Job, Lock, When, Work};
-use crate::ledger::{CheckResult, Counts, HintRow, HintTarget, Open, Trigger};
+use crate::ledger::{CheckResult, Counts, HintCheck, HintRow, HintTarget, Open, Trigger};
 use crate::reconcile::{Checked, Checker, Run, Stop, Tally};
 
 /// Most hints looked up and recorded in one transaction.
@@ -135,7 +135,7 @@ impl Intake {
             .map(|h| HintRow {
                 charge_id: h.charge_id.clone(),
                 store_id: h.store_id.clone(),
-                event: h.event.as_str(),
+                event: h.event.as_str().to_owned(),
                 at: h.at,
             })
             .collect();
@@ -174,6 +174,7 @@ impl Intake {
                 let hinted = self.coalescer().hint(
                     hint.charge_id.clone(),
                     hint.store_id.clone(),
+                    hint.event.as_str(),
                     lane,
                     hint.arrived,
                 );
@@ -291,10 +292,15 @@ impl Intake {
     async fn check_batch(&self, due: Vec<Due>, stop: &Stop) {
         let mut run = Run::unlocked(self.ctx(), Trigger::Webhook);
         let ids: Vec<ChargeId> = due.iter().map(|d| d.charge_id.clone()).collect();
+        let seen = hint_checks(&due, self.ctx().now());
         let read = self
             .ctx()
-            .with_ledger(Open::Existing, move |l| {
+            .with_ledger(Open::Existing, move |mut l| {
                 run.read_pause_in(&l)?;
+                // A row lost is better than a check lost: the check goes on regardless.
+                if let Err(e) = l.record_hint_checks(&seen) {
+                    tracing::warn!(error = %e, "webhook rows of these checks not written");
+                }
                 Ok((run, l.charges_by_id(&ids)?))
             })
             .await;
@@ -532,6 +538,17 @@ fn tally(checked: Vec<(ChargeId, Checked)>) -> (Tally, Vec<CheckResult>, Vec<Cha
         }
     }
     (tally, results, unwritten)
+}
+
+/// The `webhook` rows of these GETs, one each: the hints each serves.
+fn hint_checks(due: &[Due], at: chrono::DateTime<chrono::Utc>) -> Vec<HintCheck> {
+    due.iter()
+        .map(|d| HintCheck {
+            charge_id: d.charge_id.clone(),
+            events: d.events.clone(),
+            at,
+        })
+        .collect()
 }
 
 /// One line per transition a hint's check committed, like a pass's writer logs them.

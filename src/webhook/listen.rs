@@ -6,10 +6,14 @@
 //! address when it is in use.
 //!
 //! Connections are HTTP/1.1 on hyper, with limits so that no client can hold resources
-//! for long:
-//! - at most [`MAX_CONNECTIONS`] at once: past that the listener stops accepting and new
-//!   connections wait in the kernel's backlog, so thousands of clients cost no file
-//!   descriptors here;
+//! for long, and so that idle clients cannot keep UnivaPay out (it gives up after 3 s):
+//! - at most [`MAX_CONNECTIONS`] at once. A connection accepted past that takes the
+//!   place of the oldest *idle* one (connected, but no request being answered: a client
+//!   that has sent nothing, or only part of a head, or waits between requests), which is
+//!   closed. Only when every connection is in the middle of a request does the listener
+//!   wait, and new connections with it in the kernel's backlog; so thousands of clients
+//!   cost no file descriptors here, and a thousand idle ones delay a real webhook by
+//!   next to nothing;
 //! - the request head must arrive within [`HEADER_TIMEOUT`] (hyper's
 //!   `header_read_timeout`, which also ends an idle keep-alive connection), the body
 //!   within [`super::http::BODY_TIMEOUT`];
@@ -17,11 +21,16 @@
 //!   in progress (and dropped if even that does not finish);
 //! - a request head may take at most [`MAX_HEAD_BYTES`] of buffer.
 
+use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, RawFd};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -30,13 +39,15 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::http::Service;
+use super::http::Answer;
 use super::{Throttle, WebhookError};
 
 /// Most connections served at once.
 pub const MAX_CONNECTIONS: usize = 256;
-/// Time allowed for a request's head (and for the next one on a kept-alive connection).
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time allowed for a request's head (and for the next one on a kept-alive connection):
+/// UnivaPay sends its request at once, so a client that has sent none within this is
+/// closed.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest a connection is kept.
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// Time a connection gets to finish its request once it must close.
@@ -114,9 +125,9 @@ impl Listener {
 
     /// Serves connections with `service` until `shutdown`; connections are tracked in
     /// `conns` so that the caller can wait for them.
-    pub(super) fn serve(
+    pub(super) fn serve<H: Handler>(
         self,
-        service: Arc<Service>,
+        service: Arc<H>,
         conns: TaskTracker,
         shutdown: CancellationToken,
     ) -> Result<impl Future<Output = ()> + Send + 'static, WebhookError> {
@@ -158,53 +169,207 @@ pub fn socket_passed() -> bool {
     matches!(sd_notify::listen_fds_with_names(false), Ok(fds) if fds.len() > 0)
 }
 
-async fn accept_loop(
+/// What answers the requests of a listener's connections.
+pub(super) trait Handler: Send + Sync + 'static {
+    fn handle(
+        self: Arc<Self>,
+        peer: SocketAddr,
+        req: hyper::Request<Incoming>,
+    ) -> BoxFuture<'static, Result<Answer, Infallible>>;
+
+    /// An idle connection was closed to make room for a new one.
+    fn shed(&self) {}
+}
+
+/// The connections open now, oldest first, so that the oldest idle one can be closed to
+/// make room (see the module doc).
+struct Open {
+    next: u64,
+    conns: BTreeMap<u64, Conn>,
+    /// What [`Activity`] counts from.
+    epoch: tokio::time::Instant,
+}
+
+struct Conn {
+    activity: Arc<Activity>,
+    /// Closes it.
+    shed: CancellationToken,
+}
+
+/// Whether a connection is answering a request: [`Activity::BUSY`] while its handler
+/// runs, else when the last handler finished (milliseconds after the registry's epoch,
+/// plus one; 0: never).
+struct Activity(AtomicU64);
+
+impl Activity {
+    const BUSY: u64 = u64::MAX;
+    /// An answer is still being written for a while after its handler finished: a
+    /// connection is idle only once this has passed.
+    const WRITING: Duration = Duration::from_millis(500);
+
+    fn is_idle(&self, now_ms: u64) -> bool {
+        match self.0.load(Ordering::Acquire) {
+            0 => true,
+            Self::BUSY => false,
+            done => now_ms.saturating_sub(done - 1) >= Self::WRITING.as_millis() as u64,
+        }
+    }
+}
+
+fn millis_since(epoch: tokio::time::Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+}
+
+type Registry = Arc<Mutex<Open>>;
+
+fn registry() -> Registry {
+    Arc::new(Mutex::new(Open {
+        next: 0,
+        conns: BTreeMap::new(),
+        epoch: tokio::time::Instant::now(),
+    }))
+}
+
+fn lock(r: &Registry) -> std::sync::MutexGuard<'_, Open> {
+    // A map of handles: a panic elsewhere cannot leave it inconsistent in a harmful way.
+    r.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Closes the oldest idle connection, if any; whether one was.
+fn shed_oldest_idle(open: &Registry) -> bool {
+    let mut o = lock(open);
+    let now = millis_since(o.epoch);
+    let idle = o
+        .conns
+        .iter()
+        .find(|(_, c)| c.activity.is_idle(now))
+        .map(|(id, _)| *id);
+    match idle.and_then(|id| o.conns.remove(&id)) {
+        Some(c) => {
+            c.shed.cancel();
+            true
+        }
+        None => false,
+    }
+}
+
+/// Removes its connection from the registry when the connection's task ends.
+struct Registered {
+    open: Registry,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        lock(&self.open).conns.remove(&self.id);
+    }
+}
+
+async fn accept_loop<H: Handler>(
     socket: tokio::net::TcpListener,
-    service: Arc<Service>,
+    service: Arc<H>,
     conns: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    // A permit per connection: at the cap, no accept (see the module doc).
+    // A permit per connection (see the module doc).
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let open = registry();
     let errors = Throttle::new();
     loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            () = shutdown.cancelled() => break,
-        };
         let accepted = tokio::select! {
             a = socket.accept() => a,
             () = shutdown.cancelled() => break,
         };
-        match accepted {
-            Ok((stream, peer)) => {
-                let (service, shutdown) = (service.clone(), shutdown.clone());
-                conns.spawn(async move {
-                    serve_connection(stream, peer, service, shutdown).await;
-                    drop(permit);
-                });
-            }
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
             Err(e) => {
                 if let Some(suppressed) = errors.allow() {
                     tracing::warn!(error = %e, suppressed, "webhook listener: accept failed");
                 }
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
             }
-        }
+        };
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if shed_oldest_idle(&open) {
+                    service.shed();
+                }
+                tokio::select! {
+                    p = slots.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        };
+        let (activity, shed) = (
+            Arc::new(Activity(AtomicU64::new(0))),
+            CancellationToken::new(),
+        );
+        let (registered, epoch) = {
+            let mut o = lock(&open);
+            let id = o.next;
+            o.next += 1;
+            let conn = Conn {
+                activity: activity.clone(),
+                shed: shed.clone(),
+            };
+            o.conns.insert(id, conn);
+            let r = Registered {
+                open: open.clone(),
+                id,
+            };
+            (r, o.epoch)
+        };
+        let (service, shutdown) = (service.clone(), shutdown.clone());
+        conns.spawn(async move {
+            tokio::select! {
+                () = serve_connection(stream, peer, service, (activity, epoch), shutdown) => {}
+                () = shed.cancelled() => {}
+            }
+            drop(registered);
+            drop(permit);
+        });
     }
 }
 
-async fn serve_connection(
+/// Marks its connection busy while a request is answered, and when it was done.
+struct Busy(Arc<Activity>, tokio::time::Instant);
+
+impl Busy {
+    fn new(activity: &Arc<Activity>, epoch: tokio::time::Instant) -> Busy {
+        activity.0.store(Activity::BUSY, Ordering::Release);
+        Busy(activity.clone(), epoch)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let done = millis_since(self.1).saturating_add(1);
+        self.0.0.store(done, Ordering::Release);
+    }
+}
+
+async fn serve_connection<H: Handler>(
     stream: TcpStream,
     peer: SocketAddr,
-    service: Arc<Service>,
+    service: Arc<H>,
+    (activity, epoch): (Arc<Activity>, tokio::time::Instant),
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let svc = service_fn(move |req| service.clone().handle(peer, req));
+    let svc = service_fn(move |req| {
+        let guard = Busy::new(&activity, epoch);
+        let answer = service.clone().handle(peer, req);
+        async move {
+            let a = answer.await;
+            drop(guard);
+            a
+        }
+    });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)

@@ -1,24 +1,33 @@
-//! Webhook intake: UnivaPay's `charge_updated` / `charge_finished` webhooks as **hints**
-//! that a charge is worth checking now. A hint never changes the ledger; the charge GET it
-//! leads to does.
+//! Webhook intake: UnivaPay's webhooks about a charge (`charge_updated`,
+//! `charge_finished`, `cancel_finished`, `refund_finished`, ...) as **hints** that the
+//! charge is worth checking now. A hint never changes the ledger; the charge GET it leads
+//! to does.
 //!
 //! UnivaPay's webhooks are unsigned (the only proof is an `Authorization` value the
 //! merchant configured, sent back verbatim) and best-effort. So:
 //! - a request is let in only with exactly `webhook.auth_token` as its `Authorization`
 //!   (constant-time comparison; the presented value is never logged): else 401;
-//! - from the body only the event name, `data.id` and `data.store_id` are read; its status
-//!   and amounts are never used;
-//! - a hint for an open ledger charge gets one `charge_events` row of kind `webhook`
-//!   (`detail`: the event name) and a charge GET that starts after the hint arrived,
-//!   normally within a second or two;
+//! - from the body only the event name (bounded, sanitised: [`ChargeEvent`]), the charge's
+//!   id (`data.id` for `charge_*` events, else `data.charge_id`) and `data.store_id` are
+//!   read, each refused (400) when given twice; its status and amounts are never used;
+//! - a hint for an open ledger charge gets a charge GET that starts after the hint
+//!   arrived, normally within a second or two, and each GET that hints caused one
+//!   `charge_events` row of kind `webhook` naming their events and counts (see
+//!   [`crate::ledger::HintEvents`]); a final charge at most one row a minute;
 //! - everything authenticated and well-formed is answered 200 at once, also when it is
 //!   ignored (other events, final charges, charges not in the ledger, a full queue):
 //!   UnivaPay disables a webhook that keeps failing, and the scheduled passes remain the
 //!   safety net for anything a hint does not cover.
 //!
 //! The HTTP side is in [`http`] (routes, the checks of a request, the answers), the
-//! socket and connection limits in [`listen`], when a hinted charge is checked in
-//! [`coalesce`] (pure), and the ledger and API work in [`intake`].
+//! socket and connection limits in [`listen`] (idle connections make room for new ones),
+//! when a hinted charge is checked in [`coalesce`] (pure), and the ledger and API work in
+//! [`intake`].
+//!
+//! `GET /metrics` is served here only when `metrics.auth_token` is set, and then only to a
+//! scrape presenting it as a bearer token; [`serve_metrics`] serves it on a listener of
+//! its own (`metrics.listen`). Either way from memory ([`MetricsRender`]), never from the
+//! ledger.
 //!
 //! # A hint's check beside a running pass
 //! Hints are checked while passes run: holding the pass lock for a hint would delay it by
@@ -46,10 +55,14 @@
 //! past 10,000 distinct charges waiting, a hinted charge is made due for the next pass
 //! instead, as are the charges still waiting when the daemon stops.
 //!
+//! Charges the ledger does not hold have a budget of their own ([`unknown_limits`]: a
+//! fifth of the hints', 0.5 a second at the default share) and a bounded memory of ids
+//! already handed over, so thousands of unknown ids cost a bounded number of GETs.
+//!
 //! # Hooks for other parts
 //! [`Hooks::unknown`] receives charges the ledger does not hold ([`UnknownChargeHook`],
-//! for discovery to verify and register), and [`Hooks::metrics`] renders `GET /metrics`
-//! (404 while unset).
+//! for discovery to verify and register; behind the budget above), and [`Hooks::metrics`]
+//! serves `GET /metrics` on this listener (404 while unset).
 
 pub mod coalesce;
 pub mod http;
@@ -62,7 +75,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::future::BoxFuture;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -71,6 +84,7 @@ use crate::config::WebhookSettings;
 use crate::domain::{ChargeId, Outcome, StoreId};
 use crate::reconcile::{Checker, DrainGuard, Stop};
 
+use coalesce::{Admitted, UnknownBudget, UnknownLimits};
 pub use listen::Listener;
 
 /// The hints waiting to be recorded; past this, new hints are dropped (still 200).
@@ -91,33 +105,59 @@ pub enum WebhookError {
     NoSocket,
     #[error("webhook.listen: the socket systemd passed cannot be used: {0}")]
     Passed(String),
+    #[error("metrics.listen {addr}: cannot listen: {source}")]
+    MetricsBind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("webhook.path {0:?} is the listener's own {1} path; choose another")]
     ReservedPath(String, &'static str),
 }
 
-/// The two charge events that are hints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChargeEvent {
-    /// The charge became `awaiting` (or `authorized`).
-    Updated,
-    /// The charge became final.
-    Finished,
-}
+/// The name of a webhook event that names a charge (`charge_updated`, `charge_finished`,
+/// `cancel_finished`, `refund_finished`, ...): every such event is a hint, whatever it
+/// says happened, because only the GET that follows is believed. The name comes from the
+/// body, so it is bounded and sanitised before it is stored or logged: at most
+/// [`ChargeEvent::MAX_CHARS`] characters, each an ASCII letter, digit, `_`, `.` or `-`
+/// (anything else becomes `_`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ChargeEvent(Arc<str>);
 
 impl ChargeEvent {
-    pub fn from_name(name: &str) -> Option<ChargeEvent> {
-        match name {
-            "charge_updated" => Some(ChargeEvent::Updated),
-            "charge_finished" => Some(ChargeEvent::Finished),
-            _ => None,
-        }
+    pub const MAX_CHARS: usize = 48;
+
+    /// The sanitised name of `raw`.
+    pub fn new(raw: &str) -> ChargeEvent {
+        let name: String = raw
+            .chars()
+            .take(Self::MAX_CHARS)
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        ChargeEvent(name.into())
     }
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChargeEvent::Updated => "charge_updated",
-            ChargeEvent::Finished => "charge_finished",
-        }
+    /// Whether the event's `data` is the charge itself (`charge_*` events: its `id` is
+    /// the charge's) rather than an object that names it in `data.charge_id` (a cancel,
+    /// a refund).
+    pub fn carries_the_charge(&self) -> bool {
+        self.0.starts_with("charge_")
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ChargeEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -157,18 +197,101 @@ impl UnknownChargeHook for IgnoreUnknown {
     fn on_unknown_charge(&self, _charge: UnknownCharge) {}
 }
 
+/// Puts [`UnknownBudget`] in front of the hook that verifies unknown charges.
+struct Budgeted {
+    inner: Arc<dyn UnknownChargeHook>,
+    budget: Mutex<UnknownBudget>,
+    clock: IntakeClock,
+    stats: Arc<Stats>,
+}
+
+impl UnknownChargeHook for Budgeted {
+    fn on_unknown_charge(&self, charge: UnknownCharge) {
+        let admitted = self
+            .budget
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(&charge.charge_id, (self.clock)());
+        match admitted {
+            Admitted::Yes => self.inner.on_unknown_charge(charge),
+            Admitted::Repeat => Stats::bump(&self.stats.unknown_repeats),
+            Admitted::OverBudget => Stats::bump(&self.stats.unknown_over_budget),
+        }
+    }
+}
+
+/// The budget of unknown charges, from the hints' own: a fifth of it (0.5 a second at
+/// the default `api.budget_share`), in bursts of up to 5, so that hints for charges the
+/// ledger lacks never take more than a twentieth of the budget share, and 4,096 ids
+/// remembered for 10 minutes.
+pub fn unknown_limits(hints: &coalesce::Limits) -> UnknownLimits {
+    let per_second = (hints.per_second / 5.0).max(0.05);
+    UnknownLimits {
+        per_second,
+        burst: (per_second * 10.0).clamp(1.0, 5.0),
+        remember: 4096,
+        remember_for: Duration::from_secs(600),
+    }
+}
+
 /// The intake's monotonic time: when hints arrived, GETs started, the bucket refilled.
 pub type IntakeClock = Arc<dyn Fn() -> tokio::time::Instant + Send + Sync>;
 
-/// Renders the Prometheus text for `GET /metrics`; `None` answers 404.
-pub type MetricsRender = Arc<dyn Fn() -> BoxFuture<'static, Option<String>> + Send + Sync>;
+/// The Prometheus text for `GET /metrics`, from memory (a scrape must never cost the
+/// ledger anything: see [`crate::metrics::Cache`]); `None` while nothing is gathered yet
+/// (503).
+pub type MetricsRender = Arc<dyn Fn() -> Option<Arc<str>> + Send + Sync>;
+
+/// `/metrics` on the webhook listener, which faces the internet: only with a token.
+#[derive(Clone)]
+pub struct MetricsHook {
+    pub render: MetricsRender,
+    /// `metrics.auth_token`: a scrape presents `Authorization: Bearer <token>`.
+    pub token: SecretString,
+}
+
+/// The whole `Authorization` value a scrape with `token` presents.
+fn bearer(token: &SecretString) -> SecretString {
+    SecretString::from(format!("Bearer {}", token.expose_secret()))
+}
+
+/// Binds `metrics.listen` (not a socket systemd passed: that one is the webhook's).
+pub fn bind_metrics(addr: SocketAddr) -> Result<Listener, WebhookError> {
+    let socket = std::net::TcpListener::bind(addr)
+        .map_err(|source| WebhookError::MetricsBind { addr, source })?;
+    Listener::from_std(socket)
+}
+
+/// Serves `GET /metrics` (and nothing else) on `listener` until `shutdown`, behind
+/// `token` when one is set. The accept loop goes on `tasks`.
+pub fn serve_metrics(
+    listener: Listener,
+    render: MetricsRender,
+    token: Option<&SecretString>,
+    tasks: &TaskTracker,
+    shutdown: CancellationToken,
+) -> Result<SocketAddr, WebhookError> {
+    let addr = listener.local_addr();
+    let service = Arc::new(http::MetricsService {
+        scrape: http::Scrape {
+            render,
+            expected: token.map(bearer),
+            stats: Arc::new(Stats::default()),
+            refused_log: Throttle::new(),
+        },
+    });
+    let accept = listener.serve(service, TaskTracker::new(), shutdown)?;
+    tasks.spawn(accept);
+    tracing::info!(%addr, token = token.is_some(), "metrics listener started");
+    Ok(addr)
+}
 
 /// What the rest of the program plugs into the listener.
 #[derive(Clone)]
 pub struct Hooks {
     pub unknown: Arc<dyn UnknownChargeHook>,
-    /// `None`: `/metrics` answers 404.
-    pub metrics: Option<MetricsRender>,
+    /// `None`: `/metrics` answers 404 on the webhook listener.
+    pub metrics: Option<MetricsHook>,
     /// `None`: tokio's clock. The benchmark maps its simulated time onto it, so that
     /// spacing and the hint budget count simulated seconds, as the ledger does.
     pub clock: Option<IntakeClock>,
@@ -203,9 +326,17 @@ pub struct Stats {
     pub coalesced: AtomicU64,
     pub for_final: AtomicU64,
     pub not_in_ledger: AtomicU64,
+    /// Unknown charges not handed to discovery: already handed over lately.
+    pub unknown_repeats: AtomicU64,
+    /// Unknown charges not handed to discovery: their budget was spent.
+    pub unknown_over_budget: AtomicU64,
     pub other_store: AtomicU64,
     /// Charge GETs made for hints.
     pub checks: AtomicU64,
+    /// Idle connections closed to make room for new ones.
+    pub shed_idle: AtomicU64,
+    /// Scrapes of `/metrics` without the right bearer token.
+    pub metrics_refused: AtomicU64,
     /// Hint checks not written because the row had changed meanwhile.
     pub stale: AtomicU64,
 }
@@ -224,8 +355,12 @@ pub struct StatsSnapshot {
     pub coalesced: u64,
     pub for_final: u64,
     pub not_in_ledger: u64,
+    pub unknown_repeats: u64,
+    pub unknown_over_budget: u64,
     pub other_store: u64,
     pub checks: u64,
+    pub shed_idle: u64,
+    pub metrics_refused: u64,
     pub stale: u64,
 }
 
@@ -252,8 +387,12 @@ impl Stats {
             coalesced: l(&self.coalesced),
             for_final: l(&self.for_final),
             not_in_ledger: l(&self.not_in_ledger),
+            unknown_repeats: l(&self.unknown_repeats),
+            unknown_over_budget: l(&self.unknown_over_budget),
             other_store: l(&self.other_store),
             checks: l(&self.checks),
+            shed_idle: l(&self.shed_idle),
+            metrics_refused: l(&self.metrics_refused),
             stale: l(&self.stale),
         }
     }
@@ -411,6 +550,20 @@ pub fn serve(
     let from_systemd = listener.from_systemd();
     let stats = Arc::new(Stats::default());
     let (tx, rx) = mpsc::channel(QUEUE);
+    let clock: IntakeClock = hooks
+        .clock
+        .clone()
+        .unwrap_or_else(|| Arc::new(tokio::time::Instant::now));
+    let limits = unknown_limits(&intake::limits(&checker.context().settings().api));
+    let hooks = Hooks {
+        unknown: Arc::new(Budgeted {
+            inner: hooks.unknown.clone(),
+            budget: Mutex::new(UnknownBudget::new(limits, clock())),
+            clock,
+            stats: stats.clone(),
+        }),
+        ..hooks
+    };
     let intake = intake::Intake::new(checker.clone(), hooks.clone(), stats.clone());
     let service = Arc::new(http::Service {
         hook_path: settings.path.clone(),
@@ -419,7 +572,12 @@ pub fn serve(
         ctx: checker.context().clone(),
         stats: stats.clone(),
         health: health.clone(),
-        metrics: hooks.metrics,
+        metrics: hooks.metrics.as_ref().map(|m| http::Scrape {
+            render: m.render.clone(),
+            expected: Some(bearer(&m.token)),
+            stats: stats.clone(),
+            refused_log: Throttle::new(),
+        }),
         intake: intake.clone(),
         unauthorized_log: Throttle::new(),
         malformed_log: Throttle::new(),
@@ -509,6 +667,8 @@ impl Serving {
             checks = s.checks,
             coalesced = s.coalesced,
             not_in_ledger = s.not_in_ledger,
+            unknown_repeats = s.unknown_repeats,
+            unknown_over_budget = s.unknown_over_budget,
             for_final = s.for_final,
             unauthorized = s.unauthorized,
             malformed = s.malformed,

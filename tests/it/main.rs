@@ -30,3 +30,4 @@ mod run_records;
 mod secrets;
 mod util;
 mod webhook;
+mod webhook_security;

@@ -278,7 +278,7 @@ async fn a_hint_for_a_paid_charge_makes_it_successful_within_two_seconds() {
     .await;
 
     assert_eq!(app.sim.requests_for("paid") - before, 1, "one GET");
-    assert_eq!(webhook_events(&app, "paid"), ["charge_finished"]);
+    assert_eq!(webhook_events(&app, "paid"), ["charge_finished x1"]);
     assert_eq!(
         app.event_kinds("paid")[1..],
         ["webhook", "transition"],
@@ -336,7 +336,7 @@ async fn a_forged_body_changes_nothing_but_what_the_get_says() {
     assert_eq!(r.status, 200);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(app.sim.requests_for("forged"), gets + 1);
-    assert_eq!(webhook_events(&app, "forged"), ["charge_finished"]);
+    assert_eq!(webhook_events(&app, "forged"), ["charge_finished x1"]);
     daemon.stop().await;
 }
 
@@ -367,7 +367,11 @@ async fn duplicate_hints_share_gets() {
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(app.sim.requests_for("dup"), base + 2, "31 hints, 2 GETs");
-    assert_eq!(webhook_events(&app, "dup").len(), 31, "one row per hint");
+    assert_eq!(
+        webhook_events(&app, "dup"),
+        ["charge_updated x1", "charge_updated x30"],
+        "one row per GET, counting its hints"
+    );
 
     // A burst of hints: the first starts a GET at once; the rest arrive before it starts
     // (and share it) or while it is in flight (and share the one after it).
@@ -406,7 +410,7 @@ async fn ignored_hints_are_answered_200_and_cost_nothing() {
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(app.sim.counters().requests, requests, "no GET");
-    assert_eq!(webhook_events(&app, "done"), ["charge_finished"]);
+    assert_eq!(webhook_events(&app, "done"), ["charge_finished x1"]);
     assert_eq!(
         app.count("SELECT count(*) FROM charge_events WHERE charge_id = 'stranger'"),
         0
@@ -508,7 +512,7 @@ async fn the_answers_of_the_contract() {
     // The padded hint above made the one GET; nothing else reached UnivaPay.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(app.sim.counters().requests, requests + 1);
-    assert_eq!(webhook_events(&app, "c1"), ["charge_updated"]);
+    assert_eq!(webhook_events(&app, "c1"), ["charge_updated x1"]);
     daemon.stop().await;
 }
 
@@ -677,7 +681,7 @@ async fn slow_clients_are_cut_off() {
         b" ",
     );
     let ((_, head_took), (_, idle_took), (body_reply, body_took)) = tokio::join!(head, idle, body);
-    // The head within 5 s (hyper's header timeout), the body within 10 s.
+    // The head within 2 s (hyper's header timeout), the body within 10 s.
     assert!(head_took < Duration::from_secs(8), "{head_took:?}");
     assert!(idle_took < Duration::from_secs(8), "{idle_took:?}");
     assert!(
@@ -791,9 +795,11 @@ async fn a_flood_of_hints_keeps_to_the_hint_budget_and_passes_go_on() {
         "{hinted} hint GETs in {secs:.1} s"
     );
     assert!(hinted >= 2, "hints are checked too: {hinted}");
-    assert_eq!(
-        app.count("SELECT count(*) FROM charge_events WHERE kind = 'webhook'"),
-        180
+    // One row per GET the hints caused (written as it starts), not one per hint.
+    let rows = app.count("SELECT count(*) FROM charge_events WHERE kind = 'webhook'") as u64;
+    assert!(
+        (hinted..=hinted + 32).contains(&rows),
+        "{rows} rows for {hinted} GETs"
     );
     daemon.stop().await;
 }
@@ -955,7 +961,11 @@ async fn webhooks_delivered_like_univapay_turn_into_checks_and_lost_ones_are_fou
         "{:?}",
         app.sim.counters()
     );
-    assert!(webhook_events(&app, &delivered.id).contains(&"charge_finished".to_owned()));
+    assert!(
+        webhook_events(&app, &delivered.id)
+            .iter()
+            .any(|d| d.contains("charge_finished"))
+    );
 
     // Every delivery of the lost charge's payment fails: only the safety net finds it.
     app.sim.configure(|c| {
@@ -974,7 +984,11 @@ async fn webhooks_delivered_like_univapay_turn_into_checks_and_lost_ones_are_fou
         app.row(&lost.id).state == "successful"
     })
     .await;
-    assert!(!webhook_events(&app, &lost.id).contains(&"charge_finished".to_owned()));
+    assert!(
+        !webhook_events(&app, &lost.id)
+            .iter()
+            .any(|d| d.contains("charge_finished"))
+    );
     daemon.stop().await;
 }
 
@@ -982,7 +996,7 @@ async fn webhooks_delivered_like_univapay_turn_into_checks_and_lost_ones_are_fou
 
 /// With discovery on, a webhook for a konbini charge of a swept store that the ledger
 /// lacks is verified by GETs and registered as discovered; `/metrics` serves the
-/// Prometheus text when `[metrics]` is set.
+/// Prometheus text when `metrics.auth_token` is set and presented.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_charges_go_to_discovery_and_metrics_are_served() {
     let dir = tempfile::tempdir().unwrap();
@@ -991,7 +1005,8 @@ async fn unknown_charges_go_to_discovery_and_metrics_are_served() {
         *c = std::mem::take(c)
             .set("discovery.stores", vec![STORE])
             .set("discovery.interval", "1h")
-            .set("metrics.textfile", textfile.display().to_string());
+            .set("metrics.textfile", textfile.display().to_string())
+            .set("metrics.auth_token", "metrics-0123456789abcdef");
     })
     .await;
     let fresh = app.sim.create_konbini_charge(STORE, 2400, "family_mart");
@@ -1005,7 +1020,12 @@ async fn unknown_charges_go_to_discovery_and_metrics_are_served() {
         )) == 1
     })
     .await;
-    let m = daemon.send(get("/metrics")).await;
+    let m = daemon
+        .send(
+            b"GET /metrics HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer metrics-0123456789abcdef\r\nConnection: close\r\n\r\n"
+                .to_vec(),
+        )
+        .await;
     assert_eq!(m.status, 200, "{m:?}");
     assert!(m.body.contains("konbini_charges{"), "{}", m.body);
     daemon.stop().await;
