@@ -29,6 +29,7 @@ pub mod app;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod delivery;
 pub mod discovery;
 pub mod domain;
 pub mod ledger;

@@ -420,6 +420,7 @@ mod tests {
                     .collect(),
             },
             checked_at: chrono::Utc::now(),
+            shop: None,
         }
     }
 

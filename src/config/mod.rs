@@ -9,6 +9,7 @@
 //! own by [`sections`] with the small validators of [`check`].
 
 mod check;
+pub mod delivery;
 mod file;
 mod sections;
 
@@ -72,6 +73,8 @@ pub struct Settings {
     pub discovery: Option<DiscoverySettings>,
     /// `[metrics]`: `None` when absent.
     pub metrics: Option<MetricsSettings>,
+    /// `[[delivery]]`: the shop's endpoints (none: no outbound requests).
+    pub delivery: Vec<delivery::DeliverySettings>,
     /// Things worth a warning that do not stop the program (logged once logging is up).
     pub warnings: Vec<String>,
 }
@@ -123,6 +126,8 @@ pub struct ReconcileSettings {
     pub retry_backoff_max: Duration,
     pub not_found_limit: u32,
     pub batch_size: usize,
+    /// The metadata key holding the shop's order reference.
+    pub order_key: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -237,6 +242,7 @@ impl Settings {
                 .map(sections::metrics)
                 .transpose()
                 .map_err(invalid)?,
+            delivery: delivery::endpoints(file.delivery, path, env).map_err(invalid)?,
             warnings: Vec::new(),
         })
     }

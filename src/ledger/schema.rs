@@ -4,6 +4,8 @@
 
 use rusqlite_migration::{M, Migrations};
 
+use super::outbox;
+
 /// RFC 3339 UTC with milliseconds, the format every timestamp in the ledger uses, so that
 /// text order is time order (`2026-11-27T16:55:22.123Z`).
 pub const NOW_SQL: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
@@ -287,7 +289,18 @@ END;
 "#;
 
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3)])
+    Migrations::new(vec![
+        M::up(V1),
+        M::up(V2),
+        M::up(V3),
+        // Keep this last of the third round's: it rebuilds charge_events with whatever
+        // indexes and triggers the migrations before it defined.
+        M::up_with_hook(outbox::V4_COLUMNS, |tx: &rusqlite::Transaction<'_>| {
+            outbox::rebuild_charge_events(tx)?;
+            tx.execute_batch(outbox::V4_OUTBOX)?;
+            Ok(())
+        }),
+    ])
 }
 
 #[cfg(test)]

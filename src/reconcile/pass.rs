@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use super::cadence::{self, Cadence};
 use super::rules::{self, Policy};
 use crate::config::{ReconcileSettings, Settings};
+use crate::delivery;
 use crate::domain::Decision;
 use crate::ledger::{
     self, CheckResult, Counts, DueCharge, DueRow, Ledger, LedgerError, Open, Outcome, Trigger,
@@ -720,6 +721,12 @@ impl Reconciler {
                 charge,
                 decision,
                 checked_at: now,
+                shop: result.as_ref().ok().map(|answer| {
+                    delivery::facts::shop_facts(
+                        &answer.metadata,
+                        &self.settings.reconcile.order_key,
+                    )
+                }),
             }),
             no_answer: result
                 .err()
