@@ -160,6 +160,10 @@ pub async fn run(
     }
     // Discovery sweeps on their own interval (none when it is off), one at a time with
     // the passes: a sweep holds the same slot and lock.
+    // Delivery to the shop's endpoints: its own tasks and HTTP clients, never a pass's.
+    runner
+        .passes
+        .spawn(crate::delivery::run(settings.clone(), shutdown.clone()));
     runner.passes.spawn(crate::discovery::every_interval(
         runner.reconciler.clone(),
         runner.lock.clone(),

@@ -82,15 +82,19 @@ pub fn filters(settings: &Settings) -> Vec<EndpointFilter> {
         .collect()
 }
 
-/// Copies the config's endpoints into the ledger (creating and migrating it if needed).
-pub async fn sync(settings: &Settings) -> Result<(), LedgerError> {
+/// Copies the config's endpoints into the ledger, where the outbox trigger reads them.
+/// Every process that writes events calls it first. A database that does not exist yet
+/// is created only when `create` says so (else there is nothing to sync).
+pub async fn sync(settings: &Settings, create: bool) -> Result<(), LedgerError> {
     let filters = filters(settings);
-    ledger::with_ledger(
-        &settings.database.path,
-        settings.database.busy_timeout,
-        ledger::Open::Migrate,
-        move |mut l| l.sync_endpoints(&filters, Utc::now()),
-    )
+    let path = settings.database.path.clone();
+    let busy = settings.database.busy_timeout;
+    if !create && !path.is_file() {
+        return Ok(());
+    }
+    ledger::blocking(&settings.database.path, move || {
+        Ledger::open(&path, busy)?.sync_endpoints(&filters, Utc::now())
+    })
     .await
 }
 
@@ -225,8 +229,8 @@ fn until(next: Option<DateTime<Utc>>, now: DateTime<Utc>, cap: Duration) -> Dura
 
 /// The daemon's delivery job: one task per endpoint, until `stop`. A step in flight when
 /// `stop` comes is abandoned (its deliveries fall due again after [`LEASE`]).
-pub async fn run(settings: Arc<Settings>, stop: CancellationToken) {
-    if let Err(e) = sync(&settings).await {
+pub async fn run(settings: Settings, stop: CancellationToken) {
+    if let Err(e) = sync(&settings, true).await {
         tracing::error!(error = %e, "cannot record the delivery endpoints; deliveries of new events may be missing");
     }
     let endpoints = match endpoints(&settings).await {
@@ -278,7 +282,7 @@ pub struct Drained {
 /// The end of `--once`: delivers what is pending, retries that fall due meanwhile
 /// included, for at most `timeout`.
 pub async fn drain(settings: &Settings, timeout: Duration) -> Result<Drained, DeliveryError> {
-    sync(settings).await?;
+    sync(settings, true).await?;
     let endpoints = endpoints(settings).await?;
     let deadline = tokio::time::Instant::now() + timeout;
     let runs = endpoints.iter().map(|e| drain_one(e, deadline));
@@ -291,6 +295,31 @@ pub async fn drain(settings: &Settings, timeout: Duration) -> Result<Drained, De
         }
     }
     Ok(total)
+}
+
+/// The end of `--once`: a drain bounded by `schedule.drain_timeout` when endpoints are
+/// configured, its outcome logged (it never changes the exit status: the pass's news is
+/// in the ledger, and what is left is delivered by the next run).
+pub async fn after_once(settings: &Settings) {
+    if settings.delivery.is_empty() {
+        return;
+    }
+    match drain(settings, settings.schedule.drain_timeout).await {
+        Ok(d) if d.pending_at.is_empty() => {
+            tracing::info!(
+                delivered = d.delivered,
+                failed = d.failed,
+                "deliveries drained"
+            );
+        }
+        Ok(d) => tracing::warn!(
+            delivered = d.delivered,
+            failed = d.failed,
+            pending_at = %d.pending_at.join(", "),
+            "deliveries still pending after schedule.drain_timeout; the next run sends them"
+        ),
+        Err(e) => tracing::error!(error = %e, "cannot deliver"),
+    }
 }
 
 /// One endpoint's drain: (what it did, whether anything is left pending).

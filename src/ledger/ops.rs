@@ -110,6 +110,8 @@ pub struct NewCharge {
     pub currency: Currency,
     /// `None`: not given, so not compared with an existing row either.
     pub expires_at: Option<DateTime<Utc>>,
+    /// The shop's order reference (`--order`); `None`: not given, not compared.
+    pub order_ref: Option<String>,
 }
 
 /// What [`Ledger::register`] did.
@@ -162,10 +164,12 @@ pub struct ExportRow {
     pub expires_at: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    pub order_ref: Option<String>,
+    pub paid_at: Option<String>,
 }
 
 /// The CSV header of `export`, in order.
-pub const EXPORT_COLUMNS: [&str; 16] = [
+pub const EXPORT_COLUMNS: [&str; 18] = [
     "charge_id",
     "store_id",
     "origin",
@@ -182,6 +186,8 @@ pub const EXPORT_COLUMNS: [&str; 16] = [
     "expires_at",
     "created_at",
     "updated_at",
+    "order_ref",
+    "paid_at",
 ];
 
 const RUN_COLUMNS: &str = "id, trigger, started_at, finished_at, outcome, checked, transitions, \
@@ -343,26 +349,33 @@ impl Ledger {
         let expires_at = c.expires_at.map(ts);
         let inserted = tx
             .execute(
-                "INSERT INTO charges (charge_id, store_id, requested_amount, requested_currency, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (charge_id) DO NOTHING",
+                "INSERT INTO charges (charge_id, store_id, requested_amount, requested_currency, expires_at, order_ref)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (charge_id) DO NOTHING",
                 params![
                     c.charge_id.as_str(),
                     c.store_id.as_str(),
                     c.amount,
                     c.currency.as_str(),
-                    expires_at
+                    expires_at,
+                    c.order_ref
                 ],
             )
             .map_err(err)?;
         let outcome = if inserted == 1 {
             Registered::Inserted
         } else {
-            let (store, amount, currency, expires): (String, i64, String, Option<String>) = tx
+            let (store, amount, currency, expires, order): (
+                String,
+                i64,
+                String,
+                Option<String>,
+                Option<String>,
+            ) = tx
                 .query_row(
-                    "SELECT store_id, requested_amount, requested_currency, expires_at
+                    "SELECT store_id, requested_amount, requested_currency, expires_at, order_ref
                      FROM charges WHERE charge_id = ?1",
                     [c.charge_id.as_str()],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
                 )
                 .map_err(err)?;
             let mut differs = Vec::new();
@@ -377,6 +390,9 @@ impl Ledger {
                     "expires_at {}",
                     expires.as_deref().unwrap_or("none")
                 ));
+            }
+            if c.order_ref.is_some() && order != c.order_ref {
+                differs.push(format!("order_ref {}", order.as_deref().unwrap_or("none")));
             }
             if differs.is_empty() {
                 Registered::Identical
@@ -492,7 +508,7 @@ impl Ledger {
                 "SELECT charge_id, store_id, origin, state, provider_status, requested_amount,
                         requested_currency, charged_amount, charged_currency, amount_mismatch,
                         mismatch_detail, payment_number, konbini, expires_at, created_at,
-                        updated_at
+                        updated_at, order_ref, paid_at
                  FROM charges
                  WHERE (?1 IS NULL OR state = ?1)
                    AND (?2 IS NULL OR updated_at >= ?2)
@@ -526,6 +542,8 @@ impl Ledger {
                     expires_at: r.get(13)?,
                     created_at: r.get(14)?,
                     updated_at: r.get(15)?,
+                    order_ref: r.get(16)?,
+                    paid_at: r.get(17)?,
                 })
             })()
             .map_err(|e| self.err(e))?;
@@ -554,6 +572,7 @@ mod tests {
             amount,
             currency: Currency::JPY,
             expires_at: None,
+            order_ref: None,
         }
     }
 

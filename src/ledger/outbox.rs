@@ -391,12 +391,16 @@ impl Ledger {
         .map_err(|e| self.err(e))
     }
 
-    /// When the next pending delivery of `endpoint` falls due (`None`: nothing pending).
+    /// When the next pending delivery of `endpoint` that may be sent falls due (the
+    /// oldest of each charge; the others wait for it). `None`: nothing pending.
     pub fn next_delivery_at(&self, endpoint: &str) -> Result<Option<String>, LedgerError> {
         self.conn
             .query_row(
-                "SELECT min(next_attempt_at) FROM deliveries
-                 WHERE endpoint = ?1 AND delivered_at IS NULL",
+                "SELECT min(d.next_attempt_at) FROM deliveries AS d
+                 WHERE d.endpoint = ?1 AND d.delivered_at IS NULL
+                   AND NOT EXISTS (SELECT 1 FROM deliveries AS b
+                                   WHERE b.endpoint = d.endpoint AND b.charge_id = d.charge_id
+                                     AND b.delivered_at IS NULL AND b.event_id < d.event_id)",
                 [endpoint],
                 |r| r.get(0),
             )

@@ -9,6 +9,7 @@ mod commands;
 mod config;
 mod daemon;
 mod database;
+mod delivery;
 mod discovery;
 mod errors;
 mod harden;
