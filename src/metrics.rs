@@ -48,6 +48,8 @@ pub struct Snapshot {
     /// `api.budget_share` as configured.
     pub budget_share: f64,
     pub taken_at: DateTime<Utc>,
+    /// Per delivery endpoint: pending, oldest pending, delivered and failed.
+    pub deliveries: Vec<crate::ledger::EndpointBacklog>,
 }
 
 impl Snapshot {
@@ -63,6 +65,7 @@ impl Snapshot {
             api,
             budget_share,
             taken_at: now,
+            deliveries: ledger.backlog()?,
         })
     }
 
@@ -104,6 +107,7 @@ pub fn render(s: &Snapshot) -> String {
     add(last_pass(&s.overview));
     add(api_figures(&s.api));
     add(budget(s));
+    add(crate::delivery::metrics::figures(&s.deliveries, s.taken_at));
     let mut text = String::new();
     if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut text) {
         tracing::warn!(error = %e, "metrics not rendered");
@@ -450,6 +454,7 @@ mod tests {
             api: ClientStats::default(),
             budget_share: 0.5,
             taken_at: Utc::now(),
+            deliveries: Vec::new(),
         };
         let text = render(&s);
         for state in State::ALL {

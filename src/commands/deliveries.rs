@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::{CommandError, writing};
 use crate::config::Settings;
+use crate::delivery::metrics::age;
 use crate::delivery::sender::{Sender, Sent};
 use crate::delivery::worker;
 use crate::ledger::{EndpointBacklog, Ledger};
@@ -36,12 +37,6 @@ struct Entry<'a> {
     backlog: &'a EndpointBacklog,
     configured: bool,
     oldest_pending_seconds: Option<f64>,
-}
-
-/// Seconds from an RFC 3339 time to `now`.
-pub fn age(at: Option<&str>, now: DateTime<Utc>) -> Option<f64> {
-    let t = DateTime::parse_from_rfc3339(at?).ok()?;
-    Some(((now - t.with_timezone(&Utc)).num_milliseconds().max(0) as f64) / 1000.0)
 }
 
 /// The listing: per endpoint, pending, oldest pending age, last success, last error.

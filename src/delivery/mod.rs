@@ -25,6 +25,7 @@
 //! POST), [`worker`] (the job: one step, the daemon's loop, the drain of `--once`).
 
 pub mod facts;
+pub mod metrics;
 pub mod retry;
 pub mod sender;
 pub mod sign;
