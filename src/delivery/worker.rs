@@ -6,7 +6,7 @@
 //! never slows a live one. A step takes at most `concurrency` deliveries, each the oldest
 //! undelivered event of a different charge: per-charge order holds because a charge's
 //! next event is not even looked at until its previous one is delivered. Before sending,
-//! a step claims its deliveries for [`LEASE`]; a process that dies mid-flight leaves them
+//! a step claims its deliveries for a lease ([`lease`]); a process that dies mid-flight leaves them
 //! to fall due again within that time.
 
 use std::path::PathBuf;
@@ -22,9 +22,17 @@ use crate::config::Settings;
 use crate::config::delivery::DeliverySettings;
 use crate::ledger::{self, AttemptResult, DueDelivery, EndpointFilter, Ledger, LedgerError};
 
-/// How long a delivery taken for an attempt stays taken: after a crash it is due again
-/// this long after it was taken (the contract says within a minute of the next start).
+/// The longest a delivery taken for an attempt stays taken: after a crash it is due
+/// again this long after it was taken at most (the contract says within a minute of the
+/// next start). It is shorter for an endpoint with a short timeout ([`lease`]).
 pub const LEASE: Duration = Duration::from_secs(55);
+
+/// How long an attempt at an endpoint with `timeout` keeps its delivery taken: the
+/// request cannot outlast its timeout, so a few seconds more cover the write of its
+/// result; at most [`LEASE`].
+pub fn lease(timeout: Duration) -> Duration {
+    (timeout + Duration::from_secs(5)).min(LEASE)
+}
 /// How often an idle endpoint looks for new events: the latency from a committed
 /// transition to its delivery is at most about this (one indexed read each time).
 pub const IDLE_POLL: Duration = Duration::from_millis(200);
@@ -152,11 +160,12 @@ impl Endpoint {
     pub async fn step(&self, now: DateTime<Utc>) -> Result<StepReport, LedgerError> {
         let name = self.name().to_owned();
         let limit = self.sender.settings.concurrency;
+        let lease = lease(self.sender.settings.timeout);
         let due: Vec<DueDelivery> = self
             .db(move |l| {
                 let due = l.due_deliveries(&name, now, &[], limit)?;
                 let ids: Vec<i64> = due.iter().map(|d| d.event_id).collect();
-                let taken = l.claim_deliveries(&name, &ids, now, after(now, LEASE))?;
+                let taken = l.claim_deliveries(&name, &ids, now, after(now, lease))?;
                 Ok(due
                     .into_iter()
                     .filter(|d| taken.contains(&d.event_id))
@@ -228,7 +237,7 @@ fn until(next: Option<DateTime<Utc>>, now: DateTime<Utc>, cap: Duration) -> Dura
 }
 
 /// The daemon's delivery job: one task per endpoint, until `stop`. A step in flight when
-/// `stop` comes is abandoned (its deliveries fall due again after [`LEASE`]).
+/// `stop` comes is abandoned (its deliveries fall due again after their [`lease`]).
 pub async fn run(settings: Settings, stop: CancellationToken) {
     if let Err(e) = sync(&settings, true).await {
         tracing::error!(error = %e, "cannot record the delivery endpoints; deliveries of new events may be missing");
@@ -397,6 +406,13 @@ mod tests {
             panic!()
         };
         assert_eq!(retry_at, at("2026-12-02T10:10:00Z"));
+    }
+
+    #[test]
+    fn a_lease_outlasts_the_request_and_stays_within_a_minute() {
+        assert_eq!(lease(Duration::from_secs(2)), Duration::from_secs(7));
+        assert_eq!(lease(Duration::from_secs(10)), Duration::from_secs(15));
+        assert_eq!(lease(Duration::from_secs(300)), LEASE);
     }
 
     #[test]

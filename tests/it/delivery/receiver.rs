@@ -45,6 +45,8 @@ impl Received {
 #[derive(Default)]
 struct State {
     status: u16,
+    /// How long each answer takes (a slow endpoint).
+    delay: std::time::Duration,
     retry_after: Option<String>,
     received: Vec<Received>,
 }
@@ -84,6 +86,8 @@ impl Receiver {
                         async move {
                             let headers = req.headers().clone();
                             let body = req.into_body().collect().await?.to_bytes();
+                            let delay = state.lock().unwrap().delay;
+                            tokio::time::sleep(delay).await;
                             let mut s = state.lock().unwrap();
                             let answered = s.status;
                             s.received.push(Received {
@@ -115,6 +119,11 @@ impl Receiver {
         let mut s = self.state.lock().unwrap();
         s.status = status;
         s.retry_after = retry_after.map(str::to_owned);
+    }
+
+    /// Answers only after `delay`.
+    pub fn slow(&self, delay: std::time::Duration) {
+        self.state.lock().unwrap().delay = delay;
     }
 
     pub fn received(&self) -> Vec<Received> {
