@@ -116,3 +116,45 @@ fn write_page_all(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that went away.
+    struct Closed;
+
+    impl Write for Closed {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_closed_stdout_ends_the_feed_quietly() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&dir.path().join("l.db"), Duration::from_secs(1)).unwrap();
+        ledger
+            .conn()
+            .execute_batch(
+                "INSERT INTO charges (charge_id, store_id, requested_amount) VALUES ('c', 's', 1);
+                 INSERT INTO charge_events (charge_id, at, kind, to_state) VALUES ('c', 't', 'transition', 'awaiting');",
+            )
+            .unwrap();
+        let mut after = 0;
+        let r = write_page_all(&ledger, &FeedArgs::default(), &mut after, &mut Closed);
+        assert!(matches!(r, Ok(false)), "{r:?}");
+        let mut out = Vec::new();
+        let mut after = 0;
+        assert!(write_page_all(&ledger, &FeedArgs::default(), &mut after, &mut out).unwrap());
+        assert_eq!(after, 1);
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .starts_with(r#"{"type":"charge.awaiting""#)
+        );
+    }
+}

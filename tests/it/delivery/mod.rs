@@ -308,3 +308,76 @@ async fn events_follow_prints_new_events_and_ends_on_sigterm() {
     assert_eq!(lines[0]["type"], "charge.awaiting");
     assert_eq!(lines[0]["data"]["order_ref"], "777");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_delivers_a_payment_moments_after_the_pass_sees_it() {
+    let shop = Receiver::start(200).await;
+    let mut app = app_with(vec![endpoint("shop", &shop.url(), SECRET)]).await;
+    app.reconfigure(|c| {
+        c.schedule.cron = Some("* * * * * *".into());
+        c.schedule.run_on_start = Some(true);
+    });
+    let c = order(&app, "ch_5", "12345").awaiting("20020-1", None);
+    app.sim.upsert(c.clone());
+    let mut daemon = app.command().spawn();
+    crate::helpers::wait_until(Duration::from_secs(15), "the awaiting event", || {
+        shop.received().len() == 1
+    })
+    .await;
+    app.sim.upsert(c.paid());
+    app.db()
+        .execute(
+            "UPDATE charges SET next_check_at = '2000-01-01T00:00:00.000Z'",
+            [],
+        )
+        .unwrap();
+    crate::helpers::wait_until(Duration::from_secs(15), "the paid event", || {
+        shop.received().len() == 2
+    })
+    .await;
+    daemon.signal(libc::SIGTERM);
+    let done = daemon.finish(Duration::from_secs(20)).await;
+    assert_eq!(done.code(), Some(0), "{}", one_line(&done.stderr()));
+    let got = shop.received();
+    let types: Vec<String> = got
+        .iter()
+        .map(|r| {
+            r.verify(SECRET).unwrap();
+            r.json()["type"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(types, ["charge.awaiting", "charge.paid"]);
+    assert_eq!(got[1].json()["data"]["order_ref"], "12345");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_too_large_is_not_stored_and_said_once() {
+    let app = app_with(vec![]).await;
+    app.register("ch_6", 100);
+    let mut c = SimCharge::new("ch_6", STORE, 100);
+    c.metadata = json!({"orderid": "9", "note": "x".repeat(5000)});
+    app.sim.upsert(c);
+    for _ in 0..2 {
+        app.db()
+            .execute(
+                "UPDATE charges SET next_check_at = '2000-01-01T00:00:00.000Z'",
+                [],
+            )
+            .unwrap();
+        let once = app.command().once().run();
+        assert_eq!(once.code(), Some(0), "{}", one_line(&once.stderr()));
+    }
+    let (metadata, order_ref): (Option<String>, Option<String>) = app
+        .db()
+        .query_row("SELECT metadata, order_ref FROM charges", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(metadata, None);
+    // The order reference is still taken from it.
+    assert_eq!(order_ref.as_deref(), Some("9"));
+    assert_eq!(
+        app.count("SELECT count(*) FROM charge_events WHERE kind = 'error' AND detail LIKE 'metadata not stored: %'"),
+        1
+    );
+}
