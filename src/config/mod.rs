@@ -254,7 +254,11 @@ fn inline_secret_exposed(path: &Path, text: &str) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let value: toml::Table = text.parse().ok()?;
     let has = |section: &str, key: &str| value.get(section).and_then(|s| s.get(key)).is_some();
-    if !has("api", "secret") && !has("webhook", "auth_token") {
+    let delivery_secret = value
+        .get("delivery")
+        .and_then(|d| d.as_array())
+        .is_some_and(|a| a.iter().any(|e| e.get("secret").is_some()));
+    if !has("api", "secret") && !has("webhook", "auth_token") && !delivery_secret {
         return None;
     }
     let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
