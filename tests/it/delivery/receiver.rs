@@ -122,6 +122,8 @@ impl Receiver {
     }
 
     /// Answers only after `delay`.
+    // Used by the kill -9 trial (tests/delivery_crash.rs), which shares this file.
+    #[allow(dead_code)]
     pub fn slow(&self, delay: std::time::Duration) {
         self.state.lock().unwrap().delay = delay;
     }
