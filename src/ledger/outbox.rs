@@ -119,8 +119,10 @@ BEGIN
     JOIN charges AS c ON c.charge_id = NEW.charge_id
     WHERE t.type IS NOT NULL;
 
+    -- Due at once by the database's clock (the event's own time is the writer's, which
+    -- a test or a simulation may have moved).
     INSERT INTO deliveries (endpoint, event_id, charge_id, created_at, next_attempt_at)
-    SELECT e.name, p.event_id, p.charge_id, p.at, p.at
+    SELECT e.name, p.event_id, p.charge_id, p.at, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
     FROM event_payloads AS p JOIN delivery_endpoints AS e
       ON instr(e.events, ' ' || p.type || ' ') > 0
     WHERE p.event_id = NEW.id;
