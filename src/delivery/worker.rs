@@ -59,6 +59,19 @@ pub struct Endpoint {
     sender: Sender,
     ledger: Arc<Mutex<Ledger>>,
     path: PathBuf,
+    /// What the last step that found nothing to send saw: the ledger's `data_version`
+    /// and when the next delivery falls due. While neither has moved, a step reads
+    /// nothing but that version, so an idle (or dead) endpoint costs next to nothing
+    /// however large its backlog.
+    idle: Arc<Mutex<Option<(i64, Option<DateTime<Utc>>)>>>,
+}
+
+/// What a step takes from the ledger.
+enum Taken {
+    /// Nothing changed since the last idle step; the next delivery is due then.
+    Quiet(Option<DateTime<Utc>>),
+    /// These deliveries, claimed; the ledger's `data_version` before they were read.
+    Work(Vec<DueDelivery>, i64),
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -134,6 +147,7 @@ impl Endpoint {
             sender,
             ledger: Arc::new(Mutex::new(ledger)),
             path,
+            idle: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -158,20 +172,15 @@ impl Endpoint {
     /// Sends what is due at `now` (at most `concurrency` deliveries, of different
     /// charges, at once) and records the results.
     pub async fn step(&self, now: DateTime<Utc>) -> Result<StepReport, LedgerError> {
-        let name = self.name().to_owned();
-        let limit = self.sender.settings.concurrency;
-        let lease = lease(self.sender.settings.timeout);
-        let due: Vec<DueDelivery> = self
-            .db(move |l| {
-                let due = l.due_deliveries(&name, now, &[], limit)?;
-                let ids: Vec<i64> = due.iter().map(|d| d.event_id).collect();
-                let taken = l.claim_deliveries(&name, &ids, now, after(now, lease))?;
-                Ok(due
-                    .into_iter()
-                    .filter(|d| taken.contains(&d.event_id))
-                    .collect())
-            })
-            .await?;
+        let (due, version) = match self.take(now).await? {
+            Taken::Quiet(next_due) => {
+                return Ok(StepReport {
+                    next_due,
+                    ..StepReport::default()
+                });
+            }
+            Taken::Work(due, version) => (due, version),
+        };
         let sends = due.iter().map(|d| async move {
             let sent = self
                 .sender
@@ -202,7 +211,36 @@ impl Endpoint {
             .await?
             .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
             .map(|t| t.with_timezone(&Utc));
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        *idle = (report.attempted() == 0).then_some((version, report.next_due));
         Ok(report)
+    }
+
+    /// The deliveries due at `now`, claimed; or, when nothing changed since the last idle
+    /// step and nothing has fallen due, [`Taken::Quiet`] without a query.
+    async fn take(&self, now: DateTime<Utc>) -> Result<Taken, LedgerError> {
+        let name = self.name().to_owned();
+        let limit = self.sender.settings.concurrency;
+        let lease = lease(self.sender.settings.timeout);
+        let idle = *self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        self.db(move |l| {
+            let version = l.data_version()?;
+            if let Some((seen, next_due)) = idle
+                && seen == version
+                && next_due.is_none_or(|t| t > now)
+            {
+                return Ok(Taken::Quiet(next_due));
+            }
+            let due = l.due_deliveries(&name, now, &[], limit)?;
+            let ids: Vec<i64> = due.iter().map(|d| d.event_id).collect();
+            let taken = l.claim_deliveries(&name, &ids, now, after(now, lease))?;
+            let due = due
+                .into_iter()
+                .filter(|d| taken.contains(&d.event_id))
+                .collect();
+            Ok(Taken::Work(due, version))
+        })
+        .await
     }
 }
 

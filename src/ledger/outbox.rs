@@ -96,6 +96,13 @@ CREATE TABLE deliveries (
 CREATE INDEX deliveries_due ON deliveries (endpoint, next_attempt_at) WHERE delivered_at IS NULL;
 CREATE INDEX deliveries_charge ON deliveries (endpoint, charge_id, event_id) WHERE delivered_at IS NULL;
 
+-- The shop's question, "which orders are paid?", in its words.
+CREATE VIEW paid_orders AS
+SELECT order_ref, charge_id, store_id, charged_amount, charged_currency, requested_amount,
+       requested_currency, amount_mismatch, mismatch_detail, konbini, paid_at
+FROM charges
+WHERE state = 'successful';
+
 CREATE TRIGGER charge_events_outbox AFTER INSERT ON charge_events
 WHEN NEW.kind IN ('transition', 'mismatch', 'discovered')
 BEGIN
@@ -346,6 +353,14 @@ impl Ledger {
             .map_err(|e| self.err(e))?;
         stmt.query_map(params![after, types, limit], row_to_feed)
             .and_then(|rows| rows.collect())
+            .map_err(|e| self.err(e))
+    }
+
+    /// SQLite's `PRAGMA data_version`: it changes when another connection commits, and
+    /// reads no table.
+    pub fn data_version(&self) -> Result<i64, LedgerError> {
+        self.conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
             .map_err(|e| self.err(e))
     }
 
@@ -712,6 +727,15 @@ mod tests {
             payload,
             r#"{"type":"charge.paid","timestamp":"2026-12-02T10:00:00.123Z","data":{"event_id":6,"charge_id":"c","store_id":"s","order_ref":"12345","state":"successful","provider_status":"successful","requested_amount":100,"requested_currency":"JPY","charged_amount":100,"charged_currency":"JPY","amount_mismatch":false,"mismatch_detail":null,"payment_number":"20020-1","konbini":"family_mart","metadata":{"orderid":"12345"},"at":"2026-12-02T10:00:00.123Z"}}"#
         );
+        let paid: (String, String) = c
+            .query_row("SELECT order_ref, paid_at FROM paid_orders", [], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                ))
+            })
+            .unwrap();
+        assert_eq!(paid.0, "12345");
         let endpoints: Vec<String> = c
             .prepare("SELECT endpoint FROM deliveries ORDER BY endpoint")
             .unwrap()
