@@ -63,8 +63,11 @@ pub struct Endpoint {
     /// and when the next delivery falls due. While neither has moved, a step reads
     /// nothing but that version, so an idle (or dead) endpoint costs next to nothing
     /// however large its backlog.
-    idle: Arc<Mutex<Option<(i64, Option<DateTime<Utc>>)>>>,
+    idle: Arc<Mutex<Option<Idle>>>,
 }
+
+/// An idle step's view: the ledger's `data_version`, and when the next delivery is due.
+type Idle = (i64, Option<DateTime<Utc>>);
 
 /// What a step takes from the ledger.
 enum Taken {
