@@ -202,6 +202,32 @@ async fn a_dead_endpoint_never_holds_up_a_live_one_and_replay_sends_again() {
         0
     );
 
+    // Everything since a time, to one endpoint.
+    let since = app
+        .command()
+        .args([
+            "deliveries",
+            "replay",
+            "--since",
+            "2000-01-01T00:00:00Z",
+            "--endpoint",
+            "live",
+        ])
+        .run();
+    assert_eq!(since.code(), Some(0), "{}", one_line(&since.stderr()));
+    assert!(
+        since.stdout().starts_with("1 deliveries due now"),
+        "{}",
+        since.stdout()
+    );
+    let live_again = live.received();
+    assert_eq!(live_again.len(), 2);
+    assert_eq!(
+        live_again[1].header("webhook-id"),
+        live_again[0].header("webhook-id")
+    );
+    assert_eq!(dead.received().len(), 2, "only the named endpoint");
+
     let unknown = app
         .command()
         .args(["deliveries", "replay", "--event", "1", "--endpoint", "nope"])
