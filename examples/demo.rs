@@ -43,6 +43,41 @@ const KONBINI: usize = 120;
 const CARDS: usize = 12;
 /// The `Authorization` value the simulator sends with its webhooks.
 const WEBHOOK_TOKEN: &str = "Bearer demo-webhook-token-0123456789";
+/// The Standard Webhooks secret the reconciler signs its deliveries to the shop with.
+const SHOP_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// The shop's own webhook endpoint on 127.0.0.1: verifies each delivery with the
+/// `standardwebhooks` crate (as a shop would with its language's library) and prints the
+/// order it says is paid. Returns its URL.
+async fn shop_endpoint() -> anyhow::Result<String> {
+    use axum::http::{HeaderMap, StatusCode};
+    async fn hook(headers: HeaderMap, body: axum::body::Bytes) -> StatusCode {
+        let verified =
+            standardwebhooks::Webhook::new(SHOP_SECRET).and_then(|wh| wh.verify(&body, &headers));
+        let event: Value = serde_json::from_slice(&body).unwrap_or_default();
+        match verified {
+            Ok(()) => {
+                println!(
+                    "  The shop's endpoint received {} (signature verified): order {} is paid, {} {}.",
+                    event["type"].as_str().unwrap_or("?"),
+                    event["data"]["order_ref"].as_str().unwrap_or("?"),
+                    event["data"]["charged_amount"],
+                    event["data"]["charged_currency"].as_str().unwrap_or("")
+                );
+                StatusCode::NO_CONTENT
+            }
+            Err(e) => {
+                println!("  The shop's endpoint refused a delivery: {e}");
+                StatusCode::BAD_REQUEST
+            }
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hooks/konbini", listener.local_addr()?);
+    let app = axum::Router::new().route("/hooks/konbini", axum::routing::post(hook));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(url)
+}
 
 /// The reconciler reads the simulator's clock, so "a week later" is a jump, not a wait.
 struct SimTime(Sim);
@@ -79,7 +114,8 @@ async fn run() -> anyhow::Result<()> {
     let db = fresh_database()?;
     let creds = Credentials::default();
     let sim = start_simulator(&creds).await?;
-    let reconciler = reconciler_for(&sim, &creds).await?;
+    let shop_hook = shop_endpoint().await?;
+    let reconciler = reconciler_for(&sim, &creds, &shop_hook).await?;
 
     let created = create_charges_like_the_shop(&sim, &creds).await?;
     let forgotten = register_most(&db, &created)?;
@@ -128,10 +164,18 @@ async fn webhook(reconciler: &Reconciler, sim: &Sim, db: &Path) -> anyhow::Resul
 
     let conn = Connection::open(db)?;
     let id: String = conn.query_row(
-        "SELECT charge_id FROM charges WHERE state = 'awaiting' ORDER BY charge_id LIMIT 1",
+        "SELECT charge_id FROM charges WHERE state = 'awaiting'
+         ORDER BY order_ref IS NOT '12345', charge_id LIMIT 1",
         [],
         |r| r.get(0),
     )?;
+    // The shop's systems learn of payments from here on: the delivery job, as the daemon
+    // runs it.
+    konbini_reconciler::delivery::worker::sync(reconciler.settings(), true).await?;
+    let delivering = tokio::spawn(konbini_reconciler::delivery::run(
+        reconciler.settings().clone(),
+        stop.clone(),
+    ));
     println!("== A webhook");
     println!(
         "  The customer of {id} pays at the konbini; UnivaPay posts charge_finished to {url}."
@@ -171,11 +215,30 @@ async fn webhook(reconciler: &Reconciler, sim: &Sim, db: &Path) -> anyhow::Resul
         [],
         |r| r.get(0),
     )?;
-    println!("  The check is runs row {run}, trigger webhook.\n");
+    println!("  The check is runs row {run}, trigger webhook.");
+    let delivered = |conn: &Connection| -> rusqlite::Result<i64> {
+        conn.query_row(
+            "SELECT count(*) FROM deliveries WHERE charge_id = ?1 AND delivered_at IS NOT NULL",
+            [&id],
+            |r| r.get(0),
+        )
+    };
+    while delivered(&conn)? == 0 {
+        anyhow::ensure!(
+            paid.elapsed() < Duration::from_secs(10),
+            "the payment was not delivered to the shop"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!(
+        "  {:.0} ms after the payment, the shop's systems know (a signed POST to its endpoint).\n",
+        paid.elapsed().as_secs_f64() * 1000.0
+    );
     // Later payments and deadlines are left to the next pass.
     sim.configure(|c| c.webhook = None);
     stop.cancel();
     serving.stopped(Duration::from_secs(5)).await;
+    let _ = delivering.await;
     Ok(())
 }
 
@@ -213,12 +276,17 @@ async fn start_simulator(creds: &Credentials) -> anyhow::Result<RunningSim> {
 
 /// The reconciler, with discovery on for the shop's store (and enrichment, so registered
 /// charges get their brand and deadline too).
-async fn reconciler_for(sim: &RunningSim, creds: &Credentials) -> anyhow::Result<Reconciler> {
+async fn reconciler_for(
+    sim: &RunningSim,
+    creds: &Credentials,
+    shop_hook: &str,
+) -> anyhow::Result<Reconciler> {
     let config = format!(
         "[api]\nbase_url = \"{}\"\napp_token = \"{}\"\nsecret = \"{}\"\ntimeout = \"5s\"\nconcurrency = 16\n\
          [database]\npath = \"{DB}\"\n\
          [discovery]\nstores = [\"{}\"]\nenrich = true\n\
-         [webhook]\nauth_token = \"{WEBHOOK_TOKEN}\"\n",
+         [webhook]\nauth_token = \"{WEBHOOK_TOKEN}\"\n\
+         [[delivery]]\nname = \"shop\"\nurl = \"{shop_hook}\"\nsecret = \"{SHOP_SECRET}\"\nevents = [\"charge.paid\"]\n",
         sim.base_url(),
         creds.app_token,
         creds.secret,
@@ -233,6 +301,11 @@ async fn reconciler_for(sim: &RunningSim, creds: &Credentials) -> anyhow::Result
     let reconciler = Reconciler::with_clock(settings, Arc::new(SimTime(sim.sim.clone())))?;
     reconciler.prepare_ledger().await?;
     Ok(reconciler)
+}
+
+/// The shop's order number of its `index`th order: 12345 for the first.
+fn order_number(index: usize) -> String {
+    (12345 + index).to_string()
 }
 
 /// The shop's side of UnivaPay's API, as the seed document shows it.
@@ -283,7 +356,7 @@ impl Shop {
                     "convenience_store": brand,
                     "expiration_period": "P7D"
                 },
-                "metadata": {"order_id": format!("order-{index}")}
+                "metadata": {"orderid": order_number(index)}
             }),
             None => json!({
                 "payment_type": "card",
@@ -309,7 +382,7 @@ impl Shop {
             "transaction_token_id": token,
             "amount": amount,
             "currency": "JPY",
-            "metadata": {"order_id": format!("order-{index}")}
+            "metadata": {"orderid": order_number(index)}
         });
         self.post("/charges", Some(&format!("order-{index}")), &body)
             .await

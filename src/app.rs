@@ -60,6 +60,9 @@ pub enum Command {
         /// The payment deadline, if known.
         #[arg(long, value_name = "RFC3339", value_parser = commands::parse_time)]
         expires_at: Option<DateTime<Utc>>,
+        /// The shop's order reference (else taken from the charge's metadata).
+        #[arg(long, value_name = "REF", value_parser = commands::parse_order_ref)]
+        order: Option<String>,
     },
     /// Check these charges now, under the pass lock; one line each. Exits like --once.
     Check {
@@ -100,6 +103,49 @@ pub enum Command {
         /// Replace DEST if it exists (atomically: the old file stays until the new one is whole).
         #[arg(long)]
         force: bool,
+    },
+    /// The change feed: one JSON payload per line, ascending event id.
+    Events {
+        /// Only events after this id (the last one processed).
+        #[arg(long, value_name = "ID", default_value_t = 0)]
+        after: i64,
+        /// Keep waiting for new events (until SIGTERM/SIGINT or a closed stdout).
+        #[arg(long)]
+        follow: bool,
+        /// Only events of this type (repeatable).
+        #[arg(long = "type", value_name = "T", value_parser = commands::events::parse_type)]
+        types: Vec<String>,
+    },
+    /// Deliveries to the shop's endpoints: what is pending and why.
+    Deliveries {
+        /// One JSON object instead of the lines.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        action: Option<DeliveriesAction>,
+    },
+}
+
+/// `deliveries replay` and `deliveries test`.
+#[derive(Debug, Subcommand)]
+pub enum DeliveriesAction {
+    /// Make deliveries due now and send them (re-signed, same webhook-id).
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["events", "since"])))]
+    Replay {
+        /// These events (repeatable).
+        #[arg(long = "event", value_name = "ID")]
+        events: Vec<i64>,
+        /// Every event at or after this time.
+        #[arg(long, value_name = "RFC3339", value_parser = commands::parse_time)]
+        since: Option<DateTime<Utc>>,
+        /// Only to this endpoint.
+        #[arg(long, value_name = "NAME")]
+        endpoint: Option<String>,
+    },
+    /// Send one signed `test` event; exit 0 on a 2xx.
+    Test {
+        #[arg(long, value_name = "NAME")]
+        endpoint: Option<String>,
     },
 }
 
@@ -249,6 +295,7 @@ pub fn run_command(command: Command, settings: Arc<Settings>) -> Exit {
             amount,
             currency,
             expires_at,
+            order,
         } => {
             let charge = NewCharge {
                 charge_id,
@@ -256,6 +303,7 @@ pub fn run_command(command: Command, settings: Arc<Settings>) -> Exit {
                 amount,
                 currency,
                 expires_at,
+                order_ref: order,
             };
             commands::register::run(&settings, &charge, &mut out)
         }
@@ -290,6 +338,25 @@ pub fn run_command(command: Command, settings: Arc<Settings>) -> Exit {
             commands::export::run(&settings, &filter, cells, &mut out)
         }
         Command::Backup { dest, force } => commands::backup::run(&settings, &dest, force, &mut out),
+        Command::Events {
+            after,
+            follow,
+            types,
+        } => {
+            let args = commands::events::FeedArgs {
+                after,
+                follow,
+                types,
+            };
+            commands::events::run(&settings, &args, &mut out)
+        }
+        Command::Deliveries { json, action: None } => {
+            commands::deliveries::list(&settings, json, now, &mut out)
+        }
+        Command::Deliveries {
+            action: Some(action),
+            ..
+        } => run_deliveries(settings, action),
     };
     done.map_or_else(|e| command_failed(&e), |()| Exit::Clean)
 }
@@ -302,6 +369,31 @@ fn command_failed(e: &CommandError) -> Exit {
     }
 }
 
+/// `deliveries replay` and `deliveries test`, on the runtime.
+fn run_deliveries(settings: Arc<Settings>, action: DeliveriesAction) -> Result<(), CommandError> {
+    let runtime = runtime().map_err(|_| CommandError::Fatal("no async runtime".into()))?;
+    runtime.block_on(async move {
+        let mut out = std::io::stdout();
+        match action {
+            DeliveriesAction::Replay {
+                events,
+                since,
+                endpoint,
+            } => {
+                let args = commands::deliveries::ReplayArgs {
+                    events,
+                    since,
+                    endpoint,
+                };
+                commands::deliveries::replay(&settings, &args, &mut out).await
+            }
+            DeliveriesAction::Test { endpoint } => {
+                commands::deliveries::test(&settings, endpoint.as_deref(), &mut out).await
+            }
+        }
+    })
+}
+
 /// `check`: on the runtime, like `--once`, and with its exit statuses.
 fn run_check(settings: Arc<Settings>, ids: Vec<ChargeId>) -> Exit {
     let runtime = match runtime() {
@@ -312,6 +404,9 @@ fn run_check(settings: Arc<Settings>, ids: Vec<ChargeId>) -> Exit {
         let shutdown = crate::shutdown::on_signal();
         let work = tokio::spawn(async move {
             let mut out = std::io::stdout();
+            if let Err(e) = crate::delivery::worker::sync(&settings, false).await {
+                return Err(CommandError::Ledger(e));
+            }
             commands::check::run(settings, ids, shutdown, &mut out).await
         });
         match work.await {
@@ -383,7 +478,12 @@ pub async fn run_once(settings: Arc<Settings>, shutdown: CancellationToken) -> E
             return Exit::Fatal;
         }
     };
-    // The same jobs as the daemon's, each once, under the one lock.
+    if let Err(e) = crate::delivery::worker::sync(reconciler.settings(), true).await {
+        report_fatal(e);
+        return Exit::Fatal;
+    }
+    // The same jobs as the daemon's, each once, under the one lock; the delivery job's
+    // drain sends what the pass found.
     let pass = crate::jobs::pass::PassJob::once(reconciler.clone());
     let jobs = crate::daemon::jobs_for(&reconciler, pass);
     let drain = reconciler.settings().schedule.drain_timeout;

@@ -52,6 +52,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::config::{ScheduleSettings, Settings};
+use crate::delivery::job::DeliveryJob;
 use crate::discovery::SweepJob;
 use crate::jobs::clock::{StepWatch, TickWatch, Ticks};
 use crate::jobs::pass::{PassJob, ReportTo};
@@ -268,6 +269,7 @@ pub fn jobs_for(reconciler: &Reconciler, pass: PassJob) -> Vec<Arc<dyn jobs::Job
     vec![
         Arc::new(SweepJob::new(reconciler.context().clone())),
         Arc::new(pass),
+        Arc::new(DeliveryJob::new(reconciler.settings_arc().clone())),
     ]
 }
 

@@ -35,6 +35,7 @@ pub mod commands;
 pub mod config;
 pub mod context;
 pub mod daemon;
+pub mod delivery;
 pub mod discovery;
 pub mod domain;
 pub mod jobs;

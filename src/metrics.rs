@@ -58,6 +58,8 @@ pub struct Snapshot {
     /// `api.budget_share` as configured.
     pub budget_share: f64,
     pub taken_at: DateTime<Utc>,
+    /// Per delivery endpoint: pending, oldest pending, delivered and failed.
+    pub deliveries: Vec<crate::ledger::EndpointBacklog>,
 }
 
 impl Snapshot {
@@ -73,6 +75,7 @@ impl Snapshot {
             api,
             budget_share,
             taken_at: now,
+            deliveries: ledger.delivery_backlog()?,
         })
     }
 
@@ -119,6 +122,7 @@ pub fn render(s: &Snapshot) -> String {
     add(api_figures(&s.api));
     add(budget(s));
     add(discovery_figures(&crate::discovery::history_fallbacks()));
+    add(crate::delivery::metrics::figures(&s.deliveries, s.taken_at));
     let mut text = String::new();
     if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut text) {
         tracing::warn!(error = %e, "metrics not rendered");
@@ -601,6 +605,7 @@ mod tests {
             api: ClientStats::default(),
             budget_share: 0.5,
             taken_at: Utc::now(),
+            deliveries: Vec::new(),
         };
         let text = render(&s);
         for state in State::ALL {

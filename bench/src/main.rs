@@ -12,9 +12,13 @@
 //! (no latency), `scale` (10k, 100k, 1M all due), `idle` (1M rows, none due). No argument
 //! runs them all; `--quick` runs each at a small size as a smoke test.
 //!
+//! `konbini-bench delivery [--quick]` measures delivery to a local endpoint (see
+//! [`delivery`]).
+//!
 //! `konbini-bench month [...]` is another benchmark: a month on simulated time (see
 //! [`month`]).
 
+mod delivery;
 mod discovery;
 mod measure;
 mod month;
@@ -179,6 +183,9 @@ fn main() {
             std::process::exit(1);
         }
         return;
+    }
+    if args.first().is_some_and(|a| a == "delivery") {
+        return delivery::main(&args[1..]);
     }
     if args.first().is_some_and(|a| a == "month") {
         return month::main(&args[1..]);

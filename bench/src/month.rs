@@ -649,6 +649,7 @@ fn register(
                     amount: p.amount,
                     currency: Currency::JPY,
                     expires_at: Some(world.deadlines[i]),
+                    order_ref: None,
                 },
                 created_at: p.created,
             })

@@ -391,6 +391,7 @@ mod tests {
                     .collect(),
             },
             checked_at: chrono::Utc::now(),
+            shop: None,
         }
     }
 

@@ -180,6 +180,8 @@ mod tests {
             expires_at: None,
             created_at: "t".into(),
             updated_at: "u".into(),
+            order_ref: None,
+            paid_at: None,
         };
         let mut w = csv::WriterBuilder::new().from_writer(Vec::new());
         w.serialize(&row).unwrap();

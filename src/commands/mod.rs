@@ -14,6 +14,8 @@
 
 pub mod backup;
 pub mod check;
+pub mod deliveries;
+pub mod events;
 pub mod export;
 pub mod recheck;
 pub mod register;
@@ -53,6 +55,14 @@ pub(crate) fn output_error(e: std::io::Error) -> Option<CommandError> {
 /// Runs `f`, a function that writes a report, treating a closed pipe as the end.
 pub(crate) fn writing(f: impl FnOnce() -> std::io::Result<()>) -> Result<(), CommandError> {
     f().or_else(|e| output_error(e).map_or(Ok(()), Err))
+}
+
+/// The shop's order reference: 1 to 255 bytes, no control characters.
+pub fn parse_order_ref(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > crate::ledger::MAX_ORDER_REF || s.chars().any(char::is_control) {
+        return Err("must be 1 to 255 bytes without control characters".into());
+    }
+    Ok(s.to_owned())
 }
 
 /// A charge id as the schema accepts it.

@@ -25,6 +25,8 @@ pub(super) struct FileConfig {
     pub webhook: Option<FileWebhook>,
     pub discovery: Option<FileDiscovery>,
     pub metrics: Option<FileMetrics>,
+    #[serde(default)]
+    pub delivery: Vec<super::delivery::FileDelivery>,
 }
 
 #[derive(Deserialize)]
@@ -125,6 +127,7 @@ pub(super) struct FileReconcile {
     pub retry_backoff_max: Duration,
     pub not_found_limit: i64,
     pub batch_size: i64,
+    pub order_key: String,
 }
 
 impl Default for FileReconcile {
@@ -138,6 +141,7 @@ impl Default for FileReconcile {
             retry_backoff_max: Duration::from_secs(60 * 60),
             not_found_limit: 5,
             batch_size: 500,
+            order_key: "orderid".to_owned(),
         }
     }
 }

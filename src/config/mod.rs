@@ -8,6 +8,7 @@
 //! The file is read into [`file`]'s serde structs, then each section is resolved on its
 //! own by `sections` with the small validators of `validate`.
 
+pub mod delivery;
 mod file;
 mod sections;
 mod validate;
@@ -73,6 +74,8 @@ pub struct Settings {
     pub discovery: Option<DiscoverySettings>,
     /// `[metrics]`: `None` when absent.
     pub metrics: Option<MetricsSettings>,
+    /// `[[delivery]]`: the shop's endpoints (none: no outbound requests).
+    pub delivery: Vec<delivery::DeliverySettings>,
     /// Things worth a warning that do not stop the program (logged once logging is up).
     pub warnings: Vec<String>,
 }
@@ -124,6 +127,8 @@ pub struct ReconcileSettings {
     pub retry_backoff_max: Duration,
     pub not_found_limit: u32,
     pub batch_size: usize,
+    /// The metadata key holding the shop's order reference.
+    pub order_key: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -246,6 +251,7 @@ impl Settings {
                 .map(|m| sections::metrics(m, path, env))
                 .transpose()
                 .map_err(invalid)?,
+            delivery: delivery::endpoints(file.delivery, path, env).map_err(invalid)?,
             warnings: Vec::new(),
         })
     }
@@ -257,7 +263,11 @@ fn inline_secret_exposed(path: &Path, text: &str) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let value: toml::Table = text.parse().ok()?;
     let has = |section: &str, key: &str| value.get(section).and_then(|s| s.get(key)).is_some();
-    if !has("api", "secret") && !has("webhook", "auth_token") {
+    let delivery_secret = value
+        .get("delivery")
+        .and_then(|d| d.as_array())
+        .is_some_and(|a| a.iter().any(|e| e.get("secret").is_some()));
+    if !has("api", "secret") && !has("webhook", "auth_token") && !delivery_secret {
         return None;
     }
     let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;

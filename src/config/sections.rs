@@ -218,6 +218,7 @@ pub(super) fn reconcile(f: FileReconcile) -> Result<ReconcileSettings, Invalid> 
         retry_backoff_max: f.retry_backoff_max,
         not_found_limit: f.not_found_limit as u32,
         batch_size: f.batch_size as usize,
+        order_key: crate::config::delivery::order_key(f.order_key)?,
     })
 }
 

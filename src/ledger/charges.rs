@@ -19,6 +19,8 @@ pub struct NewCharge {
     pub currency: Currency,
     /// `None`: not given, so not compared with an existing row either.
     pub expires_at: Option<DateTime<Utc>>,
+    /// The shop's order reference (`--order`); `None`: not given, not compared.
+    pub order_ref: Option<String>,
 }
 
 /// A charge registered as of its own time (a backfill of a shop's orders, a replay):
@@ -79,10 +81,12 @@ pub struct ExportRow {
     pub expires_at: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    pub order_ref: Option<String>,
+    pub paid_at: Option<String>,
 }
 
 /// The CSV header of `export`, in order.
-pub const EXPORT_COLUMNS: [&str; 16] = [
+pub const EXPORT_COLUMNS: [&str; 18] = [
     "charge_id",
     "store_id",
     "origin",
@@ -99,6 +103,8 @@ pub const EXPORT_COLUMNS: [&str; 16] = [
     "expires_at",
     "created_at",
     "updated_at",
+    "order_ref",
+    "paid_at",
 ];
 
 impl Ledger {
@@ -109,26 +115,32 @@ impl Ledger {
         let expires_at = c.expires_at.map(ts);
         self.write(|tx| {
             let inserted = tx.execute(
-                "INSERT INTO charges (charge_id, store_id, requested_amount, requested_currency, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (charge_id) DO NOTHING",
+                "INSERT INTO charges (charge_id, store_id, requested_amount, requested_currency, expires_at, order_ref)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (charge_id) DO NOTHING",
                 params![
                     c.charge_id.as_str(),
                     c.store_id.as_str(),
                     c.amount,
                     c.currency.as_str(),
-                    expires_at
+                    expires_at,
+                    c.order_ref
                 ],
             )?;
             if inserted == 1 {
                 return Ok(Registered::Inserted);
             }
-            let (store, amount, currency, expires): (String, i64, String, Option<String>) = tx
-                .query_row(
-                    "SELECT store_id, requested_amount, requested_currency, expires_at
-                     FROM charges WHERE charge_id = ?1",
-                    [c.charge_id.as_str()],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-                )?;
+            let (store, amount, currency, expires, order): (
+                String,
+                i64,
+                String,
+                Option<String>,
+                Option<String>,
+            ) = tx.query_row(
+                "SELECT store_id, requested_amount, requested_currency, expires_at, order_ref
+                 FROM charges WHERE charge_id = ?1",
+                [c.charge_id.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )?;
             let mut differs = Vec::new();
             if store != c.store_id.as_str() {
                 differs.push(format!("store_id {store}"));
@@ -141,6 +153,9 @@ impl Ledger {
                     "expires_at {}",
                     expires.as_deref().unwrap_or("none")
                 ));
+            }
+            if c.order_ref.is_some() && order != c.order_ref {
+                differs.push(format!("order_ref {}", order.as_deref().unwrap_or("none")));
             }
             Ok(if differs.is_empty() {
                 Registered::Identical
@@ -245,7 +260,7 @@ impl Ledger {
                 "SELECT charge_id, store_id, origin, state, provider_status, requested_amount,
                         requested_currency, charged_amount, charged_currency, amount_mismatch,
                         mismatch_detail, payment_number, konbini, expires_at, created_at,
-                        updated_at
+                        updated_at, order_ref, paid_at
                  FROM charges
                  WHERE (?1 IS NULL OR state = ?1)
                    AND (?2 IS NULL OR updated_at >= ?2)
@@ -285,6 +300,8 @@ fn export_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ExportRow> {
         expires_at: r.get(13)?,
         created_at: r.get(14)?,
         updated_at: r.get(15)?,
+        order_ref: r.get(16)?,
+        paid_at: r.get(17)?,
     })
 }
 
@@ -303,6 +320,7 @@ mod tests {
             amount,
             currency: Currency::JPY,
             expires_at: None,
+            order_ref: None,
         }
     }
 

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, params};
 
 use super::error::describe;
-use super::{BadRow, DueCharge, Ledger, LedgerError, ts};
+use super::{BadRow, DueCharge, Ledger, LedgerError, ShopFacts, ts};
 use crate::domain::{Counts, Decision, NewEvent, State};
 
 /// One decided check, ready to be written.
@@ -16,6 +16,9 @@ pub struct CheckResult {
     pub charge: DueCharge,
     pub decision: Decision,
     pub checked_at: DateTime<Utc>,
+    /// What the answer says in the shop's words; `None` without an answer (the stored
+    /// values stay).
+    pub shop: Option<ShopFacts>,
 }
 
 /// What [`Ledger::apply`] did.
@@ -165,6 +168,7 @@ fn add_run_counts(c: &Connection, run_id: i64, counts: &Counts) -> rusqlite::Res
 
 /// The two statements that write one result, prepared on one connection.
 struct Writes<'c> {
+    conn: &'c Connection,
     update: rusqlite::CachedStatement<'c>,
     insert: rusqlite::CachedStatement<'c>,
 }
@@ -172,12 +176,16 @@ struct Writes<'c> {
 impl<'c> Writes<'c> {
     fn prepare(conn: &'c Connection) -> rusqlite::Result<Self> {
         Ok(Writes {
+            conn,
             update: conn.prepare_cached(
                 "UPDATE charges SET state = ?1, provider_status = ?2, charged_amount = ?3,
                         charged_currency = ?4, amount_mismatch = ?5, mismatch_detail = ?6,
                         payment_number = ?7, payment_url = ?8, next_check_at = ?9,
                         last_checked_at = ?10, last_error = ?11, consecutive_errors = ?12,
-                        not_found_count = ?13, updated_at = ?10
+                        not_found_count = ?13, updated_at = ?10,
+                        metadata = CASE WHEN ?17 THEN ?18 ELSE metadata END,
+                        order_ref = coalesce(order_ref, ?19),
+                        paid_at = CASE WHEN ?1 = 'successful' THEN coalesce(paid_at, ?10) ELSE paid_at END
                  WHERE charge_id = ?14 AND state = ?15 AND updated_at = ?16",
             )?,
             insert: conn.prepare_cached(
@@ -208,6 +216,9 @@ impl<'c> Writes<'c> {
             r.charge.charge_id.as_str(),
             r.charge.tracked.state.as_str(),
             r.charge.updated_at,
+            r.shop.is_some(),
+            r.shop.as_ref().and_then(|f| f.metadata.as_deref()),
+            r.shop.as_ref().and_then(|f| f.order_ref.as_deref()),
         ])?;
         if changed == 0 {
             return Ok(false);
@@ -230,6 +241,15 @@ impl<'c> Writes<'c> {
                 detail,
                 run_id
             ])?;
+        }
+        if let Some(facts) = &r.shop {
+            super::outbox::record_shop_facts(
+                self.conn,
+                r.charge.charge_id.as_str(),
+                &now,
+                run_id,
+                facts,
+            )?;
         }
         Ok(true)
     }

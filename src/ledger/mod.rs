@@ -19,6 +19,8 @@
 //! - `hints`: the ledger side of webhook hints.
 //! - `discovery`: discovery's registrations, watermarks and skips.
 //! - `backup`: the online, integrity-checked copy behind `backup DEST`.
+//! - `outbox`: the shop's facts, the event payloads and the delivery rows (written by
+//!   triggers in the transaction of the change), the feed and delivery queries.
 //!
 //! Everything here is blocking (rusqlite); async code calls it through
 //! [`Database::with_ledger`] or [`blocking`], on tokio's blocking pool.
@@ -33,6 +35,7 @@ mod due;
 mod error;
 mod events;
 mod hints;
+mod outbox;
 mod overview;
 mod run_requests;
 mod runs;
@@ -61,6 +64,10 @@ pub use error::LedgerError;
 pub use events::Ending;
 use hints::WEBHOOK_EVENT;
 pub use hints::{HintCheck, HintEvents, HintRow, HintTarget};
+pub use outbox::{
+    AttemptResult, DueDelivery, EVENT_TYPES, EndpointBacklog, EndpointFilter, FeedEvent,
+    MAX_METADATA, MAX_ORDER_REF, ShopFacts,
+};
 pub use overview::{Backlog, Figures, Overview, StateTotal};
 pub use runs::RunRow;
 pub use time::{Timestamp, ts};
@@ -152,6 +159,15 @@ impl Ledger {
             tx.commit().map_err(err)?;
         }
         Ok(value)
+    }
+}
+
+/// [`Ledger::err`] for code that holds a transaction on the ledger's connection (and so
+/// cannot borrow the whole ledger): it borrows only the path.
+fn err_at(path: &Path) -> impl Fn(rusqlite::Error) -> LedgerError + Copy + '_ {
+    move |source| LedgerError::Sqlite {
+        path: path.to_path_buf(),
+        source,
     }
 }
 

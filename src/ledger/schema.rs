@@ -4,6 +4,8 @@
 
 use rusqlite_migration::{M, Migrations};
 
+use super::outbox;
+
 const V1: &str = r#"
 CREATE TABLE charges (
     charge_id          TEXT PRIMARY KEY NOT NULL
@@ -317,7 +319,20 @@ END;
 "#;
 
 pub(super) fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4)])
+    Migrations::new(vec![
+        M::up(V1),
+        M::up(V2),
+        M::up(V3),
+        M::up(V4),
+        // Keep this after every migration that defines an index or trigger on
+        // charge_events: it rebuilds the table with whatever the migrations before it
+        // defined (V4's charge_events_keep_facts among them).
+        M::up_with_hook(outbox::V4_COLUMNS, |tx: &rusqlite::Transaction<'_>| {
+            outbox::rebuild_charge_events(tx)?;
+            tx.execute_batch(outbox::V4_OUTBOX)?;
+            Ok(())
+        }),
+    ])
 }
 
 #[cfg(test)]

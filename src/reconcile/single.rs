@@ -181,6 +181,12 @@ impl Checker {
                 charge,
                 decision,
                 checked_at: now,
+                shop: result.as_ref().ok().map(|answer| {
+                    crate::delivery::facts::shop_facts(
+                        &answer.metadata,
+                        &self.ctx.settings().reconcile.order_key,
+                    )
+                }),
             }),
             no_answer: result
                 .err()

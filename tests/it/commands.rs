@@ -710,7 +710,8 @@ async fn export_writes_rfc_4180_csv() {
     assert_eq!(r.code(), Some(0), "{}", r.stderr());
     let header = "charge_id,store_id,origin,state,provider_status,requested_amount,\
                   requested_currency,charged_amount,charged_currency,amount_mismatch,\
-                  mismatch_detail,payment_number,konbini,expires_at,created_at,updated_at\r\n";
+                  mismatch_detail,payment_number,konbini,expires_at,created_at,updated_at,\
+                  order_ref,paid_at\r\n";
     assert_eq!(r.stdout(), header);
 
     app.create("short", 1000);

@@ -11,6 +11,7 @@ mod commands;
 mod config;
 mod daemon;
 mod database;
+mod delivery;
 mod discovery;
 mod discovery_crash;
 mod discovery_fallback;

@@ -418,6 +418,17 @@ fn full_snapshot() -> Snapshot {
         api,
         budget_share: 0.5,
         taken_at: chrono::Utc::now(),
+        deliveries: vec![konbini_reconciler::ledger::EndpointBacklog {
+            endpoint: "shop".into(),
+            pending: 1,
+            oldest_pending_at: Some("2026-12-02T09:00:00.000Z".into()),
+            next_attempt_at: None,
+            last_success_at: None,
+            last_error: None,
+            last_error_at: None,
+            delivered: 1,
+            failed_attempts: 1,
+        }],
     }
 }
 

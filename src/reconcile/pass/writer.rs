@@ -245,6 +245,7 @@ mod tests {
                 events: Vec::new(),
             },
             checked_at: chrono::Utc::now(),
+            shop: None,
         }
     }
 

@@ -1,0 +1,124 @@
+//! The delivery figures for [`crate::metrics`]: per endpoint, what is pending, how old
+//! the oldest pending delivery is, and how many were delivered or failed. Read from the
+//! ledger, so every process reports the same (the counters are the ledger's rows, and
+//! reset only when retention prunes delivered rows).
+
+use chrono::{DateTime, Utc};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts};
+
+use crate::ledger::EndpointBacklog;
+
+/// The three families, ready to register.
+pub struct DeliveryFigures {
+    pending: IntGaugeVec,
+    oldest: GaugeVec,
+    total: IntCounterVec,
+}
+
+impl Collector for DeliveryFigures {
+    fn desc(&self) -> Vec<&Desc> {
+        let mut d = self.pending.desc();
+        d.extend(self.oldest.desc());
+        d.extend(self.total.desc());
+        d
+    }
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut m = self.pending.collect();
+        m.extend(self.oldest.collect());
+        m.extend(self.total.collect());
+        m
+    }
+}
+
+/// Seconds from an RFC 3339 time to `now` (never negative).
+pub fn age(at: Option<&str>, now: DateTime<Utc>) -> Option<f64> {
+    let t = DateTime::parse_from_rfc3339(at?).ok()?;
+    Some(((now - t.with_timezone(&Utc)).num_milliseconds().max(0) as f64) / 1000.0)
+}
+
+/// The figures of `backlog` at `now`.
+pub fn figures(backlog: &[EndpointBacklog], now: DateTime<Utc>) -> Box<dyn Collector> {
+    let pending = IntGaugeVec::new(
+        Opts::new(
+            "konbini_deliveries_pending",
+            "Deliveries to the endpoint not yet answered with a 2xx.",
+        ),
+        &["endpoint"],
+    )
+    .expect("valid metric");
+    let oldest = GaugeVec::new(
+        Opts::new(
+            "konbini_delivery_oldest_pending_seconds",
+            "Age of the oldest pending delivery to the endpoint (0 when none is pending).",
+        ),
+        &["endpoint"],
+    )
+    .expect("valid metric");
+    let total = IntCounterVec::new(
+        Opts::new(
+            "konbini_deliveries_total",
+            "Delivery attempts by result: delivered (a 2xx) or failed (anything else).",
+        ),
+        &["endpoint", "result"],
+    )
+    .expect("valid metric");
+    for b in backlog {
+        let name = b.endpoint.as_str();
+        pending
+            .with_label_values(&[name])
+            .set(i64::try_from(b.pending).unwrap_or(i64::MAX));
+        oldest
+            .with_label_values(&[name])
+            .set(age(b.oldest_pending_at.as_deref(), now).unwrap_or(0.0));
+        total
+            .with_label_values(&[name, "delivered"])
+            .inc_by(b.delivered);
+        total
+            .with_label_values(&[name, "failed"])
+            .inc_by(b.failed_attempts);
+    }
+    Box::new(DeliveryFigures {
+        pending,
+        oldest,
+        total,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_endpoint_in_the_text_format() {
+        let b = EndpointBacklog {
+            endpoint: "shop".into(),
+            pending: 3,
+            oldest_pending_at: Some("2026-12-02T09:00:00.000Z".into()),
+            next_attempt_at: None,
+            last_success_at: None,
+            last_error: None,
+            last_error_at: None,
+            delivered: 10,
+            failed_attempts: 4,
+        };
+        let now = DateTime::parse_from_rfc3339("2026-12-02T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let r = prometheus::Registry::new();
+        r.register(figures(&[b], now)).unwrap();
+        let mut text = String::new();
+        prometheus::TextEncoder::new()
+            .encode_utf8(&r.gather(), &mut text)
+            .unwrap();
+        for line in [
+            "konbini_deliveries_pending{endpoint=\"shop\"} 3",
+            "konbini_delivery_oldest_pending_seconds{endpoint=\"shop\"} 3600",
+            "konbini_deliveries_total{endpoint=\"shop\",result=\"delivered\"} 10",
+            "konbini_deliveries_total{endpoint=\"shop\",result=\"failed\"} 4",
+        ] {
+            assert!(text.contains(line), "{line}\n{text}");
+        }
+    }
+}
