@@ -1,6 +1,6 @@
 //! One HTTP request to the listener: which route, whether the caller holds the token,
 //! whether the body is a webhook we understand, and the answer. The decisions are pure
-//! functions ([`route`], [`authorize`], [`parse`]); [`Service::handle`] strings them
+//! functions ([`route`], [`authorize`], [`parse`]); `Service::handle` strings them
 //! together with the body read, whose size and time are bounded.
 //!
 //! Order of the checks on the webhook path: method (405), `Authorization` (401), declared
