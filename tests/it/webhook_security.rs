@@ -437,11 +437,17 @@ async fn unknown_charges_have_a_small_budget_of_their_own() {
     // remembered, which the end of the test relies on. In the flood, which of the first
     // ids of eight senders win the burst is a race.
     let before = app.sim.counters().not_found;
-    let r = send(addr, post(PATH, forged("charge_updated", "unk-first").as_bytes())).await;
+    let r = send(
+        addr,
+        post(PATH, forged("charge_updated", "unk-first").as_bytes()),
+    )
+    .await;
     assert_eq!(r.status, 200);
-    wait_until(Duration::from_secs(3), "the lone unknown id verified", || {
-        app.sim.counters().not_found > before
-    })
+    wait_until(
+        Duration::from_secs(3),
+        "the lone unknown id verified",
+        || app.sim.counters().not_found > before,
+    )
     .await;
     let not_found = app.sim.counters().not_found;
     let started = Instant::now();
