@@ -231,7 +231,7 @@ struct World {
 }
 
 /// Draws the month: `per_day` charges a day at uniformly random times, with the outcome
-/// mix and payment times documented in the README:
+/// mix and payment times documented in docs/reconciliation.md:
 /// - 20 % never paid: `failed` at the deadline;
 /// - 5 % canceled by the merchant within two days;
 /// - 75 % paid (2 in 100 of them short, a mismatch to flag): 60 % of payers within 3 hours
@@ -850,7 +850,7 @@ impl Report {
     }
 }
 
-/// A row of the README's table: its label and how a run fills it.
+/// A row of the table in docs/reconciliation.md: its label and how a run fills it.
 type Row = (&'static str, fn(&Report) -> String);
 
 const ROWS: [Row; 16] = [
@@ -892,7 +892,7 @@ const ROWS: [Row; 16] = [
     ("wall time (s)", |r| format!("{:.0}", r.wall.as_secs_f64())),
 ];
 
-/// The README's table: one column per run.
+/// The table in docs/reconciliation.md: one column per run.
 fn table(reports: &[Report]) -> String {
     let mut out = format!(
         "| | {} |\n|---|{}\n",
