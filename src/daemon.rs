@@ -90,7 +90,7 @@ pub enum DaemonError {
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// How often the wall clock is compared with the monotonic one, and the ticks counted.
-pub const CLOCK_CHECK_EVERY: Duration = Duration::from_secs(2);
+pub(crate) const CLOCK_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// How often the schedule's time zone is checked for a new UTC offset.
 const OFFSET_CHECK_EVERY: Duration = Duration::from_secs(60);
@@ -265,7 +265,7 @@ fn daemon_jobs(
 
 /// The jobs of the daemon and of `--once`, in the order `--once` runs them: the discovery
 /// sweep, then the pass. A new job is registered here (see [`crate::jobs`]).
-pub fn jobs_for(reconciler: &Reconciler, pass: PassJob) -> Vec<Arc<dyn jobs::Job>> {
+pub(crate) fn jobs_for(reconciler: &Reconciler, pass: PassJob) -> Vec<Arc<dyn jobs::Job>> {
     vec![
         Arc::new(SweepJob::new(reconciler.context().clone())),
         Arc::new(pass),

@@ -31,21 +31,21 @@
 //! `main.rs` only parses the command line and hands over to [`app::main`].
 
 pub mod app;
-pub mod commands;
+pub(crate) mod commands;
 pub mod config;
-pub mod context;
+pub(crate) mod context;
 pub mod daemon;
 pub mod delivery;
 pub mod discovery;
 pub mod domain;
-pub mod jobs;
+pub(crate) mod jobs;
 pub mod ledger;
 pub mod lock;
 pub mod metrics;
 pub mod notify;
 pub mod reconcile;
-pub mod shutdown;
-pub mod telemetry;
+pub(crate) mod shutdown;
+pub(crate) mod telemetry;
 pub mod univapay;
 pub mod webhook;
 

@@ -45,9 +45,9 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, thiserror::Error)]
 #[error("pass lock {path}: {source}")]
 pub struct LockError {
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     #[source]
-    pub source: std::io::Error,
+    pub(crate) source: std::io::Error,
 }
 
 /// The lock shared by every process that runs passes over one database.
@@ -59,12 +59,12 @@ pub struct PassLock {
 /// The lock is held by someone else; `holder` is the process id it wrote, when readable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Busy {
-    pub holder: Option<u32>,
+    pub(crate) holder: Option<u32>,
 }
 
 /// How [`PassLock::acquire_within`] ended.
 #[derive(Debug)]
-pub enum Acquired {
+pub(crate) enum Acquired {
     Held(PassGuard),
     /// Still held by another pass when the wait ran out.
     Busy(Busy),
@@ -93,7 +93,7 @@ impl PassLock {
 
     /// Creates the lock file if needed, so that a directory the service cannot write to is
     /// a fatal error at start rather than a failed pass at every tick.
-    pub fn ensure_file(&self) -> Result<(), LockError> {
+    pub(crate) fn ensure_file(&self) -> Result<(), LockError> {
         self.open().map(drop)
     }
 
@@ -157,7 +157,7 @@ impl PassLock {
 
     /// Takes the lock, retrying for up to `wait` while another pass holds it, and giving up
     /// early when `shutdown` is cancelled. A zero `wait` tries exactly once.
-    pub async fn acquire_within(
+    pub(crate) async fn acquire_within(
         &self,
         wait: Duration,
         shutdown: &CancellationToken,
@@ -188,7 +188,7 @@ const MAX_SYMLINKS: usize = 40;
 /// its name (a dangling symlink is followed to where the file will be created). When not
 /// even the directory exists, `path` as given: opening the lock file then reports the
 /// missing directory.
-pub fn real_path(path: &Path) -> PathBuf {
+pub(crate) fn real_path(path: &Path) -> PathBuf {
     let mut p = path.to_owned();
     for _ in 0..MAX_SYMLINKS {
         if let Ok(real) = std::fs::canonicalize(&p) {
@@ -229,7 +229,7 @@ pub struct PassGuard {
 }
 
 impl PassGuard {
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 }

@@ -25,12 +25,14 @@
 //! POST), [`worker`] (one step, the continuous loop, the drain), [`job`] (all of it as a
 //! job of the job loop).
 
-pub mod facts;
-pub mod job;
-pub mod metrics;
-pub mod retry;
-pub mod sender;
-pub mod sign;
+pub(crate) mod facts;
+pub(crate) mod job;
+pub(crate) mod metrics;
+pub(crate) mod retry;
+pub(crate) mod sender;
+pub(crate) mod sign;
 pub mod worker;
 
-pub use worker::{DeliveryError, Drained, Endpoint, StepReport, drain, run};
+pub(crate) use worker::drain;
+pub use worker::run;
+pub use worker::{DeliveryError, Drained, Endpoint, StepReport};

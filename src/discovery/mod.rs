@@ -56,7 +56,7 @@
 //! A webhook about a charge the ledger does not hold takes the same verification
 //! ([`register_unknown`]).
 
-pub mod deadline;
+pub(crate) mod deadline;
 mod enrich;
 mod notice;
 mod outcome;
@@ -80,15 +80,17 @@ use crate::lock::PassGuard;
 use crate::reconcile::run::honour_recorded_pause;
 use crate::univapay::Listed;
 
-pub use enrich::MAX_ENRICHED_PER_SWEEP;
+pub(crate) use enrich::MAX_ENRICHED_PER_SWEEP;
 pub use notice::history_fallbacks;
-pub use outcome::{StoreEnd, verdict};
-pub use sweep::{MAX_PAGES_PER_STORE, MAX_VERIFIED_PER_SWEEP, SweepReport};
+pub(crate) use outcome::{StoreEnd, verdict};
+pub(crate) use sweep::MAX_PAGES_PER_STORE;
+pub use sweep::MAX_VERIFIED_PER_SWEEP;
+pub use sweep::SweepReport;
 pub use window::SETTLE;
 
 /// What stops `--once` before its pass.
 #[derive(Debug, thiserror::Error)]
-pub enum DiscoveryError {
+pub(crate) enum DiscoveryError {
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     #[error("discovery sweep: {0}")]
@@ -138,7 +140,7 @@ pub async fn sweep(
 
 /// How long until a sweep is due: zero when none ran yet or the last one started at least
 /// `discovery.interval` ago. `None` when discovery is off.
-pub async fn until_due(ctx: &Context) -> Result<Option<Duration>, LedgerError> {
+pub(crate) async fn until_due(ctx: &Context) -> Result<Option<Duration>, LedgerError> {
     let Some(interval) = ctx.settings().discovery.as_ref().map(|d| d.interval) else {
         return Ok(None);
     };
@@ -154,7 +156,7 @@ pub async fn until_due(ctx: &Context) -> Result<Option<Duration>, LedgerError> {
 }
 
 /// Runs a sweep if one is due (see [`until_due`]).
-pub async fn sweep_if_due(
+pub(crate) async fn sweep_if_due(
     ctx: &Context,
     held: &PassGuard,
     trigger: Trigger,
@@ -171,14 +173,14 @@ pub async fn sweep_if_due(
 /// before the pass when due. In `--once` only the ledger failing and the credentials
 /// being refused stop what follows; anything else the sweep met is in its log line and
 /// its `discovery_sweeps` row.
-pub struct SweepJob {
+pub(crate) struct SweepJob {
     ctx: Context,
     /// Wait before the next look at `until_due` (after a sweep that failed).
     backoff: std::sync::Mutex<Duration>,
 }
 
 impl SweepJob {
-    pub fn new(ctx: Context) -> SweepJob {
+    pub(crate) fn new(ctx: Context) -> SweepJob {
         SweepJob {
             ctx,
             backoff: std::sync::Mutex::new(Duration::ZERO),

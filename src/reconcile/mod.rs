@@ -14,15 +14,16 @@
 //! is the run over every due charge, on the schedule or with `--once`.
 
 pub mod cadence;
-pub mod decide;
-pub mod fit;
-pub mod pass;
-pub mod run;
-pub mod single;
-pub mod stop;
+pub(crate) mod decide;
+pub(crate) mod fit;
+pub(crate) mod pass;
+pub(crate) mod run;
+pub(crate) mod single;
+pub(crate) mod stop;
 
-pub use crate::context::{Clock, SystemClock};
+pub use crate::context::Clock;
+pub(crate) use crate::context::SystemClock;
 pub use pass::Reconciler;
 pub use run::{PassReport, Run, RunReport, Tally};
-pub use single::{Checked, Checker};
-pub use stop::{DrainGuard, Stop};
+pub(crate) use single::{Checked, Checker};
+pub(crate) use stop::{DrainGuard, Stop};

@@ -64,10 +64,10 @@
 //! for discovery to verify and register; behind the budget above), and [`Hooks::metrics`]
 //! serves `GET /metrics` on this listener (404 while unset).
 
-pub mod coalesce;
-pub mod http;
-pub mod intake;
-pub mod listen;
+pub(crate) mod coalesce;
+pub(crate) mod http;
+pub(crate) mod intake;
+pub(crate) mod listen;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -88,7 +88,7 @@ use coalesce::{Admitted, UnknownBudget, UnknownLimits};
 pub use listen::Listener;
 
 /// The hints waiting to be recorded; past this, new hints are dropped (still 200).
-pub const QUEUE: usize = 4096;
+pub(crate) const QUEUE: usize = 4096;
 
 /// Why the listener could not start. Each names the config key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -122,13 +122,13 @@ pub enum WebhookError {
 /// [`ChargeEvent::MAX_CHARS`] characters, each an ASCII letter, digit, `_`, `.` or `-`
 /// (anything else becomes `_`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ChargeEvent(Arc<str>);
+pub(crate) struct ChargeEvent(Arc<str>);
 
 impl ChargeEvent {
-    pub const MAX_CHARS: usize = 48;
+    pub(crate) const MAX_CHARS: usize = 48;
 
     /// The sanitised name of `raw`.
-    pub fn new(raw: &str) -> ChargeEvent {
+    pub(crate) fn new(raw: &str) -> ChargeEvent {
         let name: String = raw
             .chars()
             .take(Self::MAX_CHARS)
@@ -146,11 +146,11 @@ impl ChargeEvent {
     /// Whether the event's `data` is the charge itself (`charge_*` events: its `id` is
     /// the charge's) rather than an object that names it in `data.charge_id` (a cancel,
     /// a refund).
-    pub fn carries_the_charge(&self) -> bool {
+    pub(crate) fn carries_the_charge(&self) -> bool {
         self.0.starts_with("charge_")
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -163,23 +163,23 @@ impl std::fmt::Display for ChargeEvent {
 
 /// An accepted hint, on its way from the HTTP side to the intake.
 #[derive(Debug, Clone)]
-pub struct Hint {
-    pub charge_id: ChargeId,
-    pub store_id: StoreId,
-    pub event: ChargeEvent,
+pub(crate) struct Hint {
+    pub(crate) charge_id: ChargeId,
+    pub(crate) store_id: StoreId,
+    pub(crate) event: ChargeEvent,
     /// When it arrived, for the coalescer's timing.
-    pub arrived: tokio::time::Instant,
+    pub(crate) arrived: tokio::time::Instant,
     /// When it arrived, for the ledger (the reconciler's clock).
-    pub at: DateTime<Utc>,
+    pub(crate) at: DateTime<Utc>,
 }
 
 /// An accepted charge event about a charge the ledger does not hold.
 #[derive(Debug, Clone)]
 pub struct UnknownCharge {
-    pub charge_id: ChargeId,
-    pub store_id: StoreId,
-    pub event: ChargeEvent,
-    pub at: DateTime<Utc>,
+    pub(crate) charge_id: ChargeId,
+    pub(crate) store_id: StoreId,
+    pub(crate) event: ChargeEvent,
+    pub(crate) at: DateTime<Utc>,
 }
 
 /// Told about charges the ledger does not hold. Discovery implements it to verify such a
@@ -191,7 +191,7 @@ pub trait UnknownChargeHook: Send + Sync + 'static {
 
 /// The default: unknown charges are only counted and logged at debug by the intake.
 #[derive(Debug, Default)]
-pub struct IgnoreUnknown;
+pub(crate) struct IgnoreUnknown;
 
 impl UnknownChargeHook for IgnoreUnknown {
     fn on_unknown_charge(&self, _charge: UnknownCharge) {}
@@ -224,7 +224,7 @@ impl UnknownChargeHook for Budgeted {
 /// the default `api.budget_share`), in bursts of up to 5, so that hints for charges the
 /// ledger lacks never take more than a twentieth of the budget share, and 4,096 ids
 /// remembered for 10 minutes.
-pub fn unknown_limits(hints: &coalesce::Limits) -> UnknownLimits {
+pub(crate) fn unknown_limits(hints: &coalesce::Limits) -> UnknownLimits {
     let per_second = (hints.per_second / 5.0).max(0.05);
     UnknownLimits {
         per_second,
@@ -235,19 +235,19 @@ pub fn unknown_limits(hints: &coalesce::Limits) -> UnknownLimits {
 }
 
 /// The intake's monotonic time: when hints arrived, GETs started, the bucket refilled.
-pub type IntakeClock = Arc<dyn Fn() -> tokio::time::Instant + Send + Sync>;
+pub(crate) type IntakeClock = Arc<dyn Fn() -> tokio::time::Instant + Send + Sync>;
 
 /// The Prometheus text for `GET /metrics`, from memory (a scrape must never cost the
 /// ledger anything: see [`crate::metrics::Cache`]); `None` while nothing is gathered yet
 /// (503).
-pub type MetricsRender = Arc<dyn Fn() -> Option<Arc<str>> + Send + Sync>;
+pub(crate) type MetricsRender = Arc<dyn Fn() -> Option<Arc<str>> + Send + Sync>;
 
 /// `/metrics` on the webhook listener, which faces the internet: only with a token.
 #[derive(Clone)]
 pub struct MetricsHook {
-    pub render: MetricsRender,
+    pub(crate) render: MetricsRender,
     /// `metrics.auth_token`: a scrape presents `Authorization: Bearer <token>`.
-    pub token: SecretString,
+    pub(crate) token: SecretString,
 }
 
 /// The whole `Authorization` value a scrape with `token` presents.
@@ -256,7 +256,7 @@ fn bearer(token: &SecretString) -> SecretString {
 }
 
 /// Binds `metrics.listen` (not a socket systemd passed: that one is the webhook's).
-pub fn bind_metrics(addr: SocketAddr) -> Result<Listener, WebhookError> {
+pub(crate) fn bind_metrics(addr: SocketAddr) -> Result<Listener, WebhookError> {
     let socket = std::net::TcpListener::bind(addr)
         .map_err(|source| WebhookError::MetricsBind { addr, source })?;
     Listener::from_std(socket)
@@ -264,7 +264,7 @@ pub fn bind_metrics(addr: SocketAddr) -> Result<Listener, WebhookError> {
 
 /// Serves `GET /metrics` (and nothing else) on `listener` until `shutdown`, behind
 /// `token` when one is set. The accept loop goes on `tasks`.
-pub fn serve_metrics(
+pub(crate) fn serve_metrics(
     listener: Listener,
     render: MetricsRender,
     token: Option<&SecretString>,
@@ -309,59 +309,59 @@ impl Default for Hooks {
 
 /// Counters of what the listener saw and did.
 #[derive(Debug, Default)]
-pub struct Stats {
+pub(crate) struct Stats {
     /// Charge events accepted (200) and handed to the intake.
-    pub received: AtomicU64,
-    pub unauthorized: AtomicU64,
-    pub too_large: AtomicU64,
-    pub timed_out: AtomicU64,
-    pub malformed: AtomicU64,
+    pub(crate) received: AtomicU64,
+    pub(crate) unauthorized: AtomicU64,
+    pub(crate) too_large: AtomicU64,
+    pub(crate) timed_out: AtomicU64,
+    pub(crate) malformed: AtomicU64,
     /// Other events, answered 200 and ignored.
-    pub other_events: AtomicU64,
+    pub(crate) other_events: AtomicU64,
     /// Hints dropped: the queue or the coalescer was full, or the ledger failed.
-    pub dropped: AtomicU64,
+    pub(crate) dropped: AtomicU64,
     /// Hints that queued a GET.
-    pub queued: AtomicU64,
+    pub(crate) queued: AtomicU64,
     /// Hints that shared a GET already queued or got the one after the GET in flight.
-    pub coalesced: AtomicU64,
-    pub for_final: AtomicU64,
-    pub not_in_ledger: AtomicU64,
+    pub(crate) coalesced: AtomicU64,
+    pub(crate) for_final: AtomicU64,
+    pub(crate) not_in_ledger: AtomicU64,
     /// Unknown charges not handed to discovery: already handed over lately.
-    pub unknown_repeats: AtomicU64,
+    pub(crate) unknown_repeats: AtomicU64,
     /// Unknown charges not handed to discovery: their budget was spent.
-    pub unknown_over_budget: AtomicU64,
-    pub other_store: AtomicU64,
+    pub(crate) unknown_over_budget: AtomicU64,
+    pub(crate) other_store: AtomicU64,
     /// Charge GETs made for hints.
-    pub checks: AtomicU64,
+    pub(crate) checks: AtomicU64,
     /// Idle connections closed to make room for new ones.
-    pub shed_idle: AtomicU64,
+    pub(crate) shed_idle: AtomicU64,
     /// Scrapes of `/metrics` without the right bearer token.
-    pub metrics_refused: AtomicU64,
+    pub(crate) metrics_refused: AtomicU64,
     /// Hint checks not written because the row had changed meanwhile.
-    pub stale: AtomicU64,
+    pub(crate) stale: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StatsSnapshot {
     pub received: u64,
-    pub unauthorized: u64,
-    pub too_large: u64,
-    pub timed_out: u64,
-    pub malformed: u64,
-    pub other_events: u64,
+    pub(crate) unauthorized: u64,
+    pub(crate) too_large: u64,
+    pub(crate) timed_out: u64,
+    pub(crate) malformed: u64,
+    pub(crate) other_events: u64,
     pub dropped: u64,
-    pub queued: u64,
+    pub(crate) queued: u64,
     pub coalesced: u64,
     pub for_final: u64,
-    pub not_in_ledger: u64,
-    pub unknown_repeats: u64,
-    pub unknown_over_budget: u64,
-    pub other_store: u64,
+    pub(crate) not_in_ledger: u64,
+    pub(crate) unknown_repeats: u64,
+    pub(crate) unknown_over_budget: u64,
+    pub(crate) other_store: u64,
     pub checks: u64,
-    pub shed_idle: u64,
-    pub metrics_refused: u64,
-    pub stale: u64,
+    pub(crate) shed_idle: u64,
+    pub(crate) metrics_refused: u64,
+    pub(crate) stale: u64,
 }
 
 impl Stats {
@@ -373,7 +373,7 @@ impl Stats {
         c.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub fn snapshot(&self) -> StatsSnapshot {
+    pub(crate) fn snapshot(&self) -> StatsSnapshot {
         let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
         StatsSnapshot {
             received: l(&self.received),
@@ -401,15 +401,15 @@ impl Stats {
 /// Lets one log line of a kind through every [`Throttle::EVERY`], counting the ones held
 /// back: a flood of bad requests must not become a flood of log lines.
 #[derive(Debug)]
-pub struct Throttle {
+pub(crate) struct Throttle {
     last: Mutex<Option<tokio::time::Instant>>,
     suppressed: AtomicU64,
 }
 
 impl Throttle {
-    pub const EVERY: Duration = Duration::from_secs(10);
+    pub(crate) const EVERY: Duration = Duration::from_secs(10);
 
-    pub fn new() -> Throttle {
+    pub(crate) fn new() -> Throttle {
         Throttle {
             last: Mutex::new(None),
             suppressed: AtomicU64::new(0),
@@ -417,7 +417,7 @@ impl Throttle {
     }
 
     /// `Some(lines held back since the last one)` when a line may be logged now.
-    pub fn allow(&self) -> Option<u64> {
+    pub(crate) fn allow(&self) -> Option<u64> {
         let now = tokio::time::Instant::now();
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         if last.is_some_and(|l| now.duration_since(l) < Self::EVERY) {
@@ -463,7 +463,7 @@ impl Health {
     }
 
     /// Records how a scheduled pass ended.
-    pub fn pass_finished(&self, outcome: Outcome) {
+    pub(crate) fn pass_finished(&self, outcome: Outcome) {
         let code = FAILURES
             .iter()
             .position(|(o, _)| *o == outcome)
@@ -472,21 +472,21 @@ impl Health {
     }
 
     /// Records that a pass could not even run (the ledger failed).
-    pub fn pass_failed(&self) {
+    pub(crate) fn pass_failed(&self) {
         self.pass_finished(Outcome::Failed);
     }
 
-    pub fn stopping(&self) {
+    pub(crate) fn stopping(&self) {
         self.0.stopping.store(true, Ordering::Relaxed);
     }
 
     /// Records whether the schedule has stopped ticking.
-    pub fn schedule_stalled(&self, stalled: bool) {
+    pub(crate) fn schedule_stalled(&self, stalled: bool) {
         self.0.schedule_stalled.store(stalled, Ordering::Relaxed);
     }
 
     /// Why the daemon is not healthy, if it is not.
-    pub fn problem(&self) -> Option<&'static str> {
+    pub(crate) fn problem(&self) -> Option<&'static str> {
         if self.0.stopping.load(Ordering::Relaxed) {
             return Some("stopping\n");
         }
@@ -502,7 +502,7 @@ impl Health {
 
 /// Opens the listener `[webhook]` asks for: the socket systemd passed, or `listen` bound.
 /// Without `[webhook]`, `None` (and a warning if systemd passed a socket anyway).
-pub fn open(settings: Option<&WebhookSettings>) -> Result<Option<Listener>, WebhookError> {
+pub(crate) fn open(settings: Option<&WebhookSettings>) -> Result<Option<Listener>, WebhookError> {
     let Some(w) = settings else {
         if listen::socket_passed() {
             tracing::warn!(
@@ -610,7 +610,7 @@ pub fn serve(
 }
 
 impl Serving {
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
@@ -620,7 +620,7 @@ impl Serving {
 
     /// Waits until every hint received so far has been recorded and checked (for tests,
     /// the demo and the benchmark).
-    pub async fn settled(&self) {
+    pub(crate) async fn settled(&self) {
         while !self.intake.is_settled() {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }

@@ -81,13 +81,13 @@ impl Reconciler {
     }
 
     /// A pass engine on `ctx` (sharing its client, hence its pacer and budget).
-    pub fn on(ctx: Context) -> Self {
+    pub(crate) fn on(ctx: Context) -> Self {
         Reconciler {
             checker: Checker::new(ctx),
         }
     }
 
-    pub fn context(&self) -> &Context {
+    pub(crate) fn context(&self) -> &Context {
         self.checker.context()
     }
 
@@ -100,12 +100,12 @@ impl Reconciler {
         self.context().settings()
     }
 
-    pub fn client(&self) -> &Client {
+    pub(crate) fn client(&self) -> &Client {
         self.context().client()
     }
 
     /// See [`Checker::progress`].
-    pub fn progress(&self) -> u64 {
+    pub(crate) fn progress(&self) -> u64 {
         self.checker.progress()
     }
 
@@ -115,7 +115,7 @@ impl Reconciler {
     }
 
     /// When requests may go again after UnivaPay asked for `pause`.
-    pub fn resume_at(&self, pause: &Paused) -> DateTime<Utc> {
+    pub(crate) fn resume_at(&self, pause: &Paused) -> DateTime<Utc> {
         super::run::resume_at(self.now(), pause)
     }
 
