@@ -80,10 +80,6 @@ impl Context {
         &self.client
     }
 
-    pub(crate) fn clock(&self) -> &Arc<dyn Clock> {
-        &self.clock
-    }
-
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }

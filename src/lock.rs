@@ -149,10 +149,7 @@ impl PassLock {
             .set_len(0)
             .and_then(|()| file.rewind())
             .and_then(|()| writeln!(file, "{}", std::process::id()));
-        Ok(Ok(PassGuard {
-            _file: file,
-            path: self.path.clone(),
-        }))
+        Ok(Ok(PassGuard { _file: file }))
     }
 
     /// Takes the lock, retrying for up to `wait` while another pass holds it, and giving up
@@ -225,13 +222,6 @@ fn read_pid(file: &mut File) -> Option<u32> {
 pub struct PassGuard {
     /// The locked open file. Closing it (on drop) is what releases the lock.
     _file: File,
-    path: PathBuf,
-}
-
-impl PassGuard {
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 #[cfg(test)]

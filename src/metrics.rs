@@ -35,9 +35,6 @@ use crate::domain::State;
 use crate::ledger::{Database, Ledger, LedgerError, Open, Overview};
 use crate::univapay::{Client, ClientStats, RequestResult};
 
-/// The `Content-Type` of [`render`]'s text, for `/metrics`.
-pub(crate) const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
-
 /// The `runs.outcome` values a finished pass can have, each a `konbini_last_pass_outcome`
 /// series (1 for the last pass's, 0 for the others), so an alert can name one.
 const OUTCOMES: [&str; 7] = [

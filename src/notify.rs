@@ -81,10 +81,12 @@ impl Notifier {
         (n, rx)
     }
 
+    #[cfg(test)]
     pub(crate) fn is_enabled(&self) -> bool {
         !matches!(self.sink, Sink::Off)
     }
 
+    #[cfg(test)]
     /// How often keep-alives are sent, when the watchdog is on.
     pub(crate) fn watchdog_every(&self) -> Option<Duration> {
         self.watchdog_every

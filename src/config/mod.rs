@@ -26,7 +26,6 @@ use crate::domain::text::one_line;
 use crate::domain::{RecheckStep, StoreId};
 use file::FileConfig;
 
-pub(crate) use validate::cron as validate_cron;
 pub(crate) use validate::{cron_next, cron_period};
 
 /// UnivaPay's production API.

@@ -33,6 +33,5 @@ pub(crate) mod sender;
 pub(crate) mod sign;
 pub mod worker;
 
-pub(crate) use worker::drain;
 pub use worker::run;
 pub use worker::{DeliveryError, Drained, Endpoint, StepReport};

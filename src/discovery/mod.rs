@@ -80,10 +80,7 @@ use crate::lock::PassGuard;
 use crate::reconcile::run::honour_recorded_pause;
 use crate::univapay::Listed;
 
-pub(crate) use enrich::MAX_ENRICHED_PER_SWEEP;
 pub use notice::history_fallbacks;
-pub(crate) use outcome::{StoreEnd, verdict};
-pub(crate) use sweep::MAX_PAGES_PER_STORE;
 pub use sweep::MAX_VERIFIED_PER_SWEEP;
 pub use sweep::SweepReport;
 pub use window::SETTLE;
@@ -153,19 +150,6 @@ pub(crate) async fn until_due(ctx: &Context) -> Result<Option<Duration>, LedgerE
     let since = (ctx.now() - last).to_std().unwrap_or(Duration::ZERO);
     // A clock stepped back makes `since` zero: wait one interval, never longer.
     Ok(Some(interval.saturating_sub(since)))
-}
-
-/// Runs a sweep if one is due (see [`until_due`]).
-pub(crate) async fn sweep_if_due(
-    ctx: &Context,
-    held: &PassGuard,
-    trigger: Trigger,
-    shutdown: &CancellationToken,
-) -> Result<Option<SweepReport>, LedgerError> {
-    match until_due(ctx).await? {
-        Some(wait) if wait.is_zero() => sweep(ctx, held, trigger, shutdown).await,
-        _ => Ok(None),
-    }
 }
 
 /// The sweep as a job ([`crate::jobs`]): under the pass lock, whenever due (every

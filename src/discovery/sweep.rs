@@ -35,7 +35,6 @@ pub const MAX_VERIFIED_PER_SWEEP: u64 = 1_000;
 #[derive(Debug, Clone)]
 pub struct SweepReport {
     pub(crate) sweep_id: i64,
-    pub(crate) trigger: Trigger,
     pub outcome: SweepOutcome,
     /// Why the sweep did not end `ok`, when it did not.
     pub detail: Option<String>,
@@ -187,7 +186,6 @@ pub(super) async fn run(
     sweep.flush().await?;
     let report = SweepReport {
         sweep_id,
-        trigger,
         outcome,
         detail,
         stores: ends.len() as u64,

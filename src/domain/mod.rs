@@ -13,7 +13,7 @@ use std::fmt;
 
 pub(crate) use backoff::backoff;
 pub(crate) use decision::{Decision, EventKind, NewEvent, Requested, Tracked};
-pub(crate) use recheck_step::{ChargeDates, RecheckStep, parse_time};
+pub(crate) use recheck_step::{ChargeDates, RecheckStep};
 pub use run::Counts;
 pub use run::Outcome;
 pub use run::Trigger;

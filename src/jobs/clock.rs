@@ -99,6 +99,7 @@ impl TickWatch {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn is_stalled(&self) -> bool {
         self.stalled
     }

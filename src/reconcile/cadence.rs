@@ -67,6 +67,7 @@ pub(crate) struct Cadence {
 }
 
 impl Cadence {
+    #[cfg(test)]
     /// One interval for every age, no deadline watch, no stretch.
     pub(crate) fn flat(every: Duration) -> Self {
         Cadence {

@@ -22,7 +22,6 @@ pub(crate) mod single;
 pub(crate) mod stop;
 
 pub use crate::context::Clock;
-pub(crate) use crate::context::SystemClock;
 pub use pass::Reconciler;
 pub use run::{PassReport, Run, RunReport, Tally};
 pub(crate) use single::{Checked, Checker};

@@ -38,7 +38,6 @@ pub(crate) const MAX_RECORDED_PAUSE: Duration = Duration::from_secs(3600);
 #[derive(Debug, Clone)]
 pub struct RunReport {
     pub run_id: i64,
-    pub(crate) trigger: Trigger,
     pub outcome: Outcome,
     pub counts: Counts,
     pub(crate) elapsed: Duration,
@@ -281,10 +280,6 @@ impl Run {
         self.id
     }
 
-    pub(crate) fn trigger(&self) -> Trigger {
-        self.trigger
-    }
-
     /// The run's span: the checks of the run are instrumented with it.
     pub(crate) fn span(&self) -> &Span {
         &self.span
@@ -296,7 +291,6 @@ impl Run {
         let resume_at = honour_pause(&self.ctx, self.recorded_pause).err()?;
         Some(RunReport {
             run_id: self.id.unwrap_or(0),
-            trigger: self.trigger,
             outcome: Outcome::RateLimited,
             counts: Counts::default(),
             elapsed: self.started.elapsed(),
@@ -311,7 +305,6 @@ impl Run {
         let (outcome, detail) = verdict(tally, self.ctx.max_pause());
         RunReport {
             run_id: self.id.unwrap_or(0),
-            trigger: self.trigger,
             outcome,
             counts,
             elapsed: self.started.elapsed(),

@@ -51,7 +51,6 @@ impl RateLimit {
 #[derive(Debug)]
 pub(crate) struct Fetched {
     pub(crate) result: Result<ProviderCharge, ApiError>,
-    pub(crate) rate_limit: RateLimit,
 }
 
 /// UnivaPay API client. Cheap to clone; clones share the connection pool.
@@ -123,19 +122,6 @@ impl Client {
         url
     }
 
-    /// `GET /stores/{store}/charges/{charge}`, checked to be an answer about that charge,
-    /// sent when the pacer allows; [`Paused`] (nothing sent) when UnivaPay imposes a wait
-    /// longer than `max_pause`.
-    pub(crate) async fn get_charge(
-        &self,
-        store: &StoreId,
-        charge: &ChargeId,
-        max_pause: Duration,
-    ) -> Result<Fetched, Paused> {
-        let ticket = self.pace(max_pause).await?;
-        Ok(self.get_charge_paced(ticket, store, charge).await)
-    }
-
     /// Waits until the rate-limit budget allows one more request (see [`Pacer`]), or
     /// returns [`Paused`] at once when UnivaPay imposes a wait longer than `max_pause`.
     pub(crate) async fn pace(&self, max_pause: Duration) -> Result<Ticket, Paused> {
@@ -172,7 +158,7 @@ impl Client {
         let (body, rate_limit) = self.get_paced(ticket, url).await;
         let result = body.and_then(|b| checked_charge(&b, store, charge));
         self.count(&result, &rate_limit);
-        Fetched { result, rate_limit }
+        Fetched { result }
     }
 
     /// Counts one request by how it ended, for the metrics. Each caller of

@@ -12,14 +12,12 @@ mod pacer;
 mod stats;
 
 pub use client::Client;
-pub(crate) use client::{Fetched, RateLimit};
+pub(crate) use client::RateLimit;
 pub(crate) use error::{ApiError, ErrorClass};
 pub use listing::MAX_PAGE_LIMIT;
 pub(crate) use listing::{Listed, Listing, Page, PageQuery, TokenFacts, TokenId, VerifiedCharge};
-pub(crate) use model::ChargeJson;
 pub(crate) use model::MAX_AMOUNT;
 pub(crate) use model::ProviderCharge;
-pub(crate) use model::ProviderError;
-pub(crate) use pacer::{ASSUMED_REFILL_PER_MINUTE, Answer, Pacer, PauseCause, Paused, Ticket};
+pub(crate) use pacer::{PauseCause, Paused, Ticket};
 pub use stats::ClientStats;
 pub(crate) use stats::RequestResult;

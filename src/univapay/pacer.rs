@@ -219,6 +219,7 @@ impl Drop for Ticket {
 }
 
 impl Pacer {
+    #[cfg(test)]
     /// A pacer with an optional ceiling of requests per minute, using the whole budget.
     pub(crate) fn new(max_per_minute: Option<u32>) -> Pacer {
         Pacer::with_share(max_per_minute, 1.0)

@@ -159,6 +159,7 @@ impl ClientStats {
         self.requests[result.index()]
     }
 
+    #[cfg(test)]
     /// Every request sent.
     pub(crate) fn total_requests(&self) -> u64 {
         self.requests.iter().sum()

@@ -427,6 +427,7 @@ impl UnknownBudget {
         Admitted::Yes
     }
 
+    #[cfg(test)]
     /// Ids remembered now.
     pub(crate) fn remembered(&self) -> usize {
         self.seen.len()

@@ -202,8 +202,6 @@ impl Intake {
                 self.hooks.unknown.on_unknown_charge(UnknownCharge {
                     charge_id: hint.charge_id,
                     store_id: hint.store_id,
-                    event: hint.event,
-                    at: hint.at,
                 });
             }
         }

@@ -178,8 +178,6 @@ pub(crate) struct Hint {
 pub struct UnknownCharge {
     pub(crate) charge_id: ChargeId,
     pub(crate) store_id: StoreId,
-    pub(crate) event: ChargeEvent,
-    pub(crate) at: DateTime<Utc>,
 }
 
 /// Told about charges the ledger does not hold. Discovery implements it to verify such a
@@ -524,7 +522,6 @@ pub(crate) fn open(settings: Option<&WebhookSettings>) -> Result<Option<Listener
 
 /// The running listener and intake.
 pub struct Serving {
-    addr: SocketAddr,
     stats: Arc<Stats>,
     intake: Arc<intake::Intake>,
     health: Health,
@@ -599,7 +596,6 @@ pub fn serve(
         "webhook listener started"
     );
     Ok(Serving {
-        addr,
         stats,
         intake,
         health,
@@ -610,20 +606,8 @@ pub fn serve(
 }
 
 impl Serving {
-    pub(crate) fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
-    }
-
-    /// Waits until every hint received so far has been recorded and checked (for tests,
-    /// the demo and the benchmark).
-    pub(crate) async fn settled(&self) {
-        while !self.intake.is_settled() {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
     }
 
     /// Now, by the intake's clock ([`Hooks::clock`]).

@@ -34,8 +34,6 @@ mod writer;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use chrono::DateTime;
-use chrono::Utc;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -104,19 +102,9 @@ impl Reconciler {
         self.context().client()
     }
 
-    /// See [`Checker::progress`].
-    pub(crate) fn progress(&self) -> u64 {
-        self.checker.progress()
-    }
-
     /// See [`Checker::stretch`].
     pub fn stretch(&self) -> f64 {
         self.checker.stretch()
-    }
-
-    /// When requests may go again after UnivaPay asked for `pause`.
-    pub(crate) fn resume_at(&self, pause: &Paused) -> DateTime<Utc> {
-        super::run::resume_at(self.now(), pause)
     }
 
     /// Runs one pass over the charges due now, under the pass lock `held`. `Err` only when
