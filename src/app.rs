@@ -1,5 +1,5 @@
 //! The command-line program: `--once`, the daemon and the operator's commands
-//! ([`crate::commands`]), and how their endings map to exit codes. Everything a user sees
+//! (`crate::commands`), and how their endings map to exit codes. Everything a user sees
 //! on stderr when the program cannot go on is one line that names the cause.
 
 use std::path::PathBuf;

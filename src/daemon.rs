@@ -1,4 +1,4 @@
-//! The daemon: the job loop ([`crate::jobs`]) on the `[schedule] cron` until shutdown is
+//! The daemon: the job loop (`crate::jobs`) on the `[schedule] cron` until shutdown is
 //! requested.
 //!
 //! [`run`] opens (and migrates) the ledger, registers the jobs (the discovery sweep on its
@@ -36,8 +36,8 @@
 //! `Schedule::follow_offset`, which re-arms the job when daylight saving time changes
 //! the offset); and it keeps its next tick as a wall-clock time, so a step of the wall
 //! clock could leave it waiting days (hence the clock watch, which compares the wall
-//! clock with the monotonic one every [`CLOCK_CHECK_EVERY`], re-arms the job on a step
-//! and pulls back charges scheduled while the clock was ahead; see [`crate::jobs::clock`]).
+//! clock with the monotonic one every `CLOCK_CHECK_EVERY`, re-arms the job on a step
+//! and pulls back charges scheduled while the clock was ahead; see `crate::jobs::clock`).
 //! It polls every 500 ms, so a tick can come up to half a second late.
 
 use std::sync::Arc;

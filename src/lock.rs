@@ -78,7 +78,7 @@ const RETRY_EVERY: Duration = Duration::from_millis(50);
 
 impl PassLock {
     /// The lock for the database at `database`: the file `<real path>.lock` beside the
-    /// database's real file ([`real_path`]).
+    /// database's real file (`real_path`).
     pub fn for_database(database: &Path) -> PassLock {
         let mut name = real_path(database).into_os_string();
         name.push(".lock");

@@ -3,17 +3,17 @@
 //! one node_exporter's textfile collector reads).
 //!
 //! A [`Snapshot`] is gathered from the ledger and the client; [`render`] turns it into the
-//! text. The same text goes to the `[metrics] textfile` after every pass ([`after_pass`],
+//! text. The same text goes to the `[metrics] textfile` after every pass (`after_pass`,
 //! written atomically: a temporary file in the same directory, then a rename) and to
-//! `GET /metrics` ([`Cache`]). Rendering builds a fresh registry of the `prometheus`
+//! `GET /metrics` (`Cache`). Rendering builds a fresh registry of the `prometheus`
 //! crate each time, so the figures are always the snapshot's, never leftovers of an
 //! earlier one.
 //!
 //! `/metrics` never reads the ledger itself: one task gathers the figures every
-//! [`REFRESH_EVERY`] into a [`Cache`], and a scrape is handed the cached text (a
+//! `REFRESH_EVERY` into a `Cache`, and a scrape is handed the cached text (a
 //! reference count, no copy), so any number of scrapers costs the ledger nothing and
 //! each scrape a bounded, small amount of work. The figures are therefore up to
-//! [`REFRESH_EVERY`] old; `konbini_metrics_gathered_timestamp_seconds` says when they
+//! `REFRESH_EVERY` old; `konbini_metrics_gathered_timestamp_seconds` says when they
 //! were gathered, and `konbini_metrics_refreshes_total{result}` counts the gatherings.
 //!
 //! The names and their meaning are listed in the README ("Metrics"). Counters

@@ -7,7 +7,7 @@
 //! failed send is logged and otherwise ignored: reconciling matters more than reporting.
 //!
 //! A keep-alive means "passes are making progress", not merely "the process runs": the
-//! daemon hands [`Notifier::spawn_watchdog`] a check built on a [`ProgressWatch`], and a
+//! daemon hands `Notifier::spawn_watchdog` a check built on a `ProgressWatch`, and a
 //! pass that has finished no check for too long stops the keep-alives, so that
 //! `WatchdogSec=` restarts a process that is wedged (a bug that waits forever, say)
 //! instead of letting it skip every tick with "previous pass still running".

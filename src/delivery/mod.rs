@@ -17,12 +17,12 @@
 //!   connection; a dead one retries on its own schedule and never holds up another, nor
 //!   a pass, nor a hint check (delivery shares neither UnivaPay's client nor its budget,
 //!   and its write transactions are a few statements long).
-//! - **Never given up.** Failures retry on the contract's schedule ([`retry`]); pending
+//! - **Never given up.** Failures retry on the contract's schedule (`retry`); pending
 //!   deliveries are an alarm (metrics and an alert rule), not a silent queue.
 //!
-//! Files: [`facts`] (the shop's words in an answer: metadata, order reference),
-//! [`sign`] (Standard Webhooks v1), [`retry`] (the schedule, pure), [`sender`] (one signed
-//! POST), [`worker`] (one step, the continuous loop, the drain), [`job`] (all of it as a
+//! Files: `facts` (the shop's words in an answer: metadata, order reference),
+//! `sign` (Standard Webhooks v1), `retry` (the schedule, pure), `sender` (one signed
+//! POST), [`worker`] (one step, the continuous loop, the drain), `job` (all of it as a
 //! job of the job loop).
 
 pub(crate) mod facts;

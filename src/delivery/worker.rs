@@ -6,7 +6,7 @@
 //! never slows a live one. A step takes at most `concurrency` deliveries, each the oldest
 //! undelivered event of a different charge: per-charge order holds because a charge's
 //! next event is not even looked at until its previous one is delivered. Before sending,
-//! a step claims its deliveries for a lease ([`lease`]); a process that dies mid-flight leaves them
+//! a step claims its deliveries for a lease (`lease`); a process that dies mid-flight leaves them
 //! to fall due again within that time.
 
 use std::path::PathBuf;
@@ -279,7 +279,7 @@ fn until(next: Option<DateTime<Utc>>, now: DateTime<Utc>, cap: Duration) -> Dura
 }
 
 /// The daemon's delivery job: one task per endpoint, until `stop`. A step in flight when
-/// `stop` comes is abandoned (its deliveries fall due again after their [`lease`]).
+/// `stop` comes is abandoned (its deliveries fall due again after their `lease`).
 pub async fn run(settings: Settings, stop: CancellationToken) {
     if let Err(e) = sync(&settings, true).await {
         tracing::error!(error = %e, "cannot record the delivery endpoints; deliveries of new events may be missing");

@@ -4,7 +4,7 @@
 //! like any other.
 //!
 //! # The sweep, per configured store
-//! 1. The window: from [`discovery.overlap`](crate::config::DiscoverySettings::overlap)
+//! 1. The window: from `discovery.overlap`
 //!    behind the store's watermark (`discovery_watermarks.swept_to`; the first sweep
 //!    starts `discovery.lookback` ago, and no sweep looks further back than that) to
 //!    [`SETTLE`] ago, so that a shop registering right after creating is never raced, and
@@ -29,7 +29,7 @@
 //!    (payment type, brand and deadline; each token fetched at most once per sweep).
 //! 4. A verified konbini charge is registered: `origin = 'discovered'`, requested amount
 //!    and currency from the charge, brand and `expires_at` from the token (the rule is
-//!    [`deadline::deadline`]; NULL when unsure), `created_at` from UnivaPay's
+//!    `deadline::deadline`; NULL when unsure), `created_at` from UnivaPay's
 //!    `created_on` (so its recheck cadence counts its real age), one `discovered` event,
 //!    due at once.
 //! 5. The page's registrations, skips and the store's new watermark are one transaction.
@@ -46,7 +46,7 @@
 //! charge it spent a request on and did not register has a `discovery_skips` row.
 //!
 //! # When
-//! As a job of the job loop ([`SweepJob`]): in the daemon, every `discovery.interval`;
+//! As a job of the job loop (`SweepJob`): in the daemon, every `discovery.interval`;
 //! with `--once`, before the pass when the last sweep started at least an interval ago.
 //! Always under the pass lock, and through the context's client: the same pacer and
 //! budget share as the passes. A pause UnivaPay asked for (`runs.resume_at`) is honoured

@@ -4,7 +4,7 @@
 //!
 //! - **By age.** `reconcile.recheck_schedule` gives the interval for each age (time since
 //!   `created_at`). A schedule of several steps is jittered, early and never late: each
-//!   check comes [`LEAD`] (or a fifth of the interval, if less) plus up to [`EARLY_JITTER`]
+//!   check comes `LEAD` (or a fifth of the interval, if less) plus up to `EARLY_JITTER`
 //!   of the interval early. Charges registered together so spread out, and, because
 //!   passes run on a cron, a charge checked a minute into a pass is still due by the tick
 //!   its interval ends on instead of waiting a whole extra tick: "every 10 minutes" on a
@@ -17,7 +17,7 @@
 //!   last day (a long interval is cut short to start the watch on time).
 //! - **The budget.** When the open charges need more checks per minute than the budget
 //!   share allows, every interval is multiplied by one factor
-//!   ([`Cadence::stretch_to_fit`]) so the checks fit, instead of a backlog growing without
+//!   (`Cadence::stretch_to_fit`) so the checks fit, instead of a backlog growing without
 //!   bound. The deadline check is not stretched.
 
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! UnivaPay: the HTTP client for the charge GET, the lenient charge model, the
-//! classification of everything that can go wrong into [`ErrorClass`]es the pass acts on,
-//! the [`Pacer`] that keeps the client inside UnivaPay's rate limits, and the client's
+//! classification of everything that can go wrong into `ErrorClass`es the pass acts on,
+//! the `Pacer` that keeps the client inside UnivaPay's rate limits, and the client's
 //! [`ClientStats`] (requests by result, pacer waits) for the metrics. Discovery's
 //! requests (list pages, tokens) are in `listing`, on the same client and pacer.
 

@@ -7,7 +7,7 @@
 //! merchant configured, sent back verbatim) and best-effort. So:
 //! - a request is let in only with exactly `webhook.auth_token` as its `Authorization`
 //!   (constant-time comparison; the presented value is never logged): else 401;
-//! - from the body only the event name (bounded, sanitised: [`ChargeEvent`]), the charge's
+//! - from the body only the event name (bounded, sanitised: `ChargeEvent`), the charge's
 //!   id (`data.id` for `charge_*` events, else `data.charge_id`) and `data.store_id` are
 //!   read, each refused (400) when given twice; its status and amounts are never used;
 //! - a hint for an open ledger charge gets a charge GET that starts after the hint
@@ -19,20 +19,20 @@
 //!   UnivaPay disables a webhook that keeps failing, and the scheduled passes remain the
 //!   safety net for anything a hint does not cover.
 //!
-//! The HTTP side is in [`http`] (routes, the checks of a request, the answers), the
-//! socket and connection limits in [`listen`] (idle connections make room for new ones),
-//! when a hinted charge is checked in [`coalesce`] (pure), and the ledger and API work in
-//! [`intake`].
+//! The HTTP side is in `http` (routes, the checks of a request, the answers), the
+//! socket and connection limits in `listen` (idle connections make room for new ones),
+//! when a hinted charge is checked in `coalesce` (pure), and the ledger and API work in
+//! `intake`.
 //!
 //! `GET /metrics` is served here only when `metrics.auth_token` is set, and then only to a
-//! scrape presenting it as a bearer token; [`serve_metrics`] serves it on a listener of
-//! its own (`metrics.listen`). Either way from memory ([`MetricsRender`]), never from the
+//! scrape presenting it as a bearer token; `serve_metrics` serves it on a listener of
+//! its own (`metrics.listen`). Either way from memory (`MetricsRender`), never from the
 //! ledger.
 //!
 //! # A hint's check beside a running pass
 //! Hints are checked while passes run: holding the pass lock for a hint would delay it by
 //! a whole pass. What keeps the two from writing the same change twice is the row version
-//! a check is decided from: [`Checker::check_one`](crate::reconcile::Checker::check_one) decides from the row as read, and
+//! a check is decided from: `Checker::check_one` decides from the row as read, and
 //! [`Ledger::apply`](crate::ledger::Ledger::apply) writes the result only if the row's
 //! `updated_at` (and state) are still the same, in the same per-charge transaction a pass
 //! uses. Whichever of the two commits second finds the row changed and writes nothing:
@@ -44,7 +44,7 @@
 //!
 //! # Budget
 //! Hint GETs go through the same [`Client`](crate::univapay::Client) as the passes, so the
-//! same pacer and budget share govern them. On top, the [`coalesce`] rules: one GET in
+//! same pacer and budget share govern them. On top, the `coalesce` rules: one GET in
 //! flight per charge, hints before its start share it, GETs of one charge at least a
 //! second apart, and all hint GETs together at most a quarter of the budget share of
 //! UnivaPay's documented 1,200 requests a minute (2.5/s at the default `budget_share`
@@ -55,7 +55,7 @@
 //! past 10,000 distinct charges waiting, a hinted charge is made due for the next pass
 //! instead, as are the charges still waiting when the daemon stops.
 //!
-//! Charges the ledger does not hold have a budget of their own ([`unknown_limits`]: a
+//! Charges the ledger does not hold have a budget of their own (`unknown_limits`: a
 //! fifth of the hints', 0.5 a second at the default share) and a bounded memory of ids
 //! already handed over, so thousands of unknown ids cost a bounded number of GETs.
 //!
@@ -339,7 +339,7 @@ pub(crate) struct Stats {
     pub(crate) stale: AtomicU64,
 }
 
-/// A copy of [`Stats`] at one moment.
+/// A copy of `Stats` at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StatsSnapshot {
     pub received: u64,

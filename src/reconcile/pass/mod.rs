@@ -51,7 +51,7 @@ use crate::lock::PassGuard;
 use crate::univapay::{ApiError, Client, Paused};
 use writer::ToWriter;
 
-/// The pass engine: a [`Checker`] (and through it the [`Context`]) and the stages of a
+/// The pass engine: a `Checker` (and through it the `Context`) and the stages of a
 /// pass. Cheap to clone. It dereferences to its context, so a `&Reconciler` can be handed
 /// to anything that takes a `&Context`.
 #[derive(Clone)]
@@ -102,7 +102,7 @@ impl Reconciler {
         self.context().client()
     }
 
-    /// See [`Checker::stretch`].
+    /// See `Checker::stretch`.
     pub fn stretch(&self) -> f64 {
         self.checker.stretch()
     }
