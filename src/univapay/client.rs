@@ -189,7 +189,7 @@ impl Client {
         let resp = match self.http.get(url).send().await {
             Ok(r) => r,
             Err(e) => {
-                self.pacer.observe(ticket, Answer::NoAnswer);
+                self.pacer.observe(ticket, Answer::Nothing);
                 return (Err(self.transport_error(e)), RateLimit::default());
             }
         };

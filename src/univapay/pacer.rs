@@ -91,7 +91,7 @@ pub(crate) enum Answer {
         retry_after: Option<Duration>,
     },
     /// No HTTP answer at all (connection failed, timed out): nothing learned.
-    NoAnswer,
+    Nothing,
 }
 
 /// Paces requests for one client. Cheap to clone; clones share the budget.
@@ -213,7 +213,7 @@ impl std::fmt::Debug for Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         if let Some(p) = self.pacer.take() {
-            p.settle(self.seq, self.probe, Answer::NoAnswer);
+            p.settle(self.seq, self.probe, Answer::Nothing);
         }
     }
 }
@@ -332,7 +332,7 @@ impl Pacer {
             st.probe_in_flight = false;
         }
         match answer {
-            Answer::NoAnswer => {}
+            Answer::Nothing => {}
             Answer::Http(rl) => {
                 st.rate_limited_in_a_row = 0;
                 st.learn(seq, &rl, now);
@@ -677,7 +677,7 @@ mod tests {
             );
             let next = pacer.acquire(WAIT_ANY).await.unwrap();
             pauses.push(Instant::now() - at);
-            pacer.observe(next, Answer::NoAnswer);
+            pacer.observe(next, Answer::Nothing);
         }
         // 1 s, 2 s, 4 s, 8 s, each scaled into [half, whole].
         for (i, p) in pauses.iter().enumerate() {
@@ -757,7 +757,7 @@ mod tests {
                 .await
                 .expect("keeps going")
                 .unwrap();
-            pacer.observe(t, Answer::NoAnswer);
+            pacer.observe(t, Answer::Nothing);
         }
         // Four at once (one token kept in reserve), then one a second.
         assert_eq!(start.elapsed(), Duration::from_secs(16));
@@ -946,7 +946,7 @@ mod tests {
                         per_minute_exact: None,
                     };
                     let answer = match kind {
-                        0 => Answer::NoAnswer,
+                        0 => Answer::Nothing,
                         1 => too_many(rl, retry),
                         _ => Answer::Http(rl),
                     };
@@ -1104,7 +1104,7 @@ mod tests {
                 .await
                 .expect("within our part of the burst")
                 .unwrap();
-            pacer.observe(t, Answer::NoAnswer);
+            pacer.observe(t, Answer::Nothing);
         }
         let start = Instant::now();
         drop(pacer.acquire(WAIT_ANY).await.unwrap());

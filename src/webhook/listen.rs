@@ -104,7 +104,7 @@ impl Listener {
     }
 
     /// Whether systemd passed it.
-    pub(crate) fn from_systemd(&self) -> bool {
+    pub(crate) fn is_from_systemd(&self) -> bool {
         self.from_systemd
     }
 

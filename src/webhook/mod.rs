@@ -544,7 +544,7 @@ pub fn serve(
     shutdown: CancellationToken,
 ) -> Result<Serving, WebhookError> {
     let addr = listener.local_addr();
-    let from_systemd = listener.from_systemd();
+    let from_systemd = listener.is_from_systemd();
     let stats = Arc::new(Stats::default());
     let (tx, rx) = mpsc::channel(QUEUE);
     let clock: IntakeClock = hooks
