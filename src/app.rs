@@ -1,5 +1,5 @@
 //! The command-line program: `--once`, the daemon and the operator's commands
-//! ([`crate::commands`]), and how their endings map to exit codes. Everything a user sees
+//! (`crate::commands`), and how their endings map to exit codes. Everything a user sees
 //! on stderr when the program cannot go on is one line that names the cause.
 
 use std::path::PathBuf;
@@ -26,18 +26,18 @@ use crate::reconcile::{PassReport, Reconciler};
 pub struct Cli {
     /// Path of the config file.
     #[arg(long, value_name = "PATH", env = config::env::CONFIG, default_value = config::DEFAULT_CONFIG_PATH, global = true)]
-    pub config: PathBuf,
+    pub(crate) config: PathBuf,
     /// Run one pass over the due charges, print a summary and exit.
     #[arg(long)]
-    pub once: bool,
+    pub(crate) once: bool,
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub(crate) command: Option<Command>,
 }
 
 /// The operator's commands. They use the database and credentials of the config, and run
 /// beside the daemon.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// What the ledger says now: charges and amounts per state, mismatches, unchecked and
     /// due charges, the last run.
     Status {
@@ -128,7 +128,7 @@ pub enum Command {
 
 /// `deliveries replay` and `deliveries test`.
 #[derive(Debug, Subcommand)]
-pub enum DeliveriesAction {
+pub(crate) enum DeliveriesAction {
     /// Make deliveries due now and send them (re-signed, same webhook-id).
     #[command(group(clap::ArgGroup::new("which").required(true).args(["events", "since"])))]
     Replay {
@@ -229,7 +229,7 @@ fn usage_line(rendered: &str) -> String {
 }
 
 /// Prints the one-line fatal error.
-pub fn report_fatal(message: impl std::fmt::Display) {
+pub(crate) fn report_fatal(message: impl std::fmt::Display) {
     eprintln!("konbini-reconciler: error: {message}");
 }
 
@@ -284,7 +284,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
 }
 
 /// One of the operator's commands, with its report on stdout.
-pub fn run_command(command: Command, settings: Arc<Settings>) -> Exit {
+pub(crate) fn run_command(command: Command, settings: Arc<Settings>) -> Exit {
     let mut out = std::io::stdout();
     let now = Utc::now();
     let done = match command {
@@ -427,7 +427,7 @@ fn run_check(settings: Arc<Settings>, ids: Vec<ChargeId>) -> Exit {
 }
 
 /// The daemon: passes on the schedule until `shutdown`; 0 on a clean stop.
-pub async fn run_daemon(settings: Arc<Settings>, shutdown: CancellationToken) -> Exit {
+pub(crate) async fn run_daemon(settings: Arc<Settings>, shutdown: CancellationToken) -> Exit {
     let reconciler = match Reconciler::new(settings) {
         Ok(r) => r,
         Err(e) => {
@@ -448,7 +448,7 @@ pub async fn run_daemon(settings: Arc<Settings>, shutdown: CancellationToken) ->
 /// summary line on stdout, and the exit status.
 /// Waits up to `schedule.lock_wait` for a pass that is already running, then gives up with
 /// [`Exit::Locked`].
-pub async fn run_once(settings: Arc<Settings>, shutdown: CancellationToken) -> Exit {
+pub(crate) async fn run_once(settings: Arc<Settings>, shutdown: CancellationToken) -> Exit {
     let lock_wait = settings.schedule.lock_wait;
     // Before the lock file is made beside it: `/dev/null.lock` says nothing useful.
     if let Err(e) = crate::ledger::check_path(&settings.database.path) {
@@ -508,7 +508,7 @@ pub async fn run_once(settings: Arc<Settings>, shutdown: CancellationToken) -> E
 /// Maps a finished pass to the contract's exit status, printing the cause of a fatal one
 /// (and of an early end for a rate limit). A new mismatch outranks a rate limit: it is
 /// news that must not be lost.
-pub fn exit_for(report: &PassReport) -> Exit {
+pub(crate) fn exit_for(report: &PassReport) -> Exit {
     if report.outcome.is_failure() {
         report_fatal(report.detail.as_deref().unwrap_or(report.outcome.as_str()));
         Exit::Fatal

@@ -25,7 +25,7 @@ pub trait Clock: Send + Sync + 'static {
 
 /// The wall clock.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
+pub(crate) struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
@@ -47,12 +47,15 @@ pub struct Context {
 
 impl Context {
     /// A context on the wall clock. `Err` when the HTTP client cannot be built.
-    pub fn new(settings: Arc<Settings>) -> anyhow::Result<Self> {
+    pub(crate) fn new(settings: Arc<Settings>) -> anyhow::Result<Self> {
         Self::with_clock(settings, Arc::new(SystemClock))
     }
 
     /// A context on `clock` (tests, simulations).
-    pub fn with_clock(settings: Arc<Settings>, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+    pub(crate) fn with_clock(
+        settings: Arc<Settings>,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
         let client = Client::new(&settings.api)?;
         let db = Database::new(&settings.database.path, settings.database.busy_timeout);
         Ok(Context {
@@ -63,22 +66,18 @@ impl Context {
         })
     }
 
-    pub fn settings(&self) -> &Settings {
+    pub(crate) fn settings(&self) -> &Settings {
         &self.settings
     }
 
     /// The settings, shared.
-    pub fn settings_arc(&self) -> &Arc<Settings> {
+    pub(crate) fn settings_arc(&self) -> &Arc<Settings> {
         &self.settings
     }
 
     /// The process's one UnivaPay client.
-    pub fn client(&self) -> &Client {
+    pub(crate) fn client(&self) -> &Client {
         &self.client
-    }
-
-    pub fn clock(&self) -> &Arc<dyn Clock> {
-        &self.clock
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -86,19 +85,19 @@ impl Context {
     }
 
     /// The ledger's handle.
-    pub fn database(&self) -> &Database {
+    pub(crate) fn database(&self) -> &Database {
         &self.db
     }
 
     /// The longest wait for UnivaPay's permission any job accepts before it ends early:
     /// `schedule.drain_timeout`, so that a job never outlives the shutdown deadline
     /// waiting.
-    pub fn max_pause(&self) -> Duration {
+    pub(crate) fn max_pause(&self) -> Duration {
         self.settings.schedule.drain_timeout
     }
 
     /// Runs `f` on the ledger, on the blocking pool.
-    pub async fn with_ledger<T: Send + 'static>(
+    pub(crate) async fn with_ledger<T: Send + 'static>(
         &self,
         open: Open,
         f: impl FnOnce(Ledger) -> Result<T, LedgerError> + Send + 'static,
@@ -107,7 +106,7 @@ impl Context {
     }
 
     /// Runs `f` on the blocking pool, its join failure named after the database.
-    pub async fn blocking<T: Send + 'static>(
+    pub(crate) async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> Result<T, LedgerError> + Send + 'static,
     ) -> Result<T, LedgerError> {

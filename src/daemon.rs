@@ -1,4 +1,4 @@
-//! The daemon: the job loop ([`crate::jobs`]) on the `[schedule] cron` until shutdown is
+//! The daemon: the job loop (`crate::jobs`) on the `[schedule] cron` until shutdown is
 //! requested.
 //!
 //! [`run`] opens (and migrates) the ledger, registers the jobs (the discovery sweep on its
@@ -36,8 +36,8 @@
 //! `Schedule::follow_offset`, which re-arms the job when daylight saving time changes
 //! the offset); and it keeps its next tick as a wall-clock time, so a step of the wall
 //! clock could leave it waiting days (hence the clock watch, which compares the wall
-//! clock with the monotonic one every [`CLOCK_CHECK_EVERY`], re-arms the job on a step
-//! and pulls back charges scheduled while the clock was ahead; see [`crate::jobs::clock`]).
+//! clock with the monotonic one every `CLOCK_CHECK_EVERY`, re-arms the job on a step
+//! and pulls back charges scheduled while the clock was ahead; see `crate::jobs::clock`).
 //! It polls every 500 ms, so a tick can come up to half a second late.
 
 use std::sync::Arc;
@@ -90,7 +90,7 @@ pub enum DaemonError {
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// How often the wall clock is compared with the monotonic one, and the ticks counted.
-pub const CLOCK_CHECK_EVERY: Duration = Duration::from_secs(2);
+pub(crate) const CLOCK_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// How often the schedule's time zone is checked for a new UTC offset.
 const OFFSET_CHECK_EVERY: Duration = Duration::from_secs(60);
@@ -265,7 +265,7 @@ fn daemon_jobs(
 
 /// The jobs of the daemon and of `--once`, in the order `--once` runs them: the discovery
 /// sweep, then the pass. A new job is registered here (see [`crate::jobs`]).
-pub fn jobs_for(reconciler: &Reconciler, pass: PassJob) -> Vec<Arc<dyn jobs::Job>> {
+pub(crate) fn jobs_for(reconciler: &Reconciler, pass: PassJob) -> Vec<Arc<dyn jobs::Job>> {
     vec![
         Arc::new(SweepJob::new(reconciler.context().clone())),
         Arc::new(pass),

@@ -45,9 +45,9 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, thiserror::Error)]
 #[error("pass lock {path}: {source}")]
 pub struct LockError {
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     #[source]
-    pub source: std::io::Error,
+    pub(crate) source: std::io::Error,
 }
 
 /// The lock shared by every process that runs passes over one database.
@@ -59,12 +59,12 @@ pub struct PassLock {
 /// The lock is held by someone else; `holder` is the process id it wrote, when readable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Busy {
-    pub holder: Option<u32>,
+    pub(crate) holder: Option<u32>,
 }
 
 /// How [`PassLock::acquire_within`] ended.
 #[derive(Debug)]
-pub enum Acquired {
+pub(crate) enum Acquired {
     Held(PassGuard),
     /// Still held by another pass when the wait ran out.
     Busy(Busy),
@@ -78,7 +78,7 @@ const RETRY_EVERY: Duration = Duration::from_millis(50);
 
 impl PassLock {
     /// The lock for the database at `database`: the file `<real path>.lock` beside the
-    /// database's real file ([`real_path`]).
+    /// database's real file (`real_path`).
     pub fn for_database(database: &Path) -> PassLock {
         let mut name = real_path(database).into_os_string();
         name.push(".lock");
@@ -93,7 +93,7 @@ impl PassLock {
 
     /// Creates the lock file if needed, so that a directory the service cannot write to is
     /// a fatal error at start rather than a failed pass at every tick.
-    pub fn ensure_file(&self) -> Result<(), LockError> {
+    pub(crate) fn ensure_file(&self) -> Result<(), LockError> {
         self.open().map(drop)
     }
 
@@ -149,15 +149,12 @@ impl PassLock {
             .set_len(0)
             .and_then(|()| file.rewind())
             .and_then(|()| writeln!(file, "{}", std::process::id()));
-        Ok(Ok(PassGuard {
-            _file: file,
-            path: self.path.clone(),
-        }))
+        Ok(Ok(PassGuard { _file: file }))
     }
 
     /// Takes the lock, retrying for up to `wait` while another pass holds it, and giving up
     /// early when `shutdown` is cancelled. A zero `wait` tries exactly once.
-    pub async fn acquire_within(
+    pub(crate) async fn acquire_within(
         &self,
         wait: Duration,
         shutdown: &CancellationToken,
@@ -188,7 +185,7 @@ const MAX_SYMLINKS: usize = 40;
 /// its name (a dangling symlink is followed to where the file will be created). When not
 /// even the directory exists, `path` as given: opening the lock file then reports the
 /// missing directory.
-pub fn real_path(path: &Path) -> PathBuf {
+pub(crate) fn real_path(path: &Path) -> PathBuf {
     let mut p = path.to_owned();
     for _ in 0..MAX_SYMLINKS {
         if let Ok(real) = std::fs::canonicalize(&p) {
@@ -225,13 +222,6 @@ fn read_pid(file: &mut File) -> Option<u32> {
 pub struct PassGuard {
     /// The locked open file. Closing it (on drop) is what releases the lock.
     _file: File,
-    path: PathBuf,
-}
-
-impl PassGuard {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 #[cfg(test)]

@@ -3,17 +3,17 @@
 //! one node_exporter's textfile collector reads).
 //!
 //! A [`Snapshot`] is gathered from the ledger and the client; [`render`] turns it into the
-//! text. The same text goes to the `[metrics] textfile` after every pass ([`after_pass`],
+//! text. The same text goes to the `[metrics] textfile` after every pass (`after_pass`,
 //! written atomically: a temporary file in the same directory, then a rename) and to
-//! `GET /metrics` ([`Cache`]). Rendering builds a fresh registry of the `prometheus`
+//! `GET /metrics` (`Cache`). Rendering builds a fresh registry of the `prometheus`
 //! crate each time, so the figures are always the snapshot's, never leftovers of an
 //! earlier one.
 //!
 //! `/metrics` never reads the ledger itself: one task gathers the figures every
-//! [`REFRESH_EVERY`] into a [`Cache`], and a scrape is handed the cached text (a
+//! `REFRESH_EVERY` into a `Cache`, and a scrape is handed the cached text (a
 //! reference count, no copy), so any number of scrapers costs the ledger nothing and
 //! each scrape a bounded, small amount of work. The figures are therefore up to
-//! [`REFRESH_EVERY`] old; `konbini_metrics_gathered_timestamp_seconds` says when they
+//! `REFRESH_EVERY` old; `konbini_metrics_gathered_timestamp_seconds` says when they
 //! were gathered, and `konbini_metrics_refreshes_total{result}` counts the gatherings.
 //!
 //! The names and their meaning are listed in the README ("Metrics"). Counters
@@ -34,9 +34,6 @@ use crate::config::Settings;
 use crate::domain::State;
 use crate::ledger::{Database, Ledger, LedgerError, Open, Overview};
 use crate::univapay::{Client, ClientStats, RequestResult};
-
-/// The `Content-Type` of [`render`]'s text, for `/metrics`.
-pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
 
 /// The `runs.outcome` values a finished pass can have, each a `konbini_last_pass_outcome`
 /// series (1 for the last pass's, 0 for the others), so an alert can name one.
@@ -64,7 +61,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Reads the ledger's overview (blocking) and copies the client's counters.
-    pub fn gather(
+    pub(crate) fn gather(
         ledger: &Ledger,
         api: ClientStats,
         budget_share: f64,
@@ -81,7 +78,7 @@ impl Snapshot {
 
     /// [`gather`](Self::gather) from async code, on the blocking pool, from `db` (already
     /// migrated by whoever runs passes).
-    pub async fn take(
+    pub(crate) async fn take(
         db: &Database,
         settings: &Settings,
         client: &Client,
@@ -132,7 +129,7 @@ pub fn render(s: &Snapshot) -> String {
 
 /// What the metrics say when the ledger cannot be read (gone, replaced, corrupt, locked):
 /// `konbini_ledger_ok 0` alone, so an alert fires on it rather than on stale figures.
-pub fn render_unreadable() -> String {
+pub(crate) fn render_unreadable() -> String {
     let registry = Registry::new();
     let mut text = String::new();
     let encoded = registry
@@ -387,7 +384,7 @@ fn budget(s: &Snapshot) -> Box<dyn Collector> {
 /// Replaces `path` with `text` atomically: readers (node_exporter) see the old file or the
 /// new one, never half of one. The file is made readable by all (0644), whatever the
 /// umask, because the collector runs as another user.
-pub fn write_textfile(path: &Path, text: &str) -> std::io::Result<()> {
+pub(crate) fn write_textfile(path: &Path, text: &str) -> std::io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = path
         .parent()
@@ -431,31 +428,31 @@ pub fn write_textfile(path: &Path, text: &str) -> std::io::Result<()> {
 }
 
 /// How often the figures of `/metrics` are gathered from the ledger.
-pub const REFRESH_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const REFRESH_EVERY: Duration = Duration::from_secs(5);
 
 /// The latest `/metrics` text, gathered by one task ([`Cache::refresh_loop`]); a scrape
 /// only takes a reference to it ([`Cache::latest`]).
 #[derive(Debug, Default)]
-pub struct Cache {
+pub(crate) struct Cache {
     text: RwLock<Option<Arc<str>>>,
     ok: AtomicU64,
     failed: AtomicU64,
 }
 
 impl Cache {
-    pub fn new() -> Arc<Cache> {
+    pub(crate) fn new() -> Arc<Cache> {
         Arc::new(Cache::default())
     }
 
     /// The text of the last gathering; `None` before the first.
-    pub fn latest(&self) -> Option<Arc<str>> {
+    pub(crate) fn latest(&self) -> Option<Arc<str>> {
         self.text.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Gathers once: the ledger's figures and the client's counters, rendered with the
     /// cache's own. When the ledger cannot be read, only the cache's own figures remain,
     /// so the ledger's go absent (what an alert on absent series sees) rather than stale.
-    pub async fn refresh(&self, db: &Database, settings: &Settings, client: &Client) {
+    pub(crate) async fn refresh(&self, db: &Database, settings: &Settings, client: &Client) {
         let snapshot = Snapshot::take(db, settings, client).await;
         let (mut text, counter) = match snapshot {
             Ok(s) => (render(&s), &self.ok),
@@ -503,7 +500,7 @@ impl Cache {
     }
 
     /// Gathers at once and then every [`REFRESH_EVERY`] until `shutdown`.
-    pub async fn refresh_loop(
+    pub(crate) async fn refresh_loop(
         self: Arc<Self>,
         db: Database,
         settings: Arc<Settings>,
@@ -523,7 +520,7 @@ impl Cache {
 
 /// After a pass: the textfile, when `[metrics] textfile` is set. A failure is a warning
 /// (the pass itself went fine), never an error.
-pub async fn after_pass(db: &Database, settings: &Settings, client: &Client) {
+pub(crate) async fn after_pass(db: &Database, settings: &Settings, client: &Client) {
     let Some(path) = settings.metrics.as_ref().and_then(|m| m.textfile.clone()) else {
         return;
     };

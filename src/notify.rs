@@ -7,7 +7,7 @@
 //! failed send is logged and otherwise ignored: reconciling matters more than reporting.
 //!
 //! A keep-alive means "passes are making progress", not merely "the process runs": the
-//! daemon hands [`Notifier::spawn_watchdog`] a check built on a [`ProgressWatch`], and a
+//! daemon hands `Notifier::spawn_watchdog` a check built on a `ProgressWatch`, and a
 //! pass that has finished no check for too long stops the keep-alives, so that
 //! `WatchdogSec=` restarts a process that is wedged (a bug that waits forever, say)
 //! instead of letting it skip every tick with "previous pass still running".
@@ -42,7 +42,7 @@ enum Sink {
 
 impl Notifier {
     /// Reads `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID` from the environment.
-    pub fn from_env() -> Notifier {
+    pub(crate) fn from_env() -> Notifier {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let enabled = var("NOTIFY_SOCKET").is_some();
         Notifier {
@@ -81,25 +81,27 @@ impl Notifier {
         (n, rx)
     }
 
-    pub fn is_enabled(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_enabled(&self) -> bool {
         !matches!(self.sink, Sink::Off)
     }
 
+    #[cfg(test)]
     /// How often keep-alives are sent, when the watchdog is on.
-    pub fn watchdog_every(&self) -> Option<Duration> {
+    pub(crate) fn watchdog_every(&self) -> Option<Duration> {
         self.watchdog_every
     }
 
     /// `READY=1` together with a first status line.
-    pub fn ready(&self, status: &str) {
+    pub(crate) fn ready(&self, status: &str) {
         self.send(&[NotifyState::Ready, NotifyState::Status(&one_line(status))]);
     }
 
-    pub fn status(&self, status: &str) {
+    pub(crate) fn status(&self, status: &str) {
         self.send(&[NotifyState::Status(&one_line(status))]);
     }
 
-    pub fn stopping(&self) {
+    pub(crate) fn stopping(&self) {
         self.send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
     }
 
@@ -126,7 +128,7 @@ impl Notifier {
     /// is wedged (all workers blocked). `alive` catches the rest: a pass stuck while the
     /// runtime runs on. A long pass that keeps finishing checks is not a hang and must not
     /// get the daemon killed, which is why `alive` judges progress, not duration.
-    pub fn spawn_watchdog(
+    pub(crate) fn spawn_watchdog(
         &self,
         mut alive: impl FnMut() -> bool + Send + 'static,
     ) -> Option<JoinHandle<()>> {
@@ -148,7 +150,7 @@ impl Notifier {
 /// Judges whether work in progress is moving: it is while idle, and while busy as long
 /// as a progress count has moved within `limit`.
 #[derive(Debug, Clone)]
-pub struct ProgressWatch {
+pub(crate) struct ProgressWatch {
     limit: Duration,
     last: u64,
     since: Instant,
@@ -157,7 +159,7 @@ pub struct ProgressWatch {
 
 /// What [`ProgressWatch::check`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Health {
+pub(crate) enum Health {
     Moving,
     /// Busy and no progress for `for_` (longer than the limit); `newly` the first time.
     Stuck {
@@ -169,7 +171,7 @@ pub enum Health {
 }
 
 impl ProgressWatch {
-    pub fn new(limit: Duration, now: Instant) -> ProgressWatch {
+    pub(crate) fn new(limit: Duration, now: Instant) -> ProgressWatch {
         ProgressWatch {
             limit,
             last: 0,
@@ -178,12 +180,12 @@ impl ProgressWatch {
         }
     }
 
-    pub fn limit(&self) -> Duration {
+    pub(crate) fn limit(&self) -> Duration {
         self.limit
     }
 
     /// `busy`: work is under way; `progress`: a count that grows while it moves.
-    pub fn check(&mut self, busy: bool, progress: u64, now: Instant) -> Health {
+    pub(crate) fn check(&mut self, busy: bool, progress: u64, now: Instant) -> Health {
         if !busy || progress != self.last {
             self.last = progress;
             self.since = now;
@@ -207,7 +209,11 @@ impl ProgressWatch {
 /// when the value is a positive number of microseconds and `WATCHDOG_PID` is either unset
 /// or this process. (The sd-notify crate's own check insists on `WATCHDOG_PID`, which
 /// systemd sets but other supervisors and a plain `env` wrapper do not.)
-pub fn watchdog_interval(usec: Option<&str>, pid: Option<&str>, my_pid: u32) -> Option<Duration> {
+pub(crate) fn watchdog_interval(
+    usec: Option<&str>,
+    pid: Option<&str>,
+    my_pid: u32,
+) -> Option<Duration> {
     let usec: u64 = usec?.trim().parse().ok().filter(|&u| u > 0)?;
     if let Some(pid) = pid
         && pid.trim().parse::<u32>().ok() != Some(my_pid)

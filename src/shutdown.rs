@@ -4,7 +4,7 @@
 use tokio_util::sync::CancellationToken;
 
 /// A token cancelled on the first SIGTERM or SIGINT. Must be called inside a runtime.
-pub fn on_signal() -> CancellationToken {
+pub(crate) fn on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {

@@ -10,10 +10,10 @@ use tracing_subscriber::fmt::MakeWriter;
 use crate::config::LogFormat;
 
 /// Quiet by default: our own info lines (transitions, pass summaries), others' warnings.
-pub const DEFAULT_FILTER: &str = "warn,konbini_reconciler=info";
+pub(crate) const DEFAULT_FILTER: &str = "warn,konbini_reconciler=info";
 
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing).
-pub fn init(format: LogFormat) {
+pub(crate) fn init(format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
@@ -39,7 +39,7 @@ thread_local! {
 /// with one `write` when it returns. The pass's writer thread logs a line per committed
 /// change, and a system call per line cost more CPU than the rest of the logging; a
 /// group's lines are written right after its commit, so nothing waits long in the buffer.
-pub fn batched<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn batched<T>(f: impl FnOnce() -> T) -> T {
     BATCH.with(|b| *b.borrow_mut() = Some(Vec::new()));
     let out = f();
     if let Some(buf) = BATCH.with(|b| b.borrow_mut().take())

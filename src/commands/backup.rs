@@ -25,7 +25,7 @@ impl From<BackupError> for CommandError {
 }
 
 /// Writes the backup to `dest` and reports it on `out`.
-pub fn run(
+pub(crate) fn run(
     settings: &Settings,
     dest: &Path,
     force: bool,

@@ -28,7 +28,7 @@ use crate::lock::{Acquired, Busy, PassGuard, PassLock};
 use crate::reconcile::{Checked, Checker, Run, RunReport, Stop, Tally};
 
 /// The one line for a pass lock still held after `waited`.
-pub fn lock_busy(lock: &PassLock, busy: &Busy, waited: Duration) -> String {
+pub(crate) fn lock_busy(lock: &PassLock, busy: &Busy, waited: Duration) -> String {
     let holder = busy
         .holder
         .map_or_else(String::new, |pid| format!(" by pid {pid}"));
@@ -53,7 +53,7 @@ enum Step {
 
 /// Checks `ids` now and prints one line per charge on `out`. `Ok(None)` when shutdown
 /// came while waiting for the lock (nothing was done).
-pub async fn run(
+pub(crate) async fn run(
     settings: Arc<Settings>,
     ids: Vec<ChargeId>,
     shutdown: CancellationToken,
@@ -316,7 +316,7 @@ fn print_lines(
 /// The line for one checked charge: `ID: old -> new` (or `state (unchanged)`), UnivaPay's
 /// word, the amounts, a mismatch, the payment number, an error, and whether it was
 /// written.
-pub fn line(r: &CheckResult, written: bool) -> String {
+pub(crate) fn line(r: &CheckResult, written: bool) -> String {
     let before = &r.charge.tracked;
     let after = &r.decision.after;
     let mut parts = vec![if before.state == after.state {

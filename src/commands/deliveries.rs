@@ -20,10 +20,10 @@ use crate::ledger::{EndpointBacklog, Ledger};
 
 /// What `deliveries replay` re-sends.
 #[derive(Debug, Clone)]
-pub struct ReplayArgs {
-    pub events: Vec<i64>,
-    pub since: Option<DateTime<Utc>>,
-    pub endpoint: Option<String>,
+pub(crate) struct ReplayArgs {
+    pub(crate) events: Vec<i64>,
+    pub(crate) since: Option<DateTime<Utc>>,
+    pub(crate) endpoint: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -40,7 +40,7 @@ struct Entry<'a> {
 }
 
 /// The listing: per endpoint, pending, oldest pending age, last success, last error.
-pub fn list(
+pub(crate) fn list(
     settings: &Settings,
     json: bool,
     now: DateTime<Utc>,
@@ -127,7 +127,7 @@ fn check_endpoint(settings: &Settings, name: Option<&str>) -> Result<(), Command
 }
 
 /// `deliveries replay`: makes the chosen deliveries due now, then sends them.
-pub async fn replay(
+pub(crate) async fn replay(
     settings: &Settings,
     args: &ReplayArgs,
     out: &mut (dyn Write + Send),
@@ -171,7 +171,7 @@ pub async fn replay(
 
 /// `deliveries test`: one signed `test` event to each chosen endpoint; `Ok` when every
 /// one answered 2xx.
-pub async fn test(
+pub(crate) async fn test(
     settings: &Settings,
     endpoint: Option<&str>,
     out: &mut (dyn Write + Send),
@@ -208,7 +208,7 @@ pub async fn test(
 }
 
 /// The `test` event's payload.
-pub fn test_payload(now: DateTime<Utc>) -> String {
+pub(crate) fn test_payload(now: DateTime<Utc>) -> String {
     serde_json::json!({
         "type": "test",
         "timestamp": crate::ledger::ts(now),

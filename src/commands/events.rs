@@ -23,14 +23,14 @@ const MAX_WAIT: Duration = Duration::from_secs(1);
 
 /// What `events` was asked for.
 #[derive(Debug, Clone, Default)]
-pub struct FeedArgs {
-    pub after: i64,
-    pub follow: bool,
-    pub types: Vec<String>,
+pub(crate) struct FeedArgs {
+    pub(crate) after: i64,
+    pub(crate) follow: bool,
+    pub(crate) types: Vec<String>,
 }
 
 /// An event type as the feed names it.
-pub fn parse_type(s: &str) -> Result<String, String> {
+pub(crate) fn parse_type(s: &str) -> Result<String, String> {
     if EVENT_TYPES.contains(&s) {
         Ok(s.to_owned())
     } else {
@@ -43,7 +43,11 @@ pub fn parse_type(s: &str) -> Result<String, String> {
 
 /// Writes the events after `args.after`; with `follow`, keeps going until a signal or a
 /// closed stdout.
-pub fn run(settings: &Settings, args: &FeedArgs, out: &mut dyn Write) -> Result<(), CommandError> {
+pub(crate) fn run(
+    settings: &Settings,
+    args: &FeedArgs,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
     let db = &settings.database;
     let ledger = Ledger::open_if_exists(&db.path, db.busy_timeout)?;
     let mut after = args.after;

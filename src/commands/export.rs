@@ -20,7 +20,7 @@ use crate::ledger::{EXPORT_COLUMNS, ExportFilter, Ledger};
 
 /// How cells are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Cells {
+pub(crate) enum Cells {
     /// Neutralised for spreadsheets (see the module doc): the default.
     #[default]
     Spreadsheet,
@@ -29,7 +29,7 @@ pub enum Cells {
 }
 
 /// Writes the charges `filter` selects as CSV to `out`.
-pub fn run(
+pub(crate) fn run(
     settings: &Settings,
     filter: &ExportFilter,
     cells: Cells,
@@ -42,7 +42,7 @@ pub fn run(
 
 /// The cell as a spreadsheet should get it: a leading `'` before a formula's first
 /// character, unless the cell is a plain integer.
-pub fn neutralise(cell: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn neutralise(cell: &str) -> std::borrow::Cow<'_, str> {
     let risky = cell.starts_with(['=', '+', '-', '@', '\t', '\r']);
     if risky && !is_integer(cell) {
         std::borrow::Cow::Owned(format!("'{cell}"))
@@ -102,7 +102,7 @@ fn csv_error(e: csv::Error) -> Option<CommandError> {
 }
 
 /// The CSV itself: the header, then one record per row.
-pub fn write_csv(
+pub(crate) fn write_csv(
     ledger: &Ledger,
     filter: &ExportFilter,
     cells: Cells,

@@ -12,14 +12,14 @@
 //! names the argument. Each command writes its report to the `out` it is given (stdout
 //! in the binary) and returns a [`CommandError`] for the one stderr line otherwise.
 
-pub mod backup;
-pub mod check;
-pub mod deliveries;
-pub mod events;
-pub mod export;
-pub mod recheck;
-pub mod register;
-pub mod status;
+pub(crate) mod backup;
+pub(crate) mod check;
+pub(crate) mod deliveries;
+pub(crate) mod events;
+pub(crate) mod export;
+pub(crate) mod recheck;
+pub(crate) mod register;
+pub(crate) mod status;
 
 use chrono::{DateTime, Utc};
 
@@ -29,7 +29,7 @@ use crate::univapay::MAX_AMOUNT;
 
 /// Why a command did not do its job.
 #[derive(Debug, thiserror::Error)]
-pub enum CommandError {
+pub(crate) enum CommandError {
     /// The request cannot be carried out as asked (an id not in the ledger, a conflicting
     /// registration); nothing was changed.
     #[error("{0}")]
@@ -58,7 +58,7 @@ pub(crate) fn writing(f: impl FnOnce() -> std::io::Result<()>) -> Result<(), Com
 }
 
 /// The shop's order reference: 1 to 255 bytes, no control characters.
-pub fn parse_order_ref(s: &str) -> Result<String, String> {
+pub(crate) fn parse_order_ref(s: &str) -> Result<String, String> {
     if s.is_empty() || s.len() > crate::ledger::MAX_ORDER_REF || s.chars().any(char::is_control) {
         return Err("must be 1 to 255 bytes without control characters".into());
     }
@@ -66,17 +66,17 @@ pub fn parse_order_ref(s: &str) -> Result<String, String> {
 }
 
 /// A charge id as the schema accepts it.
-pub fn parse_charge_id(s: &str) -> Result<ChargeId, String> {
+pub(crate) fn parse_charge_id(s: &str) -> Result<ChargeId, String> {
     ChargeId::parse(s).map_err(|e| format!("not a charge id: {e}"))
 }
 
 /// A store id as the schema accepts it.
-pub fn parse_store_id(s: &str) -> Result<StoreId, String> {
+pub(crate) fn parse_store_id(s: &str) -> Result<StoreId, String> {
     StoreId::parse(s).map_err(|e| format!("not a store id: {e}"))
 }
 
 /// An amount in minor units, a whole number from 0 to 10^12 as the schema accepts.
-pub fn parse_amount(s: &str) -> Result<i64, String> {
+pub(crate) fn parse_amount(s: &str) -> Result<i64, String> {
     let refuse = || format!("must be a whole number of minor units from 0 to {MAX_AMOUNT}");
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(refuse());
@@ -88,12 +88,12 @@ pub fn parse_amount(s: &str) -> Result<i64, String> {
 }
 
 /// A three-letter currency code, any case (stored upper case).
-pub fn parse_currency(s: &str) -> Result<Currency, String> {
+pub(crate) fn parse_currency(s: &str) -> Result<Currency, String> {
     Currency::parse(s).ok_or_else(|| "must be a three-letter currency code such as JPY".into())
 }
 
 /// An RFC 3339 time with its offset, e.g. `2026-11-01T00:00:00+09:00`.
-pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+pub(crate) fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| {
@@ -102,7 +102,7 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
 }
 
 /// One of the four states.
-pub fn parse_state(s: &str) -> Result<State, String> {
+pub(crate) fn parse_state(s: &str) -> Result<State, String> {
     State::parse(s).ok_or_else(|| "must be pending, awaiting, successful or failed".into())
 }
 

@@ -13,14 +13,14 @@ use crate::ledger::{Ledger, Rechecked};
 
 /// Which charges to make due.
 #[derive(Debug, Clone)]
-pub enum Target {
+pub(crate) enum Target {
     /// Every open charge no longer checked (given up after repeated 404s).
     Unchecked,
     Ids(Vec<ChargeId>),
 }
 
 /// Makes `target` due at `now` and reports one line per charge on `out`.
-pub fn run(
+pub(crate) fn run(
     settings: &Settings,
     target: &Target,
     now: DateTime<Utc>,

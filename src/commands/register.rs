@@ -11,7 +11,7 @@ use crate::ledger::{Ledger, NewCharge, Registered, ts};
 
 /// Registers `charge` in the ledger of `settings` (creating and migrating the database if
 /// needed) and reports on `out`.
-pub fn run(
+pub(crate) fn run(
     settings: &Settings,
     charge: &NewCharge,
     out: &mut dyn Write,

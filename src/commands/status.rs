@@ -18,10 +18,10 @@ use crate::domain::State;
 use crate::ledger::{Database, Open, Overview, RunRow, ts};
 
 /// Widest line of the human form.
-pub const WIDTH: usize = 80;
+pub(crate) const WIDTH: usize = 80;
 
 /// Reads the ledger and writes its status to `out`.
-pub fn run(
+pub(crate) fn run(
     settings: &Settings,
     json: bool,
     now: DateTime<Utc>,
@@ -49,7 +49,7 @@ pub fn run(
 }
 
 /// The `--json` object.
-pub fn to_json(o: &Overview, database: &Path, now: DateTime<Utc>) -> Value {
+pub(crate) fn to_json(o: &Overview, database: &Path, now: DateTime<Utc>) -> Value {
     let f = &o.figures;
     let mut charges = Map::new();
     for state in State::ALL {
@@ -86,7 +86,7 @@ pub fn to_json(o: &Overview, database: &Path, now: DateTime<Utc>) -> Value {
 }
 
 /// The human form: a table and a few lines, none wider than [`WIDTH`].
-pub fn table(o: &Overview, database: &Path, now: DateTime<Utc>) -> String {
+pub(crate) fn table(o: &Overview, database: &Path, now: DateTime<Utc>) -> String {
     let f = &o.figures;
     let mut lines = vec![
         format!("ledger {}", database.display()),

@@ -32,15 +32,15 @@ pub(super) enum OneOrMany {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileDelivery {
-    pub name: String,
-    pub url: String,
-    pub secret: Option<OneOrMany>,
-    pub secret_file: Option<String>,
-    pub events: Option<Vec<String>>,
+    pub(crate) name: String,
+    pub(crate) url: String,
+    pub(crate) secret: Option<OneOrMany>,
+    pub(crate) secret_file: Option<String>,
+    pub(crate) events: Option<Vec<String>>,
     #[serde(default = "default_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     #[serde(default = "default_concurrency")]
-    pub concurrency: i64,
+    pub(crate) concurrency: i64,
 }
 
 fn default_timeout() -> Duration {
@@ -54,19 +54,19 @@ fn default_concurrency() -> i64 {
 /// One endpoint. `Debug` never shows the keys.
 #[derive(Debug, Clone)]
 pub struct DeliverySettings {
-    pub name: String,
-    pub url: Url,
+    pub(crate) name: String,
+    pub(crate) url: Url,
     /// Signing keys; the first is the current one.
-    pub keys: Vec<SigningKey>,
+    pub(crate) keys: Vec<SigningKey>,
     /// Event types sent to it.
-    pub events: Vec<String>,
-    pub timeout: Duration,
+    pub(crate) events: Vec<String>,
+    pub(crate) timeout: Duration,
     /// Deliveries in flight at once (different charges).
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
 }
 
 /// The environment variable that holds the secret of endpoint `name`.
-pub fn secret_env(name: &str) -> String {
+pub(crate) fn secret_env(name: &str) -> String {
     format!(
         "KONBINI_RECONCILER_DELIVERY_SECRET_{}",
         name.to_ascii_uppercase().replace('-', "_")

@@ -13,34 +13,34 @@ use super::{DEFAULT_BASE_URL, LogFormat};
 #[serde(deny_unknown_fields)]
 pub(super) struct FileConfig {
     #[serde(default)]
-    pub api: FileApi,
+    pub(crate) api: FileApi,
     #[serde(default)]
-    pub database: FileDatabase,
+    pub(crate) database: FileDatabase,
     #[serde(default)]
-    pub schedule: FileSchedule,
+    pub(crate) schedule: FileSchedule,
     #[serde(default)]
-    pub reconcile: FileReconcile,
+    pub(crate) reconcile: FileReconcile,
     #[serde(default)]
-    pub log: FileLog,
-    pub webhook: Option<FileWebhook>,
-    pub discovery: Option<FileDiscovery>,
-    pub metrics: Option<FileMetrics>,
+    pub(crate) log: FileLog,
+    pub(crate) webhook: Option<FileWebhook>,
+    pub(crate) discovery: Option<FileDiscovery>,
+    pub(crate) metrics: Option<FileMetrics>,
     #[serde(default)]
-    pub delivery: Vec<super::delivery::FileDelivery>,
+    pub(crate) delivery: Vec<super::delivery::FileDelivery>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct FileApi {
-    pub base_url: String,
-    pub app_token: Option<SecretString>,
-    pub secret: Option<SecretString>,
-    pub secret_file: Option<String>,
+    pub(crate) base_url: String,
+    pub(crate) app_token: Option<SecretString>,
+    pub(crate) secret: Option<SecretString>,
+    pub(crate) secret_file: Option<String>,
     #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    pub concurrency: i64,
-    pub max_requests_per_minute: Option<i64>,
-    pub budget_share: f64,
+    pub(crate) timeout: Duration,
+    pub(crate) concurrency: i64,
+    pub(crate) max_requests_per_minute: Option<i64>,
+    pub(crate) budget_share: f64,
 }
 
 impl Default for FileApi {
@@ -61,9 +61,9 @@ impl Default for FileApi {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct FileDatabase {
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     #[serde(with = "humantime_serde")]
-    pub busy_timeout: Duration,
+    pub(crate) busy_timeout: Duration,
 }
 
 impl Default for FileDatabase {
@@ -78,13 +78,13 @@ impl Default for FileDatabase {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct FileSchedule {
-    pub cron: String,
-    pub run_on_start: bool,
-    pub timezone: Option<String>,
+    pub(crate) cron: String,
+    pub(crate) run_on_start: bool,
+    pub(crate) timezone: Option<String>,
     #[serde(with = "humantime_serde")]
-    pub drain_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
     #[serde(with = "humantime_serde")]
-    pub lock_wait: Duration,
+    pub(crate) lock_wait: Duration,
 }
 
 impl Default for FileSchedule {
@@ -104,9 +104,9 @@ impl Default for FileSchedule {
 #[serde(deny_unknown_fields)]
 pub(super) struct FileStep {
     #[serde(with = "humantime_serde")]
-    pub age: Duration,
+    pub(crate) age: Duration,
     #[serde(with = "humantime_serde")]
-    pub every: Duration,
+    pub(crate) every: Duration,
 }
 
 #[derive(Deserialize)]
@@ -115,19 +115,19 @@ pub(super) struct FileReconcile {
     /// `None` when not written: whether it was is what tells the flat schedule (only
     /// `recheck_interval`) from the default one.
     #[serde(with = "humantime_serde::option")]
-    pub recheck_interval: Option<Duration>,
-    pub recheck_schedule: Option<Vec<FileStep>>,
+    pub(crate) recheck_interval: Option<Duration>,
+    pub(crate) recheck_schedule: Option<Vec<FileStep>>,
     #[serde(with = "humantime_serde")]
-    pub expiry_grace: Duration,
+    pub(crate) expiry_grace: Duration,
     #[serde(with = "humantime_serde")]
-    pub deadline_watch: Duration,
+    pub(crate) deadline_watch: Duration,
     #[serde(with = "humantime_serde")]
-    pub retry_backoff: Duration,
+    pub(crate) retry_backoff: Duration,
     #[serde(with = "humantime_serde")]
-    pub retry_backoff_max: Duration,
-    pub not_found_limit: i64,
-    pub batch_size: i64,
-    pub order_key: String,
+    pub(crate) retry_backoff_max: Duration,
+    pub(crate) not_found_limit: i64,
+    pub(crate) batch_size: i64,
+    pub(crate) order_key: String,
 }
 
 impl Default for FileReconcile {
@@ -149,17 +149,17 @@ impl Default for FileReconcile {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct FileLog {
-    pub format: LogFormat,
+    pub(crate) format: LogFormat,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileWebhook {
-    pub listen: Option<String>,
+    pub(crate) listen: Option<String>,
     #[serde(default = "default_webhook_path")]
-    pub path: String,
-    pub auth_token: Option<SecretString>,
-    pub auth_token_file: Option<String>,
+    pub(crate) path: String,
+    pub(crate) auth_token: Option<SecretString>,
+    pub(crate) auth_token_file: Option<String>,
 }
 
 fn default_webhook_path() -> String {
@@ -169,15 +169,15 @@ fn default_webhook_path() -> String {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct FileDiscovery {
-    pub enabled: bool,
-    pub stores: Vec<String>,
+    pub(crate) enabled: bool,
+    pub(crate) stores: Vec<String>,
     #[serde(with = "humantime_serde")]
-    pub interval: Duration,
+    pub(crate) interval: Duration,
     #[serde(with = "humantime_serde")]
-    pub lookback: Duration,
+    pub(crate) lookback: Duration,
     #[serde(with = "humantime_serde")]
-    pub overlap: Duration,
-    pub enrich: bool,
+    pub(crate) overlap: Duration,
+    pub(crate) enrich: bool,
 }
 
 impl Default for FileDiscovery {
@@ -196,8 +196,8 @@ impl Default for FileDiscovery {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct FileMetrics {
-    pub textfile: Option<PathBuf>,
-    pub listen: Option<String>,
-    pub auth_token: Option<SecretString>,
-    pub auth_token_file: Option<String>,
+    pub(crate) textfile: Option<PathBuf>,
+    pub(crate) listen: Option<String>,
+    pub(crate) auth_token: Option<SecretString>,
+    pub(crate) auth_token_file: Option<String>,
 }

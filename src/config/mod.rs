@@ -8,7 +8,7 @@
 //! The file is read into [`file`]'s serde structs, then each section is resolved on its
 //! own by `sections` with the small validators of `validate`.
 
-pub mod delivery;
+pub(crate) mod delivery;
 mod file;
 mod sections;
 mod validate;
@@ -26,13 +26,12 @@ use crate::domain::text::one_line;
 use crate::domain::{RecheckStep, StoreId};
 use file::FileConfig;
 
-pub use validate::cron as validate_cron;
-pub use validate::{cron_next, cron_period};
+pub(crate) use validate::{cron_next, cron_period};
 
 /// UnivaPay's production API.
-pub const DEFAULT_BASE_URL: &str = "https://api.univapay.com";
+pub(crate) const DEFAULT_BASE_URL: &str = "https://api.univapay.com";
 /// Where the config is looked for when neither `--config` nor the env var says otherwise.
-pub const DEFAULT_CONFIG_PATH: &str = "config.toml";
+pub(crate) const DEFAULT_CONFIG_PATH: &str = "config.toml";
 
 /// Environment variables that override the config file.
 pub mod env {
@@ -40,7 +39,7 @@ pub mod env {
     pub const APP_TOKEN: &str = "UNIVAPAY_APP_TOKEN";
     pub const SECRET: &str = "UNIVAPAY_SECRET";
     pub const WEBHOOK_TOKEN: &str = "KONBINI_RECONCILER_WEBHOOK_TOKEN";
-    pub const METRICS_TOKEN: &str = "KONBINI_RECONCILER_METRICS_TOKEN";
+    pub(crate) const METRICS_TOKEN: &str = "KONBINI_RECONCILER_METRICS_TOKEN";
     /// Set by systemd for `LoadCredential=`; may be referenced from `api.secret_file`.
     pub const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
 }
@@ -65,51 +64,51 @@ pub enum ConfigError {
 pub struct Settings {
     pub api: ApiSettings,
     pub database: DatabaseSettings,
-    pub schedule: ScheduleSettings,
+    pub(crate) schedule: ScheduleSettings,
     pub reconcile: ReconcileSettings,
-    pub log: LogSettings,
+    pub(crate) log: LogSettings,
     /// `[webhook]`: `None` when the section is absent (no listener).
     pub webhook: Option<WebhookSettings>,
     /// `[discovery]`: `None` when absent or `enabled = false`.
-    pub discovery: Option<DiscoverySettings>,
+    pub(crate) discovery: Option<DiscoverySettings>,
     /// `[metrics]`: `None` when absent.
-    pub metrics: Option<MetricsSettings>,
+    pub(crate) metrics: Option<MetricsSettings>,
     /// `[[delivery]]`: the shop's endpoints (none: no outbound requests).
     pub delivery: Vec<delivery::DeliverySettings>,
     /// Things worth a warning that do not stop the program (logged once logging is up).
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
 /// `Debug` shows `[REDACTED]` for the two secrets (secrecy's own `Debug`).
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
-    pub base_url: Url,
-    pub app_token: SecretString,
-    pub secret: SecretString,
-    pub timeout: Duration,
-    pub concurrency: usize,
+    pub(crate) base_url: Url,
+    pub(crate) app_token: SecretString,
+    pub(crate) secret: SecretString,
+    pub(crate) timeout: Duration,
+    pub(crate) concurrency: usize,
     /// Our own ceiling on requests per minute, below whatever UnivaPay allows.
-    pub max_requests_per_minute: Option<NonZeroU32>,
+    pub(crate) max_requests_per_minute: Option<NonZeroU32>,
     /// Share of UnivaPay's advertised route budget (burst and refill) this program may
     /// use, in (0, 1]; the rest stays free for the shop's own requests.
-    pub budget_share: f64,
+    pub(crate) budget_share: f64,
 }
 
 #[derive(Debug, Clone)]
 pub struct DatabaseSettings {
     pub path: PathBuf,
-    pub busy_timeout: Duration,
+    pub(crate) busy_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
-pub struct ScheduleSettings {
-    pub cron: String,
-    pub run_on_start: bool,
-    pub timezone: Option<chrono_tz::Tz>,
+pub(crate) struct ScheduleSettings {
+    pub(crate) cron: String,
+    pub(crate) run_on_start: bool,
+    pub(crate) timezone: Option<chrono_tz::Tz>,
     /// How long a shutdown may take to let in-flight checks finish and commit.
-    pub drain_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
     /// How long `--once` waits for another pass to release the lock before giving up.
-    pub lock_wait: Duration,
+    pub(crate) lock_wait: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -117,67 +116,67 @@ pub struct ReconcileSettings {
     /// The interval of the schedule's first step (the whole schedule when it is flat).
     pub recheck_interval: Duration,
     /// The recheck interval by age; one step at age 0 when only `recheck_interval` is set.
-    pub recheck_schedule: Vec<RecheckStep>,
+    pub(crate) recheck_schedule: Vec<RecheckStep>,
     /// A charge with `expires_at` is checked this long after it.
-    pub expiry_grace: Duration,
+    pub(crate) expiry_grace: Duration,
     /// During this long before a known `expires_at`, a charge is checked at the
     /// schedule's first interval (zero: off).
-    pub deadline_watch: Duration,
-    pub retry_backoff: Duration,
+    pub(crate) deadline_watch: Duration,
+    pub(crate) retry_backoff: Duration,
     pub retry_backoff_max: Duration,
-    pub not_found_limit: u32,
-    pub batch_size: usize,
+    pub(crate) not_found_limit: u32,
+    pub(crate) batch_size: usize,
     /// The metadata key holding the shop's order reference.
-    pub order_key: String,
+    pub(crate) order_key: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     #[default]
     Text,
     Json,
 }
 
 #[derive(Debug, Clone)]
-pub struct LogSettings {
-    pub format: LogFormat,
+pub(crate) struct LogSettings {
+    pub(crate) format: LogFormat,
 }
 
 /// `[webhook]`. `Debug` redacts the token.
 #[derive(Debug, Clone)]
 pub struct WebhookSettings {
     /// Where to listen; `None` when the socket comes from systemd socket activation only.
-    pub listen: Option<SocketAddr>,
+    pub(crate) listen: Option<SocketAddr>,
     pub path: String,
     /// Exactly the `Authorization` value configured at UnivaPay.
-    pub auth_token: SecretString,
+    pub(crate) auth_token: SecretString,
 }
 
 /// `[discovery]`, when enabled.
 #[derive(Debug, Clone)]
-pub struct DiscoverySettings {
-    pub stores: Vec<StoreId>,
-    pub interval: Duration,
+pub(crate) struct DiscoverySettings {
+    pub(crate) stores: Vec<StoreId>,
+    pub(crate) interval: Duration,
     /// How far back the first sweep looks.
-    pub lookback: Duration,
+    pub(crate) lookback: Duration,
     /// How far behind its watermark every later sweep starts again, so that rows that
     /// become visible in a listing late are still found.
-    pub overlap: Duration,
+    pub(crate) overlap: Duration,
     /// Also fill brand and deadline of registered charges from their tokens.
-    pub enrich: bool,
+    pub(crate) enrich: bool,
 }
 
 /// `[metrics]`. `Debug` redacts the token.
 #[derive(Debug, Clone)]
-pub struct MetricsSettings {
+pub(crate) struct MetricsSettings {
     /// node_exporter textfile written after every pass.
-    pub textfile: Option<PathBuf>,
+    pub(crate) textfile: Option<PathBuf>,
     /// A listener of its own for `GET /metrics`; `None`: none.
-    pub listen: Option<SocketAddr>,
+    pub(crate) listen: Option<SocketAddr>,
     /// When set, `/metrics` is also served on the webhook listener, and wherever it is
     /// served it asks for `Authorization: Bearer <token>`.
-    pub auth_token: Option<SecretString>,
+    pub(crate) auth_token: Option<SecretString>,
 }
 
 // ---- loading -------------------------------------------------------------------------
@@ -188,7 +187,7 @@ pub trait Env {
 }
 
 /// The real process environment.
-pub struct ProcessEnv;
+pub(crate) struct ProcessEnv;
 
 impl Env for ProcessEnv {
     fn var(&self, key: &str) -> Option<String> {

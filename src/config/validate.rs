@@ -12,13 +12,13 @@ use super::{Env, env};
 
 /// Largest config file read: far beyond any real one, small enough that `/dev/zero` given
 /// by mistake is refused instead of filling memory.
-pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+pub(crate) const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 /// Largest secret or token file read.
-pub const MAX_SECRET_BYTES: u64 = 64 * 1024;
+pub(crate) const MAX_SECRET_BYTES: u64 = 64 * 1024;
 
 /// Reads a regular file of at most `cap` bytes. A FIFO, a device or a directory is refused
 /// before it is opened for reading (reading one could block forever or never end).
-pub fn read_bounded(path: &Path, cap: u64) -> std::io::Result<String> {
+pub(crate) fn read_bounded(path: &Path, cap: u64) -> std::io::Result<String> {
     use std::io::{Error, ErrorKind};
     let meta = std::fs::metadata(path)?;
     if !meta.is_file() {
@@ -53,14 +53,14 @@ pub fn read_bounded(path: &Path, cap: u64) -> std::io::Result<String> {
     Ok(text)
 }
 
-pub fn positive(d: Duration) -> Result<(), String> {
+pub(crate) fn positive(d: Duration) -> Result<(), String> {
     if d.is_zero() {
         return Err("must be greater than 0".into());
     }
     Ok(())
 }
 
-pub fn at_most(d: Duration, max: Duration) -> Result<(), String> {
+pub(crate) fn at_most(d: Duration, max: Duration) -> Result<(), String> {
     if d > max {
         return Err(format!(
             "must be at most {}, got {}",
@@ -71,14 +71,14 @@ pub fn at_most(d: Duration, max: Duration) -> Result<(), String> {
     Ok(())
 }
 
-pub fn in_range(n: i64, lo: i64, hi: i64) -> Result<(), String> {
+pub(crate) fn in_range(n: i64, lo: i64, hi: i64) -> Result<(), String> {
     if !(lo..=hi).contains(&n) {
         return Err(format!("must be between {lo} and {hi}, got {n}"));
     }
     Ok(())
 }
 
-pub fn parse_base_url(s: &str) -> Result<Url, String> {
+pub(crate) fn parse_base_url(s: &str) -> Result<Url, String> {
     let url = Url::parse(s).map_err(|e| format!("not a URL ({e})"))?;
     match url.scheme() {
         "https" => {}
@@ -114,7 +114,7 @@ fn is_loopback_host(url: &Url) -> bool {
 }
 
 /// Secrets go into an HTTP header; refuse what cannot travel there, without echoing it.
-pub fn secret_text(s: &str) -> Result<(), String> {
+pub(crate) fn secret_text(s: &str) -> Result<(), String> {
     if s.is_empty() {
         return Err("is empty".into());
     }
@@ -129,7 +129,11 @@ pub fn secret_text(s: &str) -> Result<(), String> {
 /// Reads a secret from a file named in the config: relative to the config file (so a
 /// config and its secret can travel together), `${CREDENTIALS_DIRECTORY}` expanded,
 /// bounded, one trailing newline dropped.
-pub fn read_secret_file(raw: &str, config_path: &Path, env: &dyn Env) -> Result<String, String> {
+pub(crate) fn read_secret_file(
+    raw: &str,
+    config_path: &Path,
+    env: &dyn Env,
+) -> Result<String, String> {
     let expanded = expand_credentials_dir(raw, env)?;
     let mut file = PathBuf::from(&expanded);
     if file.is_relative()
@@ -159,7 +163,7 @@ fn expand_credentials_dir(raw: &str, env: &dyn Env) -> Result<String, String> {
 }
 
 /// Validates a 6-field cron expression (seconds first) with the parser the scheduler uses.
-pub fn cron(expr: &str) -> Result<(), String> {
+pub(crate) fn cron(expr: &str) -> Result<(), String> {
     let fields = expr.split_whitespace().count();
     if fields != 6 {
         return Err(format!(
@@ -174,7 +178,10 @@ pub fn cron(expr: &str) -> Result<(), String> {
 /// The time between the next two runs of a cron expression after `now`, or `None` when
 /// the expression cannot be read. A pass's checks land on these ticks, which decides how
 /// often a charge on a given interval is really checked.
-pub fn cron_period(expr: &str, now: chrono::DateTime<chrono::Utc>) -> Option<std::time::Duration> {
+pub(crate) fn cron_period(
+    expr: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<std::time::Duration> {
     let cron = parse_cron(expr).ok()?;
     let first = cron.find_next_occurrence(&now, false).ok()?;
     let second = cron.find_next_occurrence(&first, false).ok()?;
@@ -183,7 +190,7 @@ pub fn cron_period(expr: &str, now: chrono::DateTime<chrono::Utc>) -> Option<std
 
 /// The first tick of `expr` after `now`; `None` for an invalid cron or one that never
 /// fires again.
-pub fn cron_next(
+pub(crate) fn cron_next(
     expr: &str,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Option<chrono::DateTime<chrono::Utc>> {

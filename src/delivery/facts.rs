@@ -8,7 +8,7 @@ use crate::domain::text::{MAX_ERROR, clean};
 use crate::ledger::{MAX_METADATA, MAX_ORDER_REF, ShopFacts};
 
 /// The facts of one answer's `metadata`.
-pub fn shop_facts(metadata: &Map<String, Value>, order_key: &str) -> ShopFacts {
+pub(crate) fn shop_facts(metadata: &Map<String, Value>, order_key: &str) -> ShopFacts {
     let mut facts = ShopFacts::default();
     // serde_json escapes control characters as JSON does, and writes no whitespace.
     let json = serde_json::to_string(metadata).unwrap_or_else(|_| "{}".to_owned());

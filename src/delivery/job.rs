@@ -21,7 +21,7 @@ use crate::jobs::{Ended, InOnce, Job, Lock, When, Work};
 use crate::ledger::Trigger;
 
 /// See the module doc.
-pub struct DeliveryJob {
+pub(crate) struct DeliveryJob {
     settings: Arc<Settings>,
     /// Set once the continuous loop was handed out: it runs until shutdown, and the
     /// drain has nothing left to do after it.
@@ -29,7 +29,7 @@ pub struct DeliveryJob {
 }
 
 impl DeliveryJob {
-    pub fn new(settings: Arc<Settings>) -> DeliveryJob {
+    pub(crate) fn new(settings: Arc<Settings>) -> DeliveryJob {
         DeliveryJob {
             settings,
             started: AtomicBool::new(false),

@@ -11,7 +11,7 @@ use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts};
 use crate::ledger::EndpointBacklog;
 
 /// The three families, ready to register.
-pub struct DeliveryFigures {
+pub(crate) struct DeliveryFigures {
     pending: IntGaugeVec,
     oldest: GaugeVec,
     total: IntCounterVec,
@@ -33,13 +33,13 @@ impl Collector for DeliveryFigures {
 }
 
 /// Seconds from an RFC 3339 time to `now` (never negative).
-pub fn age(at: Option<&str>, now: DateTime<Utc>) -> Option<f64> {
+pub(crate) fn age(at: Option<&str>, now: DateTime<Utc>) -> Option<f64> {
     let t = DateTime::parse_from_rfc3339(at?).ok()?;
     Some(((now - t.with_timezone(&Utc)).num_milliseconds().max(0) as f64) / 1000.0)
 }
 
 /// The figures of `backlog` at `now`.
-pub fn figures(backlog: &[EndpointBacklog], now: DateTime<Utc>) -> Box<dyn Collector> {
+pub(crate) fn figures(backlog: &[EndpointBacklog], now: DateTime<Utc>) -> Box<dyn Collector> {
     let pending = IntGaugeVec::new(
         Opts::new(
             "konbini_deliveries_pending",

@@ -17,20 +17,21 @@
 //!   connection; a dead one retries on its own schedule and never holds up another, nor
 //!   a pass, nor a hint check (delivery shares neither UnivaPay's client nor its budget,
 //!   and its write transactions are a few statements long).
-//! - **Never given up.** Failures retry on the contract's schedule ([`retry`]); pending
+//! - **Never given up.** Failures retry on the contract's schedule (`retry`); pending
 //!   deliveries are an alarm (metrics and an alert rule), not a silent queue.
 //!
-//! Files: [`facts`] (the shop's words in an answer: metadata, order reference),
-//! [`sign`] (Standard Webhooks v1), [`retry`] (the schedule, pure), [`sender`] (one signed
-//! POST), [`worker`] (one step, the continuous loop, the drain), [`job`] (all of it as a
+//! Files: `facts` (the shop's words in an answer: metadata, order reference),
+//! `sign` (Standard Webhooks v1), `retry` (the schedule, pure), `sender` (one signed
+//! POST), [`worker`] (one step, the continuous loop, the drain), `job` (all of it as a
 //! job of the job loop).
 
-pub mod facts;
-pub mod job;
-pub mod metrics;
-pub mod retry;
-pub mod sender;
-pub mod sign;
+pub(crate) mod facts;
+pub(crate) mod job;
+pub(crate) mod metrics;
+pub(crate) mod retry;
+pub(crate) mod sender;
+pub(crate) mod sign;
 pub mod worker;
 
-pub use worker::{DeliveryError, Drained, Endpoint, StepReport, drain, run};
+pub use worker::run;
+pub use worker::{DeliveryError, Drained, Endpoint, StepReport};

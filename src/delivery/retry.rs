@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 /// The delays after the 1st, 2nd, ... failed attempt; the last repeats for ever.
-pub const SCHEDULE: [Duration; 8] = [
+pub(crate) const SCHEDULE: [Duration; 8] = [
     Duration::from_secs(5),
     Duration::from_secs(5 * 60),
     Duration::from_secs(30 * 60),
@@ -18,14 +18,14 @@ pub const SCHEDULE: [Duration; 8] = [
 ];
 
 /// The longest `Retry-After` honoured.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// The share of a delay that jitter may add or take away.
-pub const JITTER: f64 = 0.1;
+pub(crate) const JITTER: f64 = 0.1;
 
 /// The delay after `failures` failed attempts in a row (1 = the first failure).
 /// `jitter` in `[0, 1)` moves it within ±10 %; `retry_after` is the receiver's wish.
-pub fn delay(failures: u32, jitter: f64, retry_after: Option<Duration>) -> Duration {
+pub(crate) fn delay(failures: u32, jitter: f64, retry_after: Option<Duration>) -> Duration {
     let i = (failures.max(1) as usize - 1).min(SCHEDULE.len() - 1);
     let base = SCHEDULE[i].as_secs_f64();
     let jitter = jitter.clamp(0.0, 1.0);

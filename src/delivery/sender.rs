@@ -12,7 +12,7 @@ use crate::domain::text::{MAX_ERROR, clean};
 
 /// What one attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Sent {
+pub(crate) enum Sent {
     /// A 2xx.
     Accepted { status: u16 },
     /// Anything else: an HTTP status that is not 2xx, or no answer at all.
@@ -25,19 +25,19 @@ pub enum Sent {
 
 /// The `webhook-id` of an event: the same on every attempt and every replay, so the
 /// receiver can drop duplicates by it.
-pub fn webhook_id(event_id: i64) -> String {
+pub(crate) fn webhook_id(event_id: i64) -> String {
     format!("evt_{event_id}")
 }
 
 /// An endpoint and its HTTP client.
 #[derive(Debug, Clone)]
-pub struct Sender {
-    pub settings: DeliverySettings,
+pub(crate) struct Sender {
+    pub(crate) settings: DeliverySettings,
     client: reqwest::Client,
 }
 
 impl Sender {
-    pub fn new(settings: DeliverySettings) -> Result<Sender, reqwest::Error> {
+    pub(crate) fn new(settings: DeliverySettings) -> Result<Sender, reqwest::Error> {
         let client = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
@@ -50,7 +50,7 @@ impl Sender {
     }
 
     /// POSTs `body` as message `msg_id`, signed for `now`.
-    pub async fn send(&self, msg_id: &str, body: &str, now: DateTime<Utc>) -> Sent {
+    pub(crate) async fn send(&self, msg_id: &str, body: &str, now: DateTime<Utc>) -> Sent {
         let timestamp = now.timestamp();
         let signature = signature_header(&self.settings.keys, msg_id, timestamp, body.as_bytes());
         let request = self

@@ -11,11 +11,11 @@ use secrecy::{ExposeSecret, SecretSlice};
 use sha2::Sha256;
 
 /// The prefix of a Standard Webhooks secret.
-pub const SECRET_PREFIX: &str = "whsec_";
+pub(crate) const SECRET_PREFIX: &str = "whsec_";
 
 /// A decoded signing key. `Debug` never shows it.
 #[derive(Clone)]
-pub struct SigningKey(SecretSlice<u8>);
+pub(crate) struct SigningKey(SecretSlice<u8>);
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -26,7 +26,7 @@ impl std::fmt::Debug for SigningKey {
 impl SigningKey {
     /// Parses `whsec_<base64>` (the prefix may be left out, as the reference libraries
     /// allow). The error never contains the secret.
-    pub fn parse(secret: &str) -> Result<SigningKey, String> {
+    pub(crate) fn parse(secret: &str) -> Result<SigningKey, String> {
         let b64 = secret.strip_prefix(SECRET_PREFIX).unwrap_or(secret);
         let bytes = STANDARD.decode(b64).map_err(|_| {
             "is not a Standard Webhooks secret (whsec_ followed by base64)".to_owned()
@@ -41,7 +41,7 @@ impl SigningKey {
     }
 
     /// `v1,<base64 signature>` of one message.
-    pub fn sign(&self, msg_id: &str, timestamp: i64, body: &[u8]) -> String {
+    pub(crate) fn sign(&self, msg_id: &str, timestamp: i64, body: &[u8]) -> String {
         // HMAC takes keys of any length; this cannot fail.
         let mut mac = Hmac::<Sha256>::new_from_slice(self.0.expose_secret())
             .expect("HMAC accepts any key length");
@@ -55,7 +55,12 @@ impl SigningKey {
 }
 
 /// The `webhook-signature` header: one signature per key, space-separated.
-pub fn signature_header(keys: &[SigningKey], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
+pub(crate) fn signature_header(
+    keys: &[SigningKey],
+    msg_id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> String {
     keys.iter()
         .map(|k| k.sign(msg_id, timestamp, body))
         .collect::<Vec<_>>()

@@ -6,7 +6,7 @@
 //! never slows a live one. A step takes at most `concurrency` deliveries, each the oldest
 //! undelivered event of a different charge: per-charge order holds because a charge's
 //! next event is not even looked at until its previous one is delivered. Before sending,
-//! a step claims its deliveries for a lease ([`lease`]); a process that dies mid-flight leaves them
+//! a step claims its deliveries for a lease (`lease`); a process that dies mid-flight leaves them
 //! to fall due again within that time.
 
 use std::path::PathBuf;
@@ -25,25 +25,25 @@ use crate::ledger::{self, AttemptResult, DueDelivery, EndpointFilter, Ledger, Le
 /// The longest a delivery taken for an attempt stays taken: after a crash it is due
 /// again this long after it was taken at most (the contract says within a minute of the
 /// next start). It is shorter for an endpoint with a short timeout ([`lease`]).
-pub const LEASE: Duration = Duration::from_secs(55);
+pub(crate) const LEASE: Duration = Duration::from_secs(55);
 
 /// How long an attempt at an endpoint with `timeout` keeps its delivery taken: the
 /// request cannot outlast its timeout, so a few seconds more cover the write of its
 /// result; at most [`LEASE`].
-pub fn lease(timeout: Duration) -> Duration {
+pub(crate) fn lease(timeout: Duration) -> Duration {
     (timeout + Duration::from_secs(5)).min(LEASE)
 }
 /// How often an idle endpoint looks for new events: the latency from a committed
 /// transition to its delivery is at most about this (one indexed read each time).
-pub const IDLE_POLL: Duration = Duration::from_millis(200);
+pub(crate) const IDLE_POLL: Duration = Duration::from_millis(200);
 /// How long to wait after the ledger failed before trying again.
 const LEDGER_RETRY: Duration = Duration::from_secs(5);
 
 /// What one step did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StepReport {
-    pub delivered: usize,
-    pub failed: usize,
+    pub(crate) delivered: usize,
+    pub(crate) failed: usize,
     /// When the next pending delivery falls due; `None`: nothing pending.
     pub next_due: Option<DateTime<Utc>>,
 }
@@ -95,7 +95,7 @@ pub enum DeliveryError {
 }
 
 /// The config's endpoints as the ledger's outbox trigger reads them.
-pub fn filters(settings: &Settings) -> Vec<EndpointFilter> {
+pub(crate) fn filters(settings: &Settings) -> Vec<EndpointFilter> {
     settings
         .delivery
         .iter()
@@ -123,7 +123,7 @@ pub async fn sync(settings: &Settings, create: bool) -> Result<(), LedgerError> 
 }
 
 /// Opens one [`Endpoint`] per configured `[[delivery]]`.
-pub async fn endpoints(settings: &Settings) -> Result<Vec<Endpoint>, DeliveryError> {
+pub(crate) async fn endpoints(settings: &Settings) -> Result<Vec<Endpoint>, DeliveryError> {
     let mut out = Vec::new();
     for d in &settings.delivery {
         out.push(Endpoint::open(d.clone(), settings).await?);
@@ -150,7 +150,7 @@ impl Endpoint {
         })
     }
 
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.sender.settings.name
     }
 
@@ -244,7 +244,12 @@ impl Endpoint {
 }
 
 /// What an attempt's answer means for the delivery row: pure.
-pub fn outcome(d: &DueDelivery, sent: Sent, now: DateTime<Utc>, jitter: f64) -> AttemptResult {
+pub(crate) fn outcome(
+    d: &DueDelivery,
+    sent: Sent,
+    now: DateTime<Utc>,
+    jitter: f64,
+) -> AttemptResult {
     match sent {
         Sent::Accepted { status } => AttemptResult::Delivered { status },
         Sent::Refused {
@@ -274,7 +279,7 @@ fn until(next: Option<DateTime<Utc>>, now: DateTime<Utc>, cap: Duration) -> Dura
 }
 
 /// The daemon's delivery job: one task per endpoint, until `stop`. A step in flight when
-/// `stop` comes is abandoned (its deliveries fall due again after their [`lease`]).
+/// `stop` comes is abandoned (its deliveries fall due again after their `lease`).
 pub async fn run(settings: Settings, stop: CancellationToken) {
     if let Err(e) = sync(&settings, true).await {
         tracing::error!(error = %e, "cannot record the delivery endpoints; deliveries of new events may be missing");
@@ -322,7 +327,7 @@ pub struct Drained {
     pub delivered: usize,
     pub failed: usize,
     /// Endpoints with deliveries still pending at the end.
-    pub pending_at: Vec<String>,
+    pub(crate) pending_at: Vec<String>,
 }
 
 /// The end of `--once`: delivers what is pending, retries that fall due meanwhile
@@ -346,7 +351,7 @@ pub async fn drain(settings: &Settings, timeout: Duration) -> Result<Drained, De
 /// The end of `--once`: a drain bounded by `schedule.drain_timeout` when endpoints are
 /// configured, its outcome logged (it never changes the exit status: the pass's news is
 /// in the ledger, and what is left is delivered by the next run).
-pub async fn after_once(settings: &Settings, limit: Duration) {
+pub(crate) async fn after_once(settings: &Settings, limit: Duration) {
     if settings.delivery.is_empty() {
         return;
     }

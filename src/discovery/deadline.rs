@@ -19,7 +19,7 @@ const MAX_PERIOD: Duration = Duration::from_secs(400 * 86_400);
 /// `None` (unknown) when the token gives no period (the store's default applies, which
 /// the API does not tell), when the period or the shift cannot be read, when the period
 /// uses years or months (no fixed length), or when the charge sets its own `capture_at`.
-pub fn deadline(
+pub(crate) fn deadline(
     created: DateTime<Utc>,
     period: Option<&str>,
     shift: Option<&str>,
@@ -46,7 +46,7 @@ pub fn deadline(
 }
 
 /// ISO 8601 durations with fixed-length units: `P7D`, `PT720H`, `P1W`, `P1DT12H30M`.
-pub fn parse_iso_duration(s: &str) -> Option<Duration> {
+pub(crate) fn parse_iso_duration(s: &str) -> Option<Duration> {
     let rest = s.trim().strip_prefix('P')?;
     let (date, time) = match rest.split_once('T') {
         Some((d, t)) if !t.is_empty() => (d, Some(t)),
@@ -83,7 +83,7 @@ fn sum_units(s: &str, units: &[(char, u64)]) -> Option<u64> {
 }
 
 /// `09:00:00.000+09:00` or `15:00Z` as a time of day and its UTC offset.
-pub fn parse_time_shift(s: &str) -> Option<(NaiveTime, FixedOffset)> {
+pub(crate) fn parse_time_shift(s: &str) -> Option<(NaiveTime, FixedOffset)> {
     let s = s.trim();
     let (time, offset) = if let Some(t) = s.strip_suffix('Z') {
         (t, FixedOffset::east_opt(0)?)

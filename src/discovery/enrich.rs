@@ -15,13 +15,13 @@ use crate::domain::ChargeId;
 use crate::ledger::{Enrichment, LedgerError, Open};
 
 /// Charges enriched in one sweep at most (two requests each).
-pub const MAX_ENRICHED_PER_SWEEP: usize = 200;
+pub(crate) const MAX_ENRICHED_PER_SWEEP: usize = 200;
 
 /// What one round of enrichment did: how it ended and how many charges it filled.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Enriched {
-    pub end: StoreEnd,
-    pub filled: u64,
+pub(crate) struct Enriched {
+    pub(crate) end: StoreEnd,
+    pub(crate) filled: u64,
 }
 
 /// Enriches what is waiting, through the sweep's `verifier`, and commits it with the
@@ -82,7 +82,7 @@ pub(super) async fn run(
 }
 
 /// What a charge's token says, as the columns take it. Pure.
-pub fn enrichment(charge: &ChargeId, looked: &Looked) -> Enrichment {
+pub(crate) fn enrichment(charge: &ChargeId, looked: &Looked) -> Enrichment {
     let t = &looked.token;
     if payment_kind(t.payment_type.as_deref()) != PaymentKind::Konbini {
         return Enrichment {

@@ -4,7 +4,7 @@
 //! like any other.
 //!
 //! # The sweep, per configured store
-//! 1. The window: from [`discovery.overlap`](crate::config::DiscoverySettings::overlap)
+//! 1. The window: from `discovery.overlap`
 //!    behind the store's watermark (`discovery_watermarks.swept_to`; the first sweep
 //!    starts `discovery.lookback` ago, and no sweep looks further back than that) to
 //!    [`SETTLE`] ago, so that a shop registering right after creating is never raced, and
@@ -29,7 +29,7 @@
 //!    (payment type, brand and deadline; each token fetched at most once per sweep).
 //! 4. A verified konbini charge is registered: `origin = 'discovered'`, requested amount
 //!    and currency from the charge, brand and `expires_at` from the token (the rule is
-//!    [`deadline::deadline`]; NULL when unsure), `created_at` from UnivaPay's
+//!    `deadline::deadline`; NULL when unsure), `created_at` from UnivaPay's
 //!    `created_on` (so its recheck cadence counts its real age), one `discovered` event,
 //!    due at once.
 //! 5. The page's registrations, skips and the store's new watermark are one transaction.
@@ -46,7 +46,7 @@
 //! charge it spent a request on and did not register has a `discovery_skips` row.
 //!
 //! # When
-//! As a job of the job loop ([`SweepJob`]): in the daemon, every `discovery.interval`;
+//! As a job of the job loop (`SweepJob`): in the daemon, every `discovery.interval`;
 //! with `--once`, before the pass when the last sweep started at least an interval ago.
 //! Always under the pass lock, and through the context's client: the same pacer and
 //! budget share as the passes. A pause UnivaPay asked for (`runs.resume_at`) is honoured
@@ -56,7 +56,7 @@
 //! A webhook about a charge the ledger does not hold takes the same verification
 //! ([`register_unknown`]).
 
-pub mod deadline;
+pub(crate) mod deadline;
 mod enrich;
 mod notice;
 mod outcome;
@@ -80,15 +80,14 @@ use crate::lock::PassGuard;
 use crate::reconcile::run::honour_recorded_pause;
 use crate::univapay::Listed;
 
-pub use enrich::MAX_ENRICHED_PER_SWEEP;
 pub use notice::history_fallbacks;
-pub use outcome::{StoreEnd, verdict};
-pub use sweep::{MAX_PAGES_PER_STORE, MAX_VERIFIED_PER_SWEEP, SweepReport};
+pub use sweep::MAX_VERIFIED_PER_SWEEP;
+pub use sweep::SweepReport;
 pub use window::SETTLE;
 
 /// What stops `--once` before its pass.
 #[derive(Debug, thiserror::Error)]
-pub enum DiscoveryError {
+pub(crate) enum DiscoveryError {
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     #[error("discovery sweep: {0}")]
@@ -138,7 +137,7 @@ pub async fn sweep(
 
 /// How long until a sweep is due: zero when none ran yet or the last one started at least
 /// `discovery.interval` ago. `None` when discovery is off.
-pub async fn until_due(ctx: &Context) -> Result<Option<Duration>, LedgerError> {
+pub(crate) async fn until_due(ctx: &Context) -> Result<Option<Duration>, LedgerError> {
     let Some(interval) = ctx.settings().discovery.as_ref().map(|d| d.interval) else {
         return Ok(None);
     };
@@ -153,32 +152,19 @@ pub async fn until_due(ctx: &Context) -> Result<Option<Duration>, LedgerError> {
     Ok(Some(interval.saturating_sub(since)))
 }
 
-/// Runs a sweep if one is due (see [`until_due`]).
-pub async fn sweep_if_due(
-    ctx: &Context,
-    held: &PassGuard,
-    trigger: Trigger,
-    shutdown: &CancellationToken,
-) -> Result<Option<SweepReport>, LedgerError> {
-    match until_due(ctx).await? {
-        Some(wait) if wait.is_zero() => sweep(ctx, held, trigger, shutdown).await,
-        _ => Ok(None),
-    }
-}
-
 /// The sweep as a job ([`crate::jobs`]): under the pass lock, whenever due (every
 /// `discovery.interval`; a minute after a sweep that could not start), and in `--once`
 /// before the pass when due. In `--once` only the ledger failing and the credentials
 /// being refused stop what follows; anything else the sweep met is in its log line and
 /// its `discovery_sweeps` row.
-pub struct SweepJob {
+pub(crate) struct SweepJob {
     ctx: Context,
     /// Wait before the next look at `until_due` (after a sweep that failed).
     backoff: std::sync::Mutex<Duration>,
 }
 
 impl SweepJob {
-    pub fn new(ctx: Context) -> SweepJob {
+    pub(crate) fn new(ctx: Context) -> SweepJob {
         SweepJob {
             ctx,
             backoff: std::sync::Mutex::new(Duration::ZERO),

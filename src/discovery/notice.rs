@@ -13,7 +13,7 @@ use crate::domain::StoreId;
 
 /// What a store's listing did that the operator hears about once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Notice {
+pub(crate) enum Notice {
     /// A listing came newest first (or otherwise out of creation order).
     OutOfOrder,
     /// The transaction history answered without usable rows while the charge list had
@@ -25,7 +25,7 @@ static WARNED: Mutex<BTreeSet<(Notice, String)>> = Mutex::new(BTreeSet::new());
 static FALLBACKS: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
 
 /// `true` the first time this process asks about `notice` for `store`.
-pub fn first(notice: Notice, store: &StoreId) -> bool {
+pub(crate) fn first(notice: Notice, store: &StoreId) -> bool {
     WARNED
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -33,7 +33,7 @@ pub fn first(notice: Notice, store: &StoreId) -> bool {
 }
 
 /// Counts one fallback from the history to the charge list for `store`.
-pub fn count_fallback(store: &StoreId) {
+pub(crate) fn count_fallback(store: &StoreId) {
     *FALLBACKS
         .lock()
         .unwrap_or_else(PoisonError::into_inner)

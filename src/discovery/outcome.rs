@@ -6,7 +6,7 @@ use crate::ledger::SweepOutcome;
 
 /// How one store's part of a sweep ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreEnd {
+pub(crate) enum StoreEnd {
     /// Looked at up to the end of its window.
     Complete,
     /// Something was left for the next sweep, and why.
@@ -18,7 +18,7 @@ pub enum StoreEnd {
 }
 
 /// The sweep's outcome from how each store ended. Pure.
-pub fn verdict(ends: &[(StoreId, StoreEnd)]) -> (SweepOutcome, Option<String>) {
+pub(crate) fn verdict(ends: &[(StoreId, StoreEnd)]) -> (SweepOutcome, Option<String>) {
     if let Some((_, StoreEnd::Auth(e))) = ends.iter().find(|(_, e)| matches!(e, StoreEnd::Auth(_)))
     {
         return (
@@ -59,7 +59,7 @@ pub fn verdict(ends: &[(StoreId, StoreEnd)]) -> (SweepOutcome, Option<String>) {
 }
 
 /// Enrichment's ending folded into the sweep's outcome (`Ok` or `Partial` so far).
-pub fn merge_enrichment(
+pub(crate) fn merge_enrichment(
     outcome: SweepOutcome,
     detail: Option<String>,
     end: StoreEnd,

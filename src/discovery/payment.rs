@@ -6,7 +6,7 @@ use crate::univapay::Listed;
 
 /// Payment types UnivaPay documents besides konbini. A history row or token with one of
 /// these is simply not ours; any other word is recorded as unknown.
-pub const OTHER_PAYMENT_TYPES: [&str; 7] = [
+pub(crate) const OTHER_PAYMENT_TYPES: [&str; 7] = [
     "card",
     "qr_scan",
     "apple_pay",
@@ -18,7 +18,7 @@ pub const OTHER_PAYMENT_TYPES: [&str; 7] = [
 
 /// What a `payment_type` word says.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PaymentKind {
+pub(crate) enum PaymentKind {
     Konbini,
     /// A documented payment type other than konbini.
     Other(String),
@@ -28,7 +28,7 @@ pub enum PaymentKind {
     Missing,
 }
 
-pub fn payment_kind(word: Option<&str>) -> PaymentKind {
+pub(crate) fn payment_kind(word: Option<&str>) -> PaymentKind {
     match word {
         None => PaymentKind::Missing,
         Some("konbini") => PaymentKind::Konbini,
@@ -39,7 +39,7 @@ pub fn payment_kind(word: Option<&str>) -> PaymentKind {
 
 /// What to do with a listed item whose charge the ledger does not hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ItemVerdict {
+pub(crate) enum ItemVerdict {
     /// Verify it (charge GET, token GET) and register it if it is konbini.
     Candidate,
     /// The row says another payment type: not ours, no request.
@@ -50,7 +50,7 @@ pub enum ItemVerdict {
 
 /// A listed item's verdict from its own fields. A row without a payment type (and every
 /// charge list item) is a candidate: its token decides.
-pub fn item_verdict(item: &Listed) -> ItemVerdict {
+pub(crate) fn item_verdict(item: &Listed) -> ItemVerdict {
     match payment_kind(item.payment_type.as_deref()) {
         PaymentKind::Konbini | PaymentKind::Missing => ItemVerdict::Candidate,
         PaymentKind::Other(_) => ItemVerdict::NotKonbini,
@@ -60,7 +60,7 @@ pub fn item_verdict(item: &Listed) -> ItemVerdict {
 
 /// A brand as the `charges.konbini` column takes it (lower-case letters, digits and `_`,
 /// 1 to 64 characters), else `None`.
-pub fn brand(word: Option<&str>) -> Option<String> {
+pub(crate) fn brand(word: Option<&str>) -> Option<String> {
     let w = word?.trim();
     let ok = (1..=64).contains(&w.len())
         && w.bytes()

@@ -26,7 +26,7 @@ use crate::lock::PassGuard;
 use crate::univapay::{ApiError, ErrorClass, Listed, Listing, MAX_PAGE_LIMIT, Page, PageQuery};
 
 /// Pages read per store in one sweep (10,000 items): the next sweep goes on from there.
-pub const MAX_PAGES_PER_STORE: u32 = 100;
+pub(crate) const MAX_PAGES_PER_STORE: u32 = 100;
 /// Unknown charges verified in one sweep (two requests each at most); the rest wait for
 /// the next sweep.
 pub const MAX_VERIFIED_PER_SWEEP: u64 = 1_000;
@@ -34,8 +34,7 @@ pub const MAX_VERIFIED_PER_SWEEP: u64 = 1_000;
 /// What a sweep did.
 #[derive(Debug, Clone)]
 pub struct SweepReport {
-    pub sweep_id: i64,
-    pub trigger: Trigger,
+    pub(crate) sweep_id: i64,
     pub outcome: SweepOutcome,
     /// Why the sweep did not end `ok`, when it did not.
     pub detail: Option<String>,
@@ -45,12 +44,12 @@ pub struct SweepReport {
     /// Skips recorded, by reason.
     pub skipped: BTreeMap<&'static str, u64>,
     /// Listed items of other payment types (no request spent on them).
-    pub other_types: u64,
+    pub(crate) other_types: u64,
     /// Listed items without a usable id.
     pub without_id: u64,
     /// Listed items seen before in the same sweep.
     pub repeats: u64,
-    pub elapsed: Duration,
+    pub(crate) elapsed: Duration,
 }
 
 impl SweepReport {
@@ -187,7 +186,6 @@ pub(super) async fn run(
     sweep.flush().await?;
     let report = SweepReport {
         sweep_id,
-        trigger,
         outcome,
         detail,
         stores: ends.len() as u64,

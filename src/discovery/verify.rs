@@ -33,14 +33,14 @@ use crate::univapay::{
 
 /// Where a charge to verify was found, for its `discovered` event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     Listing(Listing),
     Webhook,
 }
 
 /// Why verification could not finish, or what it found instead of a konbini charge.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Halt {
+pub(crate) enum Halt {
     /// Not registered, for good: recorded with this reason.
     Skip(SkipReason, String),
     /// A transient failure (connection, timeout, 429, 5xx): try again on a later sweep.
@@ -66,9 +66,9 @@ impl Halt {
 
 /// A charge and its token, both fetched and checked.
 #[derive(Debug, Clone)]
-pub struct Looked {
-    pub charge: VerifiedCharge,
-    pub token: TokenFacts,
+pub(crate) struct Looked {
+    pub(crate) charge: VerifiedCharge,
+    pub(crate) token: TokenFacts,
 }
 
 /// A token GET's result, kept for the rest of the sweep.
@@ -76,7 +76,7 @@ type TokenCell = Arc<OnceCell<Result<TokenFacts, ApiError>>>;
 
 /// Verifies charges for one sweep (or one webhook): counts the requests it sends and
 /// remembers every token it fetched.
-pub struct Verifier {
+pub(crate) struct Verifier {
     client: Client,
     shutdown: CancellationToken,
     /// Keyed by store too: a token is read through its store's path.
@@ -88,7 +88,7 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    pub fn new(
+    pub(crate) fn new(
         client: Client,
         shutdown: CancellationToken,
         max_pause: std::time::Duration,
@@ -103,13 +103,13 @@ impl Verifier {
     }
 
     /// Requests sent so far.
-    pub fn requests(&self) -> u64 {
+    pub(crate) fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
     }
 
     /// One request: waits for the pacer, sends it, and gives it up at once on shutdown
     /// (nothing of a verification is written before it completes). `None` on shutdown.
-    pub async fn request<T>(
+    pub(crate) async fn request<T>(
         &self,
         send: impl AsyncFnOnce(Ticket) -> Result<T, ApiError>,
     ) -> Option<Result<T, ApiError>> {
@@ -127,7 +127,7 @@ impl Verifier {
         }
     }
 
-    pub fn client(&self) -> &Client {
+    pub(crate) fn client(&self) -> &Client {
         &self.client
     }
 
@@ -159,7 +159,7 @@ impl Verifier {
     /// The charge GET and then its token. `listed_token` is the token a charge list
     /// named: asked first (a card then costs one request, not two), and it must be the
     /// charge's own.
-    pub async fn look(
+    pub(crate) async fn look(
         &self,
         store: &StoreId,
         charge: &ChargeId,
@@ -199,7 +199,7 @@ impl Verifier {
 
     /// Verifies a listed (or webhook-named) charge and builds its registration: a konbini
     /// charge created no earlier than `from`, with a requested amount and currency.
-    pub async fn verify(
+    pub(crate) async fn verify(
         &self,
         store: &StoreId,
         item: &Listed,
@@ -240,7 +240,7 @@ fn not_konbini(t: &TokenFacts) -> Option<Halt> {
 }
 
 /// The registration of a verified konbini charge. Pure.
-pub fn registration(
+pub(crate) fn registration(
     store: &StoreId,
     item: &Listed,
     source: Source,

@@ -23,7 +23,7 @@ pub const SETTLE: Duration = Duration::from_secs(2 * 60);
 /// (replication, a charge created while the history was behind): a row that appears up
 /// to `overlap` late is still inside a later window. What the overlap lists again costs
 /// its page only: the ids are known by then, and known ids cost no request.
-pub fn window(
+pub(crate) fn window(
     now: DateTime<Utc>,
     lookback: Duration,
     overlap: Duration,
@@ -38,7 +38,7 @@ pub fn window(
 
 /// Where a listed item falls against the window (by its listed creation time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Placement {
+pub(crate) enum Placement {
     Inside,
     /// Created before the window (the listing ignored `from`): not looked at.
     Before,
@@ -46,7 +46,7 @@ pub enum Placement {
     After,
 }
 
-pub fn placement(
+pub(crate) fn placement(
     created: Option<DateTime<Utc>>,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
@@ -70,7 +70,7 @@ pub fn placement(
 /// items not yet listed may be older than any seen, so nothing after `from` is known to
 /// be handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Mark {
+pub(crate) struct Mark {
     at: DateTime<Utc>,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
@@ -81,7 +81,7 @@ pub struct Mark {
 }
 
 impl Mark {
-    pub fn new(from: DateTime<Utc>, to: DateTime<Utc>) -> Mark {
+    pub(crate) fn new(from: DateTime<Utc>, to: DateTime<Utc>) -> Mark {
         Mark {
             at: from,
             from,
@@ -93,7 +93,7 @@ impl Mark {
     }
 
     /// How far the store is known to be handled: the watermark to commit.
-    pub fn at(&self) -> DateTime<Utc> {
+    pub(crate) fn at(&self) -> DateTime<Utc> {
         if self.complete {
             self.to
         } else if self.in_order {
@@ -105,7 +105,7 @@ impl Mark {
 
     /// Takes in a page's new items, in listing order, before any of them is handled.
     /// Items without a creation time say nothing about the order.
-    pub fn see(&mut self, items: &[Listed]) {
+    pub(crate) fn see(&mut self, items: &[Listed]) {
         for t in items.iter().filter_map(|i| i.created_on) {
             if self.latest.is_some_and(|l| t < l) {
                 self.in_order = false;
@@ -115,12 +115,12 @@ impl Mark {
     }
 
     /// Whether everything listed so far came oldest first.
-    pub fn in_order(&self) -> bool {
+    pub(crate) fn in_order(&self) -> bool {
         self.in_order
     }
 
     /// An item created at `created` is handled.
-    pub fn handled(&mut self, created: Option<DateTime<Utc>>) {
+    pub(crate) fn handled(&mut self, created: Option<DateTime<Utc>>) {
         if let Some(t) = created {
             self.at = self.at.max(t.min(self.to));
         }
@@ -128,7 +128,7 @@ impl Mark {
 
     /// The item created at `created` is not handled: nothing from it on may count as
     /// handled.
-    pub fn stop_before(&mut self, created: Option<DateTime<Utc>>) {
+    pub(crate) fn stop_before(&mut self, created: Option<DateTime<Utc>>) {
         if let Some(t) = created {
             self.at = self.at.min(t).max(self.from);
         }
@@ -136,24 +136,24 @@ impl Mark {
 
     /// The listing was read to its end: everything in the window is handled, whatever
     /// order it came in.
-    pub fn complete(&mut self) {
+    pub(crate) fn complete(&mut self) {
         self.complete = true;
     }
 
     /// The window's start.
-    pub fn from(&self) -> DateTime<Utc> {
+    pub(crate) fn from(&self) -> DateTime<Utc> {
         self.from
     }
 
     /// The window's end.
-    pub fn to(&self) -> DateTime<Utc> {
+    pub(crate) fn to(&self) -> DateTime<Utc> {
         self.to
     }
 }
 
 /// Why a listing was given up on before its end.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Broken {
+pub(crate) enum Broken {
     /// `has_more: true` on a page without items.
     EmptyPageWithMore,
     /// More than twice the items asked for: not a page of this listing.
@@ -182,7 +182,7 @@ impl std::fmt::Display for Broken {
 
 /// What comes after a page.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Next {
+pub(crate) enum Next {
     /// Ask for the page after this cursor.
     More(ChargeId),
     /// The listing ended.
@@ -195,19 +195,19 @@ pub enum Next {
 
 /// A page's items that are worth looking at.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Fresh {
+pub(crate) struct Fresh {
     /// Items with an id not seen before in this sweep, in listing order.
-    pub items: Vec<Listed>,
+    pub(crate) items: Vec<Listed>,
     /// Items seen before in this sweep (counted, not looked at again).
-    pub repeats: u64,
+    pub(crate) repeats: u64,
     /// Items without a usable id (counted and skipped).
-    pub without_id: u64,
+    pub(crate) without_id: u64,
 }
 
 /// The guard of one store's listing in one sweep: every id and cursor it has seen, so a
 /// listing that repeats itself or loops ends, and at most `max_pages` pages.
 #[derive(Debug)]
-pub struct Paging {
+pub(crate) struct Paging {
     limit: u32,
     max_pages: u32,
     pages: u32,
@@ -216,7 +216,7 @@ pub struct Paging {
 }
 
 impl Paging {
-    pub fn new(limit: u32, max_pages: u32) -> Paging {
+    pub(crate) fn new(limit: u32, max_pages: u32) -> Paging {
         Paging {
             limit,
             max_pages: max_pages.max(1),
@@ -227,7 +227,7 @@ impl Paging {
     }
 
     /// Takes a page in: its fresh items, or why the page cannot be used at all.
-    pub fn admit(&mut self, page: &Page) -> Result<Fresh, Broken> {
+    pub(crate) fn admit(&mut self, page: &Page) -> Result<Fresh, Broken> {
         self.pages += 1;
         // A few items over the limit (a server that repeats the cursor's item) are
         // tolerated; twice the limit is not a page of this listing.
@@ -249,7 +249,7 @@ impl Paging {
     }
 
     /// What follows an admitted page.
-    pub fn next(&mut self, page: &Page, fresh: &Fresh) -> Next {
+    pub(crate) fn next(&mut self, page: &Page, fresh: &Fresh) -> Next {
         if !page.has_more {
             return Next::Done;
         }

@@ -9,29 +9,29 @@ use super::{Currency, State};
 /// What the merchant asked for, from our ledger row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Requested {
-    pub amount: i64,
-    pub currency: Currency,
+    pub(crate) amount: i64,
+    pub(crate) currency: Currency,
 }
 
 /// The columns of a `charges` row that a check may change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tracked {
-    pub state: State,
-    pub provider_status: Option<String>,
-    pub charged_amount: Option<i64>,
-    pub charged_currency: Option<String>,
-    pub amount_mismatch: bool,
-    pub mismatch_detail: Option<String>,
-    pub payment_number: Option<String>,
-    pub payment_url: Option<String>,
-    pub last_error: Option<String>,
-    pub consecutive_errors: u32,
-    pub not_found_count: u32,
+    pub(crate) state: State,
+    pub(crate) provider_status: Option<String>,
+    pub(crate) charged_amount: Option<i64>,
+    pub(crate) charged_currency: Option<String>,
+    pub(crate) amount_mismatch: bool,
+    pub(crate) mismatch_detail: Option<String>,
+    pub(crate) payment_number: Option<String>,
+    pub(crate) payment_url: Option<String>,
+    pub(crate) last_error: Option<String>,
+    pub(crate) consecutive_errors: u32,
+    pub(crate) not_found_count: u32,
 }
 
 impl Tracked {
     /// A freshly registered charge.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Tracked {
             state: State::Pending,
             provider_status: None,
@@ -56,7 +56,7 @@ impl Default for Tracked {
 
 /// The `charge_events.kind` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EventKind {
+pub(crate) enum EventKind {
     /// `state` changed (exactly one per change).
     Transition,
     /// The amount or currency differs; written once, when the sticky flag is first set.
@@ -73,7 +73,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             EventKind::Transition => "transition",
             EventKind::Mismatch => "mismatch",
@@ -87,33 +87,33 @@ impl EventKind {
 
 /// One `charge_events` row to append.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewEvent {
-    pub kind: EventKind,
-    pub from_state: Option<State>,
-    pub to_state: Option<State>,
-    pub provider_status: Option<String>,
-    pub detail: Option<String>,
+pub(crate) struct NewEvent {
+    pub(crate) kind: EventKind,
+    pub(crate) from_state: Option<State>,
+    pub(crate) to_state: Option<State>,
+    pub(crate) provider_status: Option<String>,
+    pub(crate) detail: Option<String>,
 }
 
 /// The result of one check of one charge: the new row values and the events to append,
 /// all to be written in one transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
-    pub after: Tracked,
+    pub(crate) after: Tracked,
     /// `None`: never check again (final, or given up).
-    pub next_check_at: Option<DateTime<Utc>>,
-    pub events: Vec<NewEvent>,
+    pub(crate) next_check_at: Option<DateTime<Utc>>,
+    pub(crate) events: Vec<NewEvent>,
 }
 
 impl Decision {
-    pub fn transition(&self) -> Option<(State, State)> {
+    pub(crate) fn transition(&self) -> Option<(State, State)> {
         self.events
             .iter()
             .find(|e| e.kind == EventKind::Transition)
             .and_then(|e| Some((e.from_state?, e.to_state?)))
     }
 
-    pub fn new_mismatch(&self) -> bool {
+    pub(crate) fn new_mismatch(&self) -> bool {
         self.events.iter().any(|e| e.kind == EventKind::Mismatch)
     }
 }

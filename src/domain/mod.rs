@@ -7,14 +7,16 @@ mod backoff;
 mod decision;
 mod recheck_step;
 mod run;
-pub mod text;
+pub(crate) mod text;
 
 use std::fmt;
 
-pub use backoff::backoff;
-pub use decision::{Decision, EventKind, NewEvent, Requested, Tracked};
-pub use recheck_step::{ChargeDates, RecheckStep, parse_time};
-pub use run::{Counts, Outcome, Trigger};
+pub(crate) use backoff::backoff;
+pub(crate) use decision::{Decision, EventKind, NewEvent, Requested, Tracked};
+pub(crate) use recheck_step::{ChargeDates, RecheckStep};
+pub use run::Counts;
+pub use run::Outcome;
+pub use run::Trigger;
 
 /// Identifier of a UnivaPay charge. Non-empty, no whitespace, and safe to put in a URL path.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -64,7 +66,7 @@ macro_rules! id_type {
                 check_id(&s)?;
                 Ok(Self(s))
             }
-            pub fn as_str(&self) -> &str {
+            pub(crate) fn as_str(&self) -> &str {
                 &self.0
             }
         }
@@ -86,7 +88,7 @@ impl Currency {
     pub const JPY: Currency = Currency(*b"JPY");
 
     /// Accepts any case (UnivaPay answers upper case; merchants' code may not).
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         let b = s.as_bytes();
         if b.len() != 3 || !b.iter().all(u8::is_ascii_alphabetic) {
             return None;
@@ -98,7 +100,7 @@ impl Currency {
         ]))
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         // Constructed only from ASCII letters.
         std::str::from_utf8(&self.0).unwrap_or("???")
     }
@@ -120,14 +122,14 @@ pub enum State {
 }
 
 impl State {
-    pub const ALL: [State; 4] = [
+    pub(crate) const ALL: [State; 4] = [
         State::Pending,
         State::Awaiting,
         State::Successful,
         State::Failed,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             State::Pending => "pending",
             State::Awaiting => "awaiting",
@@ -136,12 +138,12 @@ impl State {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|st| st.as_str() == s)
     }
 
     /// Final charges are never polled again.
-    pub fn is_final(self) -> bool {
+    pub(crate) fn is_final(self) -> bool {
         matches!(self, State::Successful | State::Failed)
     }
 }
@@ -154,7 +156,7 @@ impl fmt::Display for State {
 
 /// The `status` word UnivaPay reports. Words we do not know are kept verbatim.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ProviderStatus {
+pub(crate) enum ProviderStatus {
     Pending,
     Awaiting,
     Authorized,
@@ -166,7 +168,7 @@ pub enum ProviderStatus {
 }
 
 impl ProviderStatus {
-    pub fn parse(s: &str) -> Self {
+    pub(crate) fn parse(s: &str) -> Self {
         match s {
             "pending" => Self::Pending,
             "awaiting" => Self::Awaiting,
@@ -179,7 +181,7 @@ impl ProviderStatus {
         }
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         match self {
             Self::Pending => "pending",
             Self::Awaiting => "awaiting",

@@ -9,9 +9,9 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 /// again `every` after its last check. A schedule is a list of steps sorted by `age`, the
 /// first at age 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RecheckStep {
-    pub age: Duration,
-    pub every: Duration,
+pub(crate) struct RecheckStep {
+    pub(crate) age: Duration,
+    pub(crate) every: Duration,
 }
 
 /// The dates of a charge that decide when it is checked: when it was registered (its age
@@ -20,14 +20,14 @@ pub struct RecheckStep {
 pub struct ChargeDates {
     /// `None` when the ledger's value cannot be read as a time: the charge is then
     /// treated as young, which checks it more often, never less.
-    pub created_at: Option<DateTime<Utc>>,
-    pub expires_at: Option<DateTime<Utc>>,
+    pub(crate) created_at: Option<DateTime<Utc>>,
+    pub(crate) expires_at: Option<DateTime<Utc>>,
 }
 
 impl ChargeDates {
     /// Reads the two ledger columns leniently: RFC 3339 in any offset, or SQLite's own
     /// `YYYY-MM-DD HH:MM:SS[.fff]` (UTC), as a shop's hand-written INSERT may leave them.
-    pub fn from_columns(created_at: Option<&str>, expires_at: Option<&str>) -> Self {
+    pub(crate) fn from_columns(created_at: Option<&str>, expires_at: Option<&str>) -> Self {
         ChargeDates {
             created_at: created_at.and_then(parse_time),
             expires_at: expires_at.and_then(parse_time),
@@ -36,7 +36,7 @@ impl ChargeDates {
 }
 
 /// A timestamp as the ledger may hold it, or `None`.
-pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+pub(crate) fn parse_time(s: &str) -> Option<DateTime<Utc>> {
     let s = s.trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.with_timezone(&Utc));

@@ -7,27 +7,27 @@
 //! a few hundred bytes per row and can never look like more than one log line.
 
 /// Error messages and event details derived from an answer (`last_error`, `detail`).
-pub const MAX_ERROR: usize = 500;
+pub(crate) const MAX_ERROR: usize = 500;
 /// Single words: UnivaPay's status word, error codes.
-pub const MAX_WORD: usize = 64;
+pub(crate) const MAX_WORD: usize = 64;
 /// A konbini payment number (see [`is_payment_number`]).
-pub const MAX_PAYMENT_NUMBER: usize = 64;
+pub(crate) const MAX_PAYMENT_NUMBER: usize = 64;
 /// A payment slip URL.
-pub const MAX_URL: usize = 2048;
+pub(crate) const MAX_URL: usize = 2048;
 
 /// Marks text that was cut at its cap.
 const CUT: char = '…';
 
 /// Collapses every run of whitespace (newlines included) into one space, so an error that
 /// ends up in a log line or systemd's `STATUS=` stays on one line.
-pub fn one_line(s: &str) -> String {
+pub(crate) fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Whether `s` is one word that [`clean`] would leave as it is (no whitespace, no control
 /// or invisible format characters), checked without allocating: the status word of every
 /// answer goes through this.
-pub fn is_clean_word(s: &str) -> bool {
+pub(crate) fn is_clean_word(s: &str) -> bool {
     !s.chars()
         .any(|c| c.is_whitespace() || c.is_control() || is_invisible_format(c))
 }
@@ -36,7 +36,7 @@ pub fn is_clean_word(s: &str) -> bool {
 /// character (NUL, DEL, C1, bidirectional overrides) removed, newlines, tabs and other
 /// whitespace runs turned into one space, trimmed, and cut to at most `max_chars`
 /// characters (the last of which is `…` when something was cut).
-pub fn clean(s: &str, max_chars: usize) -> String {
+pub(crate) fn clean(s: &str, max_chars: usize) -> String {
     let mut out = String::with_capacity(s.len().min(max_chars.saturating_mul(4)));
     let mut chars = 0usize;
     let mut pending_space = false;
@@ -119,7 +119,7 @@ fn is_invisible_format(c: char) -> bool {
 
 /// A konbini payment number as stored: 1 to [`MAX_PAYMENT_NUMBER`] ASCII letters, digits
 /// and hyphens (the chains use digits, some with hyphens or letters).
-pub fn is_payment_number(s: &str) -> bool {
+pub(crate) fn is_payment_number(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_PAYMENT_NUMBER
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
@@ -127,7 +127,7 @@ pub fn is_payment_number(s: &str) -> bool {
 
 /// A payment slip URL as stored: an absolute `https://` URL with a host, at most
 /// [`MAX_URL`] bytes, nothing but printable ASCII (no spaces, no control characters).
-pub fn is_https_url(s: &str) -> bool {
+pub(crate) fn is_https_url(s: &str) -> bool {
     let Some(rest) = s.strip_prefix("https://") else {
         return false;
     };

@@ -11,23 +11,27 @@ use tokio::time::Instant;
 
 /// A wall clock moved by more than this against the monotonic one is a step, not drift
 /// or a late poll.
-pub const STEP_TOLERANCE: Duration = Duration::from_secs(5);
+pub(crate) const STEP_TOLERANCE: Duration = Duration::from_secs(5);
 
 /// The wall and monotonic clocks read together, and what a later reading says.
 #[derive(Debug, Clone, Copy)]
-pub struct StepWatch {
+pub(crate) struct StepWatch {
     wall: DateTime<Utc>,
     mono: Instant,
 }
 
 impl StepWatch {
-    pub fn new(wall: DateTime<Utc>, mono: Instant) -> StepWatch {
+    pub(crate) fn new(wall: DateTime<Utc>, mono: Instant) -> StepWatch {
         StepWatch { wall, mono }
     }
 
     /// How far the wall clock stepped since the last reading (positive: forward), when it
     /// did by more than [`STEP_TOLERANCE`]; the watch moves on to this reading either way.
-    pub fn observe(&mut self, wall: DateTime<Utc>, mono: Instant) -> Option<chrono::Duration> {
+    pub(crate) fn observe(
+        &mut self,
+        wall: DateTime<Utc>,
+        mono: Instant,
+    ) -> Option<chrono::Duration> {
         let elapsed = chrono::Duration::from_std(mono.saturating_duration_since(self.mono))
             .unwrap_or(chrono::Duration::MAX);
         let moved = wall - self.wall;
@@ -41,14 +45,14 @@ impl StepWatch {
 /// Whether the cron ticks keep coming: after each tick (and at start) the next is due by
 /// its time plus one more cron period; past that the schedule has stopped.
 #[derive(Debug, Clone, Copy)]
-pub struct TickWatch {
+pub(crate) struct TickWatch {
     deadline: Option<Instant>,
     stalled: bool,
 }
 
 /// What [`TickWatch::check`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ticks {
+pub(crate) enum Ticks {
     Coming,
     /// No tick by the deadline; `newly` the first time it is seen.
     Stalled {
@@ -60,7 +64,7 @@ pub enum Ticks {
 
 impl TickWatch {
     /// A watch expecting the first tick of `cron` after `wall` (read at `mono`).
-    pub fn new(cron: &str, wall: DateTime<Utc>, mono: Instant) -> TickWatch {
+    pub(crate) fn new(cron: &str, wall: DateTime<Utc>, mono: Instant) -> TickWatch {
         let mut w = TickWatch {
             deadline: None,
             stalled: false,
@@ -71,13 +75,13 @@ impl TickWatch {
 
     /// A tick came at `wall` (or the schedule was re-armed): the next is expected by its
     /// time after `wall` plus one more cron period.
-    pub fn rearm(&mut self, cron: &str, wall: DateTime<Utc>, mono: Instant) {
+    pub(crate) fn rearm(&mut self, cron: &str, wall: DateTime<Utc>, mono: Instant) {
         self.deadline = allowance(cron, wall).map(|d| mono + d);
     }
 
     /// Checks the deadline at `mono`; `ticked` says whether a tick came since the last
     /// check (the caller re-arms on it).
-    pub fn check(&mut self, mono: Instant, ticked: bool) -> Ticks {
+    pub(crate) fn check(&mut self, mono: Instant, ticked: bool) -> Ticks {
         if ticked {
             return if std::mem::take(&mut self.stalled) {
                 Ticks::Resumed
@@ -95,7 +99,8 @@ impl TickWatch {
         }
     }
 
-    pub fn is_stalled(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_stalled(&self) -> bool {
         self.stalled
     }
 }
@@ -111,7 +116,7 @@ fn allowance(cron: &str, wall: DateTime<Utc>) -> Option<Duration> {
 /// The latest `next_check_at` the schedule can give an open charge checked at `now`: its
 /// longest interval (or the longest back-off), times `stretch`, plus `slack`. Anything
 /// later was set while the clock was ahead.
-pub fn latest_next_check(
+pub(crate) fn latest_next_check(
     longest: Duration,
     stretch: f64,
     slack: Duration,

@@ -29,8 +29,8 @@
 //!    [`When::Own`] job whose `next` sleeps a minute the first time and an hour after.
 //!    Work is bounded steps that check `shutdown` between them.
 
-pub mod clock;
-pub mod pass;
+pub(crate) mod clock;
+pub(crate) mod pass;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,7 +47,7 @@ use crate::notify::Notifier;
 
 /// When a job is due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum When {
+pub(crate) enum When {
     /// On every tick of `[schedule] cron` (and at start with `run_on_start`). A tick that
     /// finds the pass slot taken is skipped and logged, never queued.
     Cron,
@@ -57,7 +57,7 @@ pub enum When {
 
 /// Whether the work takes the pass lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lock {
+pub(crate) enum Lock {
     /// One at a time with every other such job, in every process.
     Pass,
     /// Beside anything.
@@ -66,7 +66,7 @@ pub enum Lock {
 
 /// What `--once` does with a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InOnce {
+pub(crate) enum InOnce {
     /// Runs it once.
     Run,
     /// Leaves it out.
@@ -75,7 +75,7 @@ pub enum InOnce {
 
 /// How one run of a job ended, as far as the loop and `--once` care.
 #[derive(Debug)]
-pub enum Ended {
+pub(crate) enum Ended {
     /// Done (whatever it found is in its own log lines and rows).
     Ran,
     /// Could not start (another process held the pass lock): the loop tries an
@@ -88,11 +88,11 @@ pub enum Ended {
 }
 
 /// The work of one run: given the pass lock when the job takes it, and the shutdown token.
-pub type Work =
+pub(crate) type Work =
     Box<dyn FnOnce(Option<Arc<PassGuard>>, CancellationToken) -> BoxFuture<'static, Ended> + Send>;
 
 /// A job. See the module doc for how to add one.
-pub trait Job: Send + Sync + 'static {
+pub(crate) trait Job: Send + Sync + 'static {
     /// For the log: "pass", "discovery sweep", ...
     fn name(&self) -> &'static str;
     fn when(&self) -> When;
@@ -143,7 +143,7 @@ struct Counts {
 /// One job under the pass lock at a time: this process's slot (one permit) and the pass
 /// lock across processes. Cheap to clone.
 #[derive(Clone)]
-pub struct Gate {
+pub(crate) struct Gate {
     lock: PassLock,
     /// One permit: the job under the pass lock in flight holds it.
     slot: Arc<Semaphore>,
@@ -152,7 +152,7 @@ pub struct Gate {
 }
 
 impl Gate {
-    pub fn new(lock: PassLock, notifier: Notifier) -> Gate {
+    pub(crate) fn new(lock: PassLock, notifier: Notifier) -> Gate {
         Gate {
             lock,
             slot: Arc::new(Semaphore::new(1)),
@@ -161,16 +161,16 @@ impl Gate {
         }
     }
 
-    pub fn lock(&self) -> &PassLock {
+    pub(crate) fn lock(&self) -> &PassLock {
         &self.lock
     }
 
     /// Whether a job under the pass lock is running in this process.
-    pub fn busy(&self) -> bool {
+    pub(crate) fn busy(&self) -> bool {
         self.slot.available_permits() == 0
     }
 
-    pub fn summary(&self) -> Summary {
+    pub(crate) fn summary(&self) -> Summary {
         let c = &self.counts;
         Summary {
             ticks: c.ticks.load(Ordering::Relaxed),
@@ -214,7 +214,7 @@ impl Gate {
 }
 
 /// The daemon's loop: the jobs, the gate, and the tasks in flight.
-pub struct Jobs {
+pub(crate) struct Jobs {
     jobs: Vec<Arc<dyn Job>>,
     gate: Gate,
     tracker: TaskTracker,
@@ -222,7 +222,11 @@ pub struct Jobs {
 }
 
 impl Jobs {
-    pub fn new(jobs: Vec<Arc<dyn Job>>, gate: Gate, shutdown: CancellationToken) -> Arc<Jobs> {
+    pub(crate) fn new(
+        jobs: Vec<Arc<dyn Job>>,
+        gate: Gate,
+        shutdown: CancellationToken,
+    ) -> Arc<Jobs> {
         Arc::new(Jobs {
             jobs,
             gate,
@@ -231,17 +235,17 @@ impl Jobs {
         })
     }
 
-    pub fn gate(&self) -> &Gate {
+    pub(crate) fn gate(&self) -> &Gate {
         &self.gate
     }
 
     /// The tasks of the loop, for work started beside it (a webhook's unknown charge).
-    pub fn tracker(&self) -> &TaskTracker {
+    pub(crate) fn tracker(&self) -> &TaskTracker {
         &self.tracker
     }
 
     /// Starts the loops of the [`When::Own`] jobs.
-    pub fn start(self: &Arc<Self>) {
+    pub(crate) fn start(self: &Arc<Self>) {
         for job in self.jobs.iter().filter(|j| j.when() == When::Own) {
             let gate = (job.lock() == Lock::Pass).then(|| self.gate.clone());
             self.tracker
@@ -251,7 +255,7 @@ impl Jobs {
 
     /// A cron tick: starts every [`When::Cron`] job unless a job under the pass lock is
     /// running. Never waits: called from the scheduler.
-    pub fn tick(self: &Arc<Self>, cause: &'static str) {
+    pub(crate) fn tick(self: &Arc<Self>, cause: &'static str) {
         if self.shutdown.is_cancelled() {
             return;
         }
@@ -289,7 +293,7 @@ impl Jobs {
 
     /// After shutdown: waits up to `limit` for the work in flight, then gives every job
     /// its drain. Returns whether the work in flight ended in time.
-    pub async fn stopped(&self, limit: Duration) -> bool {
+    pub(crate) async fn stopped(&self, limit: Duration) -> bool {
         self.tracker.close();
         let done = tokio::time::timeout(limit, self.tracker.wait())
             .await
@@ -300,7 +304,7 @@ impl Jobs {
 }
 
 /// Each job's [`Job::drain`], one after the other, all within `limit`.
-pub async fn drain_all(jobs: &[Arc<dyn Job>], limit: Duration) {
+pub(crate) async fn drain_all(jobs: &[Arc<dyn Job>], limit: Duration) {
     let all = async {
         for job in jobs {
             job.clone().drain(limit).await;
@@ -314,7 +318,7 @@ pub async fn drain_all(jobs: &[Arc<dyn Job>], limit: Duration) {
 /// The loop of one [`When::Own`] job until it has nothing more to do or `shutdown`:
 /// await [`Job::next`], take the gate when the job runs under the pass lock (waiting for
 /// this process's job in flight, skipping while another process holds the lock), run.
-pub async fn own_loop(job: Arc<dyn Job>, gate: Option<Gate>, shutdown: CancellationToken) {
+pub(crate) async fn own_loop(job: Arc<dyn Job>, gate: Option<Gate>, shutdown: CancellationToken) {
     while let Some(work) = job.clone().next(shutdown.clone()).await {
         let ended = match &gate {
             None => work(None, shutdown.clone()).await,
@@ -345,16 +349,16 @@ pub async fn own_loop(job: Arc<dyn Job>, gate: Option<Gate>, shutdown: Cancellat
 
 /// What `--once` got from its jobs.
 #[derive(Debug, Default)]
-pub struct OnceEnded {
+pub(crate) struct OnceEnded {
     /// The pass's end, when a pass ran.
-    pub pass: Option<Result<crate::reconcile::RunReport, crate::ledger::LedgerError>>,
+    pub(crate) pass: Option<Result<crate::reconcile::RunReport, crate::ledger::LedgerError>>,
     /// The first fatal error: the jobs after it did not run.
-    pub fatal: Option<String>,
+    pub(crate) fatal: Option<String>,
 }
 
 /// `--once`: every job whose [`Job::in_once`] says so, once, in order, under `held`;
 /// then every job's drain within `drain`. Stops at the first [`Ended::Fatal`].
-pub async fn once(
+pub(crate) async fn once(
     jobs: &[Arc<dyn Job>],
     held: Arc<PassGuard>,
     drain: Duration,

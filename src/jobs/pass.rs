@@ -11,10 +11,10 @@ use crate::ledger::{LedgerError, Trigger};
 use crate::reconcile::{Reconciler, RunReport};
 
 /// Where the daemon reports a pass's end (`/healthz`, systemd, the log).
-pub type ReportTo = Box<dyn Fn(&Result<RunReport, LedgerError>) + Send + Sync>;
+pub(crate) type ReportTo = Box<dyn Fn(&Result<RunReport, LedgerError>) + Send + Sync>;
 
 /// The pass job. See the module doc.
-pub struct PassJob {
+pub(crate) struct PassJob {
     reconciler: Reconciler,
     /// The daemon's; `None` in `--once`, where the end is the exit status.
     report_to: Option<ReportTo>,
@@ -22,7 +22,7 @@ pub struct PassJob {
 
 impl PassJob {
     /// The job for `--once`.
-    pub fn once(reconciler: Reconciler) -> PassJob {
+    pub(crate) fn once(reconciler: Reconciler) -> PassJob {
         PassJob {
             reconciler,
             report_to: None,
@@ -30,7 +30,7 @@ impl PassJob {
     }
 
     /// The daemon's job: each pass's end goes to `report_to` as well.
-    pub fn daemon(reconciler: Reconciler, report_to: ReportTo) -> PassJob {
+    pub(crate) fn daemon(reconciler: Reconciler, report_to: ReportTo) -> PassJob {
         PassJob {
             reconciler,
             report_to: Some(report_to),

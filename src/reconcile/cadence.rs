@@ -4,7 +4,7 @@
 //!
 //! - **By age.** `reconcile.recheck_schedule` gives the interval for each age (time since
 //!   `created_at`). A schedule of several steps is jittered, early and never late: each
-//!   check comes [`LEAD`] (or a fifth of the interval, if less) plus up to [`EARLY_JITTER`]
+//!   check comes `LEAD` (or a fifth of the interval, if less) plus up to `EARLY_JITTER`
 //!   of the interval early. Charges registered together so spread out, and, because
 //!   passes run on a cron, a charge checked a minute into a pass is still due by the tick
 //!   its interval ends on instead of waiting a whole extra tick: "every 10 minutes" on a
@@ -17,7 +17,7 @@
 //!   last day (a long interval is cut short to start the watch on time).
 //! - **The budget.** When the open charges need more checks per minute than the budget
 //!   share allows, every interval is multiplied by one factor
-//!   ([`Cadence::stretch_to_fit`]) so the checks fit, instead of a backlog growing without
+//!   (`Cadence::stretch_to_fit`) so the checks fit, instead of a backlog growing without
 //!   bound. The deadline check is not stretched.
 
 use std::sync::Arc;
@@ -29,46 +29,47 @@ use crate::domain::{ChargeDates, RecheckStep};
 
 /// A check of a jittered schedule comes up to this fraction of its interval early, on top
 /// of its lead.
-pub const EARLY_JITTER: f64 = 0.2;
+pub(crate) const EARLY_JITTER: f64 = 0.2;
 
 /// A check of a jittered schedule comes this much early (at most a fifth of its
 /// interval, see [`lead`]): the time a check may be made into a pass, after the tick.
 /// A pass spends the budget share at its pace, so at the default share (600 GETs a
 /// minute) two minutes cover a pass of 1,200 due charges; a check made later than this
 /// into its pass slips one tick.
-pub const LEAD: Duration = Duration::from_secs(120);
+pub(crate) const LEAD: Duration = Duration::from_secs(120);
 
 /// How early a check of a jittered schedule with this interval comes, on top of its
 /// jitter. A fifth at most: with the jitter's fifth, a check never comes sooner than 0.6
 /// of its interval, so "every 10 minutes" on a 5-minute cron stays every second tick for
 /// any check made up to two minutes into its pass.
-pub fn lead(every: Duration) -> Duration {
+pub(crate) fn lead(every: Duration) -> Duration {
     LEAD.min(every / 5)
 }
 
 /// Demand is stretched to fit this share of the budget, leaving room for retries after
 /// errors, deadline checks and the unevenness of passes.
-pub const TARGET_USE: f64 = 0.9;
+pub(crate) const TARGET_USE: f64 = 0.9;
 
 /// The largest stretch applied: beyond it the budget is simply too small, and the warning
 /// says so.
-pub const MAX_STRETCH: f64 = 1000.0;
+pub(crate) const MAX_STRETCH: f64 = 1000.0;
 
 /// How often open charges are checked: the schedule, the deadline rules, the stretch.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Cadence {
+pub(crate) struct Cadence {
     /// Sorted by age, the first at age 0, never empty (as the config validates).
-    pub schedule: Arc<[RecheckStep]>,
-    pub expiry_grace: Duration,
+    pub(crate) schedule: Arc<[RecheckStep]>,
+    pub(crate) expiry_grace: Duration,
     /// Before a known deadline, this long is checked at the first step's interval.
-    pub deadline_watch: Duration,
+    pub(crate) deadline_watch: Duration,
     /// At least 1; applied to every interval but the deadline check.
-    pub stretch: f64,
+    pub(crate) stretch: f64,
 }
 
 impl Cadence {
+    #[cfg(test)]
     /// One interval for every age, no deadline watch, no stretch.
-    pub fn flat(every: Duration) -> Self {
+    pub(crate) fn flat(every: Duration) -> Self {
         Cadence {
             schedule: Arc::from([RecheckStep {
                 age: Duration::ZERO,
@@ -82,12 +83,12 @@ impl Cadence {
 
     /// Whether the schedule is the flat one (a single step): checked exactly `every`
     /// after the last check, without jitter.
-    pub fn is_flat(&self) -> bool {
+    pub(crate) fn is_flat(&self) -> bool {
         self.schedule.len() <= 1
     }
 
     /// The schedule's (unstretched) interval for a charge of this age.
-    pub fn interval_at(&self, age: Duration) -> Duration {
+    pub(crate) fn interval_at(&self, age: Duration) -> Duration {
         self.schedule
             .iter()
             .take_while(|s| s.age <= age)
@@ -97,7 +98,7 @@ impl Cadence {
     }
 
     /// The first step's interval: the pace for young charges and the deadline watch.
-    pub fn young_interval(&self) -> Duration {
+    pub(crate) fn young_interval(&self) -> Duration {
         self.schedule
             .first()
             .map_or(Duration::from_secs(300), |s| s.every)
@@ -105,7 +106,7 @@ impl Cadence {
 
     /// Age up to which a charge counts as young (the end of the first step), for a
     /// schedule of several steps.
-    pub fn young_until(&self) -> Option<Duration> {
+    pub(crate) fn young_until(&self) -> Option<Duration> {
         self.schedule.get(1).map(|s| s.age)
     }
 
@@ -116,7 +117,7 @@ impl Cadence {
 
     /// When a charge that a check at `now` found open and unchanged is due again.
     /// `jitter` is in `[0, 1)`.
-    pub fn next_check(
+    pub(crate) fn next_check(
         &self,
         now: DateTime<Utc>,
         dates: &ChargeDates,
@@ -154,7 +155,7 @@ impl Cadence {
     }
 
     /// Checks per minute the open charges need, unstretched.
-    pub fn demand_per_minute(&self, open: &OpenCount) -> f64 {
+    pub(crate) fn demand_per_minute(&self, open: &OpenCount) -> f64 {
         self.demand_stretched(open, 1.0)
     }
 
@@ -182,7 +183,7 @@ impl Cadence {
     /// to fit to. Not simply demand over budget: on a cron, an interval is checked at
     /// whole ticks, so a stretch too small to move a check to a later tick saves nothing.
     /// The demand falls as the stretch grows, so the factor is found by bisection.
-    pub fn stretch_to_fit(&self, open: &OpenCount, budget: Option<f64>) -> f64 {
+    pub(crate) fn stretch_to_fit(&self, open: &OpenCount, budget: Option<f64>) -> f64 {
         let Some(target) = budget.filter(|b| *b > 0.0).map(|b| b * TARGET_USE) else {
             return 1.0;
         };
@@ -207,7 +208,7 @@ impl Cadence {
 
     /// How often, on average, a charge on interval `every` is checked under this
     /// schedule: see [`on_the_cron`].
-    pub fn effective_interval(&self, every: Duration, tick: Option<Duration>) -> Duration {
+    pub(crate) fn effective_interval(&self, every: Duration, tick: Option<Duration>) -> Duration {
         on_the_cron(every, self.is_flat(), tick)
     }
 }
@@ -236,14 +237,14 @@ pub fn on_the_cron(every: Duration, flat: bool, tick: Option<Duration>) -> Durat
 /// the schedule by age (outside the deadline watch), `watched` in their deadline watch,
 /// and `tick`, the time between passes when known (the cron's).
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct OpenCount {
-    pub by_step: Vec<u64>,
-    pub watched: u64,
-    pub tick: Option<Duration>,
+pub(crate) struct OpenCount {
+    pub(crate) by_step: Vec<u64>,
+    pub(crate) watched: u64,
+    pub(crate) tick: Option<Duration>,
 }
 
 impl OpenCount {
-    pub fn new(by_step: &[u64], watched: u64, tick: Option<Duration>) -> Self {
+    pub(crate) fn new(by_step: &[u64], watched: u64, tick: Option<Duration>) -> Self {
         OpenCount {
             by_step: by_step.to_vec(),
             watched,

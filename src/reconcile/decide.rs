@@ -17,7 +17,7 @@ use crate::univapay::{ApiError, ErrorClass, ProviderCharge};
 
 /// Maps UnivaPay's status to our state. `None` for a word we do not know: such an answer
 /// changes no state.
-pub fn map_status(status: &ProviderStatus) -> Option<State> {
+pub(crate) fn map_status(status: &ProviderStatus) -> Option<State> {
     match status {
         ProviderStatus::Pending => Some(State::Pending),
         ProviderStatus::Awaiting | ProviderStatus::Authorized => Some(State::Awaiting),
@@ -35,7 +35,7 @@ pub fn map_status(status: &ProviderStatus) -> Option<State> {
 /// `successful` answer without a charged amount is flagged too: "paid exactly what was
 /// asked" cannot be verified, and a final charge is never looked at again. Returns the
 /// human-readable detail, e.g. `charged 90 JPY, requested 100 JPY`.
-pub fn mismatch(requested: &Requested, answer: &ProviderCharge) -> Option<String> {
+pub(crate) fn mismatch(requested: &Requested, answer: &ProviderCharge) -> Option<String> {
     let Some(charged) = answer.charged_amount else {
         return (answer.status == ProviderStatus::Successful).then(|| {
             format!(
@@ -65,12 +65,12 @@ pub fn mismatch(requested: &Requested, answer: &ProviderCharge) -> Option<String
 
 /// Timing knobs, from `[reconcile]`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Policy {
+pub(crate) struct Policy {
     /// When an open charge is due again after an answer.
-    pub cadence: Cadence,
-    pub retry_backoff: Duration,
-    pub retry_backoff_max: Duration,
-    pub not_found_limit: u32,
+    pub(crate) cadence: Cadence,
+    pub(crate) retry_backoff: Duration,
+    pub(crate) retry_backoff_max: Duration,
+    pub(crate) not_found_limit: u32,
 }
 
 fn after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
@@ -82,7 +82,7 @@ fn after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
 /// `jitter` in `[0, 1)` spreads retry times after errors, and the next checks of a
 /// jittered schedule. Auth errors abort the pass before reaching here; if one does arrive
 /// it is treated like any refused request.
-pub fn decide(
+pub(crate) fn decide(
     before: &Tracked,
     requested: &Requested,
     dates: &ChargeDates,
@@ -113,7 +113,7 @@ pub fn decide(
 /// A 404 in a pass where every check answered 404: a wrong `base_url`, a maintenance page
 /// or the wrong account, not charges that are gone. Recorded and retried like any failed
 /// check, but not counted toward `not_found_limit`, so no charge is given up for it.
-pub fn decide_not_found_in_wall(
+pub(crate) fn decide_not_found_in_wall(
     before: &Tracked,
     now: DateTime<Utc>,
     policy: &Policy,

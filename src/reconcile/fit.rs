@@ -15,17 +15,17 @@ use crate::ledger::{Timestamp, Urgency};
 
 /// What a pass found before it read its due charges.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Charges due when the pass began.
-    pub due: u64,
+    pub(crate) due: u64,
     /// Checks per minute the open charges need, unstretched (`None`: not estimated,
     /// nothing was due).
-    pub demand: Option<f64>,
+    pub(crate) demand: Option<f64>,
 }
 
 /// The demand estimate of the latest plan, and the stretch fitted to it.
 #[derive(Default)]
-pub struct BudgetFit {
+pub(crate) struct BudgetFit {
     /// What the latest plan that found charges due counted, and the stretch fitted to it.
     fit: Mutex<Option<Fit>>,
     /// Set while a stretched pass reads the urgent due charges first.
@@ -49,7 +49,7 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl BudgetFit {
     /// The factor the recheck intervals are stretched by now: the open charges the latest
     /// plan counted, fitted to `budget` per minute (1 while either is unknown).
-    pub fn stretch(&self, cadence: &Cadence, budget: Option<f64>) -> f64 {
+    pub(crate) fn stretch(&self, cadence: &Cadence, budget: Option<f64>) -> f64 {
         let mut fit = locked(&self.fit);
         let Some(fit) = fit.as_mut() else {
             return 1.0;
@@ -65,7 +65,7 @@ impl BudgetFit {
     }
 
     /// Keeps what a plan counted: the open charges and the checks per minute they need.
-    pub fn counted(&self, open: OpenCount, demand: f64) {
+    pub(crate) fn counted(&self, open: OpenCount, demand: f64) {
         *locked(&self.fit) = Some(Fit {
             open,
             demand,
@@ -75,22 +75,22 @@ impl BudgetFit {
 
     /// Checks per minute the open charges need under the unstretched schedule, as the
     /// latest plan that found charges due counted them (0 before any).
-    pub fn demand(&self) -> f64 {
+    pub(crate) fn demand(&self) -> f64 {
         locked(&self.fit).as_ref().map_or(0.0, |f| f.demand)
     }
 
-    pub fn set_urgency(&self, urgency: Option<Urgency>) {
+    pub(crate) fn set_urgency(&self, urgency: Option<Urgency>) {
         *locked(&self.urgency) = urgency;
     }
 
-    pub fn urgency(&self) -> Option<Urgency> {
+    pub(crate) fn urgency(&self) -> Option<Urgency> {
         locked(&self.urgency).clone()
     }
 }
 
 /// The urgency bounds for a pass starting at `now`: young is the schedule's first step;
 /// near the deadline is inside the deadline watch (or past the deadline).
-pub fn urgency(c: &Cadence, now: DateTime<Utc>) -> Option<Urgency> {
+pub(crate) fn urgency(c: &Cadence, now: DateTime<Utc>) -> Option<Urgency> {
     let young = c.young_until();
     if young.is_none() && c.deadline_watch.is_zero() {
         return None;

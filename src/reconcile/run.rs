@@ -27,27 +27,26 @@ use crate::univapay::{PauseCause, Paused};
 
 /// The fewest 404s that make a pass of nothing but 404s a wall rather than a few charges
 /// that are really gone.
-pub const WALL_MIN: u64 = 3;
+pub(crate) const WALL_MIN: u64 = 3;
 
 /// The longest pause recorded in `runs.resume_at`, like the cap on `Retry-After`: past
 /// it, a request finds out whether UnivaPay still wants quiet (a refill computed from odd
 /// headers can come out at hours).
-pub const MAX_RECORDED_PAUSE: Duration = Duration::from_secs(3600);
+pub(crate) const MAX_RECORDED_PAUSE: Duration = Duration::from_secs(3600);
 
 /// What a run did. Written to `runs` as well.
 #[derive(Debug, Clone)]
 pub struct RunReport {
     pub run_id: i64,
-    pub trigger: Trigger,
     pub outcome: Outcome,
     pub counts: Counts,
-    pub elapsed: Duration,
+    pub(crate) elapsed: Duration,
     /// Why the run did not end `ok`, when it did not.
     pub detail: Option<String>,
     /// No request before this time: UnivaPay asked for a pause (`runs.resume_at`).
     pub resume_at: Option<DateTime<Utc>>,
     /// Requests sent to UnivaPay (`runs.requests`).
-    pub requests: u64,
+    pub(crate) requests: u64,
 }
 
 /// The name the pass and `--once` have always used.
@@ -74,31 +73,31 @@ impl RunReport {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tally {
     /// Checks that got an HTTP answer.
-    pub reached: u64,
+    pub(crate) reached: u64,
     /// Checks that got none (connection failed, timed out).
-    pub unreachable: u64,
+    pub(crate) unreachable: u64,
     /// The last of those failures, to name in the outcome.
-    pub last_unreachable: Option<String>,
+    pub(crate) last_unreachable: Option<String>,
     /// The credentials were refused (the first such error).
-    pub auth: Option<String>,
+    pub(crate) auth: Option<String>,
     /// Checks answered 404 (counted in `reached` too).
-    pub not_found: u64,
+    pub(crate) not_found: u64,
     /// UnivaPay imposed a wait longer than a run sits idle (the longest seen).
-    pub paused: Option<Paused>,
+    pub(crate) paused: Option<Paused>,
     /// Every charge of the run was handled.
-    pub complete: bool,
+    pub(crate) complete: bool,
     /// Requests sent (each check that got past the pacer).
-    pub requests: u64,
+    pub(crate) requests: u64,
 }
 
 /// Whether every check of the pass, at least [`WALL_MIN`] of them, answered 404.
-pub fn is_wall(t: &Tally) -> bool {
+pub(crate) fn is_wall(t: &Tally) -> bool {
     t.not_found >= WALL_MIN && t.not_found == t.reached + t.unreachable
 }
 
 /// The outcome of a run, and why, from its tally. `max_pause` is the wait a run sits
 /// through, named in the detail of a `rate_limited` run.
-pub fn verdict(t: &Tally, max_pause: Duration) -> (Outcome, Option<String>) {
+pub(crate) fn verdict(t: &Tally, max_pause: Duration) -> (Outcome, Option<String>) {
     if let Some(e) = &t.auth {
         return (
             Outcome::AuthFailed,
@@ -150,7 +149,7 @@ fn long_pause_detail(p: &Paused, max_pause: Duration) -> String {
 
 /// The one text for a run (or a sweep) that sends nothing because of a pause recorded
 /// earlier.
-pub fn pause_detail(resume_at: DateTime<Utc>) -> String {
+pub(crate) fn pause_detail(resume_at: DateTime<Utc>) -> String {
     format!(
         "UnivaPay asked for a pause until {} (recorded by an earlier run); no request before then, every due charge stays due",
         ledger::ts(resume_at)
@@ -159,7 +158,7 @@ pub fn pause_detail(resume_at: DateTime<Utc>) -> String {
 
 /// When requests may go again after UnivaPay asked for `pause` (what `runs.resume_at`
 /// records), capped at [`MAX_RECORDED_PAUSE`].
-pub fn resume_at(now: DateTime<Utc>, pause: &Paused) -> DateTime<Utc> {
+pub(crate) fn resume_at(now: DateTime<Utc>, pause: &Paused) -> DateTime<Utc> {
     after(now, pause.wait.min(MAX_RECORDED_PAUSE))
 }
 
@@ -173,7 +172,10 @@ fn after(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
 /// A pause recorded in `runs.resume_at` (by any process) that has not ended: a short one
 /// (at most [`Context::max_pause`]) is imposed on the client, so its requests wait for
 /// it (`Ok`); a longer one is returned, and nothing may be sent before it.
-pub fn honour_pause(ctx: &Context, recorded: Option<DateTime<Utc>>) -> Result<(), DateTime<Utc>> {
+pub(crate) fn honour_pause(
+    ctx: &Context,
+    recorded: Option<DateTime<Utc>>,
+) -> Result<(), DateTime<Utc>> {
     let Some(resume_at) = recorded else {
         return Ok(());
     };
@@ -189,7 +191,7 @@ pub fn honour_pause(ctx: &Context, recorded: Option<DateTime<Utc>>) -> Result<()
 
 /// [`honour_pause`] for a job that reads the ledger only for it (a sweep, a token read,
 /// a webhook's unknown charge): reads the latest `runs.resume_at` first.
-pub async fn honour_recorded_pause(
+pub(crate) async fn honour_recorded_pause(
     ctx: &Context,
 ) -> Result<Result<(), DateTime<Utc>>, LedgerError> {
     let recorded = ctx.with_ledger(Open::Migrate, |l| l.resume_at()).await?;
@@ -214,7 +216,7 @@ impl Run {
     /// running, so such a row was left by a process that died), the latest recorded pause
     /// is read and this run's row is inserted. Returns the connection, for the run's
     /// writes.
-    pub async fn open(
+    pub(crate) async fn open(
         ctx: &Context,
         _held: &crate::lock::PassGuard,
         trigger: Trigger,
@@ -252,7 +254,7 @@ impl Run {
     /// A run without the pass lock: its row is written by [`Run::end_in`], in the same
     /// transaction as its results. Read the recorded pause with [`Run::read_pause_in`]
     /// before the first request.
-    pub fn unlocked(ctx: &Context, trigger: Trigger) -> Run {
+    pub(crate) fn unlocked(ctx: &Context, trigger: Trigger) -> Run {
         Run {
             ctx: ctx.clone(),
             trigger,
@@ -269,31 +271,26 @@ impl Run {
     }
 
     /// Reads the latest recorded pause on `l` (for a run opened with [`Run::unlocked`]).
-    pub fn read_pause_in(&mut self, l: &Ledger) -> Result<(), LedgerError> {
+    pub(crate) fn read_pause_in(&mut self, l: &Ledger) -> Result<(), LedgerError> {
         self.recorded_pause = l.resume_at()?;
         Ok(())
     }
 
-    pub fn id(&self) -> Option<i64> {
+    pub(crate) fn id(&self) -> Option<i64> {
         self.id
     }
 
-    pub fn trigger(&self) -> Trigger {
-        self.trigger
-    }
-
     /// The run's span: the checks of the run are instrumented with it.
-    pub fn span(&self) -> &Span {
+    pub(crate) fn span(&self) -> &Span {
         &self.span
     }
 
     /// Step 2: `None` when requests may go (a short recorded pause is now imposed on the
     /// client); otherwise the `rate_limited` report of a run that sends nothing.
-    pub fn honour_pause(&self) -> Option<RunReport> {
+    pub(crate) fn honour_pause(&self) -> Option<RunReport> {
         let resume_at = honour_pause(&self.ctx, self.recorded_pause).err()?;
         Some(RunReport {
             run_id: self.id.unwrap_or(0),
-            trigger: self.trigger,
             outcome: Outcome::RateLimited,
             counts: Counts::default(),
             elapsed: self.started.elapsed(),
@@ -304,11 +301,10 @@ impl Run {
     }
 
     /// Step 4: the report of the run from its tally and the counts its writes committed.
-    pub fn report(&self, tally: &Tally, counts: Counts) -> RunReport {
+    pub(crate) fn report(&self, tally: &Tally, counts: Counts) -> RunReport {
         let (outcome, detail) = verdict(tally, self.ctx.max_pause());
         RunReport {
             run_id: self.id.unwrap_or(0),
-            trigger: self.trigger,
             outcome,
             counts,
             elapsed: self.started.elapsed(),
@@ -321,7 +317,7 @@ impl Run {
     /// For an unlocked run, inside the transaction of its results: inserts its row (with
     /// the time the run started) and returns its id. The id of a run opened under the
     /// lock otherwise.
-    pub fn begin_in(&mut self, l: &Ledger) -> Result<i64, LedgerError> {
+    pub(crate) fn begin_in(&mut self, l: &Ledger) -> Result<i64, LedgerError> {
         if let Some(id) = self.id {
             return Ok(id);
         }
@@ -334,7 +330,7 @@ impl Run {
     /// Step 5 inside a ledger transaction of the caller's: the row (inserted now for an
     /// unlocked run, whose id goes into `report`) gets outcome, counts, requests and
     /// `resume_at`.
-    pub fn end_in(&mut self, l: &Ledger, report: &mut RunReport) -> Result<(), LedgerError> {
+    pub(crate) fn end_in(&mut self, l: &Ledger, report: &mut RunReport) -> Result<(), LedgerError> {
         let id = self.begin_in(l)?;
         report.run_id = id;
         if let Some(at) = report.resume_at {
@@ -351,7 +347,7 @@ impl Run {
     }
 
     /// Step 5 on its own: [`Run::end_in`] on `ledger`, then the run's log line.
-    pub async fn finish(
+    pub(crate) async fn finish(
         mut self,
         ledger: Ledger,
         report: RunReport,
@@ -370,7 +366,7 @@ impl Run {
     }
 
     /// The run's one line at its end.
-    pub fn log_finished(&self, report: &RunReport) {
+    pub(crate) fn log_finished(&self, report: &RunReport) {
         let c = &report.counts;
         self.span.in_scope(|| {
             tracing::info!(
@@ -390,7 +386,7 @@ impl Run {
     /// Best effort after the ledger failed mid-run: record the run as `failed` with the
     /// cause, on a fresh connection. When even that cannot be written (the disk is full,
     /// say), the row stays `running` and the next run marks it `interrupted`.
-    pub async fn fail(&self, cause: &LedgerError) {
+    pub(crate) async fn fail(&self, cause: &LedgerError) {
         let Some(run_id) = self.id else {
             return;
         };

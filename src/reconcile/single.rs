@@ -23,7 +23,7 @@ use crate::ledger::{CheckResult, DueCharge};
 use crate::univapay::{ApiError, ErrorClass, Paused};
 
 /// The decision rules' knobs, from `[reconcile]` (unstretched).
-pub fn policy(r: &ReconcileSettings) -> Policy {
+pub(crate) fn policy(r: &ReconcileSettings) -> Policy {
     Policy {
         cadence: Cadence {
             schedule: r.recheck_schedule.as_slice().into(),
@@ -39,7 +39,7 @@ pub fn policy(r: &ReconcileSettings) -> Policy {
 
 /// How one [`Checker::check_one`] ended.
 #[derive(Debug)]
-pub enum Checked {
+pub(crate) enum Checked {
     /// Decided and ready to write. `no_answer` says why when no HTTP answer came. For a
     /// 404, `in_wall` is the decision to write instead should every check of the pass
     /// answer 404 (then it does not count toward `not_found_limit`).
@@ -60,7 +60,7 @@ pub enum Checked {
 
 impl Checked {
     /// Whether a request went out for this check.
-    pub fn sent(&self) -> bool {
+    pub(crate) fn sent(&self) -> bool {
         matches!(self, Checked::Decided { .. } | Checked::AuthRejected(_))
     }
 }
@@ -76,7 +76,7 @@ pub struct Checker {
 }
 
 impl Checker {
-    pub fn new(ctx: Context) -> Checker {
+    pub(crate) fn new(ctx: Context) -> Checker {
         let policy = policy(&ctx.settings().reconcile);
         Checker {
             ctx,
@@ -86,40 +86,40 @@ impl Checker {
         }
     }
 
-    pub fn context(&self) -> &Context {
+    pub(crate) fn context(&self) -> &Context {
         &self.ctx
     }
 
     /// The unstretched rules' knobs.
-    pub fn policy(&self) -> &Policy {
+    pub(crate) fn policy(&self) -> &Policy {
         &self.policy
     }
 
-    pub fn fit(&self) -> &BudgetFit {
+    pub(crate) fn fit(&self) -> &BudgetFit {
         &self.fit
     }
 
     /// The factor the recheck intervals are stretched by now (see [`BudgetFit::stretch`]).
-    pub fn stretch(&self) -> f64 {
+    pub(crate) fn stretch(&self) -> f64 {
         self.fit
             .stretch(&self.policy.cadence, self.ctx.client().budget_per_minute())
     }
 
     /// A number that grows while checks make progress (a check finished, a stage of a run
     /// passed), for the daemon's watchdog: a count that stops moving is a stuck pass.
-    pub fn progress(&self) -> u64 {
+    pub(crate) fn progress(&self) -> u64 {
         self.progress.load(Ordering::Relaxed)
     }
 
     /// Counts one step of progress.
-    pub fn beat(&self) {
+    pub(crate) fn beat(&self) {
         self.progress.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Checks one charge: waits its turn in the pacer, GETs it, and decides what the
     /// answer does to it. Its log lines carry the charge id (a `check` span inside the
     /// run's).
-    pub async fn check_one(&self, charge: DueCharge, stop: &Stop) -> Checked {
+    pub(crate) async fn check_one(&self, charge: DueCharge, stop: &Stop) -> Checked {
         let span = tracing::info_span!("check", charge_id = %charge.charge_id);
         self.check_in_span(charge, stop).instrument(span).await
     }

@@ -9,15 +9,15 @@ use tokio_util::sync::CancellationToken;
 
 /// The two ways a run of checks is told to stop. See the module doc.
 #[derive(Clone)]
-pub struct Stop {
-    pub stop: CancellationToken,
-    pub abandon: CancellationToken,
+pub(crate) struct Stop {
+    pub(crate) stop: CancellationToken,
+    pub(crate) abandon: CancellationToken,
 }
 
 impl Stop {
     /// Stop tokens under `shutdown`, with `abandon` following `stop` after `drain`.
     /// The returned guard ends the drain timer; drop it when the checks are done.
-    pub fn with_drain(shutdown: &CancellationToken, drain: Duration) -> (Stop, DrainGuard) {
+    pub(crate) fn with_drain(shutdown: &CancellationToken, drain: Duration) -> (Stop, DrainGuard) {
         let stop = shutdown.child_token();
         let abandon = CancellationToken::new();
         let timer = {
@@ -33,7 +33,7 @@ impl Stop {
 }
 
 /// Ends the drain timer of a [`Stop`] when dropped.
-pub struct DrainGuard(tokio::task::JoinHandle<()>);
+pub(crate) struct DrainGuard(tokio::task::JoinHandle<()>);
 
 impl Drop for DrainGuard {
     fn drop(&mut self) {

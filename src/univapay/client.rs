@@ -13,17 +13,17 @@ use crate::config::ApiSettings;
 use crate::domain::{ChargeId, StoreId};
 
 /// A charge answer is a few KiB; anything past this is not a charge and is not read.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// The rate-limit headers UnivaPay sends on every response (absent ones are `None`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RateLimit {
+pub(crate) struct RateLimit {
     /// Requests left in the bucket for this exact URL.
-    pub remaining_exact: Option<u64>,
+    pub(crate) remaining_exact: Option<u64>,
     /// Requests left in the bucket for the route pattern (all charge GETs).
-    pub remaining_route: Option<u64>,
-    pub per_minute_exact: Option<u64>,
-    pub per_minute_route: Option<u64>,
+    pub(crate) remaining_route: Option<u64>,
+    pub(crate) per_minute_exact: Option<u64>,
+    pub(crate) per_minute_route: Option<u64>,
 }
 
 impl RateLimit {
@@ -42,16 +42,15 @@ impl RateLimit {
     }
 
     /// No rate-limit header at all: the server announces no budget.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         *self == RateLimit::default()
     }
 }
 
 /// The outcome of one GET: the charge or the error, plus whatever rate-limit headers came.
 #[derive(Debug)]
-pub struct Fetched {
-    pub result: Result<ProviderCharge, ApiError>,
-    pub rate_limit: RateLimit,
+pub(crate) struct Fetched {
+    pub(crate) result: Result<ProviderCharge, ApiError>,
 }
 
 /// UnivaPay API client. Cheap to clone; clones share the connection pool.
@@ -123,22 +122,9 @@ impl Client {
         url
     }
 
-    /// `GET /stores/{store}/charges/{charge}`, checked to be an answer about that charge,
-    /// sent when the pacer allows; [`Paused`] (nothing sent) when UnivaPay imposes a wait
-    /// longer than `max_pause`.
-    pub async fn get_charge(
-        &self,
-        store: &StoreId,
-        charge: &ChargeId,
-        max_pause: Duration,
-    ) -> Result<Fetched, Paused> {
-        let ticket = self.pace(max_pause).await?;
-        Ok(self.get_charge_paced(ticket, store, charge).await)
-    }
-
     /// Waits until the rate-limit budget allows one more request (see [`Pacer`]), or
     /// returns [`Paused`] at once when UnivaPay imposes a wait longer than `max_pause`.
-    pub async fn pace(&self, max_pause: Duration) -> Result<Ticket, Paused> {
+    pub(crate) async fn pace(&self, max_pause: Duration) -> Result<Ticket, Paused> {
         let asked = tokio::time::Instant::now();
         let ticket = self.pacer.acquire(max_pause).await;
         self.counters.waited(asked.elapsed());
@@ -146,23 +132,23 @@ impl Client {
     }
 
     /// Holds every request of this client for `d`: a pause an earlier pass recorded.
-    pub fn pause_for(&self, d: Duration) {
+    pub(crate) fn pause_for(&self, d: Duration) {
         self.pacer.pause_for(d);
     }
 
     /// What this client (and its clones) has done so far, for the metrics.
-    pub fn stats(&self) -> ClientStats {
+    pub(crate) fn stats(&self) -> ClientStats {
         self.counters.snapshot()
     }
 
     /// Requests per minute the pacer allows this client (`api.budget_share` of the
     /// announced route rate, under `api.max_requests_per_minute`); `None` until known.
-    pub fn budget_per_minute(&self) -> Option<f64> {
+    pub(crate) fn budget_per_minute(&self) -> Option<f64> {
         self.pacer.budget_per_minute()
     }
 
     /// [`get_charge`](Self::get_charge) with the pacer's permission already in hand.
-    pub async fn get_charge_paced(
+    pub(crate) async fn get_charge_paced(
         &self,
         ticket: Ticket,
         store: &StoreId,
@@ -172,7 +158,7 @@ impl Client {
         let (body, rate_limit) = self.get_paced(ticket, url).await;
         let result = body.and_then(|b| checked_charge(&b, store, charge));
         self.count(&result, &rate_limit);
-        Fetched { result, rate_limit }
+        Fetched { result }
     }
 
     /// Counts one request by how it ended, for the metrics. Each caller of
@@ -203,7 +189,7 @@ impl Client {
         let resp = match self.http.get(url).send().await {
             Ok(r) => r,
             Err(e) => {
-                self.pacer.observe(ticket, Answer::NoAnswer);
+                self.pacer.observe(ticket, Answer::Nothing);
                 return (Err(self.transport_error(e)), RateLimit::default());
             }
         };

@@ -10,7 +10,7 @@ use crate::domain::text::{MAX_ERROR, clean};
 /// [`ApiError::connect`]), so every message is one line of at most a few hundred
 /// characters, whatever the answer held.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     #[error("cannot connect to UnivaPay: {0}")]
     Connect(String),
     #[error("no complete answer from UnivaPay within {0:?}")]
@@ -35,7 +35,7 @@ fn code_suffix(code: &Option<String>) -> String {
 
 /// The decision-relevant kind of an [`ApiError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
+pub(crate) enum ErrorClass {
     /// Try again later with backoff: connect, timeout, 429, 5xx.
     Transient,
     /// 401/403: the whole pass stops.
@@ -51,16 +51,16 @@ pub enum ErrorClass {
 impl ApiError {
     /// An unusable answer, `why` cleaned and capped at [`MAX_ERROR`] characters (a parse
     /// error can quote the offending value, which the answer chose).
-    pub fn malformed(why: impl AsRef<str>) -> ApiError {
+    pub(crate) fn malformed(why: impl AsRef<str>) -> ApiError {
         ApiError::Malformed(clean(why.as_ref(), MAX_ERROR))
     }
 
     /// A transport failure, `why` cleaned and capped like [`malformed`](Self::malformed).
-    pub fn connect(why: impl AsRef<str>) -> ApiError {
+    pub(crate) fn connect(why: impl AsRef<str>) -> ApiError {
         ApiError::Connect(clean(why.as_ref(), MAX_ERROR))
     }
 
-    pub fn class(&self) -> ErrorClass {
+    pub(crate) fn class(&self) -> ErrorClass {
         match self {
             ApiError::Connect(_)
             | ApiError::Timeout(_)
@@ -74,12 +74,12 @@ impl ApiError {
     }
 
     /// True when the request never got an HTTP answer (the API could not be reached).
-    pub fn is_unreachable(&self) -> bool {
+    pub(crate) fn is_unreachable(&self) -> bool {
         matches!(self, ApiError::Connect(_) | ApiError::Timeout(_))
     }
 
     /// The server's `Retry-After`, when it sent one.
-    pub fn retry_after(&self) -> Option<Duration> {
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self {
             ApiError::RateLimited { retry_after } => *retry_after,
             _ => None,

@@ -25,14 +25,14 @@ pub const MAX_PAGE_LIMIT: u32 = 100;
 /// Identifier of a transaction token: the same rules as every UnivaPay id (it goes into a
 /// request path).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TokenId(String);
+pub(crate) struct TokenId(String);
 
 impl TokenId {
-    pub fn parse(s: &str) -> Option<TokenId> {
+    pub(crate) fn parse(s: &str) -> Option<TokenId> {
         ChargeId::parse(s).ok().map(|_| TokenId(s.to_owned()))
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -45,7 +45,7 @@ impl std::fmt::Display for TokenId {
 
 /// Which list a page comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Listing {
+pub(crate) enum Listing {
     /// `GET /stores/{sid}/transaction_history?type=charge&service_provider=convenience`:
     /// konbini charges only, each row with its payment type and brand.
     KonbiniHistory,
@@ -55,7 +55,7 @@ pub enum Listing {
 }
 
 impl Listing {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Listing::KonbiniHistory => "transaction history",
             Listing::Charges => "charge list",
@@ -65,62 +65,62 @@ impl Listing {
 
 /// One page request: oldest first, created in `from..=to`, after `cursor`.
 #[derive(Debug, Clone)]
-pub struct PageQuery {
-    pub from: DateTime<Utc>,
-    pub to: DateTime<Utc>,
+pub(crate) struct PageQuery {
+    pub(crate) from: DateTime<Utc>,
+    pub(crate) to: DateTime<Utc>,
     /// The id of the last item seen; `None` for the first page.
-    pub cursor: Option<ChargeId>,
+    pub(crate) cursor: Option<ChargeId>,
     /// 1 to [`MAX_PAGE_LIMIT`].
-    pub limit: u32,
+    pub(crate) limit: u32,
 }
 
 /// One item of a page, as far as discovery needs it. A field the item lacks, or that
 /// cannot be read, is `None`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listed {
+pub(crate) struct Listed {
     /// `None`: the item has no usable id (it is counted and skipped).
-    pub charge_id: Option<ChargeId>,
+    pub(crate) charge_id: Option<ChargeId>,
     /// History rows: `konbini`, `card`, ... Charge list items have none.
-    pub payment_type: Option<String>,
+    pub(crate) payment_type: Option<String>,
     /// History rows of konbini charges: `user_data.convenience_store`.
-    pub convenience_store: Option<String>,
+    pub(crate) convenience_store: Option<String>,
     /// Charge list items: `transaction_token_id`.
-    pub token_id: Option<TokenId>,
-    pub created_on: Option<DateTime<Utc>>,
+    pub(crate) token_id: Option<TokenId>,
+    pub(crate) created_on: Option<DateTime<Utc>>,
 }
 
 /// A page of a list.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Page {
-    pub items: Vec<Listed>,
-    pub has_more: bool,
+pub(crate) struct Page {
+    pub(crate) items: Vec<Listed>,
+    pub(crate) has_more: bool,
 }
 
 /// What a transaction token says about the payment.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenFacts {
-    pub payment_type: Option<String>,
+pub(crate) struct TokenFacts {
+    pub(crate) payment_type: Option<String>,
     /// `data.convenience_store`.
-    pub convenience_store: Option<String>,
+    pub(crate) convenience_store: Option<String>,
     /// `data.expiration_period`, an ISO 8601 duration such as `P7D`.
-    pub expiration_period: Option<String>,
+    pub(crate) expiration_period: Option<String>,
     /// `data.expiration_time_shift`, a time of day such as `09:00:00+09:00`.
-    pub expiration_time_shift: Option<String>,
+    pub(crate) expiration_time_shift: Option<String>,
 }
 
 /// A charge GET's answer, checked, with the fields discovery needs beyond the reconciler's.
 #[derive(Debug, Clone, PartialEq)]
-pub struct VerifiedCharge {
-    pub charge: ProviderCharge,
-    pub token_id: Option<TokenId>,
-    pub created_on: Option<DateTime<Utc>>,
+pub(crate) struct VerifiedCharge {
+    pub(crate) charge: ProviderCharge,
+    pub(crate) token_id: Option<TokenId>,
+    pub(crate) created_on: Option<DateTime<Utc>>,
     /// The charge sets its own deadline (`capture_at`), which discovery does not read.
-    pub has_capture_at: bool,
+    pub(crate) has_capture_at: bool,
 }
 
 impl Client {
     /// One page of `listing` for `store`.
-    pub async fn list_page(
+    pub(crate) async fn list_page(
         &self,
         ticket: Ticket,
         store: &StoreId,
@@ -135,7 +135,7 @@ impl Client {
     }
 
     /// `GET /stores/{store}/tokens/{token}`, checked to be about that token.
-    pub async fn get_token(
+    pub(crate) async fn get_token(
         &self,
         ticket: Ticket,
         store: &StoreId,
@@ -150,7 +150,7 @@ impl Client {
 
     /// The charge GET, checked like the reconciler's, keeping the token id, creation time
     /// and whether `capture_at` is set.
-    pub async fn verify_charge(
+    pub(crate) async fn verify_charge(
         &self,
         ticket: Ticket,
         store: &StoreId,
@@ -228,7 +228,7 @@ fn id_of(v: Option<&Value>) -> Option<ChargeId> {
 }
 
 /// Parses a page body. `Err` when it is not a page at all.
-pub fn parse_page(body: &[u8], listing: Listing) -> Result<Page, String> {
+pub(crate) fn parse_page(body: &[u8], listing: Listing) -> Result<Page, String> {
     let v: Value = match body.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => {
             serde_json::from_slice(body).map_err(|e| format!("page is not JSON ({e})"))?
@@ -283,7 +283,11 @@ fn listed_charge(v: &Value) -> Listed {
 }
 
 /// Parses a token answer, checked to be about `token` of `store`.
-pub fn parse_token(body: &[u8], store: &StoreId, token: &TokenId) -> Result<TokenFacts, String> {
+pub(crate) fn parse_token(
+    body: &[u8],
+    store: &StoreId,
+    token: &TokenId,
+) -> Result<TokenFacts, String> {
     let v: Value = match body.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => {
             serde_json::from_slice(body).map_err(|e| format!("token is not JSON ({e})"))?

@@ -23,54 +23,54 @@ use crate::domain::{ChargeId, Currency, ProviderStatus, StoreId};
 
 /// Larger than any konbini payment could be (the chains cap a payment at 300,000 yen), and
 /// well inside i64; anything above is a broken answer rather than a real charge.
-pub const MAX_AMOUNT: i64 = 1_000_000_000_000;
+pub(crate) const MAX_AMOUNT: i64 = 1_000_000_000_000;
 
 /// The wire shape. Every field optional so that a missing one is reported by name.
 #[derive(Debug, Deserialize, Default)]
 #[serde(default)]
-pub struct ChargeJson {
-    pub id: Option<String>,
-    pub store_id: Option<String>,
-    pub status: Option<String>,
-    pub requested_amount: Option<i64>,
-    pub requested_currency: Option<String>,
-    pub charged_amount: Option<i64>,
-    pub charged_currency: Option<String>,
+pub(crate) struct ChargeJson {
+    pub(crate) id: Option<String>,
+    pub(crate) store_id: Option<String>,
+    pub(crate) status: Option<String>,
+    pub(crate) requested_amount: Option<i64>,
+    pub(crate) requested_currency: Option<String>,
+    pub(crate) charged_amount: Option<i64>,
+    pub(crate) charged_currency: Option<String>,
     // The fee fields (`fee_amount`, `fee_currency`, `fee_amount_formatted`, a number in
     // some SDKs and a string in another) are not read: reconciliation does not use them,
     // and skipping them costs nothing whatever type they arrive as.
-    pub error: Option<Value>,
-    pub metadata: Option<Value>,
-    pub mode: Option<String>,
-    pub created_on: Option<Value>,
+    pub(crate) error: Option<Value>,
+    pub(crate) metadata: Option<Value>,
+    pub(crate) mode: Option<String>,
+    pub(crate) created_on: Option<Value>,
 }
 
 /// A payment failure reported inside a 200 charge (e.g. code 323, payment code expired).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProviderError {
-    pub code: Option<String>,
-    pub message: Option<String>,
+pub(crate) struct ProviderError {
+    pub(crate) code: Option<String>,
+    pub(crate) message: Option<String>,
 }
 
 /// A checked charge answer.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ProviderCharge {
-    pub id: ChargeId,
-    pub store_id: Option<StoreId>,
-    pub status: ProviderStatus,
-    pub requested_amount: Option<i64>,
-    pub requested_currency: Option<Currency>,
-    pub charged_amount: Option<i64>,
-    pub charged_currency: Option<Currency>,
-    pub error: Option<ProviderError>,
-    pub metadata: Map<String, Value>,
-    pub mode: Option<String>,
+pub(crate) struct ProviderCharge {
+    pub(crate) id: ChargeId,
+    pub(crate) store_id: Option<StoreId>,
+    pub(crate) status: ProviderStatus,
+    pub(crate) requested_amount: Option<i64>,
+    pub(crate) requested_currency: Option<Currency>,
+    pub(crate) charged_amount: Option<i64>,
+    pub(crate) charged_currency: Option<Currency>,
+    pub(crate) error: Option<ProviderError>,
+    pub(crate) metadata: Map<String, Value>,
+    pub(crate) mode: Option<String>,
 }
 
 impl ProviderCharge {
     /// Parses a response body. The message of an `Err` is safe to store and log: one line
     /// of at most [`MAX_ERROR`] characters (serde's messages quote the offending value).
-    pub fn from_json(body: &[u8]) -> Result<Self, String> {
+    pub(crate) fn from_json(body: &[u8]) -> Result<Self, String> {
         Self::parse(body).map_err(|e| clean(&e, MAX_ERROR))
     }
 
@@ -95,7 +95,7 @@ impl ProviderCharge {
     /// The konbini payment number, once the charge is awaiting payment: `None` when
     /// absent, `Some(Err(why))` when it is not 1 to 64 letters, digits and hyphens (`why`
     /// is safe to store and log; the value itself is not kept).
-    pub fn payment_number(&self) -> Option<Result<String, String>> {
+    pub(crate) fn payment_number(&self) -> Option<Result<String, String>> {
         let v = match self.metadata.get("internal_convenience_payment_number")? {
             Value::Null => return None,
             Value::String(s) if s.trim().is_empty() => return None,
@@ -121,7 +121,7 @@ impl ProviderCharge {
     /// The payment slip URL (Seven-Eleven only): `None` when absent, `Some(Err(why))`
     /// when it is not an `https://` URL of at most 2048 printable characters (a link shown
     /// to customers must not be `javascript:`, `http:` or anything else).
-    pub fn payment_url(&self) -> Option<Result<String, String>> {
+    pub(crate) fn payment_url(&self) -> Option<Result<String, String>> {
         let v = match self.metadata.get("internal_convenience_payment_url")? {
             Value::Null => return None,
             Value::String(s) if s.trim().is_empty() => return None,

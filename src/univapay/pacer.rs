@@ -75,14 +75,14 @@ const RESERVE: f64 = 1.0;
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// The refill assumed when the server reports what remains but no rate, or a rate of 0.
-pub const ASSUMED_REFILL_PER_MINUTE: u32 = 60;
+pub(crate) const ASSUMED_REFILL_PER_MINUTE: u32 = 60;
 /// The shortest wait: a computed wait can round to zero nanoseconds, and waiting zero
 /// would look again at an unchanged clock forever. Tokio's timer has this resolution.
 const MIN_WAIT: Duration = Duration::from_millis(1);
 
 /// What an answer said, as far as pacing is concerned.
 #[derive(Debug, Clone, Copy)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// An HTTP answer other than 429, with whatever rate-limit headers it carried.
     Http(RateLimit),
     /// A 429, with its headers and `Retry-After` if any.
@@ -91,12 +91,12 @@ pub enum Answer {
         retry_after: Option<Duration>,
     },
     /// No HTTP answer at all (connection failed, timed out): nothing learned.
-    NoAnswer,
+    Nothing,
 }
 
 /// Paces requests for one client. Cheap to clone; clones share the budget.
 #[derive(Clone)]
-pub struct Pacer {
+pub(crate) struct Pacer {
     inner: Arc<Inner>,
 }
 
@@ -161,7 +161,7 @@ enum Wait {
 
 /// Why UnivaPay makes requests wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PauseCause {
+pub(crate) enum PauseCause {
     /// A 429 (its `Retry-After`, or the backoff after 429s in a row), or a pause recorded
     /// by an earlier pass.
     RateLimited,
@@ -172,10 +172,10 @@ pub enum PauseCause {
 /// The server asked for a pause longer than the caller is willing to wait; nothing was
 /// sent. The pause stays in force: later requests wait for it or are refused the same way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Paused {
+pub(crate) struct Paused {
     /// How long until a request may go.
-    pub wait: Duration,
-    pub cause: PauseCause,
+    pub(crate) wait: Duration,
+    pub(crate) cause: PauseCause,
 }
 
 impl std::fmt::Display for Paused {
@@ -195,7 +195,7 @@ impl std::fmt::Display for Paused {
 
 /// Permission to send one request. Report the answer with [`Pacer::observe`]; dropping
 /// the ticket unreported counts as "no answer".
-pub struct Ticket {
+pub(crate) struct Ticket {
     seq: u64,
     probe: bool,
     pacer: Option<Pacer>,
@@ -213,20 +213,21 @@ impl std::fmt::Debug for Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         if let Some(p) = self.pacer.take() {
-            p.settle(self.seq, self.probe, Answer::NoAnswer);
+            p.settle(self.seq, self.probe, Answer::Nothing);
         }
     }
 }
 
 impl Pacer {
+    #[cfg(test)]
     /// A pacer with an optional ceiling of requests per minute, using the whole budget.
-    pub fn new(max_per_minute: Option<u32>) -> Pacer {
+    pub(crate) fn new(max_per_minute: Option<u32>) -> Pacer {
         Pacer::with_share(max_per_minute, 1.0)
     }
 
     /// A pacer that uses at most `share` (in (0, 1]; anything else counts as 1) of the
     /// announced route budget, and an optional ceiling of requests per minute.
-    pub fn with_share(max_per_minute: Option<u32>, share: f64) -> Pacer {
+    pub(crate) fn with_share(max_per_minute: Option<u32>, share: f64) -> Pacer {
         let share = if share > 0.0 && share <= 1.0 {
             share
         } else {
@@ -265,7 +266,7 @@ impl Pacer {
     /// Requests per minute this pacer lets go when it has work: `api.budget_share` of the
     /// route's announced refill, under `api.max_requests_per_minute`. `None` until an
     /// answer has announced the refill rate (and without a ceiling).
-    pub fn budget_per_minute(&self) -> Option<f64> {
+    pub(crate) fn budget_per_minute(&self) -> Option<f64> {
         let st = self.state();
         let ceiling = st.cap.as_ref().map(|c| c.per_sec * 60.0);
         let announced = (st.per_sec > 0.0).then(|| st.refill_per_sec() * 60.0);
@@ -277,7 +278,7 @@ impl Pacer {
 
     /// Waits until a request may go without overdrawing the budget, or returns
     /// [`Paused`] at once when the server imposes a wait longer than `max_pause`.
-    pub async fn acquire(&self, max_pause: Duration) -> Result<Ticket, Paused> {
+    pub(crate) async fn acquire(&self, max_pause: Duration) -> Result<Ticket, Paused> {
         let _turn = self.inner.turn.lock().await;
         loop {
             let changed = self.inner.changed.notified();
@@ -311,14 +312,14 @@ impl Pacer {
 
     /// Stops every request for `d` from now, as a 429 would (without growing the backoff):
     /// a pause that an earlier pass, perhaps of another process, recorded.
-    pub fn pause_for(&self, d: Duration) {
+    pub(crate) fn pause_for(&self, d: Duration) {
         let until = Instant::now() + d;
         let mut st = self.state();
         st.blocked_until = Some(st.blocked_until.map_or(until, |b| b.max(until)));
     }
 
     /// Reports how the request of `ticket` was answered.
-    pub fn observe(&self, mut ticket: Ticket, answer: Answer) {
+    pub(crate) fn observe(&self, mut ticket: Ticket, answer: Answer) {
         ticket.pacer = None;
         self.settle(ticket.seq, ticket.probe, answer);
     }
@@ -331,7 +332,7 @@ impl Pacer {
             st.probe_in_flight = false;
         }
         match answer {
-            Answer::NoAnswer => {}
+            Answer::Nothing => {}
             Answer::Http(rl) => {
                 st.rate_limited_in_a_row = 0;
                 st.learn(seq, &rl, now);
@@ -676,7 +677,7 @@ mod tests {
             );
             let next = pacer.acquire(WAIT_ANY).await.unwrap();
             pauses.push(Instant::now() - at);
-            pacer.observe(next, Answer::NoAnswer);
+            pacer.observe(next, Answer::Nothing);
         }
         // 1 s, 2 s, 4 s, 8 s, each scaled into [half, whole].
         for (i, p) in pauses.iter().enumerate() {
@@ -756,7 +757,7 @@ mod tests {
                 .await
                 .expect("keeps going")
                 .unwrap();
-            pacer.observe(t, Answer::NoAnswer);
+            pacer.observe(t, Answer::Nothing);
         }
         // Four at once (one token kept in reserve), then one a second.
         assert_eq!(start.elapsed(), Duration::from_secs(16));
@@ -945,7 +946,7 @@ mod tests {
                         per_minute_exact: None,
                     };
                     let answer = match kind {
-                        0 => Answer::NoAnswer,
+                        0 => Answer::Nothing,
                         1 => too_many(rl, retry),
                         _ => Answer::Http(rl),
                     };
@@ -1103,7 +1104,7 @@ mod tests {
                 .await
                 .expect("within our part of the burst")
                 .unwrap();
-            pacer.observe(t, Answer::NoAnswer);
+            pacer.observe(t, Answer::Nothing);
         }
         let start = Instant::now();
         drop(pacer.acquire(WAIT_ANY).await.unwrap());

@@ -9,7 +9,7 @@ use super::{ApiError, RateLimit};
 
 /// How a charge GET ended, as counted (`konbini_api_requests_total{result}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RequestResult {
+pub(crate) enum RequestResult {
     /// A usable charge answer.
     Ok,
     /// 404.
@@ -29,7 +29,7 @@ pub enum RequestResult {
 }
 
 impl RequestResult {
-    pub const ALL: [RequestResult; 8] = [
+    pub(crate) const ALL: [RequestResult; 8] = [
         RequestResult::Ok,
         RequestResult::NotFound,
         RequestResult::RateLimited,
@@ -40,7 +40,7 @@ impl RequestResult {
         RequestResult::Rejected,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             RequestResult::Ok => "ok",
             RequestResult::NotFound => "not_found",
@@ -54,7 +54,7 @@ impl RequestResult {
     }
 
     /// The class of a GET's result.
-    pub fn of<T>(result: &Result<T, ApiError>) -> RequestResult {
+    pub(crate) fn of<T>(result: &Result<T, ApiError>) -> RequestResult {
         match result {
             Ok(_) => RequestResult::Ok,
             Err(ApiError::NotFound) => RequestResult::NotFound,
@@ -144,9 +144,9 @@ impl Counters {
 pub struct ClientStats {
     requests: [u64; RequestResult::ALL.len()],
     /// Requests that had to wait for the pacer (the budget, a 429 pause, the ceiling).
-    pub pacer_waits: u64,
+    pub(crate) pacer_waits: u64,
     /// Their waiting, added up.
-    pub pacer_wait: Duration,
+    pub(crate) pacer_wait: Duration,
     /// `X-Remaining-Requests-Route` of the last answer that had it.
     pub remaining_route: Option<u64>,
     /// `X-Requests-Per-Minute-Route` of the last answer that had it.
@@ -155,12 +155,13 @@ pub struct ClientStats {
 
 impl ClientStats {
     /// Requests that ended as `result`.
-    pub fn requests(&self, result: RequestResult) -> u64 {
+    pub(crate) fn requests(&self, result: RequestResult) -> u64 {
         self.requests[result.index()]
     }
 
+    #[cfg(test)]
     /// Every request sent.
-    pub fn total_requests(&self) -> u64 {
+    pub(crate) fn total_requests(&self) -> u64 {
         self.requests.iter().sum()
     }
 }

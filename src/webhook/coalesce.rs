@@ -35,20 +35,20 @@ use crate::ledger::HintEvents;
 
 /// The knobs of the rules above.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Least time between the starts of two GETs of one charge.
-    pub spacing: Duration,
+    pub(crate) spacing: Duration,
     /// Hint GETs per second, sustained.
-    pub per_second: f64,
+    pub(crate) per_second: f64,
     /// Hint GETs that may start at once after a quiet time.
-    pub burst: f64,
+    pub(crate) burst: f64,
     /// Most charges remembered at once.
-    pub max_tracked: usize,
+    pub(crate) max_tracked: usize,
 }
 
 /// What became of one hint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hinted {
+pub(crate) enum Hinted {
     /// A GET was queued for it.
     Queued,
     /// A GET that has not started yet was already queued: it serves this hint too.
@@ -61,7 +61,7 @@ pub enum Hinted {
 
 /// Which queue a hinted charge waits in; [`Lane::Now`] goes first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Lane {
+pub(crate) enum Lane {
     /// Could be a payment.
     Now,
     /// Past its payment deadline: most likely its expiry, which is not urgent.
@@ -70,7 +70,7 @@ pub enum Lane {
 
 /// How a GET ended, for [`Coalescer::finished`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ended {
+pub(crate) enum Ended {
     /// Its result was written; the charge is still open.
     Checked,
     /// Its result was not written: the row had changed meanwhile (a pass wrote first).
@@ -81,11 +81,11 @@ pub enum Ended {
 
 /// A charge whose GET may start now.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Due {
-    pub charge_id: ChargeId,
-    pub store_id: StoreId,
+pub(crate) struct Due {
+    pub(crate) charge_id: ChargeId,
+    pub(crate) store_id: StoreId,
     /// The hints this GET serves (none for the repeat after a stale write).
-    pub events: HintEvents,
+    pub(crate) events: HintEvents,
 }
 
 #[derive(Debug)]
@@ -138,7 +138,7 @@ impl Bucket {
 
 /// The bookkeeping. See the module doc.
 #[derive(Debug)]
-pub struct Coalescer {
+pub(crate) struct Coalescer {
     limits: Limits,
     slots: HashMap<ChargeId, Slot>,
     /// Waiting charges per [`Lane`], by the instant their GET may start, then arrival.
@@ -150,7 +150,7 @@ pub struct Coalescer {
 }
 
 impl Coalescer {
-    pub fn new(limits: Limits, now: Instant) -> Coalescer {
+    pub(crate) fn new(limits: Limits, now: Instant) -> Coalescer {
         Coalescer {
             limits,
             slots: HashMap::new(),
@@ -165,7 +165,7 @@ impl Coalescer {
     }
 
     /// A hint of `event` for `charge_id` (of `store_id`) arrived at `now`.
-    pub fn hint(
+    pub(crate) fn hint(
         &mut self,
         charge_id: ChargeId,
         store_id: StoreId,
@@ -237,7 +237,7 @@ impl Coalescer {
 
     /// Takes up to `max` charges whose GET may start at `now`, oldest first, as far as
     /// the bucket allows, and marks them in flight.
-    pub fn take_due(&mut self, now: Instant, max: usize) -> Vec<Due> {
+    pub(crate) fn take_due(&mut self, now: Instant, max: usize) -> Vec<Due> {
         self.forget_idle(now);
         self.bucket
             .refill(now, self.limits.per_second, self.limits.burst);
@@ -266,7 +266,7 @@ impl Coalescer {
 
     /// When [`take_due`](Self::take_due) will next have something to give; `None` while
     /// nothing is waiting.
-    pub fn next_wake(&self, now: Instant) -> Option<Instant> {
+    pub(crate) fn next_wake(&self, now: Instant) -> Option<Instant> {
         let at = self
             .queues
             .iter()
@@ -281,7 +281,7 @@ impl Coalescer {
     /// [`Ended::Stale`] one more GET follows, once, so the hint still gets a check whose
     /// result counts (the write that won may have come from a GET that started before the
     /// hint). After [`Ended::Final`] none does, whatever came meanwhile.
-    pub fn finished(&mut self, charge_id: &ChargeId, now: Instant, ended: Ended) {
+    pub(crate) fn finished(&mut self, charge_id: &ChargeId, now: Instant, ended: Ended) {
         let spacing = self.limits.spacing;
         let Some(slot) = self.slots.get_mut(charge_id) else {
             return;
@@ -322,12 +322,12 @@ impl Coalescer {
     }
 
     /// Charges waiting for their GET to start.
-    pub fn waiting(&self) -> usize {
+    pub(crate) fn waiting(&self) -> usize {
         self.queues.iter().map(BTreeSet::len).sum()
     }
 
     /// Charges whose GET is in flight.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.slots
             .values()
             .filter(|s| matches!(s.phase, Phase::InFlight { .. }))
@@ -335,7 +335,7 @@ impl Coalescer {
     }
 
     /// Removes every waiting charge and returns them (at shutdown: the passes take over).
-    pub fn drain_waiting(&mut self) -> Vec<Due> {
+    pub(crate) fn drain_waiting(&mut self) -> Vec<Due> {
         let queues = std::mem::take(&mut self.queues);
         queues
             .into_iter()
@@ -354,20 +354,20 @@ impl Coalescer {
 
 /// The knobs of [`UnknownBudget`].
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct UnknownLimits {
+pub(crate) struct UnknownLimits {
     /// Verifications per second, sustained.
-    pub per_second: f64,
+    pub(crate) per_second: f64,
     /// Verifications that may start at once after a quiet time.
-    pub burst: f64,
+    pub(crate) burst: f64,
     /// Most ids remembered as handed over.
-    pub remember: usize,
+    pub(crate) remember: usize,
     /// How long an id handed over is remembered (a repeat within it costs nothing).
-    pub remember_for: Duration,
+    pub(crate) remember_for: Duration,
 }
 
 /// What [`UnknownBudget::admit`] says about one unknown charge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admitted {
+pub(crate) enum Admitted {
     /// Verify it now.
     Yes,
     /// Handed over within [`UnknownLimits::remember_for`] already: found absent, not a
@@ -379,7 +379,7 @@ pub enum Admitted {
 
 /// The budget of charges the ledger lacks (see the module doc).
 #[derive(Debug)]
-pub struct UnknownBudget {
+pub(crate) struct UnknownBudget {
     limits: UnknownLimits,
     bucket: Bucket,
     seen: HashMap<ChargeId, Instant>,
@@ -388,7 +388,7 @@ pub struct UnknownBudget {
 }
 
 impl UnknownBudget {
-    pub fn new(limits: UnknownLimits, now: Instant) -> UnknownBudget {
+    pub(crate) fn new(limits: UnknownLimits, now: Instant) -> UnknownBudget {
         UnknownBudget {
             limits,
             bucket: Bucket {
@@ -401,7 +401,7 @@ impl UnknownBudget {
     }
 
     /// Whether the unknown charge `id`, named by a hint at `now`, may be verified.
-    pub fn admit(&mut self, id: &ChargeId, now: Instant) -> Admitted {
+    pub(crate) fn admit(&mut self, id: &ChargeId, now: Instant) -> Admitted {
         while let Some((at, _)) = self.order.front() {
             let full = self.order.len() >= self.limits.remember.max(1);
             if !full && *at + self.limits.remember_for > now {
@@ -427,8 +427,9 @@ impl UnknownBudget {
         Admitted::Yes
     }
 
+    #[cfg(test)]
     /// Ids remembered now.
-    pub fn remembered(&self) -> usize {
+    pub(crate) fn remembered(&self) -> usize {
         self.seen.len()
     }
 }

@@ -33,20 +33,20 @@ use crate::domain::text::one_line;
 use crate::domain::{ChargeId, IdError, StoreId};
 
 /// Largest body accepted. A charge webhook is a few KiB.
-pub const MAX_BODY: usize = 64 * 1024;
+pub(crate) const MAX_BODY: usize = 64 * 1024;
 
 /// How long a body may take to arrive once the headers are in.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The health check's path.
-pub const HEALTH_PATH: &str = "/healthz";
+pub(crate) const HEALTH_PATH: &str = "/healthz";
 
 /// The Prometheus scrape path.
-pub const METRICS_PATH: &str = "/metrics";
+pub(crate) const METRICS_PATH: &str = "/metrics";
 
 /// Where a request goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     Hook,
     Health,
     Metrics,
@@ -57,7 +57,7 @@ pub enum Route {
 
 /// Routes by exact path: the configured webhook path is compared as a string, so no
 /// character in it can turn into a pattern.
-pub fn route(hook_path: &str, method: &Method, path: &str) -> Route {
+pub(crate) fn route(hook_path: &str, method: &Method, path: &str) -> Route {
     let read = method == Method::GET || method == Method::HEAD;
     if path == hook_path {
         return if method == Method::POST {
@@ -76,7 +76,7 @@ pub fn route(hook_path: &str, method: &Method, path: &str) -> Route {
 
 /// Why a request was not let in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
+pub(crate) enum Refused {
     Missing,
     /// Several `Authorization` headers: ambiguous, so refused.
     Several,
@@ -86,7 +86,7 @@ pub enum Refused {
 /// Whether the request carries exactly the configured `Authorization` value, compared in
 /// constant time over the bytes (only a difference in length shows, which says nothing
 /// about the value: the token is at least 16 characters).
-pub fn authorize(headers: &HeaderMap, expected: &[u8]) -> Result<(), Refused> {
+pub(crate) fn authorize(headers: &HeaderMap, expected: &[u8]) -> Result<(), Refused> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let presented = values.next().ok_or(Refused::Missing)?;
     if values.next().is_some() {
@@ -101,7 +101,7 @@ pub fn authorize(headers: &HeaderMap, expected: &[u8]) -> Result<(), Refused> {
 
 /// An understood webhook body.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Parsed {
+pub(crate) enum Parsed {
     /// An event naming a charge: a hint.
     Charge {
         event: ChargeEvent,
@@ -114,7 +114,7 @@ pub enum Parsed {
 
 /// Why a body is not a webhook.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BadBody {
+pub(crate) enum BadBody {
     #[error("not a JSON webhook object: {0}")]
     NotJson(String),
     /// A key the intake reads (`event`, `data`, `data.id`, `data.charge_id`,
@@ -169,7 +169,7 @@ fn duplicate_or(e: serde_json::Error, other: impl FnOnce(String) -> BadBody) -> 
 /// an object, or no `event`: [`BadBody::NotJson`]; a key read here given twice:
 /// [`BadBody::Duplicate`]; ids missing or not possible ids (path characters, say):
 /// [`BadBody::BadId`].
-pub fn parse(body: &[u8]) -> Result<Parsed, BadBody> {
+pub(crate) fn parse(body: &[u8]) -> Result<Parsed, BadBody> {
     let env: Envelope =
         serde_json::from_slice(body).map_err(|e| duplicate_or(e, BadBody::NotJson))?;
     let event = ChargeEvent::new(&env.event);
@@ -218,32 +218,32 @@ pub fn parse(body: &[u8]) -> Result<Parsed, BadBody> {
 }
 
 /// What the listener serves, shared by every connection.
-pub struct Service {
-    pub hook_path: String,
-    pub token: SecretString,
-    pub hints: mpsc::Sender<Hint>,
-    pub ctx: Context,
-    pub stats: Arc<Stats>,
-    pub health: Health,
+pub(crate) struct Service {
+    pub(crate) hook_path: String,
+    pub(crate) token: SecretString,
+    pub(crate) hints: mpsc::Sender<Hint>,
+    pub(crate) ctx: Context,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) health: Health,
     /// `None`: `/metrics` answers 404 here.
-    pub metrics: Option<Scrape>,
+    pub(crate) metrics: Option<Scrape>,
     /// Counts the hints in the channel (see [`Intake::is_settled`]).
-    pub intake: Arc<Intake>,
-    pub unauthorized_log: Throttle,
-    pub malformed_log: Throttle,
-    pub dropped_log: Throttle,
+    pub(crate) intake: Arc<Intake>,
+    pub(crate) unauthorized_log: Throttle,
+    pub(crate) malformed_log: Throttle,
+    pub(crate) dropped_log: Throttle,
 }
 
 pub(super) type Answer = Response<Full<Bytes>>;
 
 /// `GET /metrics`: the cached text (never the ledger), behind a bearer token when one is
 /// set. Shared by the webhook listener (only with a token) and the metrics listener.
-pub struct Scrape {
-    pub render: MetricsRender,
+pub(crate) struct Scrape {
+    pub(crate) render: MetricsRender,
     /// The whole `Authorization` value a scrape must present (`Bearer <token>`).
-    pub expected: Option<SecretString>,
-    pub stats: Arc<Stats>,
-    pub refused_log: Throttle,
+    pub(crate) expected: Option<SecretString>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) refused_log: Throttle,
 }
 
 /// The cached text as a body, without a copy.
@@ -288,8 +288,8 @@ impl Scrape {
 }
 
 /// The listener of `metrics.listen`: `GET /metrics` and nothing else.
-pub struct MetricsService {
-    pub scrape: Scrape,
+pub(crate) struct MetricsService {
+    pub(crate) scrape: Scrape,
 }
 
 impl Handler for MetricsService {
@@ -345,7 +345,7 @@ fn answer(status: StatusCode, text: &'static str) -> Answer {
 
 impl Service {
     /// Answers one request. Never fails: every outcome is an HTTP answer.
-    pub async fn answer(
+    pub(crate) async fn answer(
         self: Arc<Self>,
         peer: SocketAddr,
         req: Request<Incoming>,

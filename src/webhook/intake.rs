@@ -34,13 +34,13 @@ use crate::ledger::{CheckResult, Counts, HintCheck, HintRow, HintTarget, Open, T
 use crate::reconcile::{Checked, Checker, Run, Stop, Tally};
 
 /// Most hints looked up and recorded in one transaction.
-pub const RECORD_BATCH: usize = 256;
+pub(crate) const RECORD_BATCH: usize = 256;
 
 /// Most charges checked in one batch (one `runs` row).
 const CHECK_BATCH: usize = 32;
 
 /// What the coalescer allows, from the settings. See the module doc of [`super`].
-pub fn limits(api: &crate::config::ApiSettings) -> Limits {
+pub(crate) fn limits(api: &crate::config::ApiSettings) -> Limits {
     // UnivaPay's documented route refill (1,200 a minute), our share of it, and a quarter
     // of that for hints: the scheduled passes always keep three quarters.
     let mut per_minute = 1200.0 * api.budget_share;
@@ -61,12 +61,12 @@ const HINT_SHARE: f64 = 0.25;
 /// Hint GETs are never slower than this (one every ten seconds), whatever the budget.
 const MIN_PER_SECOND: f64 = 0.1;
 /// Least time between the starts of two GETs of one charge.
-pub const SPACING: Duration = Duration::from_secs(1);
+pub(crate) const SPACING: Duration = Duration::from_secs(1);
 /// Most charges tracked at once (about 100 bytes each).
 const MAX_TRACKED: usize = 10_000;
 
 /// The shared state of the recorder, the dispatcher and the checks.
-pub struct Intake {
+pub(crate) struct Intake {
     checker: Checker,
     /// The time the coalescer's spacing and bucket are counted in.
     clock: IntakeClock,
@@ -84,7 +84,7 @@ pub struct Intake {
 }
 
 impl Intake {
-    pub fn new(checker: Checker, hooks: Hooks, stats: Arc<Stats>) -> Arc<Intake> {
+    pub(crate) fn new(checker: Checker, hooks: Hooks, stats: Arc<Stats>) -> Arc<Intake> {
         let limits = limits(&checker.context().settings().api);
         let clock = hooks
             .clock
@@ -110,7 +110,7 @@ impl Intake {
     }
 
     /// Now, by the intake's clock.
-    pub fn now(&self) -> Instant {
+    pub(crate) fn now(&self) -> Instant {
         (self.clock)()
     }
 
@@ -120,7 +120,7 @@ impl Intake {
     }
 
     /// The recorder: until the HTTP side has gone (the channel closes).
-    pub async fn record_loop(self: Arc<Self>, mut rx: mpsc::Receiver<Hint>) {
+    pub(crate) async fn record_loop(self: Arc<Self>, mut rx: mpsc::Receiver<Hint>) {
         let mut batch = Vec::with_capacity(RECORD_BATCH);
         while rx.recv_many(&mut batch, RECORD_BATCH).await > 0 {
             let n = batch.len();
@@ -202,8 +202,6 @@ impl Intake {
                 self.hooks.unknown.on_unknown_charge(UnknownCharge {
                     charge_id: hint.charge_id,
                     store_id: hint.store_id,
-                    event: hint.event,
-                    at: hint.at,
                 });
             }
         }
@@ -264,7 +262,7 @@ impl Intake {
 
     /// At shutdown, once nothing more is recorded or checked: the charges still waiting
     /// for their GET are made due, so the next pass checks them.
-    pub async fn hand_back(&self) {
+    pub(crate) async fn hand_back(&self) {
         let waiting: Vec<ChargeId> = self
             .coalescer()
             .drain_waiting()
@@ -281,7 +279,7 @@ impl Intake {
     }
 
     /// Closes the check tracker and waits for the batches in flight.
-    pub async fn checks_done(&self) {
+    pub(crate) async fn checks_done(&self) {
         self.checks.close();
         self.checks.wait().await;
     }
@@ -416,7 +414,7 @@ impl Intake {
 
     /// When nothing is unrecorded or in flight and charges wait only for time (their
     /// spacing, the hint budget): the instant, on the intake's clock, the next may start.
-    pub fn waiting_until(&self) -> Option<Instant> {
+    pub(crate) fn waiting_until(&self) -> Option<Instant> {
         let c = self.coalescer();
         if self.unrecorded.load(Ordering::Acquire) != 0 || c.in_flight() != 0 {
             return None;
@@ -425,13 +423,13 @@ impl Intake {
     }
 
     /// Wakes the dispatcher (its clock was moved).
-    pub fn wake(&self) {
+    pub(crate) fn wake(&self) {
         self.wake.notify_one();
     }
 
     /// Whether nothing is left to do: no hint unrecorded, no charge waiting, no check in
     /// flight.
-    pub fn is_settled(&self) -> bool {
+    pub(crate) fn is_settled(&self) -> bool {
         let c = self.coalescer();
         self.unrecorded.load(Ordering::Acquire) == 0 && c.waiting() == 0 && c.in_flight() == 0
     }
@@ -441,14 +439,14 @@ impl Intake {
 /// lets charges go, without the pass lock (hints run beside passes, on the same pacer);
 /// not part of `--once`. Each run starts one batch and returns; shutdown waits for the
 /// batches in flight through [`Intake::checks_done`].
-pub struct HintJob {
+pub(crate) struct HintJob {
     intake: Arc<Intake>,
     /// The checks' stop signal, shared by every batch.
     stop: Stop,
 }
 
 impl HintJob {
-    pub fn new(intake: Arc<Intake>, stop: Stop) -> HintJob {
+    pub(crate) fn new(intake: Arc<Intake>, stop: Stop) -> HintJob {
         HintJob { intake, stop }
     }
 

@@ -43,17 +43,17 @@ use super::http::Answer;
 use super::{Throttle, WebhookError};
 
 /// Most connections served at once.
-pub const MAX_CONNECTIONS: usize = 256;
+pub(crate) const MAX_CONNECTIONS: usize = 256;
 /// Time allowed for a request's head (and for the next one on a kept-alive connection):
 /// UnivaPay sends its request at once, so a client that has sent none within this is
 /// closed.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest a connection is kept.
-pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+pub(crate) const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// Time a connection gets to finish its request once it must close.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Read buffer per connection (hyper's minimum is 8 KiB).
-pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Pause after an accept error such as "too many open files", so as not to spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -70,7 +70,7 @@ pub struct Listener {
 
 impl Listener {
     /// The socket systemd passed, if any, else one bound to `listen`.
-    pub fn open(listen: Option<SocketAddr>) -> Result<Listener, WebhookError> {
+    pub(crate) fn open(listen: Option<SocketAddr>) -> Result<Listener, WebhookError> {
         if let Some(l) = Self::passed()? {
             if let Some(addr) = listen {
                 tracing::info!(
@@ -104,7 +104,7 @@ impl Listener {
     }
 
     /// Whether systemd passed it.
-    pub fn from_systemd(&self) -> bool {
+    pub(crate) fn is_from_systemd(&self) -> bool {
         self.from_systemd
     }
 
@@ -165,7 +165,7 @@ fn passed_fd() -> Result<Option<RawFd>, WebhookError> {
 
 /// Whether systemd passed this process any socket (to warn when there is no `[webhook]`
 /// to serve it).
-pub fn socket_passed() -> bool {
+pub(crate) fn socket_passed() -> bool {
     matches!(sd_notify::listen_fds_with_names(false), Ok(fds) if fds.len() > 0)
 }
 

@@ -7,7 +7,7 @@
 //! merchant configured, sent back verbatim) and best-effort. So:
 //! - a request is let in only with exactly `webhook.auth_token` as its `Authorization`
 //!   (constant-time comparison; the presented value is never logged): else 401;
-//! - from the body only the event name (bounded, sanitised: [`ChargeEvent`]), the charge's
+//! - from the body only the event name (bounded, sanitised: `ChargeEvent`), the charge's
 //!   id (`data.id` for `charge_*` events, else `data.charge_id`) and `data.store_id` are
 //!   read, each refused (400) when given twice; its status and amounts are never used;
 //! - a hint for an open ledger charge gets a charge GET that starts after the hint
@@ -19,20 +19,20 @@
 //!   UnivaPay disables a webhook that keeps failing, and the scheduled passes remain the
 //!   safety net for anything a hint does not cover.
 //!
-//! The HTTP side is in [`http`] (routes, the checks of a request, the answers), the
-//! socket and connection limits in [`listen`] (idle connections make room for new ones),
-//! when a hinted charge is checked in [`coalesce`] (pure), and the ledger and API work in
-//! [`intake`].
+//! The HTTP side is in `http` (routes, the checks of a request, the answers), the
+//! socket and connection limits in `listen` (idle connections make room for new ones),
+//! when a hinted charge is checked in `coalesce` (pure), and the ledger and API work in
+//! `intake`.
 //!
 //! `GET /metrics` is served here only when `metrics.auth_token` is set, and then only to a
-//! scrape presenting it as a bearer token; [`serve_metrics`] serves it on a listener of
-//! its own (`metrics.listen`). Either way from memory ([`MetricsRender`]), never from the
+//! scrape presenting it as a bearer token; `serve_metrics` serves it on a listener of
+//! its own (`metrics.listen`). Either way from memory (`MetricsRender`), never from the
 //! ledger.
 //!
 //! # A hint's check beside a running pass
 //! Hints are checked while passes run: holding the pass lock for a hint would delay it by
 //! a whole pass. What keeps the two from writing the same change twice is the row version
-//! a check is decided from: [`Checker::check_one`](crate::reconcile::Checker::check_one) decides from the row as read, and
+//! a check is decided from: `Checker::check_one` decides from the row as read, and
 //! [`Ledger::apply`](crate::ledger::Ledger::apply) writes the result only if the row's
 //! `updated_at` (and state) are still the same, in the same per-charge transaction a pass
 //! uses. Whichever of the two commits second finds the row changed and writes nothing:
@@ -44,7 +44,7 @@
 //!
 //! # Budget
 //! Hint GETs go through the same [`Client`](crate::univapay::Client) as the passes, so the
-//! same pacer and budget share govern them. On top, the [`coalesce`] rules: one GET in
+//! same pacer and budget share govern them. On top, the `coalesce` rules: one GET in
 //! flight per charge, hints before its start share it, GETs of one charge at least a
 //! second apart, and all hint GETs together at most a quarter of the budget share of
 //! UnivaPay's documented 1,200 requests a minute (2.5/s at the default `budget_share`
@@ -55,7 +55,7 @@
 //! past 10,000 distinct charges waiting, a hinted charge is made due for the next pass
 //! instead, as are the charges still waiting when the daemon stops.
 //!
-//! Charges the ledger does not hold have a budget of their own ([`unknown_limits`]: a
+//! Charges the ledger does not hold have a budget of their own (`unknown_limits`: a
 //! fifth of the hints', 0.5 a second at the default share) and a bounded memory of ids
 //! already handed over, so thousands of unknown ids cost a bounded number of GETs.
 //!
@@ -64,10 +64,10 @@
 //! for discovery to verify and register; behind the budget above), and [`Hooks::metrics`]
 //! serves `GET /metrics` on this listener (404 while unset).
 
-pub mod coalesce;
-pub mod http;
-pub mod intake;
-pub mod listen;
+pub(crate) mod coalesce;
+pub(crate) mod http;
+pub(crate) mod intake;
+pub(crate) mod listen;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -88,7 +88,7 @@ use coalesce::{Admitted, UnknownBudget, UnknownLimits};
 pub use listen::Listener;
 
 /// The hints waiting to be recorded; past this, new hints are dropped (still 200).
-pub const QUEUE: usize = 4096;
+pub(crate) const QUEUE: usize = 4096;
 
 /// Why the listener could not start. Each names the config key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -122,13 +122,13 @@ pub enum WebhookError {
 /// [`ChargeEvent::MAX_CHARS`] characters, each an ASCII letter, digit, `_`, `.` or `-`
 /// (anything else becomes `_`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ChargeEvent(Arc<str>);
+pub(crate) struct ChargeEvent(Arc<str>);
 
 impl ChargeEvent {
-    pub const MAX_CHARS: usize = 48;
+    pub(crate) const MAX_CHARS: usize = 48;
 
     /// The sanitised name of `raw`.
-    pub fn new(raw: &str) -> ChargeEvent {
+    pub(crate) fn new(raw: &str) -> ChargeEvent {
         let name: String = raw
             .chars()
             .take(Self::MAX_CHARS)
@@ -146,11 +146,11 @@ impl ChargeEvent {
     /// Whether the event's `data` is the charge itself (`charge_*` events: its `id` is
     /// the charge's) rather than an object that names it in `data.charge_id` (a cancel,
     /// a refund).
-    pub fn carries_the_charge(&self) -> bool {
+    pub(crate) fn carries_the_charge(&self) -> bool {
         self.0.starts_with("charge_")
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -163,23 +163,21 @@ impl std::fmt::Display for ChargeEvent {
 
 /// An accepted hint, on its way from the HTTP side to the intake.
 #[derive(Debug, Clone)]
-pub struct Hint {
-    pub charge_id: ChargeId,
-    pub store_id: StoreId,
-    pub event: ChargeEvent,
+pub(crate) struct Hint {
+    pub(crate) charge_id: ChargeId,
+    pub(crate) store_id: StoreId,
+    pub(crate) event: ChargeEvent,
     /// When it arrived, for the coalescer's timing.
-    pub arrived: tokio::time::Instant,
+    pub(crate) arrived: tokio::time::Instant,
     /// When it arrived, for the ledger (the reconciler's clock).
-    pub at: DateTime<Utc>,
+    pub(crate) at: DateTime<Utc>,
 }
 
 /// An accepted charge event about a charge the ledger does not hold.
 #[derive(Debug, Clone)]
 pub struct UnknownCharge {
-    pub charge_id: ChargeId,
-    pub store_id: StoreId,
-    pub event: ChargeEvent,
-    pub at: DateTime<Utc>,
+    pub(crate) charge_id: ChargeId,
+    pub(crate) store_id: StoreId,
 }
 
 /// Told about charges the ledger does not hold. Discovery implements it to verify such a
@@ -191,7 +189,7 @@ pub trait UnknownChargeHook: Send + Sync + 'static {
 
 /// The default: unknown charges are only counted and logged at debug by the intake.
 #[derive(Debug, Default)]
-pub struct IgnoreUnknown;
+pub(crate) struct IgnoreUnknown;
 
 impl UnknownChargeHook for IgnoreUnknown {
     fn on_unknown_charge(&self, _charge: UnknownCharge) {}
@@ -224,7 +222,7 @@ impl UnknownChargeHook for Budgeted {
 /// the default `api.budget_share`), in bursts of up to 5, so that hints for charges the
 /// ledger lacks never take more than a twentieth of the budget share, and 4,096 ids
 /// remembered for 10 minutes.
-pub fn unknown_limits(hints: &coalesce::Limits) -> UnknownLimits {
+pub(crate) fn unknown_limits(hints: &coalesce::Limits) -> UnknownLimits {
     let per_second = (hints.per_second / 5.0).max(0.05);
     UnknownLimits {
         per_second,
@@ -235,19 +233,19 @@ pub fn unknown_limits(hints: &coalesce::Limits) -> UnknownLimits {
 }
 
 /// The intake's monotonic time: when hints arrived, GETs started, the bucket refilled.
-pub type IntakeClock = Arc<dyn Fn() -> tokio::time::Instant + Send + Sync>;
+pub(crate) type IntakeClock = Arc<dyn Fn() -> tokio::time::Instant + Send + Sync>;
 
 /// The Prometheus text for `GET /metrics`, from memory (a scrape must never cost the
 /// ledger anything: see [`crate::metrics::Cache`]); `None` while nothing is gathered yet
 /// (503).
-pub type MetricsRender = Arc<dyn Fn() -> Option<Arc<str>> + Send + Sync>;
+pub(crate) type MetricsRender = Arc<dyn Fn() -> Option<Arc<str>> + Send + Sync>;
 
 /// `/metrics` on the webhook listener, which faces the internet: only with a token.
 #[derive(Clone)]
 pub struct MetricsHook {
-    pub render: MetricsRender,
+    pub(crate) render: MetricsRender,
     /// `metrics.auth_token`: a scrape presents `Authorization: Bearer <token>`.
-    pub token: SecretString,
+    pub(crate) token: SecretString,
 }
 
 /// The whole `Authorization` value a scrape with `token` presents.
@@ -256,7 +254,7 @@ fn bearer(token: &SecretString) -> SecretString {
 }
 
 /// Binds `metrics.listen` (not a socket systemd passed: that one is the webhook's).
-pub fn bind_metrics(addr: SocketAddr) -> Result<Listener, WebhookError> {
+pub(crate) fn bind_metrics(addr: SocketAddr) -> Result<Listener, WebhookError> {
     let socket = std::net::TcpListener::bind(addr)
         .map_err(|source| WebhookError::MetricsBind { addr, source })?;
     Listener::from_std(socket)
@@ -264,7 +262,7 @@ pub fn bind_metrics(addr: SocketAddr) -> Result<Listener, WebhookError> {
 
 /// Serves `GET /metrics` (and nothing else) on `listener` until `shutdown`, behind
 /// `token` when one is set. The accept loop goes on `tasks`.
-pub fn serve_metrics(
+pub(crate) fn serve_metrics(
     listener: Listener,
     render: MetricsRender,
     token: Option<&SecretString>,
@@ -309,59 +307,59 @@ impl Default for Hooks {
 
 /// Counters of what the listener saw and did.
 #[derive(Debug, Default)]
-pub struct Stats {
+pub(crate) struct Stats {
     /// Charge events accepted (200) and handed to the intake.
-    pub received: AtomicU64,
-    pub unauthorized: AtomicU64,
-    pub too_large: AtomicU64,
-    pub timed_out: AtomicU64,
-    pub malformed: AtomicU64,
+    pub(crate) received: AtomicU64,
+    pub(crate) unauthorized: AtomicU64,
+    pub(crate) too_large: AtomicU64,
+    pub(crate) timed_out: AtomicU64,
+    pub(crate) malformed: AtomicU64,
     /// Other events, answered 200 and ignored.
-    pub other_events: AtomicU64,
+    pub(crate) other_events: AtomicU64,
     /// Hints dropped: the queue or the coalescer was full, or the ledger failed.
-    pub dropped: AtomicU64,
+    pub(crate) dropped: AtomicU64,
     /// Hints that queued a GET.
-    pub queued: AtomicU64,
+    pub(crate) queued: AtomicU64,
     /// Hints that shared a GET already queued or got the one after the GET in flight.
-    pub coalesced: AtomicU64,
-    pub for_final: AtomicU64,
-    pub not_in_ledger: AtomicU64,
+    pub(crate) coalesced: AtomicU64,
+    pub(crate) for_final: AtomicU64,
+    pub(crate) not_in_ledger: AtomicU64,
     /// Unknown charges not handed to discovery: already handed over lately.
-    pub unknown_repeats: AtomicU64,
+    pub(crate) unknown_repeats: AtomicU64,
     /// Unknown charges not handed to discovery: their budget was spent.
-    pub unknown_over_budget: AtomicU64,
-    pub other_store: AtomicU64,
+    pub(crate) unknown_over_budget: AtomicU64,
+    pub(crate) other_store: AtomicU64,
     /// Charge GETs made for hints.
-    pub checks: AtomicU64,
+    pub(crate) checks: AtomicU64,
     /// Idle connections closed to make room for new ones.
-    pub shed_idle: AtomicU64,
+    pub(crate) shed_idle: AtomicU64,
     /// Scrapes of `/metrics` without the right bearer token.
-    pub metrics_refused: AtomicU64,
+    pub(crate) metrics_refused: AtomicU64,
     /// Hint checks not written because the row had changed meanwhile.
-    pub stale: AtomicU64,
+    pub(crate) stale: AtomicU64,
 }
 
-/// A copy of [`Stats`] at one moment.
+/// A copy of `Stats` at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StatsSnapshot {
     pub received: u64,
-    pub unauthorized: u64,
-    pub too_large: u64,
-    pub timed_out: u64,
-    pub malformed: u64,
-    pub other_events: u64,
+    pub(crate) unauthorized: u64,
+    pub(crate) too_large: u64,
+    pub(crate) timed_out: u64,
+    pub(crate) malformed: u64,
+    pub(crate) other_events: u64,
     pub dropped: u64,
-    pub queued: u64,
+    pub(crate) queued: u64,
     pub coalesced: u64,
     pub for_final: u64,
-    pub not_in_ledger: u64,
-    pub unknown_repeats: u64,
-    pub unknown_over_budget: u64,
-    pub other_store: u64,
+    pub(crate) not_in_ledger: u64,
+    pub(crate) unknown_repeats: u64,
+    pub(crate) unknown_over_budget: u64,
+    pub(crate) other_store: u64,
     pub checks: u64,
-    pub shed_idle: u64,
-    pub metrics_refused: u64,
-    pub stale: u64,
+    pub(crate) shed_idle: u64,
+    pub(crate) metrics_refused: u64,
+    pub(crate) stale: u64,
 }
 
 impl Stats {
@@ -373,7 +371,7 @@ impl Stats {
         c.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub fn snapshot(&self) -> StatsSnapshot {
+    pub(crate) fn snapshot(&self) -> StatsSnapshot {
         let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
         StatsSnapshot {
             received: l(&self.received),
@@ -401,15 +399,15 @@ impl Stats {
 /// Lets one log line of a kind through every [`Throttle::EVERY`], counting the ones held
 /// back: a flood of bad requests must not become a flood of log lines.
 #[derive(Debug)]
-pub struct Throttle {
+pub(crate) struct Throttle {
     last: Mutex<Option<tokio::time::Instant>>,
     suppressed: AtomicU64,
 }
 
 impl Throttle {
-    pub const EVERY: Duration = Duration::from_secs(10);
+    pub(crate) const EVERY: Duration = Duration::from_secs(10);
 
-    pub fn new() -> Throttle {
+    pub(crate) fn new() -> Throttle {
         Throttle {
             last: Mutex::new(None),
             suppressed: AtomicU64::new(0),
@@ -417,7 +415,7 @@ impl Throttle {
     }
 
     /// `Some(lines held back since the last one)` when a line may be logged now.
-    pub fn allow(&self) -> Option<u64> {
+    pub(crate) fn allow(&self) -> Option<u64> {
         let now = tokio::time::Instant::now();
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         if last.is_some_and(|l| now.duration_since(l) < Self::EVERY) {
@@ -463,7 +461,7 @@ impl Health {
     }
 
     /// Records how a scheduled pass ended.
-    pub fn pass_finished(&self, outcome: Outcome) {
+    pub(crate) fn pass_finished(&self, outcome: Outcome) {
         let code = FAILURES
             .iter()
             .position(|(o, _)| *o == outcome)
@@ -472,21 +470,21 @@ impl Health {
     }
 
     /// Records that a pass could not even run (the ledger failed).
-    pub fn pass_failed(&self) {
+    pub(crate) fn pass_failed(&self) {
         self.pass_finished(Outcome::Failed);
     }
 
-    pub fn stopping(&self) {
+    pub(crate) fn stopping(&self) {
         self.0.stopping.store(true, Ordering::Relaxed);
     }
 
     /// Records whether the schedule has stopped ticking.
-    pub fn schedule_stalled(&self, stalled: bool) {
+    pub(crate) fn schedule_stalled(&self, stalled: bool) {
         self.0.schedule_stalled.store(stalled, Ordering::Relaxed);
     }
 
     /// Why the daemon is not healthy, if it is not.
-    pub fn problem(&self) -> Option<&'static str> {
+    pub(crate) fn problem(&self) -> Option<&'static str> {
         if self.0.stopping.load(Ordering::Relaxed) {
             return Some("stopping\n");
         }
@@ -502,7 +500,7 @@ impl Health {
 
 /// Opens the listener `[webhook]` asks for: the socket systemd passed, or `listen` bound.
 /// Without `[webhook]`, `None` (and a warning if systemd passed a socket anyway).
-pub fn open(settings: Option<&WebhookSettings>) -> Result<Option<Listener>, WebhookError> {
+pub(crate) fn open(settings: Option<&WebhookSettings>) -> Result<Option<Listener>, WebhookError> {
     let Some(w) = settings else {
         if listen::socket_passed() {
             tracing::warn!(
@@ -524,7 +522,6 @@ pub fn open(settings: Option<&WebhookSettings>) -> Result<Option<Listener>, Webh
 
 /// The running listener and intake.
 pub struct Serving {
-    addr: SocketAddr,
     stats: Arc<Stats>,
     intake: Arc<intake::Intake>,
     health: Health,
@@ -547,7 +544,7 @@ pub fn serve(
     shutdown: CancellationToken,
 ) -> Result<Serving, WebhookError> {
     let addr = listener.local_addr();
-    let from_systemd = listener.from_systemd();
+    let from_systemd = listener.is_from_systemd();
     let stats = Arc::new(Stats::default());
     let (tx, rx) = mpsc::channel(QUEUE);
     let clock: IntakeClock = hooks
@@ -599,7 +596,6 @@ pub fn serve(
         "webhook listener started"
     );
     Ok(Serving {
-        addr,
         stats,
         intake,
         health,
@@ -610,20 +606,8 @@ pub fn serve(
 }
 
 impl Serving {
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
-    }
-
-    /// Waits until every hint received so far has been recorded and checked (for tests,
-    /// the demo and the benchmark).
-    pub async fn settled(&self) {
-        while !self.intake.is_settled() {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
     }
 
     /// Now, by the intake's clock ([`Hooks::clock`]).

@@ -34,8 +34,6 @@ mod writer;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use chrono::DateTime;
-use chrono::Utc;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -53,7 +51,7 @@ use crate::lock::PassGuard;
 use crate::univapay::{ApiError, Client, Paused};
 use writer::ToWriter;
 
-/// The pass engine: a [`Checker`] (and through it the [`Context`]) and the stages of a
+/// The pass engine: a `Checker` (and through it the `Context`) and the stages of a
 /// pass. Cheap to clone. It dereferences to its context, so a `&Reconciler` can be handed
 /// to anything that takes a `&Context`.
 #[derive(Clone)]
@@ -81,13 +79,13 @@ impl Reconciler {
     }
 
     /// A pass engine on `ctx` (sharing its client, hence its pacer and budget).
-    pub fn on(ctx: Context) -> Self {
+    pub(crate) fn on(ctx: Context) -> Self {
         Reconciler {
             checker: Checker::new(ctx),
         }
     }
 
-    pub fn context(&self) -> &Context {
+    pub(crate) fn context(&self) -> &Context {
         self.checker.context()
     }
 
@@ -100,23 +98,13 @@ impl Reconciler {
         self.context().settings()
     }
 
-    pub fn client(&self) -> &Client {
+    pub(crate) fn client(&self) -> &Client {
         self.context().client()
     }
 
-    /// See [`Checker::progress`].
-    pub fn progress(&self) -> u64 {
-        self.checker.progress()
-    }
-
-    /// See [`Checker::stretch`].
+    /// See `Checker::stretch`.
     pub fn stretch(&self) -> f64 {
         self.checker.stretch()
-    }
-
-    /// When requests may go again after UnivaPay asked for `pause`.
-    pub fn resume_at(&self, pause: &Paused) -> DateTime<Utc> {
-        super::run::resume_at(self.now(), pause)
     }
 
     /// Runs one pass over the charges due now, under the pass lock `held`. `Err` only when

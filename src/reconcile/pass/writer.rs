@@ -26,7 +26,7 @@ use crate::domain::{Decision, EventKind};
 use crate::ledger::{Applied, BadRow, CheckResult, Counts, Ledger, LedgerError};
 
 /// Messages to the writer thread.
-pub enum ToWriter {
+pub(crate) enum ToWriter {
     Checked(Box<CheckResult>),
     /// A 404, and the decision to write instead if the pass is a wall.
     NotFound {
@@ -41,7 +41,7 @@ pub enum ToWriter {
 }
 
 /// Most 404s held back while a pass has had no other answer.
-pub const HOLD_MAX: usize = MAX_GROUP;
+pub(crate) const HOLD_MAX: usize = MAX_GROUP;
 
 /// 404 results not yet written, while the pass has seen nothing but 404s.
 #[derive(Default)]
@@ -66,7 +66,7 @@ impl Held {
 
 /// Most results committed in one transaction. Bounds how much one commit holds and how
 /// long a reader elsewhere can be made to wait.
-pub const MAX_GROUP: usize = 256;
+pub(crate) const MAX_GROUP: usize = 256;
 
 /// How long the writer waits for more results after the first of a group. Short against
 /// any recheck interval, long enough that a busy pass commits in groups of dozens.
@@ -78,7 +78,7 @@ const POLL: Duration = Duration::from_millis(2);
 
 /// Commits results as they come, grouped. Returns the connection and the counts of what
 /// was committed. A ledger error stops the pass (`stop`) and is returned.
-pub fn run(
+pub(crate) fn run(
     mut ledger: Ledger,
     run_id: i64,
     mut rx: mpsc::Receiver<ToWriter>,

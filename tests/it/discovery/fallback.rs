@@ -12,7 +12,7 @@ use konbini_reconciler::ledger::SweepOutcome;
 use serde_json::Value;
 use univapay_sim::Population;
 
-use crate::discovery::{discovered, discovery_on, settle, sweep};
+use crate::discovery::sweep::{discovered, discovery_on, settle, sweep};
 use crate::helpers::TestApp;
 use crate::proxy::{self, Rule, Verdict};
 
@@ -93,7 +93,7 @@ async fn an_empty_history_while_the_charge_list_has_unknown_charges_falls_back()
     assert_eq!(fallbacks_of(6), 1);
     // Next time the charge list's first page holds only known charges: no fallback, one
     // probing page.
-    crate::discovery::next_interval(&app);
+    crate::discovery::sweep::next_interval(&app);
     let before = app.sim.counters().charge_lists;
     let r = sweep(&app).await;
     assert_eq!(r.outcome, SweepOutcome::Ok, "{r:?}");

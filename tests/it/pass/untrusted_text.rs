@@ -9,8 +9,7 @@ use konbini_reconciler::ledger::Outcome;
 use serde_json::{Value, json};
 use univapay_sim::{Reply, SimCharge};
 
-use super::{make_due, run_within};
-use crate::helpers::{STORE, TestApp};
+use crate::helpers::{STORE, TestApp, make_due, run_within};
 
 /// A million characters with a terminal escape, a newline and a NUL inside.
 fn hostile_text() -> String {

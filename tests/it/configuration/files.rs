@@ -12,9 +12,8 @@ use std::time::Duration;
 use konbini_reconciler::lock::PassLock;
 use univapay_sim::Credentials;
 
-use super::{make_due, one_fatal_line, run_within, write_config_with_database};
 use crate::config::TestConfig;
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, make_due, one_fatal_line, run_within, write_config_with_database};
 use crate::util::TestCommand;
 
 fn mkfifo(path: &Path) {

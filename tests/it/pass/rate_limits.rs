@@ -14,8 +14,7 @@ use konbini_reconciler::reconcile::{Clock, PassReport, Reconciler};
 use tokio_util::sync::CancellationToken;
 use univapay_sim::Reply;
 
-use super::{last_resume_at, run_within};
-use crate::helpers::{TestApp, hold_lock, wait_until};
+use crate::helpers::{TestApp, hold_lock, last_resume_at, run_within, wait_until};
 
 /// `n` pending charges `c0`, `c1`, ... at the fake and in the ledger.
 fn charges(app: &TestApp, n: usize) -> Vec<String> {

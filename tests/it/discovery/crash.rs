@@ -9,7 +9,7 @@ use konbini_reconciler::discovery::SETTLE;
 use konbini_reconciler::univapay::MAX_PAGE_LIMIT;
 use univapay_sim::Population;
 
-use crate::discovery::{discovered, discovery_on};
+use crate::discovery::sweep::{discovered, discovery_on};
 use crate::helpers::{STORE, TestApp, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use konbini_reconciler::ledger::Outcome;
 
-use super::{one_fatal_line, run_within};
-use crate::helpers::{TestApp, wait_until};
+use crate::helpers::{TestApp, one_fatal_line, run_within, wait_until};
 
 /// Registered here (in one transaction), unknown at the fake: every GET answers 404.
 fn unknown(app: &TestApp, n: usize) -> Vec<String> {

@@ -14,7 +14,7 @@ use konbini_reconciler::discovery::MAX_VERIFIED_PER_SWEEP;
 use konbini_reconciler::ledger::SweepOutcome;
 use univapay_sim::Population;
 
-use crate::discovery::{
+use crate::discovery::sweep::{
     app_with_discovery, discovered, konbini_created_ago, next_interval, settle, sweep,
 };
 use crate::helpers::{STORE, TestApp};
