@@ -16,7 +16,7 @@
 //! `REFRESH_EVERY` old; `konbini_metrics_gathered_timestamp_seconds` says when they
 //! were gathered, and `konbini_metrics_refreshes_total{result}` counts the gatherings.
 //!
-//! The names and their meaning are listed in the README ("Metrics"). Counters
+//! The names and their meaning are listed in docs/monitoring.md ("Metrics"). Counters
 //! (`*_total`) count from the start of the process, so for `--once` they cover one pass;
 //! Prometheus's `rate()`/`increase()` take the resets in their stride.
 

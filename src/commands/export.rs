@@ -1,4 +1,4 @@
-//! `export [--state S] [--since T] [--until T]`: the charges as CSV on stdout, for a
+//! `export [--state S] [--since T] [--until T] [--raw]`: the charges as CSV on stdout, for a
 //! spreadsheet or for accounting. RFC 4180 (CRLF line ends, fields with a comma, a quote
 //! or a line break quoted, quotes doubled), UTF-8, a header row, amounts as plain
 //! integers in minor units. `--since` (inclusive) and `--until` (exclusive) select by

@@ -1,4 +1,5 @@
-//! The operator's commands: [`status`], [`register`], [`check`], [`recheck`], [`export`].
+//! The operator's commands: `status`, `register`, `check`, `recheck`, `export`, `events`,
+//! `deliveries` and `backup`.
 //!
 //! They read the same config as the service, so they find its database and credentials,
 //! and they run beside it: each database step is one short transaction (SQLite in WAL

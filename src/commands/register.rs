@@ -1,4 +1,4 @@
-//! `register CHARGE_ID STORE_ID AMOUNT [--currency CUR] [--expires-at RFC3339]`: the
+//! `register CHARGE_ID STORE_ID AMOUNT [--currency CUR] [--expires-at RFC3339] [--order REF]`: the
 //! contract's plain INSERT, with the values checked first. Idempotent: registering a
 //! charge again with the same values changes nothing and succeeds; other values are
 //! refused, naming what is registered. The only command that creates the database.
