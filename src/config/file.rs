@@ -27,6 +27,7 @@ pub(super) struct FileConfig {
     pub metrics: Option<FileMetrics>,
     #[serde(default)]
     pub delivery: Vec<super::delivery::FileDelivery>,
+    pub retention: Option<super::retention::FileRetention>,
 }
 
 #[derive(Deserialize)]

@@ -6,7 +6,8 @@
 //!
 //! Jobs today: the pass ([`pass::PassJob`], on the cron), the discovery sweep
 //! ([`crate::discovery::SweepJob`], on its interval), the webhook hint batches
-//! ([`crate::webhook`], woken by the coalescer).
+//! ([`crate::webhook`], woken by the coalescer), delivery ([`crate::delivery`]) and
+//! retention ([`prune::PruneJob`]).
 //!
 //! # Adding a job
 //! 1. Implement [`Job`]: a `name` for the log, [`When::Cron`] (the loop calls
@@ -31,6 +32,7 @@
 
 pub mod clock;
 pub mod pass;
+pub mod prune;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
