@@ -27,6 +27,7 @@ mod pacing;
 mod pauses;
 mod processes;
 mod proxy;
+mod retention;
 mod run_records;
 mod secrets;
 mod util;
