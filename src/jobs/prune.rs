@@ -31,7 +31,7 @@ use crate::context::Context;
 use crate::ledger::{Ledger, LedgerError, Open, Prunable, Timestamp, Trigger};
 
 /// Rows deleted per step, at most.
-pub const STEP_ROWS: usize = 500;
+pub const STEP_ROWS: usize = 250;
 /// Between two steps: room for a waiting writer.
 pub const STEP_PAUSE: Duration = Duration::from_millis(20);
 /// The daemon's first round, after its start.

@@ -72,23 +72,25 @@ impl Prunable {
         }
     }
 
-    /// Deletes the ids in the JSON array `?3` that still meet the conditions.
+    /// Deletes the ids in the JSON array `?3` that still meet the conditions. The unary
+    /// `+` keeps the planner from walking an index on those columns (every old row)
+    /// instead of looking the ids up: the delete must cost its ids, not the backlog.
     fn delete_sql(self) -> &'static str {
         match self {
             Prunable::WebhookEvents => {
                 "DELETE FROM charge_events
-                 WHERE id IN (SELECT value FROM json_each(?3)) AND kind = 'webhook' AND at < ?1"
+                 WHERE id IN (SELECT value FROM json_each(?3)) AND +kind = 'webhook' AND +at < ?1"
             }
             Prunable::Runs => {
                 "DELETE FROM runs
                  WHERE id IN (SELECT value FROM json_each(?3))
-                   AND outcome <> 'running' AND finished_at IS NOT NULL AND finished_at < ?1
-                   AND (resume_at IS NULL OR resume_at < ?2)"
+                   AND +outcome <> 'running' AND +finished_at IS NOT NULL AND +finished_at < ?1
+                   AND (+resume_at IS NULL OR +resume_at < ?2)"
             }
             Prunable::Deliveries => {
                 "DELETE FROM deliveries
                  WHERE rowid IN (SELECT value FROM json_each(?3))
-                   AND delivered_at IS NOT NULL AND delivered_at < ?1"
+                   AND +delivered_at IS NOT NULL AND +delivered_at < ?1"
             }
         }
     }
