@@ -139,7 +139,11 @@ impl Ledger {
             return Ok(0);
         }
         let after: i64 = self.sql(|c| {
-            c.execute_batch(&format!("PRAGMA incremental_vacuum({pages})"))?;
+            // The pragma frees one page per step of its statement: step it to the end.
+            let mut stmt = c.prepare(&format!("PRAGMA incremental_vacuum({pages})"))?;
+            let mut rows = stmt.query([])?;
+            while rows.next()?.is_some() {}
+            drop(rows);
             c.query_row("PRAGMA freelist_count", [], |r| r.get(0))
         })?;
         Ok(before.saturating_sub(after).max(0) as u64)
@@ -287,6 +291,30 @@ mod tests {
         );
         assert_eq!(count(&l, "SELECT count(*) FROM deliveries"), 2);
         assert_eq!(count(&l, "SELECT count(*) FROM event_payloads"), 2);
+    }
+
+    #[test]
+    fn a_new_ledger_hands_freed_pages_back() {
+        let (_d, mut l) = test_ledger();
+        assert_eq!(count(&l, "PRAGMA auto_vacuum"), 2, "incremental");
+        l.conn()
+            .execute_batch(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
+                 INSERT INTO charge_events (charge_id, at, kind, detail)
+                 SELECT 'c', '2026-01-01T00:00:00.000Z', 'webhook', printf('%.500c', 'x') FROM n;",
+            )
+            .unwrap();
+        let now = Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap();
+        let cutoff = Timestamp::before(now, Duration::from_secs(86_400));
+        assert_eq!(
+            l.prune_step(Prunable::WebhookEvents, cutoff, now, 5000)
+                .unwrap(),
+            3000
+        );
+        let free = count(&l, "PRAGMA freelist_count");
+        assert!(free > 300, "{free}");
+        assert_eq!(l.reclaim_free_pages(100).unwrap(), 100);
+        assert_eq!(count(&l, "PRAGMA freelist_count"), free - 100);
     }
 
     #[test]
