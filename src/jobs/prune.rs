@@ -39,7 +39,7 @@ pub const FIRST_AFTER: Duration = Duration::from_secs(30);
 /// Between two rounds.
 pub const EVERY: Duration = Duration::from_secs(600);
 /// Free pages handed back after each step, at most.
-pub const VACUUM_PAGES: u32 = 256;
+pub const VACUUM_PAGES: u32 = 32;
 
 /// Rows pruned by this process, per [`Prunable`] (in [`Prunable::ALL`]'s order).
 static PRUNED: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];

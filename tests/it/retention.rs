@@ -389,12 +389,12 @@ fn retention_figures_longest_pause_of_a_writer() {
     tx.commit().unwrap();
     sim.size();
     let path = sim.path.clone();
-    let writes = |stop: &std::sync::atomic::AtomicBool| -> (Duration, usize) {
+    let writes = |stop: &std::sync::atomic::AtomicBool| -> Vec<Duration> {
         let mut c = Connection::open(&path).unwrap();
         c.busy_timeout(Duration::from_secs(5)).unwrap();
         // As the daemon's connections are.
         c.execute_batch("PRAGMA synchronous = NORMAL").unwrap();
-        let (mut worst, mut n) = (Duration::ZERO, 0);
+        let mut took = Vec::new();
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             let t = std::time::Instant::now();
             let tx = c
@@ -411,14 +411,24 @@ fn retention_figures_longest_pause_of_a_writer() {
             )
             .unwrap();
             tx.commit().unwrap();
-            worst = worst.max(t.elapsed());
-            n += 1;
+            took.push(t.elapsed());
             std::thread::sleep(Duration::from_millis(2));
         }
-        (worst, n)
+        took.sort();
+        took
+    };
+    let line = |t: &[Duration]| {
+        let p = |q: f64| t[((t.len() - 1) as f64 * q) as usize];
+        format!(
+            "{} writes, median {:?}, p99 {:?}, longest {:?}",
+            t.len(),
+            p(0.5),
+            p(0.99),
+            t[t.len() - 1]
+        )
     };
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let (base, base_n) = std::thread::scope(|s| {
+    let base = std::thread::scope(|s| {
         let h = s.spawn(|| writes(&stop));
         std::thread::sleep(Duration::from_secs(3));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -429,7 +439,7 @@ fn retention_figures_longest_pause_of_a_writer() {
         webhook_events: Some(Duration::from_secs(30 * 86_400)),
         ..Default::default()
     };
-    let ((worst, n), round) = std::thread::scope(|s| {
+    let (during, round) = std::thread::scope(|s| {
         let h = s.spawn(|| writes(&stop));
         let t = std::time::Instant::now();
         let r = konbini_reconciler::jobs::prune::round(
@@ -444,9 +454,15 @@ fn retention_figures_longest_pause_of_a_writer() {
         (h.join().unwrap(), (r, took))
     });
     println!(
-        "writes without pruning: {base_n}, longest {base:?}; during a round ({:?}, {} steps, \
-         {} pages freed, longest step {:?}, {:?}): {n} writes, longest {worst:?}",
-        round.0.pruned, round.0.steps, round.0.pages_freed, round.0.longest_step, round.1
+        "without pruning: {}; during a round ({:?}, {} steps, {} pages freed, longest step \
+         {:?}, {:?}): {}",
+        line(&base),
+        round.0.pruned,
+        round.0.steps,
+        round.0.pages_freed,
+        round.0.longest_step,
+        round.1,
+        line(&during)
     );
     assert_eq!(round.0.pruned[0].1, 200_000);
 }
