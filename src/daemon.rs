@@ -270,6 +270,9 @@ pub(crate) fn jobs_for(reconciler: &Reconciler, pass: PassJob) -> Vec<Arc<dyn jo
         Arc::new(SweepJob::new(reconciler.context().clone())),
         Arc::new(pass),
         Arc::new(DeliveryJob::new(reconciler.settings_arc().clone())),
+        Arc::new(crate::jobs::prune::PruneJob::new(
+            reconciler.context().clone(),
+        )),
     ]
 }
 

@@ -38,7 +38,7 @@ pub mod daemon;
 pub mod delivery;
 pub mod discovery;
 pub mod domain;
-pub(crate) mod jobs;
+pub mod jobs;
 pub mod ledger;
 pub mod lock;
 pub mod metrics;

@@ -120,6 +120,7 @@ pub fn render(s: &Snapshot) -> String {
     add(budget(s));
     add(discovery_figures(&crate::discovery::history_fallbacks()));
     add(crate::delivery::metrics::figures(&s.deliveries, s.taken_at));
+    add(pruned_figures(&crate::jobs::prune::pruned_totals()));
     let mut text = String::new();
     if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut text) {
         tracing::warn!(error = %e, "metrics not rendered");
@@ -361,6 +362,22 @@ fn discovery_figures(fallbacks: &[(String, u64)]) -> Box<dyn Collector> {
     .expect("valid metric");
     for (store, n) in fallbacks {
         c.with_label_values(&[store.as_str()]).inc_by(*n);
+    }
+    Box::new(c)
+}
+
+/// `(table, rows)` pairs from [`crate::jobs::prune::pruned_totals`].
+fn pruned_figures(totals: &[(&str, u64)]) -> Box<dyn Collector> {
+    let c = IntCounterVec::new(
+        Opts::new(
+            "konbini_pruned_rows_total",
+            "Rows deleted by [retention], per table, since the process started.",
+        ),
+        &["table"],
+    )
+    .expect("valid metric");
+    for (table, n) in totals {
+        c.with_label_values(&[*table]).inc_by(*n);
     }
     Box::new(c)
 }

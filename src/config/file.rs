@@ -27,6 +27,7 @@ pub(super) struct FileConfig {
     pub(crate) metrics: Option<FileMetrics>,
     #[serde(default)]
     pub(crate) delivery: Vec<super::delivery::FileDelivery>,
+    pub(crate) retention: Option<super::retention::FileRetention>,
 }
 
 #[derive(Deserialize)]

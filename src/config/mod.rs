@@ -10,6 +10,7 @@
 
 pub(crate) mod delivery;
 mod file;
+pub mod retention;
 mod sections;
 mod validate;
 
@@ -75,6 +76,8 @@ pub struct Settings {
     pub(crate) metrics: Option<MetricsSettings>,
     /// `[[delivery]]`: the shop's endpoints (none: no outbound requests).
     pub delivery: Vec<delivery::DeliverySettings>,
+    /// `[retention]`: how long prunable rows are kept (absent: for ever).
+    pub retention: retention::RetentionSettings,
     /// Things worth a warning that do not stop the program (logged once logging is up).
     pub(crate) warnings: Vec<String>,
 }
@@ -251,6 +254,7 @@ impl Settings {
                 .transpose()
                 .map_err(invalid)?,
             delivery: delivery::endpoints(file.delivery, path, env).map_err(invalid)?,
+            retention: retention::retention(file.retention).map_err(invalid)?,
             warnings: Vec::new(),
         })
     }

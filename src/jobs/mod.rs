@@ -6,7 +6,8 @@
 //!
 //! Jobs today: the pass ([`pass::PassJob`], on the cron), the discovery sweep
 //! ([`crate::discovery::SweepJob`], on its interval), the webhook hint batches
-//! ([`crate::webhook`], woken by the coalescer).
+//! ([`crate::webhook`], woken by the coalescer), delivery ([`crate::delivery`]) and
+//! retention ([`prune::PruneJob`]).
 //!
 //! # Adding a job
 //! 1. Implement [`Job`]: a `name` for the log, [`When::Cron`] (the loop calls
@@ -31,6 +32,7 @@
 
 pub(crate) mod clock;
 pub(crate) mod pass;
+pub mod prune;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,7 +49,7 @@ use crate::notify::Notifier;
 
 /// When a job is due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum When {
+pub enum When {
     /// On every tick of `[schedule] cron` (and at start with `run_on_start`). A tick that
     /// finds the pass slot taken is skipped and logged, never queued.
     Cron,
@@ -57,7 +59,7 @@ pub(crate) enum When {
 
 /// Whether the work takes the pass lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Lock {
+pub enum Lock {
     /// One at a time with every other such job, in every process.
     Pass,
     /// Beside anything.
@@ -66,7 +68,7 @@ pub(crate) enum Lock {
 
 /// What `--once` does with a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum InOnce {
+pub enum InOnce {
     /// Runs it once.
     Run,
     /// Leaves it out.
@@ -75,7 +77,7 @@ pub(crate) enum InOnce {
 
 /// How one run of a job ended, as far as the loop and `--once` care.
 #[derive(Debug)]
-pub(crate) enum Ended {
+pub enum Ended {
     /// Done (whatever it found is in its own log lines and rows).
     Ran,
     /// Could not start (another process held the pass lock): the loop tries an
@@ -88,11 +90,11 @@ pub(crate) enum Ended {
 }
 
 /// The work of one run: given the pass lock when the job takes it, and the shutdown token.
-pub(crate) type Work =
+pub type Work =
     Box<dyn FnOnce(Option<Arc<PassGuard>>, CancellationToken) -> BoxFuture<'static, Ended> + Send>;
 
 /// A job. See the module doc for how to add one.
-pub(crate) trait Job: Send + Sync + 'static {
+pub trait Job: Send + Sync + 'static {
     /// For the log: "pass", "discovery sweep", ...
     fn name(&self) -> &'static str;
     fn when(&self) -> When;

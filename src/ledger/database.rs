@@ -162,6 +162,14 @@ impl Database {
         }
         let conn = Connection::open_with_flags(path, flags).map_err(sqlite)?;
         conn.busy_timeout(self.busy_timeout).map_err(sqlite)?;
+        if create {
+            // Takes effect only on a file without tables (a new ledger): the space
+            // retention frees can then be handed back a little at a time
+            // (`incremental_vacuum`). An existing ledger keeps its mode; switching needs
+            // a VACUUM, a full rewrite under the write lock (docs/operations.md).
+            conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")
+                .map_err(sqlite)?;
+        }
         // The first statement that reads the file: a file that is not SQLite fails here.
         let mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))

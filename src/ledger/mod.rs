@@ -19,6 +19,7 @@
 //! - `hints`: the ledger side of webhook hints.
 //! - `discovery`: discovery's registrations, watermarks and skips.
 //! - `backup`: the online, integrity-checked copy behind `backup DEST`.
+//! - `retention`: what `[retention]` prunes, in bounded steps, and the space handed back.
 //! - `outbox`: the shop's facts, the event payloads and the delivery rows (written by
 //!   triggers in the transaction of the change), the feed and delivery queries.
 //!
@@ -37,6 +38,7 @@ mod events;
 mod hints;
 mod outbox;
 mod overview;
+mod retention;
 mod run_requests;
 mod runs;
 mod schema;
@@ -69,6 +71,7 @@ pub use outbox::{
     MAX_METADATA, MAX_ORDER_REF, ShopFacts,
 };
 pub use overview::{Backlog, Figures, Overview, StateTotal};
+pub use retention::Prunable;
 pub use runs::RunRow;
 pub use time::{Timestamp, ts};
 

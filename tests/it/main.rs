@@ -17,7 +17,7 @@
 //!   wall clock.
 //! - `ledger/`: the database file and its trouble, rows written by other programs.
 //! - `configuration/`: config files, environment, secret files, secrets kept secret.
-//! - `operations/`: metrics, alert rules and dashboard, backup and restore.
+//! - `operations/`: metrics, alert rules and dashboard, backup and restore, retention.
 //!
 //! Shared helpers stay at the top: `helpers` (the harness, `TestApp`), `util` (launching
 //! the binary), `config` (typed config files), `proxy` (an editing proxy in front of the

@@ -85,7 +85,7 @@ impl Reconciler {
         }
     }
 
-    pub(crate) fn context(&self) -> &Context {
+    pub fn context(&self) -> &Context {
         self.checker.context()
     }
 

@@ -1,5 +1,6 @@
-//! Operating the reconciler: the metrics textfile, alert rules and dashboard, and `backup`
-//! with the restore drill.
+//! Operating the reconciler: the metrics textfile, alert rules and dashboard, `backup`
+//! with the restore drill, and retention.
 
 mod backup;
 mod metrics;
+mod retention;
