@@ -1,11 +1,11 @@
 //! The job loop: one way to run everything the daemon and `--once` do. A job is *what
 //! runs* ([`Job::work`]), *when it is due* ([`Job::when`], [`Job::next`]) and *how it
 //! drains* ([`Job::drain`]); the loop adds the rest: one job under the pass lock at a time
-//! (the [`Gate`]: this process's slot and the cross-process [`PassLock`]), skipping or
+//! (the `Gate`: this process's slot and the cross-process [`PassLock`]), skipping or
 //! waiting when it is taken, and the drain at shutdown.
 //!
-//! Jobs today: the pass ([`pass::PassJob`], on the cron), the discovery sweep
-//! ([`crate::discovery::SweepJob`], on its interval), the webhook hint batches
+//! Jobs today: the pass (`pass::PassJob`, on the cron), the discovery sweep
+//! (`crate::discovery::SweepJob`, on its interval), the webhook hint batches
 //! ([`crate::webhook`], woken by the coalescer), delivery ([`crate::delivery`]) and
 //! retention ([`prune::PruneJob`]).
 //!
@@ -16,16 +16,16 @@
 //!    [`Lock::Pass`] when the work must not overlap a pass (it then gets the
 //!    [`PassGuard`]) or [`Lock::None`] when it may run beside one (it must then never
 //!    rely on the lock, e.g. a delivery job that spends no UnivaPay budget). Take the
-//!    [`Context`](crate::context::Context) in the job's constructor; a job that makes
+//!    `Context` in the job's constructor; a job that makes
 //!    UnivaPay requests honours a recorded pause first
-//!    ([`crate::reconcile::run::honour_recorded_pause`]).
+//!    (`crate::reconcile::run::honour_recorded_pause`).
 //! 2. Say what `--once` does with it ([`Job::in_once`]: run it once now, before the
 //!    jobs registered after it, or not), and what is left to do at the end
 //!    ([`Job::drain`], given at most `schedule.drain_timeout`: a delivery job sends what
 //!    is pending there).
-//! 3. Register it: one line in [`crate::daemon::jobs_for`], the list the daemon runs
+//! 3. Register it: one line in `crate::daemon::jobs_for`, the list the daemon runs
 //!    ([`crate::daemon::run`] starts the [`When::Own`] loops and feeds the cron ticks) and
-//!    `--once` runs ([`crate::app::run_once`], through [`once`]).
+//!    `--once` runs (`crate::app::run_once`, through `once`).
 //!    A job that runs "within a minute of start, then every hour" (pruning) is a
 //!    [`When::Own`] job whose `next` sleeps a minute the first time and an hour after.
 //!    Work is bounded steps that check `shutdown` between them.
