@@ -165,15 +165,6 @@ impl Ledger {
     }
 }
 
-/// [`Ledger::err`] for code that holds a transaction on the ledger's connection (and so
-/// cannot borrow the whole ledger): it borrows only the path.
-fn err_at(path: &Path) -> impl Fn(rusqlite::Error) -> LedgerError + Copy + '_ {
-    move |source| LedgerError::Sqlite {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 /// A ledger in a temporary directory, for the unit tests of the modules here.
 #[cfg(test)]
 fn test_ledger() -> (tempfile::TempDir, Ledger) {

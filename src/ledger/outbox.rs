@@ -14,10 +14,10 @@
 //! starts.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::Serialize;
 
-use super::{Ledger, LedgerError, err_at, ts};
+use super::{Ledger, LedgerError, ts};
 
 /// The largest `charges.metadata` stored, in bytes of compact JSON.
 pub const MAX_METADATA: usize = 4096;
@@ -308,29 +308,24 @@ impl Ledger {
         endpoints: &[EndpointFilter],
         now: DateTime<Utc>,
     ) -> Result<(), LedgerError> {
-        let err = err_at(&self.path);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let names: Vec<&str> = endpoints.iter().map(|e| e.name.as_str()).collect();
-        let json = serde_json::to_string(&names).unwrap_or_default();
-        tx.execute(
+        self.write(|tx| {
+            let names: Vec<&str> = endpoints.iter().map(|e| e.name.as_str()).collect();
+            let json = serde_json::to_string(&names).unwrap_or_default();
+            tx.execute(
             "DELETE FROM delivery_endpoints WHERE name NOT IN (SELECT value FROM json_each(?1))",
             [json],
-        )
-        .map_err(err)?;
-        for e in endpoints {
-            let filter = format!(" {} ", e.events.join(" "));
-            tx.execute(
-                "INSERT INTO delivery_endpoints (name, events, updated_at) VALUES (?1, ?2, ?3)
+        )?;
+            for e in endpoints {
+                let filter = format!(" {} ", e.events.join(" "));
+                tx.execute(
+                    "INSERT INTO delivery_endpoints (name, events, updated_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT (name) DO UPDATE SET events = ?2, updated_at = ?3
                  WHERE events <> ?2",
-                params![e.name, filter, ts(now)],
-            )
-            .map_err(err)?;
-        }
-        tx.commit().map_err(err)
+                    params![e.name, filter, ts(now)],
+                )?;
+            }
+            Ok(())
+        })
     }
 
     /// Events after `after` (ascending), of the given types (all when empty), at most
@@ -434,27 +429,22 @@ impl Ledger {
         now: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<Vec<i64>, LedgerError> {
-        let err = err_at(&self.path);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let mut taken = Vec::with_capacity(event_ids.len());
-        for id in event_ids {
-            let n = tx
-                .prepare_cached(
-                    "UPDATE deliveries SET next_attempt_at = ?4
+        self.write(|tx| {
+            let mut taken = Vec::with_capacity(event_ids.len());
+            for id in event_ids {
+                let n = tx
+                    .prepare_cached(
+                        "UPDATE deliveries SET next_attempt_at = ?4
                      WHERE endpoint = ?1 AND event_id = ?2 AND delivered_at IS NULL
                        AND next_attempt_at <= ?3",
-                )
-                .and_then(|mut s| s.execute(params![endpoint, id, ts(now), ts(until)]))
-                .map_err(err)?;
-            if n == 1 {
-                taken.push(*id);
+                    )
+                    .and_then(|mut s| s.execute(params![endpoint, id, ts(now), ts(until)]))?;
+                if n == 1 {
+                    taken.push(*id);
+                }
             }
-        }
-        tx.commit().map_err(err)?;
-        Ok(taken)
+            Ok(taken)
+        })
     }
 
     /// Records the results of attempts, in one transaction.
@@ -463,45 +453,41 @@ impl Ledger {
         endpoint: &str,
         results: &[(i64, DateTime<Utc>, AttemptResult)],
     ) -> Result<(), LedgerError> {
-        let err = err_at(&self.path);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        for (event_id, at, result) in results {
-            let at = ts(*at);
-            match result {
-                AttemptResult::Delivered { status } => tx
-                    .prepare_cached(
-                        "UPDATE deliveries SET delivered_at = ?3, last_attempt_at = ?3,
+        self.write(|tx| {
+            for (event_id, at, result) in results {
+                let at = ts(*at);
+                match result {
+                    AttemptResult::Delivered { status } => tx
+                        .prepare_cached(
+                            "UPDATE deliveries SET delivered_at = ?3, last_attempt_at = ?3,
                                 last_status = ?4, attempts = attempts + 1, next_attempt_at = NULL
                          WHERE endpoint = ?1 AND event_id = ?2",
-                    )
-                    .and_then(|mut s| s.execute(params![endpoint, event_id, at, status])),
-                AttemptResult::Failed {
-                    status,
-                    error,
-                    retry_at,
-                } => tx
-                    .prepare_cached(
-                        "UPDATE deliveries SET last_attempt_at = ?3, last_status = ?4,
+                        )
+                        .and_then(|mut s| s.execute(params![endpoint, event_id, at, status])),
+                    AttemptResult::Failed {
+                        status,
+                        error,
+                        retry_at,
+                    } => tx
+                        .prepare_cached(
+                            "UPDATE deliveries SET last_attempt_at = ?3, last_status = ?4,
                                 last_error = ?5, attempts = attempts + 1, next_attempt_at = ?6
                          WHERE endpoint = ?1 AND event_id = ?2 AND delivered_at IS NULL",
-                    )
-                    .and_then(|mut s| {
-                        s.execute(params![
-                            endpoint,
-                            event_id,
-                            at,
-                            status,
-                            error,
-                            ts(*retry_at)
-                        ])
-                    }),
+                        )
+                        .and_then(|mut s| {
+                            s.execute(params![
+                                endpoint,
+                                event_id,
+                                at,
+                                status,
+                                error,
+                                ts(*retry_at)
+                            ])
+                        }),
+                }?;
             }
-            .map_err(err)?;
-        }
-        tx.commit().map_err(err)
+            Ok(())
+        })
     }
 
     /// Makes deliveries due at `now`: the given events, or every event at or after
@@ -514,14 +500,10 @@ impl Ledger {
         endpoint: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<u64, LedgerError> {
-        let err = err_at(&self.path);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let ids = serde_json::to_string(events).unwrap_or_default();
-        // Events written before an endpoint existed get their row now.
-        tx.execute(
+        self.write(|tx| {
+            let ids = serde_json::to_string(events).unwrap_or_default();
+            // Events written before an endpoint existed get their row now.
+            tx.execute(
             "INSERT INTO deliveries (endpoint, event_id, charge_id, created_at, next_attempt_at)
              SELECT e.name, p.event_id, p.charge_id, p.at, ?4
              FROM event_payloads AS p JOIN delivery_endpoints AS e
@@ -529,19 +511,16 @@ impl Ledger {
                AND (?3 IS NULL OR e.name = ?3)
              ON CONFLICT (endpoint, event_id) DO NOTHING",
             params![ids, since.map(ts), endpoint, ts(now)],
-        )
-        .map_err(err)?;
-        let n = tx
-            .execute(
+        )?;
+            let n = tx.execute(
                 "UPDATE deliveries SET delivered_at = NULL, next_attempt_at = ?4
                  WHERE (event_id IN (SELECT value FROM json_each(?1))
                         OR created_at >= ?2)
                    AND (?3 IS NULL OR endpoint = ?3)",
                 params![ids, since.map(ts), endpoint, ts(now)],
-            )
-            .map_err(err)?;
-        tx.commit().map_err(err)?;
-        Ok(n as u64)
+            )?;
+            Ok(n as u64)
+        })
     }
 
     /// Whether `event_id` has a payload (`deliveries replay` names unknown ones).
