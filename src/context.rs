@@ -14,7 +14,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::config::Settings;
-use crate::ledger::{self, Database, Ledger, LedgerError, Open};
+use crate::ledger::{self, Database, Integrity, Ledger, LedgerError, Open};
 use crate::univapay::Client;
 
 /// The time the ledger and the rules are computed in; a test or a simulation gives its
@@ -57,7 +57,10 @@ impl Context {
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
         let client = Client::new(&settings.api)?;
-        let db = Database::new(&settings.database.path, settings.database.busy_timeout);
+        // The reconciler's own runs (the daemon, `--once`, `check`'s checks) may come every
+        // minute; the operator's commands check integrity on their own handles.
+        let db = Database::new(&settings.database.path, settings.database.busy_timeout)
+            .with_integrity(Integrity::Daily);
         Ok(Context {
             settings,
             client,

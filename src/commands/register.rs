@@ -7,7 +7,7 @@ use std::io::Write;
 
 use super::{CommandError, writing};
 use crate::config::Settings;
-use crate::ledger::{Ledger, NewCharge, Registered, ts};
+use crate::ledger::{Database, Integrity, NewCharge, Open, Registered, ts};
 
 /// Registers `charge` in the ledger of `settings` (creating and migrating the database if
 /// needed) and reports on `out`.
@@ -17,7 +17,11 @@ pub(crate) fn run(
     out: &mut dyn Write,
 ) -> Result<(), CommandError> {
     let db = &settings.database;
-    let mut ledger = Ledger::open(&db.path, db.busy_timeout)?;
+    // The shop's systems may register every order as it is placed: the integrity check
+    // that reads the whole file runs daily, not for every registration.
+    let mut ledger = Database::new(&db.path, db.busy_timeout)
+        .with_integrity(Integrity::Daily)
+        .open(Open::Migrate)?;
     let line = match ledger.register(charge)? {
         Registered::Inserted => format!("registered {}; due now", describe(charge)),
         Registered::Identical => format!(

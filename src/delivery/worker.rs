@@ -117,7 +117,10 @@ pub async fn sync(settings: &Settings, create: bool) -> Result<(), LedgerError> 
         return Ok(());
     }
     ledger::blocking(&settings.database.path, move || {
-        Ledger::open(&path, busy)?.sync_endpoints(&filters, Utc::now())
+        ledger::Database::new(&path, busy)
+            .with_integrity(ledger::Integrity::Daily)
+            .open(ledger::Open::Migrate)?
+            .sync_endpoints(&filters, Utc::now())
     })
     .await
 }
@@ -140,6 +143,7 @@ impl Endpoint {
         })?;
         let path = settings.database.path.clone();
         let ledger = ledger::Database::new(&path, settings.database.busy_timeout)
+            .with_integrity(ledger::Integrity::Daily)
             .with_ledger(ledger::Open::Migrate, Ok)
             .await?;
         Ok(Endpoint {

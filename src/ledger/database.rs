@@ -6,6 +6,11 @@
 //!   has not opened it yet, a place to create one).
 //! - The first open of a handle runs SQLite's `quick_check`, so a corrupt ledger is
 //!   refused by every command and the daemon alike, before anything is read or written.
+//!   A handle made for the reconciler's own runs ([`Integrity::Daily`]: the daemon's
+//!   start, `--once`, `register`) runs it only when the last check that passed
+//!   (`meta.integrity_checked_at`) is a day old: the check reads the whole file, and a
+//!   timer's `--once` every minute over a large ledger would otherwise spend seconds a
+//!   run on it.
 //! - The ledger carries an identity (`meta.ledger_id`, drawn when it was created). The
 //!   first open learns it; every later open, by the handle or any clone of it, finds the
 //!   file still there and carrying that identity, or fails with
@@ -21,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::{Ledger, LedgerError, schema};
@@ -36,6 +42,24 @@ pub enum Open {
     Existing,
 }
 
+/// When a handle's first open runs the integrity check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Integrity {
+    /// At every handle's first open: the operator's commands, where a person is waiting
+    /// for the answer and a second or two on a large ledger is the price of certainty.
+    EveryProcess,
+    /// At a handle's first open when no check has passed within [`INTEGRITY_EVERY`]
+    /// (or the last one is dated in the future: a clock stepped back): the daemon,
+    /// `--once` and `register`, which may run every minute.
+    Daily,
+}
+
+/// How long a passed integrity check stands for [`Integrity::Daily`] handles.
+pub const INTEGRITY_EVERY: Duration = Duration::from_secs(86_400);
+
+/// The `meta` key of the time the last integrity check that passed ended.
+const CHECKED_AT: &str = "integrity_checked_at";
+
 /// Where the ledger is and which one it is; cheap to clone, and every clone shares what
 /// the first open learnt.
 #[derive(Debug, Clone)]
@@ -44,6 +68,8 @@ pub struct Database {
     busy_timeout: Duration,
     /// Whether the first open may create the file.
     may_create: bool,
+    /// When the first open runs the integrity check.
+    integrity: Integrity,
     /// `meta.ledger_id` as the first successful open found it: the ledger every later
     /// open must find again. Shared, so that the passes, hints, sweeps and metrics of one
     /// daemon all hold on to the same ledger.
@@ -58,6 +84,7 @@ impl Database {
             path: path.into(),
             busy_timeout,
             may_create: true,
+            integrity: Integrity::EveryProcess,
             identity: Arc::default(),
         }
     }
@@ -69,6 +96,14 @@ impl Database {
         Database {
             may_create: false,
             ..Database::new(path, busy_timeout)
+        }
+    }
+
+    /// The same handle, its first open checking integrity `when`.
+    pub fn with_integrity(self, when: Integrity) -> Database {
+        Database {
+            integrity: when,
+            ..self
         }
     }
 
@@ -123,7 +158,11 @@ impl Database {
             });
         }
         let ledger = self.connect(create)?;
-        quick_check(&ledger)?;
+        let now = chrono::Utc::now();
+        let checked = self.integrity_due(&ledger, now)?;
+        if checked {
+            quick_check(&ledger)?;
+        }
         let (ledger, identity) = match how {
             Open::Migrate => migrate(ledger)?,
             Open::Existing => {
@@ -136,7 +175,19 @@ impl Database {
             // to get here sets it, and the other's value is the same.
             let _ = self.identity.set(id);
         }
+        if checked {
+            stamp_integrity(&ledger, now);
+        }
         Ok(ledger)
+    }
+
+    /// Whether this first open must run the integrity check.
+    fn integrity_due(&self, ledger: &Ledger, now: DateTime<Utc>) -> Result<bool, LedgerError> {
+        if self.integrity == Integrity::EveryProcess {
+            return Ok(true);
+        }
+        let last = read_meta(ledger, CHECKED_AT)?;
+        Ok(integrity_due_at(last.as_deref(), now))
     }
 
     fn connect(&self, create: bool) -> Result<Ledger, LedgerError> {
@@ -184,6 +235,12 @@ impl Database {
         // last commits, which the next pass simply redoes (every check is re-runnable).
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
             .map_err(sqlite)?;
+        // Every write that fires a trigger keeps a statement journal (to undo just that
+        // statement should a trigger refuse it). On a file, as by default, it costs a
+        // write system call per page a check's statements touch: about a tenth of a
+        // pass's CPU, measured. In memory it is bounded by one statement's pages.
+        conn.execute_batch("PRAGMA temp_store = MEMORY;")
+            .map_err(sqlite)?;
         Ok(Ledger::from_parts(conn, path.clone()))
     }
 
@@ -212,6 +269,45 @@ fn migrate(mut ledger: Ledger) -> Result<(Ledger, Option<String>), LedgerError> 
 /// `meta.ledger_id`; `None` when the file has no such table or row (not a ledger of this
 /// version, or not migrated yet).
 fn read_identity(ledger: &Ledger) -> Result<Option<String>, LedgerError> {
+    read_meta(ledger, "ledger_id")
+}
+
+/// Whether a [`Integrity::Daily`] handle checks, the last passed check having ended at
+/// `last` (`None`: never, or not readable as a time).
+fn integrity_due_at(last: Option<&str>, now: DateTime<Utc>) -> bool {
+    let Some(last) = last.and_then(|t| DateTime::parse_from_rfc3339(t).ok()) else {
+        return true;
+    };
+    let age = now.signed_duration_since(last.with_timezone(&Utc));
+    let every = chrono::Duration::from_std(INTEGRITY_EVERY).unwrap_or(chrono::Duration::MAX);
+    age < chrono::Duration::zero() || age >= every
+}
+
+/// Records that a check passed. A failure to write it (a read-only file system, a busy
+/// ledger) only means the next run checks again, so it is logged and nothing more.
+fn stamp_integrity(ledger: &Ledger, now: DateTime<Utc>) {
+    let stamped = ledger.sql(|c| {
+        let has_meta: bool = c.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'meta')",
+            [],
+            |r| r.get(0),
+        )?;
+        if has_meta {
+            c.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                rusqlite::params![CHECKED_AT, super::ts(now)],
+            )?;
+        }
+        Ok(())
+    });
+    if let Err(e) = stamped {
+        tracing::debug!(error = %e, "cannot record the integrity check's time");
+    }
+}
+
+/// A `meta` value; `None` when the file has no such table or row.
+fn read_meta(ledger: &Ledger, key: &str) -> Result<Option<String>, LedgerError> {
     ledger.sql(|c| {
         let has_meta: bool = c.query_row(
             "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'meta')",
@@ -221,10 +317,8 @@ fn read_identity(ledger: &Ledger) -> Result<Option<String>, LedgerError> {
         if !has_meta {
             return Ok(None);
         }
-        c.query_row("SELECT value FROM meta WHERE key = 'ledger_id'", [], |r| {
-            r.get(0)
-        })
-        .optional()
+        c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
     })
 }
 
@@ -374,6 +468,38 @@ mod tests {
         assert_eq!(Some(found.as_str()), other.identity());
         std::fs::rename(d.path().join("kept.db"), &path).unwrap();
         drop(db.open(Open::Migrate).unwrap());
+    }
+
+    #[test]
+    fn a_daily_check_is_due_after_a_day_never_passed_or_dated_ahead() {
+        let now = DateTime::parse_from_rfc3339("2026-12-02T12:00:00.000Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert!(integrity_due_at(None, now));
+        assert!(integrity_due_at(Some("not a time"), now));
+        assert!(!integrity_due_at(Some("2026-12-02T11:00:00.000Z"), now));
+        assert!(!integrity_due_at(Some("2026-12-01T12:00:00.001Z"), now));
+        assert!(integrity_due_at(Some("2026-12-01T12:00:00.000Z"), now));
+        assert!(integrity_due_at(Some("2026-12-02T12:05:00.000Z"), now));
+    }
+
+    #[test]
+    fn a_daily_handle_skips_the_check_a_passed_one_recorded() {
+        let d = dir();
+        let path = d.path().join("l.db");
+        drop(
+            Database::new(&path, Duration::from_secs(1))
+                .open(Open::Migrate)
+                .unwrap(),
+        );
+        let l = Database::new(&path, Duration::from_secs(1))
+            .with_integrity(Integrity::Daily)
+            .open(Open::Migrate)
+            .unwrap();
+        assert!(
+            read_meta(&l, CHECKED_AT).unwrap().is_some(),
+            "stamped at creation"
+        );
     }
 
     #[test]

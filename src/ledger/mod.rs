@@ -56,7 +56,7 @@ pub use charges::{
     Backfill, EXPORT_COLUMNS, ExportFilter, ExportRow, NewCharge, Rechecked, Registered,
 };
 pub use checks::{Applied, CheckResult};
-pub use database::{Database, Open, blocking, check_path, join_error};
+pub use database::{Database, INTEGRITY_EVERY, Integrity, Open, blocking, check_path, join_error};
 pub use discovery::{
     DiscoveryBatch, Enrichment, MAX_ATTEMPTS, NewDiscovered, Skip, SkipReason, SweepCounts,
     SweepOutcome,
