@@ -211,6 +211,7 @@ impl Database {
         if create {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
         }
+        statement_journals_in_memory();
         let conn = Connection::open_with_flags(path, flags).map_err(sqlite)?;
         conn.busy_timeout(self.busy_timeout).map_err(sqlite)?;
         if create {
@@ -235,12 +236,6 @@ impl Database {
         // last commits, which the next pass simply redoes (every check is re-runnable).
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
             .map_err(sqlite)?;
-        // Every write that fires a trigger keeps a statement journal (to undo just that
-        // statement should a trigger refuse it). On a file, as by default, it costs a
-        // write system call per page a check's statements touch: about a tenth of a
-        // pass's CPU, measured. In memory it is bounded by one statement's pages.
-        conn.execute_batch("PRAGMA temp_store = MEMORY;")
-            .map_err(sqlite)?;
         Ok(Ledger::from_parts(conn, path.clone()))
     }
 
@@ -254,6 +249,44 @@ impl Database {
         let db = self.clone();
         blocking(&self.path, move || f(db.open(how)?)).await
     }
+}
+
+/// How much of one statement's journal SQLite keeps in memory before it moves it to a
+/// temporary file (its default: 64 KiB). It is also the size of the one piece the
+/// journal is kept in, and the move writes that piece with one call of SQLite's unix
+/// file layer, which takes at most 128 KiB - 1 (it masks the length to 17 bits): a
+/// larger value turns every move into a short write, reported as "database or disk is
+/// full".
+const STATEMENT_JOURNAL_IN_MEMORY: i32 = 120 << 10;
+
+/// Every write that fires a trigger keeps a statement journal: the pages it changes, to
+/// undo just that statement should a trigger refuse it. Past 64 KiB (16 pages, which a
+/// check's writes can reach when index pages split) SQLite moves it to a temporary file
+/// for the rest of the transaction, and every page written after costs a system call.
+/// `temp_store = MEMORY` avoids the file but keeps the journal in 1 KiB pieces, four
+/// allocations a page (measured: an eighth of a pass's instructions). A threshold of 30
+/// pages keeps a check's journal in memory in one piece; only bulk statements (pruning,
+/// migrations) still move theirs to a file.
+///
+/// A process-wide setting, which SQLite takes only before its first connection; a
+/// process that opened one earlier (a test harness, say) keeps the default, which
+/// changes what a write costs, not what it does.
+fn statement_journals_in_memory() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: SQLITE_CONFIG_STMTJRNL_SPILL takes one int; sqlite3_config is called
+        // once, before this process opens a connection (it answers SQLITE_MISUSE and
+        // changes nothing if SQLite was already initialized).
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_config(
+                rusqlite::ffi::SQLITE_CONFIG_STMTJRNL_SPILL,
+                STATEMENT_JOURNAL_IN_MEMORY,
+            )
+        };
+        if rc != rusqlite::ffi::SQLITE_OK {
+            tracing::debug!(rc, "statement journals keep SQLite's default threshold");
+        }
+    });
 }
 
 /// Migrates the ledger to the latest schema, and reads its identity.
@@ -287,12 +320,7 @@ fn integrity_due_at(last: Option<&str>, now: DateTime<Utc>) -> bool {
 /// ledger) only means the next run checks again, so it is logged and nothing more.
 fn stamp_integrity(ledger: &Ledger, now: DateTime<Utc>) {
     let stamped = ledger.sql(|c| {
-        let has_meta: bool = c.query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'meta')",
-            [],
-            |r| r.get(0),
-        )?;
-        if has_meta {
+        if has_meta(c)? {
             c.execute(
                 "INSERT INTO meta (key, value) VALUES (?1, ?2)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -309,17 +337,21 @@ fn stamp_integrity(ledger: &Ledger, now: DateTime<Utc>) {
 /// A `meta` value; `None` when the file has no such table or row.
 fn read_meta(ledger: &Ledger, key: &str) -> Result<Option<String>, LedgerError> {
     ledger.sql(|c| {
-        let has_meta: bool = c.query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'meta')",
-            [],
-            |r| r.get(0),
-        )?;
-        if !has_meta {
+        if !has_meta(c)? {
             return Ok(None);
         }
         c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
             .optional()
     })
+}
+
+/// Whether the file has a `meta` table (a file not migrated yet, or not a ledger, has none).
+fn has_meta(c: &rusqlite::Connection) -> rusqlite::Result<bool> {
+    c.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'meta')",
+        [],
+        |r| r.get(0),
+    )
 }
 
 /// SQLite's `quick_check` (the integrity check without the index-content comparison):
