@@ -17,6 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// The launcher's flag: `konbini-bench --measured REPORT PROGRAM [ARGS...]`.
 pub const LAUNCHER_FLAG: &str = "--measured";
 
+/// When set to a directory, every measured program runs under `valgrind
+/// --tool=callgrind`, its profile written there (see docs/performance.md).
+pub const CALLGRIND_ENV: &str = "KONBINI_BENCH_CALLGRIND";
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Usage {
     pub max_rss_kib: i64,
@@ -61,11 +65,20 @@ pub fn run_child(cmd: Command) -> Result<(i32, Usage, String, String), String> {
     ));
     let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
     let mut launcher = Command::new(exe);
-    launcher
-        .arg(LAUNCHER_FLAG)
-        .arg(&report)
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
+    launcher.arg(LAUNCHER_FLAG).arg(&report);
+    if let Some(dir) = std::env::var_os(CALLGRIND_ENV) {
+        // Instruction counts do not depend on what else the machine runs, so two
+        // programs can be compared on a shared machine; the CPU seconds are then
+        // valgrind's, not the program's.
+        let program = Path::new(cmd.get_program());
+        let name = program.file_name().unwrap_or(program.as_os_str());
+        let out = Path::new(&dir).join(format!("callgrind.{}.%p", name.to_string_lossy()));
+        launcher
+            .arg("valgrind")
+            .arg("--tool=callgrind")
+            .arg(format!("--callgrind-out-file={}", out.display()));
+    }
+    launcher.arg(cmd.get_program()).args(cmd.get_args());
     for (key, value) in cmd.get_envs() {
         match value {
             Some(v) => launcher.env(key, v),
