@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
-use super::Env;
+use super::types::Env;
 use super::validate as check;
 use crate::delivery::sign::SigningKey;
 use crate::ledger::EVENT_TYPES;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::{DEFAULT_BASE_URL, LogFormat};
+use super::types::{DEFAULT_BASE_URL, LogFormat};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]

@@ -12,11 +12,11 @@ use secrecy::{ExposeSecret, SecretString};
 use super::file::{
     FileApi, FileDatabase, FileDiscovery, FileMetrics, FileReconcile, FileSchedule, FileWebhook,
 };
-use super::validate::{self, at_most, in_range, positive};
-use super::{
+use super::types::{
     ApiSettings, DatabaseSettings, DiscoverySettings, Env, MetricsSettings, ReconcileSettings,
     ScheduleSettings, WebhookSettings, env,
 };
+use super::validate::{self, at_most, in_range, positive};
 use crate::domain::{RecheckStep, StoreId};
 
 /// A key at fault and what is wrong with it.
@@ -218,7 +218,7 @@ pub(super) fn reconcile(f: FileReconcile) -> Result<ReconcileSettings, Invalid> 
         retry_backoff_max: f.retry_backoff_max,
         not_found_limit: f.not_found_limit as u32,
         batch_size: f.batch_size as usize,
-        order_key: crate::config::delivery::order_key(f.order_key)?,
+        order_key: super::delivery::order_key(f.order_key)?,
     })
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use reqwest::Url;
 
-use super::{Env, env};
+use super::types::{Env, env};
 
 /// Largest config file read: far beyond any real one, small enough that `/dev/zero` given
 /// by mistake is refused instead of filling memory.

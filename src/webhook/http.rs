@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use futures::future::BoxFuture;
 
 use super::intake::Intake;
-use super::listen::Handler;
+use super::listen::{Answer, Handler};
 use super::{ChargeEvent, Health, Hint, MetricsRender, Stats, Throttle};
 use crate::context::Context;
 use crate::domain::text::one_line;
@@ -233,8 +233,6 @@ pub(crate) struct Service {
     pub(crate) malformed_log: Throttle,
     pub(crate) dropped_log: Throttle,
 }
-
-pub(super) type Answer = Response<Full<Bytes>>;
 
 /// `GET /metrics`: the cached text (never the ledger), behind a bearer token when one is
 /// set. Shared by the webhook listener (only with a token) and the metrics listener.

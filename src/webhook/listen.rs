@@ -39,8 +39,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::http::Answer;
 use super::{Throttle, WebhookError};
+
+/// What a [`Handler`] answers a request with.
+pub(super) type Answer = hyper::Response<http_body_util::Full<hyper::body::Bytes>>;
 
 /// Most connections served at once.
 pub(crate) const MAX_CONNECTIONS: usize = 256;
