@@ -1153,70 +1153,17 @@ async fn bad_discovery_config_is_exit_1_naming_the_key() {
 /// history: `/transaction_history` answers 404, every other GET is passed on (with its
 /// rate-limit headers). Returns its base URL.
 async fn without_history(upstream: String) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let client = reqwest::Client::new();
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let (client, upstream) = (client.clone(), upstream.clone());
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match sock.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&head).into_owned();
-                let mut lines = head.split("\r\n");
-                let path = lines
-                    .next()
-                    .unwrap_or("")
-                    .split(' ')
-                    .nth(1)
-                    .unwrap_or("/")
-                    .to_owned();
-                let auth = lines
-                    .find_map(|l| {
-                        l.split_once(':')
-                            .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"))
-                    })
-                    .map(|(_, v)| v.trim().to_owned())
-                    .unwrap_or_default();
-                let (status, mut extra, body) = if path.contains("/transaction_history") {
-                    (
-                        404,
-                        String::new(),
-                        r#"{"status":"error","code":"NOT_FOUND","errors":[]}"#.to_owned(),
-                    )
-                } else {
-                    let r = client
-                        .get(format!("{upstream}{path}"))
-                        .header("Authorization", auth)
-                        .send()
-                        .await
-                        .unwrap();
-                    let mut extra = String::new();
-                    for (k, v) in r.headers() {
-                        if k.as_str().starts_with("x-") {
-                            extra.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap()));
-                        }
-                    }
-                    (r.status().as_u16(), extra, r.text().await.unwrap())
-                };
-                extra.push_str(&format!(
-                    "content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
-                    body.len()
-                ));
-                let _ = sock
-                    .write_all(format!("HTTP/1.1 {status} X\r\n{extra}\r\n{body}").as_bytes())
-                    .await;
-            });
+    let rule: crate::proxy::Rule = std::sync::Arc::new(|path: &str| {
+        if path.contains("/transaction_history") {
+            crate::proxy::Verdict::Answer(
+                404,
+                r#"{"status":"error","code":"NOT_FOUND","errors":[]}"#.to_owned(),
+            )
+        } else {
+            crate::proxy::Verdict::Forward(path.to_owned())
         }
     });
-    format!("http://{addr}")
+    crate::proxy::start(upstream, rule).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

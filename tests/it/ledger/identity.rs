@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use konbini_reconciler::ledger::Ledger;
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -172,16 +172,8 @@ async fn every_command_refuses_a_corrupt_ledger_alike() {
     let app = TestApp::spawn().await;
     app.create("c1", 100);
     app.pass().await;
-    // The index of flagged charges: a page that a check of an unflagged charge and an
-    // export never read, so only an integrity check finds the damage there.
-    let page: i64 = app
-        .db()
-        .query_row(
-            "SELECT rootpage FROM sqlite_schema WHERE name = 'charges_mismatch'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    // An export never reads that page either.
+    let page = mismatch_index_page(&app);
     // `register` and `--once` check daily: as on a ledger whose last check is a day old.
     app.db()
         .execute("DELETE FROM meta WHERE key = 'integrity_checked_at'", [])
@@ -206,6 +198,58 @@ async fn every_command_refuses_a_corrupt_ledger_alike() {
             "{args:?}: {stderr}"
         );
     }
+}
+
+/// The root page of the index of flagged charges: a page that a check of an unflagged
+/// charge never reads, so only an integrity check finds damage there.
+fn mismatch_index_page(app: &TestApp) -> i64 {
+    app.db()
+        .query_row(
+            "SELECT rootpage FROM sqlite_schema WHERE name = 'charges_mismatch'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+fn checked_at(app: &TestApp) -> Option<String> {
+    app.db()
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'integrity_checked_at'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_checks_integrity_once_a_day_and_the_operators_commands_every_time() {
+    let app = TestApp::spawn().await;
+    app.create("c1", 100);
+    app.command().arg("--once").run().assert_code(0);
+    let first = checked_at(&app).expect("a passed check is recorded");
+    // A check a day and a half old is due again, and its time moves on.
+    app.db()
+        .execute(
+            "UPDATE meta SET value = '2000-01-01T00:00:00.000Z' WHERE key = 'integrity_checked_at'",
+            [],
+        )
+        .unwrap();
+    app.command().arg("--once").run().assert_code(0);
+    let second = checked_at(&app).unwrap();
+    assert!(
+        second.as_str() > "2000-01-01T00:00:00.000Z" && second.as_str() >= first.as_str(),
+        "{first} then {second}"
+    );
+    // Within the day `--once` does not look again, so damage where a pass never reads goes
+    // unseen by it; `status` checks on every run and finds it.
+    scribble(&app.db_path, mismatch_index_page(&app));
+    app.command().arg("--once").run().assert_code(0);
+    assert_eq!(checked_at(&app).as_deref(), Some(second.as_str()));
+    let out = app.command().arg("status").run();
+    out.assert_code(1);
+    assert!(out.stderr().contains("is corrupt"), "{}", out.stderr());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

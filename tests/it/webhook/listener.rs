@@ -15,21 +15,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use univapay_sim::{Reply, SimCharge, WebhookTarget};
 
+use super::http::{Daemon, NEVER, PATH, TOKEN, free_port, get, post};
 use crate::config::TestConfig;
 use crate::helpers::{STORE, TestApp, wait_until};
-use crate::util::{Finished, Running, TestCommand};
-
-/// The `Authorization` value configured at "UnivaPay" and in `[webhook]`.
-const TOKEN: &str = "Bearer wh-0123456789abcdef-secret";
-const PATH: &str = "/univapay/webhook";
-
-/// A cron that does not fire during a test: checks come from hints only.
-const NEVER: &str = "0 0 0 1 1 *";
-
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
+use crate::util::TestCommand;
 
 /// `[webhook]` with the token and `listen` (when given), and a schedule that leaves the
 /// checks to the hints.
@@ -44,55 +33,6 @@ fn webhook_config(c: &mut TestConfig, listen: Option<SocketAddr>) {
     *c = t;
 }
 
-/// The daemon with its webhook listener up.
-struct Daemon {
-    process: Running,
-    addr: SocketAddr,
-}
-
-impl Daemon {
-    /// Starts the daemon of `app` (whose config has `[webhook] listen = addr`) and waits
-    /// for `/healthz`.
-    async fn start(app: &TestApp, addr: SocketAddr) -> Daemon {
-        Self::wait_ready(app.command().spawn(), addr).await
-    }
-
-    async fn wait_ready(mut process: Running, addr: SocketAddr) -> Daemon {
-        let start = Instant::now();
-        loop {
-            if let Ok(r) = try_send(addr, get("/healthz")).await
-                && r.status == 200
-            {
-                return Daemon { process, addr };
-            }
-            if process.has_exited() {
-                let out = process.wait(Duration::from_secs(1));
-                panic!("daemon exited: {}", out.stderr());
-            }
-            assert!(start.elapsed() < Duration::from_secs(15), "listener not up");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// SIGTERM, and what the daemon wrote; it must exit 0.
-    async fn stop(mut self) -> Finished {
-        self.process.signal(libc::SIGTERM);
-        let out = self.process.finish(Duration::from_secs(20)).await;
-        out.assert_code(0);
-        out
-    }
-
-    async fn send(&self, request: Vec<u8>) -> HttpReply {
-        send(self.addr, request).await
-    }
-
-    /// A webhook with the right token.
-    async fn hook(&self, body: &str) -> HttpReply {
-        self.send(post(PATH, Some(TOKEN.as_bytes()), body.as_bytes()))
-            .await
-    }
-}
-
 /// A webhook body as UnivaPay sends it: the event and the whole charge.
 fn body(event: &str, charge: &SimCharge) -> String {
     json!({"event": event, "data": charge.to_json()}).to_string()
@@ -103,71 +43,6 @@ fn forged(event: &str, id: &str, store: &str) -> String {
     json!({"event": event, "data": {"id": id, "store_id": store, "status": "successful",
         "charged_amount": 1, "charged_currency": "JPY", "requested_amount": 1}})
     .to_string()
-}
-
-#[derive(Debug)]
-struct HttpReply {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-fn get(path: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").into_bytes()
-}
-
-/// A POST with `Content-Length`, and an `Authorization` header when given.
-fn post(path: &str, auth: Option<&[u8]>, body: &[u8]) -> Vec<u8> {
-    let mut r = format!(
-        "POST {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    )
-    .into_bytes();
-    if let Some(a) = auth {
-        r.extend_from_slice(b"Authorization: ");
-        r.extend_from_slice(a);
-        r.extend_from_slice(b"\r\n");
-    }
-    r.extend_from_slice(b"\r\n");
-    r.extend_from_slice(body);
-    r
-}
-
-/// Sends `request` on a fresh connection and reads the answer. The request is written
-/// beside the reading, and a failed write is ignored: the listener may answer (401, 413)
-/// and close before it has taken a large body.
-async fn try_send(addr: SocketAddr, request: Vec<u8>) -> std::io::Result<HttpReply> {
-    let s = TcpStream::connect(addr).await?;
-    let (mut rd, mut wr) = s.into_split();
-    let writer = tokio::spawn(async move {
-        let _ = wr.write_all(&request).await;
-        wr
-    });
-    let mut buf = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut buf)).await;
-    writer.abort();
-    match read {
-        Err(_) => return Err(std::io::Error::other("no answer within 10 s")),
-        // A reset after the answer (the rest of a refused body unread) loses nothing.
-        Ok(Err(e)) if buf.is_empty() => return Err(e),
-        Ok(_) => {}
-    }
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {text:?}")))?;
-    Ok(HttpReply {
-        status,
-        head: head.to_owned(),
-        body: body.to_owned(),
-    })
-}
-
-async fn send(addr: SocketAddr, request: Vec<u8>) -> HttpReply {
-    try_send(addr, request).await.unwrap()
 }
 
 /// A test app whose daemon will listen on a free port.
@@ -434,14 +309,14 @@ async fn the_answers_of_the_contract() {
     let ok_body = forged("charge_updated", "c1", STORE);
     let auth = Some(TOKEN.as_bytes());
 
-    let r = daemon.send(get("/healthz")).await;
+    let r = daemon.send(get("/healthz", None)).await;
     assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
     assert_eq!(
-        daemon.send(get("/metrics")).await.status,
+        daemon.send(get("/metrics", None)).await.status,
         404,
         "metrics not wired"
     );
-    assert_eq!(daemon.send(get("/")).await.status, 404);
+    assert_eq!(daemon.send(get("/", None)).await.status, 404);
     assert_eq!(daemon.send(post("/other", auth, b"{}")).await.status, 404);
     assert_eq!(
         daemon
@@ -450,7 +325,7 @@ async fn the_answers_of_the_contract() {
             .status,
         404
     );
-    let r = daemon.send(get(PATH)).await;
+    let r = daemon.send(get(PATH, None)).await;
     assert_eq!(r.status, 405);
     assert!(r.head.to_ascii_lowercase().contains("allow: post"), "{r:?}");
     let put = post(PATH, auth, b"{}")
@@ -607,24 +482,12 @@ async fn healthz_reports_a_failed_pass() {
         app.count("SELECT count(*) FROM runs WHERE outcome = 'auth_failed'") == 1
     })
     .await;
-    let r = daemon.send(get("/healthz")).await;
+    let r = daemon.send(get("/healthz", None)).await;
     assert_eq!(
         (r.status, r.body.as_str()),
         (503, "last pass: auth_failed\n")
     );
     daemon.stop().await;
-}
-
-impl Daemon {
-    /// As [`Daemon::wait_ready`], for a daemon whose `/healthz` may not say 200.
-    async fn wait_ready_any(process: Running, addr: SocketAddr) -> Daemon {
-        let start = Instant::now();
-        while TcpStream::connect(addr).await.is_err() {
-            assert!(start.elapsed() < Duration::from_secs(15), "listener not up");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Daemon { process, addr }
-    }
 }
 
 // ---- hostile clients ------------------------------------------------------------------
@@ -690,7 +553,7 @@ async fn slow_clients_are_cut_off() {
     );
     assert!(body_took < Duration::from_secs(13), "{body_took:?}");
     // Still serving.
-    assert_eq!(daemon.send(get("/healthz")).await.status, 200);
+    assert_eq!(daemon.send(get("/healthz", None)).await.status, 200);
     daemon.stop().await;
 }
 

@@ -2,5 +2,6 @@
 //! socket activation, and the public listener hardened (`/metrics` apart, coalescing,
 //! budgets for unknown charges, idle connections).
 
+mod http;
 mod listener;
 mod public_listener;

@@ -7,25 +7,15 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use univapay_sim::SimCharge;
 
+use super::http::{Daemon, NEVER, PATH, TOKEN, free_port, get, post, send};
 use crate::config::TestConfig;
 use crate::helpers::{STORE, TestApp, wait_until};
-use crate::util::{Finished, Running, TestCommand};
+use crate::util::TestCommand;
 
-const TOKEN: &str = "Bearer wh-0123456789abcdef-secret";
 const METRICS_TOKEN: &str = "metrics-0123456789abcdef";
-const PATH: &str = "/univapay/webhook";
-/// A cron that does not fire during a test: checks come from hints only.
-const NEVER: &str = "0 0 0 1 1 *";
-
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
 async fn app(edit: impl FnOnce(TestConfig) -> TestConfig) -> (TestApp, SocketAddr) {
     let addr = free_port();
     let app = TestApp::spawn_with(|c| {
@@ -39,89 +29,6 @@ async fn app(edit: impl FnOnce(TestConfig) -> TestConfig) -> (TestApp, SocketAdd
     })
     .await;
     (app, addr)
-}
-
-struct Daemon {
-    process: Running,
-    addr: SocketAddr,
-}
-
-impl Daemon {
-    async fn start(app: &TestApp, addr: SocketAddr) -> Daemon {
-        let mut process = app.command().spawn();
-        let start = Instant::now();
-        loop {
-            if let Ok(r) = try_send(addr, get("/healthz", None)).await
-                && r.status == 200
-            {
-                return Daemon { process, addr };
-            }
-            if process.has_exited() {
-                let out = process.wait(Duration::from_secs(1));
-                panic!("daemon exited: {}", out.stderr());
-            }
-            assert!(start.elapsed() < Duration::from_secs(15), "listener not up");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn stop(mut self) -> Finished {
-        self.process.signal(libc::SIGTERM);
-        let out = self.process.finish(Duration::from_secs(20)).await;
-        out.assert_code(0);
-        out
-    }
-
-    async fn hook(&self, body: &str) -> HttpReply {
-        send(self.addr, post(PATH, body.as_bytes())).await
-    }
-}
-
-#[derive(Debug)]
-struct HttpReply {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-fn get(path: &str, auth: Option<&str>) -> Vec<u8> {
-    let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
-    format!("GET {path} HTTP/1.1\r\nHost: t\r\n{auth}Connection: close\r\n\r\n").into_bytes()
-}
-
-fn post(path: &str, body: &[u8]) -> Vec<u8> {
-    let mut r = format!(
-        "POST {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/json\r\nAuthorization: {TOKEN}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    r.extend_from_slice(body);
-    r
-}
-
-async fn try_send(addr: SocketAddr, request: Vec<u8>) -> std::io::Result<HttpReply> {
-    let mut s = TcpStream::connect(addr).await?;
-    s.write_all(&request).await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
-        .await
-        .map_err(|_| std::io::Error::other("no answer within 10 s"))??;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {text:?}")))?;
-    Ok(HttpReply {
-        status,
-        head: head.to_owned(),
-        body: body.to_owned(),
-    })
-}
-
-async fn send(addr: SocketAddr, request: Vec<u8>) -> HttpReply {
-    try_send(addr, request).await.unwrap()
 }
 
 fn forged(event: &str, id: &str) -> String {
@@ -312,7 +219,11 @@ async fn a_flood_of_hints_for_one_charge_adds_a_row_per_get() {
         async move {
             let mut ok = 0u64;
             while started.elapsed() < Duration::from_secs(4) {
-                if send(addr, post(PATH, hint.as_bytes())).await.status == 200 {
+                if send(addr, post(PATH, Some(TOKEN.as_bytes()), hint.as_bytes()))
+                    .await
+                    .status
+                    == 200
+                {
                     ok += 1;
                 }
             }
@@ -438,7 +349,11 @@ async fn unknown_charges_have_a_small_budget_of_their_own() {
     let before = app.sim.counters().not_found;
     let r = send(
         addr,
-        post(PATH, forged("charge_updated", "unk-first").as_bytes()),
+        post(
+            PATH,
+            Some(TOKEN.as_bytes()),
+            forged("charge_updated", "unk-first").as_bytes(),
+        ),
     )
     .await;
     assert_eq!(r.status, 200);
@@ -454,7 +369,15 @@ async fn unknown_charges_have_a_small_budget_of_their_own() {
         let mut n = 0;
         while started.elapsed() < Duration::from_secs(4) {
             let id = format!("unk-{t}-{n}");
-            let r = send(addr, post(PATH, forged("charge_updated", &id).as_bytes())).await;
+            let r = send(
+                addr,
+                post(
+                    PATH,
+                    Some(TOKEN.as_bytes()),
+                    forged("charge_updated", &id).as_bytes(),
+                ),
+            )
+            .await;
             assert_eq!(r.status, 200);
             n += 1;
         }
@@ -466,7 +389,11 @@ async fn unknown_charges_have_a_small_budget_of_their_own() {
         let sent = Instant::now();
         let r = send(
             addr,
-            post(PATH, forged("charge_finished", "mine").as_bytes()),
+            post(
+                PATH,
+                Some(TOKEN.as_bytes()),
+                forged("charge_finished", "mine").as_bytes(),
+            ),
         )
         .await;
         assert_eq!(r.status, 200);
@@ -497,7 +424,11 @@ async fn unknown_charges_have_a_small_budget_of_their_own() {
     for _ in 0..20 {
         send(
             addr,
-            post(PATH, forged("charge_updated", "unk-first").as_bytes()),
+            post(
+                PATH,
+                Some(TOKEN.as_bytes()),
+                forged("charge_updated", "unk-first").as_bytes(),
+            ),
         )
         .await;
     }
