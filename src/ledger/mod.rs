@@ -71,7 +71,7 @@ pub use outbox::{
     MAX_METADATA, MAX_ORDER_REF, ShopFacts,
 };
 pub use overview::{Backlog, Figures, Overview, StateTotal};
-pub use retention::Prunable;
+pub use retention::{CHUNK_ROWS, Prunable, Pruned};
 pub use runs::RunRow;
 pub use time::{Timestamp, ts};
 
