@@ -247,12 +247,18 @@ mod tests {
         assert_eq!(
             l.prune_step(Prunable::WebhookEvents, cutoff, now, 2, LONG)
                 .unwrap(),
-            Pruned { rows: 2, more: true }
+            Pruned {
+                rows: 2,
+                more: true
+            }
         );
         assert_eq!(
             l.prune_step(Prunable::WebhookEvents, cutoff, now, 2, LONG)
                 .unwrap(),
-            Pruned { rows: 1, more: false }
+            Pruned {
+                rows: 1,
+                more: false
+            }
         );
         assert_eq!(
             l.prune_step(Prunable::WebhookEvents, cutoff, now, 2, LONG)
