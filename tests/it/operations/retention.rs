@@ -459,8 +459,9 @@ fn retention_figures_longest_pause_of_a_writer() {
     };
     let line = |t: &[Duration]| {
         let p = |q: f64| t[((t.len() - 1) as f64 * q) as usize];
+        let over = t.iter().filter(|d| **d > Duration::from_millis(10)).count();
         format!(
-            "{} writes, median {:?}, p99 {:?}, longest {:?}",
+            "{} writes, median {:?}, p99 {:?}, longest {:?}, {over} over 10 ms",
             t.len(),
             p(0.5),
             p(0.99),
