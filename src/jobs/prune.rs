@@ -20,10 +20,7 @@
 //! candidates read before it without the lock; then at most [`VACUUM_PAGES`] pages
 //! handed back, a transaction of its own). A writer that comes
 //! meanwhile waits for that transaction only (`database.busy_timeout` covers it), and
-//! the pause between steps lets it in before the next one. After each step the pruner
-//! checkpoints the WAL itself (passively: it never waits for nor blocks a writer), so
-//! that the pages its deletes wrote are not left for the automatic checkpoint a pass's
-//! commit would otherwise run, and wait for. The longest such wait is
+//! the pause between steps lets it in before the next one. The longest such wait is
 //! measured in docs/operations.md ("Retention").
 
 use std::sync::Arc;
@@ -143,8 +140,6 @@ pub fn round(
             out.longest_step = out.longest_step.max(began.elapsed());
             // No row gone though some were read: they changed since (a delivery
             // replayed); the next round looks again rather than this one spinning.
-            // Outside the step's timing: it holds no lock a writer waits for.
-            ledger.checkpoint_passive()?;
             if !step.more || step.rows == 0 {
                 break;
             }
@@ -209,7 +204,6 @@ fn archive_steps(
             out.archived += m.charges as u64;
             ARCHIVED.fetch_add(m.charges as u64, Ordering::Relaxed);
             moved_any |= m.charges > 0;
-            ledger.checkpoint_passive()?;
             rest = &rest[m.looked.max(1).min(rest.len())..];
         }
         out.pages_freed += ledger.reclaim_free_pages(VACUUM_PAGES)?;

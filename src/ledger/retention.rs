@@ -162,21 +162,6 @@ impl Ledger {
         })
     }
 
-    /// Copies what the WAL holds into the database file, as far as no reader needs it,
-    /// without waiting for anyone (`PRAGMA wal_checkpoint(PASSIVE)`: no lock that a
-    /// writer takes). Called by the pruner between its steps, so that the WAL its
-    /// deletes fill never reaches SQLite's automatic checkpoint (1,000 pages) in the
-    /// commit of a pass's write, which would then copy and sync it all before its
-    /// `COMMIT` returns. Returns the pages still in the WAL afterwards.
-    pub fn checkpoint_passive(&self) -> Result<i64, LedgerError> {
-        let (log, done): (i64, i64) = self.sql(|c| {
-            c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                Ok((r.get(1)?, r.get(2)?))
-            })
-        })?;
-        Ok((log - done).max(0))
-    }
-
     /// Hands up to `pages` free pages back to the file system when the ledger was
     /// created with `auto_vacuum = INCREMENTAL`; otherwise does nothing (SQLite reuses
     /// the free pages for new rows anyway). Returns the pages freed.
