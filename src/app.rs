@@ -94,6 +94,11 @@ pub(crate) enum Command {
         #[arg(long)]
         raw: bool,
     },
+    /// One charge with its history, from the ledger or, once archived, from the archive.
+    Show {
+        #[arg(value_name = "CHARGE_ID", value_parser = commands::parse_charge_id)]
+        charge_id: ChargeId,
+    },
     /// A consistent copy of the ledger, integrity-checked, written atomically to DEST
     /// (beside a running daemon; never over the live database).
     Backup {
@@ -338,6 +343,7 @@ pub(crate) fn run_command(command: Command, settings: Arc<Settings>) -> Exit {
             commands::export::run(&settings, &filter, cells, &mut out)
         }
         Command::Backup { dest, force } => commands::backup::run(&settings, &dest, force, &mut out),
+        Command::Show { charge_id } => commands::show::run(&settings, &charge_id, &mut out),
         Command::Events {
             after,
             follow,

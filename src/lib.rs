@@ -25,7 +25,7 @@
 //! - [`app`]: the command-line entry points (`--once`, the daemon, the operator's
 //!   commands) and exit codes.
 //! - `commands`: the operator's commands: `status`, `register`, `check`, `recheck`,
-//!   `export`.
+//!   `export`, `events`, `deliveries`, `backup`, `show`.
 //! - `telemetry`: tracing setup.
 //!
 //! `main.rs` only parses the command line and hands over to [`app::main`].

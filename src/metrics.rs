@@ -121,6 +121,7 @@ pub fn render(s: &Snapshot) -> String {
     add(discovery_figures(&crate::discovery::history_fallbacks()));
     add(crate::delivery::metrics::figures(&s.deliveries, s.taken_at));
     add(pruned_figures(&crate::jobs::prune::pruned_totals()));
+    add(archived_figure(crate::jobs::prune::archived_total()));
     let mut text = String::new();
     if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut text) {
         tracing::warn!(error = %e, "metrics not rendered");
@@ -382,6 +383,17 @@ fn pruned_figures(totals: &[(&str, u64)]) -> Box<dyn Collector> {
     Box::new(c)
 }
 
+/// The count from [`crate::jobs::prune::archived_total`].
+fn archived_figure(total: u64) -> Box<dyn Collector> {
+    let c = prometheus::IntCounter::new(
+        "konbini_archived_charges_total",
+        "Charges moved to the archive by [retention] archive, since the process started.",
+    )
+    .expect("valid metric");
+    c.inc_by(total);
+    Box::new(c)
+}
+
 fn budget(s: &Snapshot) -> Box<dyn Collector> {
     let mut group = vec![gauge(
         "konbini_budget_share",
@@ -629,9 +641,27 @@ mod tests {
             );
         }
         assert!(text.contains("konbini_api_requests_total{result=\"ok\"} 0"));
+        assert!(
+            text.contains("# TYPE konbini_archived_charges_total counter"),
+            "{text}"
+        );
         // No pass yet: no timestamp (the "no recent pass" alert then sees it as absent).
         assert!(!text.contains("konbini_last_pass_timestamp_seconds"));
         assert!(!text.contains("konbini_rate_limit_remaining"));
         assert_eq!(s.budget_share_used(), None);
+    }
+
+    #[test]
+    fn archived_charges_are_one_counter() {
+        let registry = Registry::new();
+        registry.register(archived_figure(3)).unwrap();
+        let mut text = String::new();
+        prometheus::TextEncoder::new()
+            .encode_utf8(&registry.gather(), &mut text)
+            .unwrap();
+        assert!(
+            text.contains("\nkonbini_archived_charges_total 3\n"),
+            "{text}"
+        );
     }
 }

@@ -1,5 +1,5 @@
 //! The operator's commands: `status`, `register`, `check`, `recheck`, `export`, `events`,
-//! `deliveries` and `backup`.
+//! `deliveries`, `backup` and `show`.
 //!
 //! They read the same config as the service, so they find its database and credentials,
 //! and they run beside it: each database step is one short transaction (SQLite in WAL
@@ -20,6 +20,7 @@ pub(crate) mod events;
 pub(crate) mod export;
 pub(crate) mod recheck;
 pub(crate) mod register;
+pub(crate) mod show;
 pub(crate) mod status;
 
 use chrono::{DateTime, Utc};

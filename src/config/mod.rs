@@ -91,6 +91,8 @@ impl Settings {
             message,
         };
         let file: FileConfig = parse_toml(text).map_err(invalid)?;
+        let retention =
+            retention::retention(file.retention, &file.database.path).map_err(invalid)?;
         Ok(Settings {
             api: sections::api(file.api, path, env).map_err(invalid)?,
             database: sections::database(file.database).map_err(invalid)?,
@@ -114,7 +116,7 @@ impl Settings {
                 .transpose()
                 .map_err(invalid)?,
             delivery: delivery::endpoints(file.delivery, path, env).map_err(invalid)?,
-            retention: retention::retention(file.retention).map_err(invalid)?,
+            retention,
             warnings: Vec::new(),
         })
     }

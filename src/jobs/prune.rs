@@ -3,16 +3,22 @@
 //!
 //! `When::Own`, first round [`FIRST_AFTER`] after the daemon starts, then one every
 //! [`EVERY`]. A round works through each kind of row until nothing older than its cutoff
-//! is left: steps of at most [`STEP_ROWS`] rows, [`STEP_PAUSE`] apart, the shutdown
-//! checked between them. `--once` runs a round when the last one (recorded in the
+//! is left: steps of at most [`STEP_ROWS`] rows and [`STEP_BUDGET`] of write lock,
+//! [`STEP_PAUSE`] apart, the shutdown checked between them. `--once` runs a round when the last one (recorded in the
 //! ledger's `meta`, whichever process ran it) ended [`EVERY`] ago or more, so a
 //! `--once` timer prunes about as often as the daemon would.
+//!
+//! With `retention.archive`, a round then moves the final charges older than it to the
+//! archive file (see the ledger's `archive` module), in the same discipline: steps of
+//! at most [`ARCHIVE_CHARGES`] charges, each a copy (which holds only the archive's
+//! lock) and then deletes of [`STEP_BUDGET`] each, [`STEP_PAUSE`] apart.
 //!
 //! `Lock::None`: pruning spends no UnivaPay budget and changes no charge, so it need not
 //! wait for a pass nor make one wait. What it shares with a pass or a hint check is
 //! SQLite's one write lock, and each step holds it only for one short transaction (a
-//! delete of a few thousand rows by primary key, the candidates read before it without
-//! the lock; then at most [`VACUUM_PAGES`] pages handed back). A writer that comes
+//! delete by primary key that commits once it has run for [`STEP_BUDGET`], the
+//! candidates read before it without the lock; then at most [`VACUUM_PAGES`] pages
+//! handed back, a transaction of its own). A writer that comes
 //! meanwhile waits for that transaction only (`database.busy_timeout` covers it), and
 //! the pause between steps lets it in before the next one. The longest such wait is
 //! measured in docs/operations.md ("Retention").
@@ -32,17 +38,34 @@ use crate::ledger::{Ledger, LedgerError, Open, Prunable, Timestamp, Trigger};
 
 /// Rows deleted per step, at most.
 pub const STEP_ROWS: usize = 250;
+/// How long a step's delete holds the write lock, about: it commits after the chunk
+/// of [`crate::ledger::CHUNK_ROWS`] rows that reaches this. A pass's write waits for
+/// one step at most, so this plus one chunk is the pause pruning adds to it; the goal
+/// is under 10 ms (docs/operations.md, "Retention").
+pub const STEP_BUDGET: Duration = Duration::from_millis(2);
 /// Between two steps: room for a waiting writer.
 pub const STEP_PAUSE: Duration = Duration::from_millis(20);
 /// The daemon's first round, after its start.
 pub const FIRST_AFTER: Duration = Duration::from_secs(30);
 /// Between two rounds.
 pub const EVERY: Duration = Duration::from_secs(600);
-/// Free pages handed back after each step, at most.
-pub const VACUUM_PAGES: u32 = 32;
+/// Free pages handed back after each step, at most. Each page moved is a read and a
+/// write under the lock; eight keep that transaction as short as a step's delete.
+pub const VACUUM_PAGES: u32 = 8;
+
+/// Charges one archiving step copies, at most. The copy holds no lock of the ledger;
+/// its deletes follow in transactions of [`STEP_BUDGET`].
+pub const ARCHIVE_CHARGES: usize = 50;
 
 /// Rows pruned by this process, per [`Prunable`] (in [`Prunable::ALL`]'s order).
 static PRUNED: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+/// Charges archived by this process.
+static ARCHIVED: AtomicU64 = AtomicU64::new(0);
+
+/// Charges moved to the archive since the process started, for the metrics.
+pub fn archived_total() -> u64 {
+    ARCHIVED.load(Ordering::Relaxed)
+}
 
 /// `(table, rows pruned since the process started)`, for the metrics.
 pub fn pruned_totals() -> Vec<(&'static str, u64)> {
@@ -80,6 +103,8 @@ pub fn is_due(last: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
 pub struct Round {
     /// Per kind pruned, rows deleted.
     pub pruned: Vec<(Prunable, u64)>,
+    /// Charges moved to the archive.
+    pub archived: u64,
     pub steps: u64,
     pub pages_freed: u64,
     /// The longest step (its read, its delete and the pages handed back).
@@ -105,15 +130,17 @@ pub fn round(
                 break 'kinds;
             }
             let began = Instant::now();
-            let n = ledger.prune_step(what, cutoff, now, STEP_ROWS)?;
+            let step = ledger.prune_step(what, cutoff, now, STEP_ROWS, STEP_BUDGET)?;
             out.steps += 1;
-            total += n as u64;
-            PRUNED[what as usize].fetch_add(n as u64, Ordering::Relaxed);
-            if n > 0 {
+            total += step.rows as u64;
+            PRUNED[what as usize].fetch_add(step.rows as u64, Ordering::Relaxed);
+            if step.rows > 0 {
                 out.pages_freed += ledger.reclaim_free_pages(VACUUM_PAGES)?;
             }
             out.longest_step = out.longest_step.max(began.elapsed());
-            if n < STEP_ROWS {
+            // No row gone though some were read: they changed since (a delivery
+            // replayed); the next round looks again rather than this one spinning.
+            if !step.more || step.rows == 0 {
                 break;
             }
             std::thread::sleep(STEP_PAUSE);
@@ -121,9 +148,71 @@ pub fn round(
         out.pruned.push((what, total));
     }
     if !out.interrupted {
+        archive(ledger, retention, now, shutdown, &mut out)?;
+    }
+    if !out.interrupted {
         ledger.set_pruned_at(now)?;
     }
     Ok(out)
+}
+
+/// The archiving part of a round, when `retention.archive` is set: see the module doc.
+fn archive(
+    ledger: &mut Ledger,
+    retention: &RetentionSettings,
+    now: DateTime<Utc>,
+    shutdown: &CancellationToken,
+    out: &mut Round,
+) -> Result<(), LedgerError> {
+    let Some(keep) = retention.archive else {
+        return Ok(());
+    };
+    let cutoff = Timestamp::before(now, keep);
+    ledger.attach_archive(&retention.archive_path)?;
+    let moved = archive_steps(ledger, cutoff, now, shutdown, out);
+    // Detached whatever happened, so the connection never keeps the file open.
+    let detached = ledger.detach_archive();
+    moved.and(detached)
+}
+
+fn archive_steps(
+    ledger: &mut Ledger,
+    cutoff: Timestamp,
+    now: DateTime<Utc>,
+    shutdown: &CancellationToken,
+    out: &mut Round,
+) -> Result<(), LedgerError> {
+    loop {
+        let ids = ledger.archive_candidates(cutoff, ARCHIVE_CHARGES)?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        ledger.archive_copy(&ids)?;
+        let (mut rest, mut moved_any) = (&ids[..], false);
+        while !rest.is_empty() {
+            if shutdown.is_cancelled() {
+                // What was copied and not deleted is in both files: the next round
+                // copies it again and deletes it.
+                out.interrupted = true;
+                return Ok(());
+            }
+            std::thread::sleep(STEP_PAUSE);
+            let began = Instant::now();
+            let m = ledger.archive_delete(rest, cutoff, now, STEP_BUDGET)?;
+            out.steps += 1;
+            out.longest_step = out.longest_step.max(began.elapsed());
+            out.archived += m.charges as u64;
+            ARCHIVED.fetch_add(m.charges as u64, Ordering::Relaxed);
+            moved_any |= m.charges > 0;
+            rest = &rest[m.looked.max(1).min(rest.len())..];
+        }
+        out.pages_freed += ledger.reclaim_free_pages(VACUUM_PAGES)?;
+        // Candidates that all stayed changed since they were read: the next round
+        // looks again rather than this one spinning on them.
+        if !moved_any || ids.len() < ARCHIVE_CHARGES {
+            return Ok(());
+        }
+    }
 }
 
 /// See the module doc.
@@ -142,14 +231,14 @@ impl PruneJob {
     }
 
     fn retention(&self) -> RetentionSettings {
-        self.ctx.settings().retention
+        self.ctx.settings().retention.clone()
     }
 
     fn round_work(&self) -> Work {
         let ctx = self.ctx.clone();
         Box::new(move |_held, shutdown| {
             Box::pin(async move {
-                let retention = ctx.settings().retention;
+                let retention = ctx.settings().retention.clone();
                 let now = ctx.now();
                 let began = Instant::now();
                 let done = ctx
@@ -178,6 +267,7 @@ fn log_round(done: Result<Round, LedgerError>, took: Duration) {
                 webhook_events = rows(Prunable::WebhookEvents),
                 runs = rows(Prunable::Runs),
                 deliveries = rows(Prunable::Deliveries),
+                archived_charges = r.archived,
                 steps = r.steps,
                 pages_freed = r.pages_freed,
                 longest_step_ms = r.longest_step.as_millis() as u64,
@@ -269,6 +359,7 @@ mod tests {
             webhook_events: Some(Duration::from_secs(86_400)),
             runs: None,
             deliveries: Some(Duration::from_secs(3600)),
+            ..RetentionSettings::default()
         };
         let c = cutoffs(&r, at(12, 0));
         assert_eq!(
@@ -286,6 +377,7 @@ mod tests {
         assert!(cutoffs(&RetentionSettings::default(), at(12, 0)).is_empty());
         // The step fits one short transaction; the pause leaves a waiting writer room.
         assert!((100..=5000).contains(&STEP_ROWS));
+        assert!(STEP_BUDGET <= Duration::from_millis(3));
         assert!(FIRST_AFTER <= Duration::from_secs(60));
     }
 }

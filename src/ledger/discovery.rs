@@ -234,8 +234,8 @@ impl Ledger {
         Ok(t.and_then(|t| parse_ts(&t)))
     }
 
-    /// The ids among `ids` that need no more requests: in the ledger, or skipped for
-    /// good (a charge being retried is not).
+    /// The ids among `ids` that need no more requests: in the ledger, archived, or
+    /// skipped for good (a charge being retried is not).
     pub fn known_charges<'a>(
         &self,
         ids: impl IntoIterator<Item = &'a ChargeId>,
@@ -243,6 +243,7 @@ impl Ledger {
         self.sql(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM charges WHERE charge_id = ?1)
+                     OR EXISTS (SELECT 1 FROM archived_charges WHERE charge_id = ?1)
                      OR EXISTS (SELECT 1 FROM discovery_skips
                                 WHERE charge_id = ?1 AND reason <> 'retrying')",
             )?;

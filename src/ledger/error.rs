@@ -38,6 +38,17 @@ pub enum LedgerError {
         expected: String,
         found: String,
     },
+    /// The archive file belongs to another ledger (or is no archive at all). It is never
+    /// written to nor read as this ledger's.
+    #[error(
+        "archive {path} is not this ledger's: it carries ledger id {found}, the ledger is \
+         {expected}; nothing was archived (check retention.archive_path)"
+    )]
+    ForeignArchive {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
     /// SQLite's integrity check found damage.
     #[error("database {path} is corrupt ({detail}); restore it from a backup (see docs/ledger.md)")]
     Corrupt { path: PathBuf, detail: String },

@@ -122,6 +122,9 @@ pub enum HintTarget {
     Final,
     /// The ledger holds the id under another store: nothing written, nothing checked.
     OtherStore,
+    /// Archived (moved to the archive file, final): nothing written, nothing checked,
+    /// never registered again.
+    Archived,
     /// Not in the ledger.
     Unknown,
 }
@@ -141,6 +144,8 @@ impl Ledger {
                 .prepare_cached(
                     "SELECT store_id, state, coalesce(expires_at <= ?2, 0) FROM charges WHERE charge_id = ?1",
                 )?;
+            let mut archived = tx
+                .prepare_cached("SELECT 1 FROM archived_charges WHERE charge_id = ?1")?;
             for h in hints {
                 let found: Option<(String, String, bool)> = look
                     .query_row(params![h.charge_id.as_str(), ts(h.at)], |r| {
@@ -148,6 +153,7 @@ impl Ledger {
                     })
                     .optional()?;
                 let target = match found {
+                    None if archived.exists([h.charge_id.as_str()])? => HintTarget::Archived,
                     None => HintTarget::Unknown,
                     Some((store, _, _)) if store != h.store_id.as_str() => HintTarget::OtherStore,
                     Some((_, state, past_deadline)) => match State::parse(&state) {

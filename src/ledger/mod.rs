@@ -20,12 +20,15 @@
 //! - `discovery`: discovery's registrations, watermarks and skips.
 //! - `backup`: the online, integrity-checked copy behind `backup DEST`.
 //! - `retention`: what `[retention]` prunes, in bounded steps, and the space handed back.
+//! - `archive`: moving old final charges with their history to the archive file, and
+//!   reading them back there.
 //! - `outbox`: the shop's facts, the event payloads and the delivery rows (written by
 //!   triggers in the transaction of the change), the feed and delivery queries.
 //!
 //! Everything here is blocking (rusqlite); async code calls it through
 //! [`Database::with_ledger`] or [`blocking`], on tokio's blocking pool.
 
+mod archive;
 pub mod backup;
 mod charges;
 mod checks;
@@ -52,6 +55,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 // The run types live in `domain`; they are part of what the ledger stores.
 pub use crate::domain::{Counts, Outcome, Trigger};
 
+pub use archive::{ChargeRecord, Moved};
 pub use charges::{
     Backfill, EXPORT_COLUMNS, ExportFilter, ExportRow, NewCharge, Rechecked, Registered,
 };
@@ -71,7 +75,7 @@ pub use outbox::{
     MAX_METADATA, MAX_ORDER_REF, ShopFacts,
 };
 pub use overview::{Backlog, Figures, Overview, StateTotal};
-pub use retention::Prunable;
+pub use retention::{CHUNK_ROWS, Prunable, Pruned};
 pub use runs::RunRow;
 pub use time::{Timestamp, ts};
 

@@ -19,7 +19,13 @@
 //! A step is two statements: the candidates are read first (a WAL read, which never
 //! holds a writer up), then deleted by id in one short `IMMEDIATE` transaction that
 //! checks the conditions again, so a row that changed in between (a delivery replayed)
-//! stays. Only the delete holds the write lock, for a few thousand rows by primary key.
+//! stays. Only the delete holds the write lock, and it is bounded twice: by the rows
+//! read, and by time: the ids go in chunks of [`CHUNK_ROWS`], and the transaction
+//! commits after the chunk that takes it past the step's time budget, leaving the rest
+//! for the next step. A writer waiting for the lock therefore waits for about that
+//! budget, whatever the rows cost on this machine (cold pages, a slow disk).
+
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
@@ -99,16 +105,32 @@ impl Prunable {
 /// The `meta` key of the time the last prune round ended.
 const PRUNED_AT: &str = "retention_pruned_at";
 
+/// Ids deleted by one statement of a step: small enough that a chunk's cost is a
+/// fraction of the step's time budget, large enough that a statement's own overhead is
+/// a small share of it.
+pub const CHUNK_ROWS: usize = 25;
+
+/// What one prune step did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Rows deleted.
+    pub rows: usize,
+    /// Whether rows older than the cutoff may be left: the step read as many candidates
+    /// as it could take, or stopped at its time budget before deleting them all.
+    pub more: bool,
+}
+
 impl Ledger {
-    /// One step: deletes at most `limit` rows of `what` older than `cutoff`. Returns
-    /// how many went; fewer than `limit` means nothing older is left.
+    /// One step: deletes at most `limit` rows of `what` older than `cutoff`, and stops
+    /// committing further chunks once its transaction has run for `budget`.
     pub fn prune_step(
         &mut self,
         what: Prunable,
         cutoff: Timestamp,
         now: DateTime<Utc>,
         limit: usize,
-    ) -> Result<usize, LedgerError> {
+        budget: Duration,
+    ) -> Result<Pruned, LedgerError> {
         let now = ts(now);
         let ids: Vec<i64> = self.sql(|c| {
             c.prepare_cached(what.candidates_sql())?
@@ -116,12 +138,27 @@ impl Ledger {
                 .collect()
         })?;
         if ids.is_empty() {
-            return Ok(0);
+            return Ok(Pruned::default());
         }
-        let ids = serde_json::to_string(&ids).unwrap_or_default();
+        let full = ids.len() >= limit;
         self.write(|tx| {
-            tx.prepare_cached(what.delete_sql())?
-                .execute(params![cutoff, now, ids])
+            // Timed from the lock taken: that is what a waiting writer waits for.
+            let began = Instant::now();
+            let mut stmt = tx.prepare_cached(what.delete_sql())?;
+            let (mut rows, mut done) = (0, 0);
+            for chunk in ids.chunks(CHUNK_ROWS) {
+                let chunk = serde_json::to_string(chunk).unwrap_or_default();
+                rows += stmt.execute(params![cutoff, now, chunk])?;
+                done += 1;
+                if began.elapsed() >= budget {
+                    break;
+                }
+            }
+            let stopped = done * CHUNK_ROWS < ids.len();
+            Ok(Pruned {
+                rows,
+                more: full || stopped,
+            })
         })
     }
 
@@ -184,6 +221,9 @@ mod tests {
     use super::*;
     use crate::ledger::test_ledger;
 
+    /// A budget no step of these small tests reaches.
+    const LONG: Duration = Duration::from_secs(60);
+
     fn count(l: &Ledger, sql: &str) -> i64 {
         l.conn().query_row(sql, [], |r| r.get(0)).unwrap()
     }
@@ -205,19 +245,25 @@ mod tests {
         let now = Utc.with_ymd_and_hms(2026, 3, 2, 0, 0, 0).unwrap();
         let cutoff = Timestamp::before(now, Duration::from_secs(30 * 86_400));
         assert_eq!(
-            l.prune_step(Prunable::WebhookEvents, cutoff, now, 2)
+            l.prune_step(Prunable::WebhookEvents, cutoff, now, 2, LONG)
                 .unwrap(),
-            2
+            Pruned {
+                rows: 2,
+                more: true
+            }
         );
         assert_eq!(
-            l.prune_step(Prunable::WebhookEvents, cutoff, now, 2)
+            l.prune_step(Prunable::WebhookEvents, cutoff, now, 2, LONG)
                 .unwrap(),
-            1
+            Pruned {
+                rows: 1,
+                more: false
+            }
         );
         assert_eq!(
-            l.prune_step(Prunable::WebhookEvents, cutoff, now, 2)
+            l.prune_step(Prunable::WebhookEvents, cutoff, now, 2, LONG)
                 .unwrap(),
-            0
+            Pruned::default()
         );
         assert_eq!(count(&l, "SELECT count(*) FROM charge_events"), 3);
         assert_eq!(
@@ -249,7 +295,12 @@ mod tests {
             .unwrap();
         let now = Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap();
         let cutoff = Timestamp::before(now, Duration::from_secs(90 * 86_400));
-        assert_eq!(l.prune_step(Prunable::Runs, cutoff, now, 100).unwrap(), 2);
+        assert_eq!(
+            l.prune_step(Prunable::Runs, cutoff, now, 100, LONG)
+                .unwrap()
+                .rows,
+            2
+        );
         let left: Vec<i64> = l
             .conn()
             .prepare("SELECT id FROM runs ORDER BY id")
@@ -278,8 +329,9 @@ mod tests {
         let now = Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap();
         let cutoff = Timestamp::before(now, Duration::from_secs(30 * 86_400));
         assert_eq!(
-            l.prune_step(Prunable::Deliveries, cutoff, now, 100)
-                .unwrap(),
+            l.prune_step(Prunable::Deliveries, cutoff, now, 100, LONG)
+                .unwrap()
+                .rows,
             1
         );
         assert_eq!(
@@ -291,6 +343,36 @@ mod tests {
         );
         assert_eq!(count(&l, "SELECT count(*) FROM deliveries"), 2);
         assert_eq!(count(&l, "SELECT count(*) FROM event_payloads"), 2);
+    }
+
+    #[test]
+    fn a_step_stops_at_its_time_budget_and_says_more_is_left() {
+        let (_d, mut l) = test_ledger();
+        l.conn()
+            .execute_batch(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100)
+                 INSERT INTO charge_events (charge_id, at, kind) SELECT 'c', '2026-01-01T00:00:00.000Z', 'webhook' FROM n;",
+            )
+            .unwrap();
+        let now = Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap();
+        let cutoff = Timestamp::before(now, Duration::from_secs(86_400));
+        // A zero budget: one chunk, then the commit.
+        assert_eq!(
+            l.prune_step(Prunable::WebhookEvents, cutoff, now, 1000, Duration::ZERO)
+                .unwrap(),
+            Pruned {
+                rows: CHUNK_ROWS,
+                more: true
+            }
+        );
+        assert_eq!(
+            l.prune_step(Prunable::WebhookEvents, cutoff, now, 1000, LONG)
+                .unwrap(),
+            Pruned {
+                rows: 75,
+                more: false
+            }
+        );
     }
 
     #[test]
@@ -307,8 +389,9 @@ mod tests {
         let now = Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap();
         let cutoff = Timestamp::before(now, Duration::from_secs(86_400));
         assert_eq!(
-            l.prune_step(Prunable::WebhookEvents, cutoff, now, 5000)
-                .unwrap(),
+            l.prune_step(Prunable::WebhookEvents, cutoff, now, 5000, LONG)
+                .unwrap()
+                .rows,
             3000
         );
         let free = count(&l, "PRAGMA freelist_count");

@@ -4,7 +4,7 @@
 
 use rusqlite_migration::{M, Migrations};
 
-use super::outbox;
+use super::{archive, outbox};
 
 const V1: &str = r#"
 CREATE TABLE charges (
@@ -332,6 +332,7 @@ pub(super) fn migrations() -> Migrations<'static> {
             tx.execute_batch(outbox::V4_OUTBOX)?;
             Ok(())
         }),
+        M::up(archive::V6_ARCHIVE),
     ])
 }
 

@@ -192,6 +192,10 @@ impl Intake {
                 Stats::bump(&s.for_final);
                 tracing::debug!(charge_id = %id, event, "webhook hint for a final charge; nothing to check");
             }
+            HintTarget::Archived => {
+                Stats::bump(&s.for_final);
+                tracing::debug!(charge_id = %id, event, "webhook hint for an archived charge; nothing to check");
+            }
             HintTarget::OtherStore => {
                 Stats::bump(&s.other_store);
                 tracing::debug!(charge_id = %id, store_id = %store, event, "webhook hint names a ledger charge under another store; ignored");

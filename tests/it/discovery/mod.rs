@@ -6,4 +6,4 @@
 mod crash;
 mod fallback;
 mod order;
-mod sweep;
+pub(crate) mod sweep;

@@ -1,6 +1,7 @@
 //! Operating the reconciler: the metrics textfile, alert rules and dashboard, `backup`
-//! with the restore drill, and retention.
+//! with the restore drill, retention and archiving.
 
+mod archive;
 mod backup;
 mod metrics;
 mod retention;

@@ -3,6 +3,7 @@
 //! round is due; the daemon's job runs its first round within a minute of start.
 //! The figures of docs/operations.md ("Retention") come from the two ignored tests at
 //! the end (`cargo test --release --test it retention_figures -- --ignored --nocapture`).
+//! Archiving's own tests are in `archive.rs` beside this file.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -189,7 +190,7 @@ async fn the_daemon_prunes_within_a_minute_of_start_then_every_ten_minutes() {
 
 /// A simulated ledger: 1,000 charges a day, each with its two transitions (the outbox
 /// trigger adds their payloads and one delivery row each, delivered the same day) and
-/// two webhook events, and a pass a minute (1,440 `runs` rows a day). With `retention`,
+/// two webhook events, and a pass a minute (1,440 `runs` rows a day). With retention,
 /// a prune round at the end of every day, as the job would run it.
 struct SimYear {
     _dir: tempfile::TempDir,
@@ -201,8 +202,19 @@ struct SimYear {
 
 const PER_DAY: usize = 1000;
 
+/// What a simulated ledger keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// No `[retention]`.
+    Everything,
+    /// The contract's example retention (30d / 90d / 30d).
+    Pruned,
+    /// That and `archive = "400d"`.
+    Archived,
+}
+
 impl SimYear {
-    fn new(retention: bool) -> SimYear {
+    fn new(keep: Keep) -> SimYear {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("year.db");
         let ledger =
@@ -214,12 +226,15 @@ impl SimYear {
         )
         .unwrap();
         let day = Duration::from_secs(86_400);
-        let retention =
-            retention.then_some(konbini_reconciler::config::retention::RetentionSettings {
+        let retention = (keep != Keep::Everything).then(|| {
+            konbini_reconciler::config::retention::RetentionSettings {
                 webhook_events: Some(30 * day),
                 runs: Some(90 * day),
                 deliveries: Some(30 * day),
-            });
+                archive: (keep == Keep::Archived).then_some(400 * day),
+                archive_path: dir.path().join("year-archive.db"),
+            }
+        });
         SimYear {
             _dir: dir,
             path,
@@ -321,8 +336,23 @@ impl SimYear {
     }
 }
 
-/// The ledger-size figures: a year without retention, two with the contract's example
-/// retention (30d / 90d / 30d). `KONBINI_SIM_DAYS` shortens the years for a quick look.
+/// The archive's size after a checkpoint, in bytes (0 when there is none).
+fn archive_size(sim: &SimYear) -> u64 {
+    let Some(r) = &sim.retention else { return 0 };
+    match Connection::open_with_flags(&r.archive_path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+    {
+        Ok(c) => {
+            c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+            std::fs::metadata(&r.archive_path).unwrap().len()
+        }
+        Err(_) => 0,
+    }
+}
+
+/// The ledger-size figures: two periods (a year each unless `KONBINI_SIM_DAYS` shortens
+/// them) without retention, with the contract's example retention (30d / 90d / 30d),
+/// and with that and `archive = "400d"`: the ledger's size after each period, the
+/// archive's, and the tombstones' share (`dbstat`).
 #[test]
 #[ignore = "a figure for the docs: minutes of work"]
 fn retention_figures_ledger_size_after_a_simulated_year() {
@@ -330,37 +360,47 @@ fn retention_figures_ledger_size_after_a_simulated_year() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(365);
-    let started = std::time::Instant::now();
-    let mut keep = SimYear::new(false);
-    for d in 0..days {
-        keep.day(d);
-    }
-    let keep_size = keep.size();
-    drop(keep);
-    let mut pruned = SimYear::new(true);
-    for d in 0..days {
-        pruned.day(d);
-    }
-    let year_one = pruned.size();
-    for d in days..2 * days {
-        pruned.day(d);
-    }
-    let year_two = pruned.size();
     let charges = (days * PER_DAY) as u64;
-    let count = |sql: &str| -> i64 { pruned.conn.query_row(sql, [], |r| r.get(0)).unwrap() };
-    println!(
-        "{days} days x {PER_DAY} charges: without retention {keep_size} B ({} B/charge); \
-         with retention after one period {year_one} B ({} B/charge), after two {year_two} B \
-         ({} B/charge); webhook events kept {}, runs kept {}, deliveries kept {}; {:?}",
-        keep_size / charges,
-        year_one / charges,
-        year_two / (2 * charges),
-        count("SELECT count(*) FROM charge_events WHERE kind = 'webhook'"),
-        count("SELECT count(*) FROM runs"),
-        count("SELECT count(*) FROM deliveries"),
-        started.elapsed()
-    );
-    assert!(year_one < keep_size);
+    // `KONBINI_SIM_KEEP` (everything, pruned, archived) runs one of them, so the three
+    // can run in processes of their own.
+    let only = std::env::var("KONBINI_SIM_KEEP").unwrap_or_default();
+    for keep in [Keep::Everything, Keep::Pruned, Keep::Archived] {
+        if !only.is_empty() && !format!("{keep:?}").eq_ignore_ascii_case(&only) {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let mut sim = SimYear::new(keep);
+        for d in 0..days {
+            sim.day(d);
+        }
+        let (one, one_archive) = (sim.size(), archive_size(&sim));
+        for d in days..2 * days {
+            sim.day(d);
+        }
+        let (two, two_archive) = (sim.size(), archive_size(&sim));
+        let count = |sql: &str| -> i64 { sim.conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+        let tombstone_bytes: i64 = sim
+            .conn
+            .query_row(
+                "SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name IN ('archived_charges')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap_or(-1);
+        println!(
+            "{keep:?}, {days} days x {PER_DAY} charges: after one period {one} B ({} B/charge), \
+             archive {one_archive} B; after two {two} B, archive {two_archive} B; \
+             charges in the ledger {}, tombstones {} ({tombstone_bytes} B), webhook events {}, \
+             runs {}, deliveries {}; {:?}",
+            one / charges,
+            count("SELECT count(*) FROM charges"),
+            count("SELECT count(*) FROM archived_charges"),
+            count("SELECT count(*) FROM charge_events WHERE kind = 'webhook'"),
+            count("SELECT count(*) FROM runs"),
+            count("SELECT count(*) FROM deliveries"),
+            started.elapsed()
+        );
+    }
 }
 
 /// The longest wait pruning causes a writer: a round over 200,000 old hints in one
@@ -370,7 +410,7 @@ fn retention_figures_ledger_size_after_a_simulated_year() {
 #[test]
 #[ignore = "a figure for the docs: a bench-like measurement"]
 fn retention_figures_longest_pause_of_a_writer() {
-    let mut sim = SimYear::new(false);
+    let mut sim = SimYear::new(Keep::Everything);
     sim.conn
         .execute(
             "INSERT INTO charges (charge_id, store_id, requested_amount) VALUES ('w', 's', 1)",
@@ -419,8 +459,9 @@ fn retention_figures_longest_pause_of_a_writer() {
     };
     let line = |t: &[Duration]| {
         let p = |q: f64| t[((t.len() - 1) as f64 * q) as usize];
+        let over = t.iter().filter(|d| **d > Duration::from_millis(10)).count();
         format!(
-            "{} writes, median {:?}, p99 {:?}, longest {:?}",
+            "{} writes, median {:?}, p99 {:?}, longest {:?}, {over} over 10 ms",
             t.len(),
             p(0.5),
             p(0.99),
