@@ -49,8 +49,14 @@ pub struct StepReport {
 }
 
 impl StepReport {
+    /// Deliveries this step sent, answered or not.
     pub fn attempted(&self) -> usize {
         self.delivered + self.failed
+    }
+
+    /// Deliveries this step ended with a 2xx.
+    pub fn delivered(&self) -> usize {
+        self.delivered
     }
 }
 
