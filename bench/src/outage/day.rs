@@ -171,11 +171,16 @@ async fn simulate(per_hour: usize) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
-    let url = format!("http://{}/hook", listener.local_addr().map_err(|e| e.to_string())?);
+    let url = format!(
+        "http://{}/hook",
+        listener.local_addr().map_err(|e| e.to_string())?
+    );
     tokio::spawn(async move { axum::serve(listener, app).await });
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let settings = settings(dir.path(), &url)?;
-    worker::sync(&settings, true).await.map_err(|e| e.to_string())?;
+    worker::sync(&settings, true)
+        .await
+        .map_err(|e| e.to_string())?;
     let ep = Endpoint::open(settings.delivery[0].clone(), &settings)
         .await
         .map_err(|e| e.to_string())?;
@@ -190,11 +195,19 @@ async fn simulate(per_hour: usize) -> Result<(), String> {
 }
 
 /// The outage and the return; then the count.
-async fn the_day(ep: &Endpoint, shop: &Shop, db: &Path, per_hour: usize) -> Result<Outcome, String> {
+async fn the_day(
+    ep: &Endpoint,
+    shop: &Shop,
+    db: &Path,
+    per_hour: usize,
+) -> Result<Outcome, String> {
     // Simulated time starts at the real time, so rows the outbox trigger makes due "now"
     // by the database's clock are due at the simulated time too.
     let start = Utc::now();
-    let mut clock = Clock { now: start, steps: 0 };
+    let mut clock = Clock {
+        now: start,
+        steps: 0,
+    };
     let wall = Instant::now();
     for h in 0..DOWN_HOURS {
         let at = start + Duration::hours(h);
@@ -235,7 +248,10 @@ async fn the_day(ep: &Endpoint, shop: &Shop, db: &Path, per_hour: usize) -> Resu
 
 /// (lost, duplicates, out of order within a charge, events, charges), from what the shop
 /// accepted (answered 2xx) against the ledger's events.
-fn count(db: &Path, received: &[(i64, u16)]) -> Result<(usize, usize, usize, usize, usize), String> {
+fn count(
+    db: &Path,
+    received: &[(i64, u16)],
+) -> Result<(usize, usize, usize, usize, usize), String> {
     let c = Connection::open(db).map_err(|e| e.to_string())?;
     let charge_of: HashMap<i64, String> = c
         .prepare("SELECT event_id, charge_id FROM event_payloads")
@@ -259,7 +275,13 @@ fn count(db: &Path, received: &[(i64, u16)]) -> Result<(usize, usize, usize, usi
     }
     let lost = charge_of.keys().filter(|id| !accepted.contains(id)).count();
     let charges: HashSet<&String> = charge_of.values().collect();
-    Ok((lost, duplicates, out_of_order, charge_of.len(), charges.len()))
+    Ok((
+        lost,
+        duplicates,
+        out_of_order,
+        charge_of.len(),
+        charges.len(),
+    ))
 }
 
 fn print_outcome(o: &Outcome) {

@@ -417,7 +417,12 @@ mod tests {
     fn the_reference_has_no_endpoint() {
         let text = config_text("http://127.0.0.1:1", Path::new("/tmp/x.db"), 9, None);
         assert!(!text.contains("[[delivery]]"));
-        let text = config_text("http://127.0.0.1:1", Path::new("/tmp/x.db"), 9, Some("http://127.0.0.1:2/h"));
+        let text = config_text(
+            "http://127.0.0.1:1",
+            Path::new("/tmp/x.db"),
+            9,
+            Some("http://127.0.0.1:2/h"),
+        );
         assert!(text.contains("url = \"http://127.0.0.1:2/h\""));
     }
 }
