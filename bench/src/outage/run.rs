@@ -21,6 +21,8 @@ use crate::{Scenario, Simulator};
 const TOKEN: &str = "Bearer outage-bench-webhook-token";
 /// How long the start-up pass may take before the run is given up.
 const PASS_LIMIT: Duration = Duration::from_secs(300);
+/// How long the daemon may take to stop after SIGTERM (systemd allows 90 s).
+const STOP_LIMIT: Duration = Duration::from_secs(60);
 /// How long one hint may take to be checked before it counts as missed.
 const HINT_LIMIT: Duration = Duration::from_secs(10);
 /// One hint every this long: under the hint budget at `budget_share = 1` (5 a second),
@@ -284,13 +286,35 @@ impl Daemon {
             unsafe {
                 libc::kill(pid, libc::SIGTERM);
             }
-            let usage = crate::measure::wait4(pid).map(|(_, u)| u.cpu_secs);
-            // wait4 reaped it; tell std so it does not try again.
+            let usage = wait_exit(pid);
+            // wait4 reaped it (or it was killed and reaped); tell std not to try again.
             std::mem::forget(self.child);
             usage?
         };
         let (lines, tail) = self.stderr.join().unwrap_or_default();
         Ok((cpu, lines, tail))
+    }
+}
+
+/// Waits for the daemon to exit after SIGTERM, for at most [`STOP_LIMIT`] (then it is
+/// killed and the run fails: a daemon that does not stop is a finding, not a figure).
+fn wait_exit(pid: i32) -> Result<f64, String> {
+    let asked = Instant::now();
+    loop {
+        if let Some((_, usage)) = crate::measure::try_wait4(pid)? {
+            return Ok(usage.cpu_secs);
+        }
+        if asked.elapsed() > STOP_LIMIT {
+            // SAFETY: a plain signal to our own child, not yet reaped.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            let _ = crate::measure::wait4(pid);
+            return Err(format!(
+                "the daemon did not stop within {STOP_LIMIT:?} of SIGTERM"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -340,7 +364,10 @@ async fn time_hints(db: &Path, port: u16, n: usize) -> Result<Hints, String> {
                 .collect()
         })
         .map_err(|e| e.to_string())?;
-    let client = reqwest::Client::new();
+    let client = reqwest::Client::builder()
+        .timeout(HINT_LIMIT)
+        .build()
+        .map_err(|e| e.to_string())?;
     let url = format!("http://127.0.0.1:{port}/univapay/webhook");
     let mut latencies = Vec::with_capacity(charges.len());
     let mut missed = 0;
