@@ -15,6 +15,9 @@
 //! `konbini-bench delivery [--quick]` measures delivery to a local endpoint (see
 //! [`delivery`]).
 //!
+//! `konbini-bench outage [--quick]` measures passes and hint checks beside a dead
+//! delivery endpoint, and an endpoint down for a simulated day (see [`outage`]).
+//!
 //! `konbini-bench month [...]` is another benchmark: a month on simulated time (see
 //! [`month`]).
 
@@ -34,6 +37,7 @@ use univapay_sim::{CounterSnapshot, Credentials, Population};
 use measure::{Usage, run_child, wait4};
 
 mod month_webhook;
+mod outage;
 mod reference;
 
 /// A seed shared by the ledger and the simulator, so both hold the same charges.
@@ -186,6 +190,13 @@ fn main() {
     }
     if args.first().is_some_and(|a| a == "delivery") {
         return delivery::main(&args[1..]);
+    }
+    if args.first().is_some_and(|a| a == "outage") {
+        if let Err(e) = outage::main(&args[1..]) {
+            eprintln!("konbini-bench: outage: {e}");
+            std::process::exit(1);
+        }
+        return;
     }
     if args.first().is_some_and(|a| a == "month") {
         return month::main(&args[1..]);

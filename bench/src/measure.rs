@@ -157,10 +157,22 @@ pub fn launcher_main(args: &[String]) -> ! {
 
 /// Waits for a child and returns its exit code and the kernel's account of it.
 pub fn wait4(pid: i32) -> Result<(i32, Usage), String> {
+    reap(pid, 0)?.ok_or_else(|| format!("wait4({pid}): no answer"))
+}
+
+/// As [`wait4`], without waiting: `None` while the child runs.
+pub fn try_wait4(pid: i32) -> Result<Option<(i32, Usage)>, String> {
+    reap(pid, libc::WNOHANG)
+}
+
+fn reap(pid: i32, options: i32) -> Result<Option<(i32, Usage)>, String> {
     let mut status = 0;
     // SAFETY: rusage is plain data the kernel fills in; pid is our own child.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    let r = unsafe { libc::wait4(pid, &mut status, options, &mut ru) };
+    if r == 0 && options & libc::WNOHANG != 0 {
+        return Ok(None);
+    }
     if r != pid {
         return Err(format!("wait4({pid}): {}", std::io::Error::last_os_error()));
     }
@@ -170,7 +182,7 @@ pub fn wait4(pid: i32) -> Result<(i32, Usage), String> {
         128 + libc::WTERMSIG(status)
     };
     let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    Ok((
+    Ok(Some((
         code,
         Usage {
             // Linux reports ru_maxrss in KiB.
@@ -178,7 +190,7 @@ pub fn wait4(pid: i32) -> Result<(i32, Usage), String> {
             cpu_secs: t(ru.ru_utime) + t(ru.ru_stime),
             context_switches: ru.ru_nvcsw + ru.ru_nivcsw,
         },
-    ))
+    )))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //! a step claims its deliveries for a lease (`lease`); a process that dies mid-flight leaves them
 //! to fall due again within that time.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,22 +49,47 @@ pub struct StepReport {
 }
 
 impl StepReport {
+    /// Deliveries this step sent, answered or not.
     pub fn attempted(&self) -> usize {
         self.delivered + self.failed
+    }
+
+    /// Deliveries this step ended with a 2xx.
+    pub fn delivered(&self) -> usize {
+        self.delivered
     }
 }
 
 /// One endpoint: its sender and its own ledger connection.
 pub struct Endpoint {
     sender: Sender,
-    ledger: Arc<Mutex<Ledger>>,
+    /// The handle the connection was opened through: it knows which ledger this process
+    /// opened, so a reopen makes the passes' identity check.
+    database: ledger::Database,
+    held: Arc<Mutex<Held>>,
     path: PathBuf,
+}
+
+/// The endpoint's connection and what a step remembers about it, behind one lock: a
+/// step reads and replaces them together.
+struct Held {
+    ledger: Ledger,
+    /// The file the connection has open, as `(device, inode)`: a path that names another
+    /// file (a backup restored, or the ledger removed or renamed, under a running daemon)
+    /// makes the next step reopen ([`Held::follow`]).
+    file: Option<FileId>,
     /// What the last step that found nothing to send saw: the ledger's `data_version`
     /// and when the next delivery falls due. While neither has moved, a step reads
     /// nothing but that version, so an idle (or dead) endpoint costs next to nothing
     /// however large its backlog.
-    idle: Arc<Mutex<Option<Idle>>>,
+    idle: Option<Idle>,
+    /// Counts reopens: a `data_version` read on one connection means nothing on
+    /// another, so a step's view is kept only if no reopen came between its reads.
+    generation: u64,
 }
+
+/// A file's `(device, inode)`.
+type FileId = (u64, u64);
 
 /// An idle step's view: the ledger's `data_version`, and when the next delivery is due.
 type Idle = (i64, Option<DateTime<Utc>>);
@@ -73,8 +98,35 @@ type Idle = (i64, Option<DateTime<Utc>>);
 enum Taken {
     /// Nothing changed since the last idle step; the next delivery is due then.
     Quiet(Option<DateTime<Utc>>),
-    /// These deliveries, claimed; the ledger's `data_version` before they were read.
-    Work(Vec<DueDelivery>, i64),
+    /// These deliveries, claimed; the ledger's `data_version` before they were read, on
+    /// the connection of this generation.
+    Work(Vec<DueDelivery>, i64, u64),
+}
+
+/// The `(device, inode)` of the file `path` names now; `None` when it names none.
+fn file_id(path: &Path) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+impl Held {
+    /// Keeps the connection on the file the ledger's path names. When the path names
+    /// another file than the one open (or none), reopens through the identity check of
+    /// every open: the same ledger (a backup of it restored) goes on from the new file;
+    /// another ledger, or none, is the passes' own error ([`LedgerError::Replaced`],
+    /// [`LedgerError::Vanished`]), and the old connection is left unused until the path
+    /// names the right ledger again. A `stat` per step: cheap next to its queries.
+    fn follow(&mut self, database: &ledger::Database) -> Result<(), LedgerError> {
+        let now = file_id(database.path());
+        if now.is_some() && now == self.file {
+            return Ok(());
+        }
+        self.ledger = database.open(ledger::Open::Migrate)?;
+        self.file = now;
+        self.idle = None;
+        self.generation += 1;
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -142,15 +194,20 @@ impl Endpoint {
             message: e.to_string(),
         })?;
         let path = settings.database.path.clone();
-        let ledger = ledger::Database::new(&path, settings.database.busy_timeout)
-            .with_integrity(ledger::Integrity::Daily)
-            .with_ledger(ledger::Open::Migrate, Ok)
-            .await?;
+        let database = ledger::Database::new(&path, settings.database.busy_timeout)
+            .with_integrity(ledger::Integrity::Daily);
+        let ledger = database.with_ledger(ledger::Open::Migrate, Ok).await?;
+        let held = Held {
+            ledger,
+            file: file_id(&path),
+            idle: None,
+            generation: 0,
+        };
         Ok(Endpoint {
             sender,
-            ledger: Arc::new(Mutex::new(ledger)),
+            database,
+            held: Arc::new(Mutex::new(held)),
             path,
-            idle: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -158,16 +215,20 @@ impl Endpoint {
         &self.sender.settings.name
     }
 
+    /// Runs `f` on the endpoint's connection, on the blocking pool, after making sure
+    /// the connection is on the ledger's file ([`Held::follow`]).
     async fn db<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Ledger) -> Result<T, LedgerError> + Send + 'static,
+        f: impl FnOnce(&mut Held) -> Result<T, LedgerError> + Send + 'static,
     ) -> Result<T, LedgerError> {
-        let ledger = self.ledger.clone();
+        let held = self.held.clone();
+        let database = self.database.clone();
         ledger::blocking(&self.path, move || {
             // A panic while holding it is already an error of its own; the connection
             // itself is still sound.
-            let mut l = ledger.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut l)
+            let mut h = held.lock().unwrap_or_else(|p| p.into_inner());
+            h.follow(&database)?;
+            f(&mut h)
         })
         .await
     }
@@ -175,14 +236,14 @@ impl Endpoint {
     /// Sends what is due at `now` (at most `concurrency` deliveries, of different
     /// charges, at once) and records the results.
     pub async fn step(&self, now: DateTime<Utc>) -> Result<StepReport, LedgerError> {
-        let (due, version) = match self.take(now).await? {
+        let (due, version, generation) = match self.take(now).await? {
             Taken::Quiet(next_due) => {
                 return Ok(StepReport {
                     next_due,
                     ..StepReport::default()
                 });
             }
-            Taken::Work(due, version) => (due, version),
+            Taken::Work(due, version, generation) => (due, version, generation),
         };
         let sends = due.iter().map(|d| async move {
             let sent = self
@@ -206,16 +267,19 @@ impl Endpoint {
             results.push((d.event_id, now, result));
         }
         let name = self.name().to_owned();
+        let idle_now = report.attempted() == 0;
         report.next_due = self
-            .db(move |l| {
-                l.record_attempts(&name, &results)?;
-                l.next_delivery_at(&name)
+            .db(move |h| {
+                h.ledger.record_attempts(&name, &results)?;
+                let next_due = h
+                    .ledger
+                    .next_delivery_at(&name)?
+                    .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+                    .map(|t| t.with_timezone(&Utc));
+                h.idle = (idle_now && h.generation == generation).then_some((version, next_due));
+                Ok(next_due)
             })
-            .await?
-            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
-            .map(|t| t.with_timezone(&Utc));
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        *idle = (report.attempted() == 0).then_some((version, report.next_due));
+            .await?;
         Ok(report)
     }
 
@@ -225,15 +289,15 @@ impl Endpoint {
         let name = self.name().to_owned();
         let limit = self.sender.settings.concurrency;
         let lease = lease(self.sender.settings.timeout);
-        let idle = *self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        self.db(move |l| {
-            let version = l.data_version()?;
-            if let Some((seen, next_due)) = idle
+        self.db(move |h| {
+            let version = h.ledger.data_version()?;
+            if let Some((seen, next_due)) = h.idle
                 && seen == version
                 && next_due.is_none_or(|t| t > now)
             {
                 return Ok(Taken::Quiet(next_due));
             }
+            let l = &mut h.ledger;
             let due = l.due_deliveries(&name, now, &[], limit)?;
             let ids: Vec<i64> = due.iter().map(|d| d.event_id).collect();
             let taken = l.claim_deliveries(&name, &ids, now, after(now, lease))?;
@@ -241,7 +305,7 @@ impl Endpoint {
                 .into_iter()
                 .filter(|d| taken.contains(&d.event_id))
                 .collect();
-            Ok(Taken::Work(due, version))
+            Ok(Taken::Work(due, version, h.generation))
         })
         .await
     }

@@ -405,17 +405,23 @@ impl Ledger {
 
     /// When the next pending delivery of `endpoint` that may be sent falls due (the
     /// oldest of each charge; the others wait for it). `None`: nothing pending.
+    ///
+    /// Walks `deliveries_due` in time order and stops at the first delivery that heads
+    /// its charge, so a step of an endpoint with a large backlog (one that is down) reads
+    /// a few rows, not the whole backlog: `min()` over the same rows cannot stop early
+    /// (the per-charge condition defeats SQLite's min/max optimisation) and cost every
+    /// step of a dead endpoint time in proportion to its backlog.
     pub fn next_delivery_at(&self, endpoint: &str) -> Result<Option<String>, LedgerError> {
         self.conn
-            .query_row(
-                "SELECT min(d.next_attempt_at) FROM deliveries AS d
-                 WHERE d.endpoint = ?1 AND d.delivered_at IS NULL
+            .prepare_cached(
+                "SELECT d.next_attempt_at FROM deliveries AS d INDEXED BY deliveries_due
+                 WHERE d.endpoint = ?1 AND d.delivered_at IS NULL AND d.next_attempt_at IS NOT NULL
                    AND NOT EXISTS (SELECT 1 FROM deliveries AS b
                                    WHERE b.endpoint = d.endpoint AND b.charge_id = d.charge_id
-                                     AND b.delivered_at IS NULL AND b.event_id < d.event_id)",
-                [endpoint],
-                |r| r.get(0),
+                                     AND b.delivered_at IS NULL AND b.event_id < d.event_id)
+                 ORDER BY d.next_attempt_at LIMIT 1",
             )
+            .and_then(|mut s| s.query_row([endpoint], |r| r.get(0)).optional())
             .map_err(|e| self.err(e))
     }
 

@@ -1,10 +1,12 @@
 //! Events out, through the real binary: the shop's order reference and paid time in the
 //! ledger and `export`, the `events` feed, signed delivery to `[[delivery]]` endpoints
 //! (verified by the maintained `standardwebhooks` crate), `deliveries` and its replay and
-//! test, and an endpoint that is down beside one that is up.
+//! test, an endpoint that is down beside one that is up, and the ledger file swapped
+//! under the delivery job.
 
 mod day;
 mod receiver;
+mod reopen;
 
 use std::time::Duration;
 
