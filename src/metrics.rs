@@ -119,7 +119,11 @@ pub fn render(s: &Snapshot) -> String {
     add(api_figures(&s.api));
     add(budget(s));
     add(discovery_figures(&crate::discovery::history_fallbacks()));
-    add(crate::delivery::metrics::figures(&s.deliveries, s.taken_at));
+    add(crate::delivery::metrics::figures(
+        &s.deliveries,
+        &crate::delivery::metrics::endpoints_down(),
+        s.taken_at,
+    ));
     add(pruned_figures(&crate::jobs::prune::pruned_totals()));
     add(archived_figure(crate::jobs::prune::archived_total()));
     let mut text = String::new();

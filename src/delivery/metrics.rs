@@ -1,7 +1,11 @@
 //! The delivery figures for [`crate::metrics`]: per endpoint, what is pending, how old
 //! the oldest pending delivery is, and how many were delivered or failed. Read from the
 //! ledger, so every process reports the same (the counters are the ledger's rows, and
-//! reset only when retention prunes delivered rows).
+//! reset only when retention prunes delivered rows). Whether an endpoint is down is the
+//! one figure kept in memory: each endpoint's worker knows it ([`super::probe`]).
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 use prometheus::core::{Collector, Desc};
@@ -10,9 +14,31 @@ use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts};
 
 use crate::ledger::EndpointBacklog;
 
-/// The three families, ready to register.
+/// Per endpoint name, whether its worker in this process finds it down.
+static DOWN: Mutex<BTreeMap<String, bool>> = Mutex::new(BTreeMap::new());
+
+/// Records whether endpoint `name` is down (`konbini_delivery_endpoint_down`).
+pub(crate) fn set_down(name: &str, down: bool) {
+    let mut m = DOWN.lock().unwrap_or_else(PoisonError::into_inner);
+    if m.get(name) != Some(&down) {
+        m.insert(name.to_owned(), down);
+    }
+}
+
+/// The endpoints this process's workers find down.
+pub(crate) fn endpoints_down() -> Vec<String> {
+    DOWN.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .filter(|(_, d)| **d)
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+/// The four families, ready to register.
 pub(crate) struct DeliveryFigures {
     pending: IntGaugeVec,
+    down: IntGaugeVec,
     oldest: GaugeVec,
     total: IntCounterVec,
 }
@@ -20,12 +46,14 @@ pub(crate) struct DeliveryFigures {
 impl Collector for DeliveryFigures {
     fn desc(&self) -> Vec<&Desc> {
         let mut d = self.pending.desc();
+        d.extend(self.down.desc());
         d.extend(self.oldest.desc());
         d.extend(self.total.desc());
         d
     }
     fn collect(&self) -> Vec<MetricFamily> {
         let mut m = self.pending.collect();
+        m.extend(self.down.collect());
         m.extend(self.oldest.collect());
         m.extend(self.total.collect());
         m
@@ -38,12 +66,24 @@ pub(crate) fn age(at: Option<&str>, now: DateTime<Utc>) -> Option<f64> {
     Some(((now - t.with_timezone(&Utc)).num_milliseconds().max(0) as f64) / 1000.0)
 }
 
-/// The figures of `backlog` at `now`.
-pub(crate) fn figures(backlog: &[EndpointBacklog], now: DateTime<Utc>) -> Box<dyn Collector> {
+/// The figures of `backlog` at `now`, with the endpoints named in `down` down.
+pub(crate) fn figures(
+    backlog: &[EndpointBacklog],
+    down: &[String],
+    now: DateTime<Utc>,
+) -> Box<dyn Collector> {
     let pending = IntGaugeVec::new(
         Opts::new(
             "konbini_deliveries_pending",
             "Deliveries to the endpoint not yet answered with a 2xx.",
+        ),
+        &["endpoint"],
+    )
+    .expect("valid metric");
+    let down_gauge = IntGaugeVec::new(
+        Opts::new(
+            "konbini_delivery_endpoint_down",
+            "1 while the endpoint is down (unanswered attempts in a row; probed with one delivery at a time), else 0.",
         ),
         &["endpoint"],
     )
@@ -69,6 +109,9 @@ pub(crate) fn figures(backlog: &[EndpointBacklog], now: DateTime<Utc>) -> Box<dy
         pending
             .with_label_values(&[name])
             .set(i64::try_from(b.pending).unwrap_or(i64::MAX));
+        down_gauge
+            .with_label_values(&[name])
+            .set(i64::from(down.iter().any(|d| d == name)));
         oldest
             .with_label_values(&[name])
             .set(age(b.oldest_pending_at.as_deref(), now).unwrap_or(0.0));
@@ -81,6 +124,7 @@ pub(crate) fn figures(backlog: &[EndpointBacklog], now: DateTime<Utc>) -> Box<dy
     }
     Box::new(DeliveryFigures {
         pending,
+        down: down_gauge,
         oldest,
         total,
     })
@@ -107,7 +151,10 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc);
         let r = prometheus::Registry::new();
-        r.register(figures(&[b], now)).unwrap();
+        let mut other = b.clone();
+        other.endpoint = "erp".into();
+        r.register(figures(&[b, other], &["erp".into()], now))
+            .unwrap();
         let mut text = String::new();
         prometheus::TextEncoder::new()
             .encode_utf8(&r.gather(), &mut text)
@@ -117,6 +164,8 @@ mod tests {
             "konbini_delivery_oldest_pending_seconds{endpoint=\"shop\"} 3600",
             "konbini_deliveries_total{endpoint=\"shop\",result=\"delivered\"} 10",
             "konbini_deliveries_total{endpoint=\"shop\",result=\"failed\"} 4",
+            "konbini_delivery_endpoint_down{endpoint=\"shop\"} 0",
+            "konbini_delivery_endpoint_down{endpoint=\"erp\"} 1",
         ] {
             assert!(text.contains(line), "{line}\n{text}");
         }

@@ -19,15 +19,19 @@
 //!   and its write transactions are a few statements long).
 //! - **Never given up.** Failures retry on the contract's schedule (`retry`); pending
 //!   deliveries are an alarm (metrics and an alert rule), not a silent queue.
+//! - **A down endpoint is probed, not hammered.** After attempts in a row without an
+//!   answer a step sends one delivery per probe interval; a 2xx makes the whole backlog
+//!   due at once (`probe`, pure; state in memory per endpoint worker).
 //!
 //! Files: `facts` (the shop's words in an answer: metadata, order reference),
-//! `sign` (Standard Webhooks v1), `retry` (the schedule, pure), `sender` (one signed
-//! POST), [`worker`] (one step, the continuous loop, the drain), `job` (all of it as a
-//! job of the job loop).
+//! `sign` (Standard Webhooks v1), `retry` (the schedule, pure), `probe` (whether an
+//! endpoint is down, pure), `sender` (one signed POST), [`worker`] (one step, the
+//! continuous loop, the drain), `job` (all of it as a job of the job loop).
 
 pub(crate) mod facts;
 pub(crate) mod job;
 pub(crate) mod metrics;
+pub(crate) mod probe;
 pub(crate) mod retry;
 pub(crate) mod sender;
 pub(crate) mod sign;

@@ -8,6 +8,10 @@
 //! next event is not even looked at until its previous one is delivered. Before sending,
 //! a step claims its deliveries for a lease (`lease`); a process that dies mid-flight leaves them
 //! to fall due again within that time.
+//!
+//! While the endpoint is down ([`probe`]) a step sends only its oldest pending delivery,
+//! no more often than the probe interval; the probe's 2xx makes every pending delivery
+//! due at once.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -16,6 +20,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
+use super::probe::{self, Answer, Change, Health};
 use super::retry;
 use super::sender::{Sender, Sent, webhook_id};
 use crate::config::Settings;
@@ -68,6 +73,9 @@ pub struct Endpoint {
     database: ledger::Database,
     held: Arc<Mutex<Held>>,
     path: PathBuf,
+    /// Whether the endpoint is down ([`probe`]): in memory, so a restart starts up and
+    /// finds out again within [`probe::DOWN_AFTER`] attempts.
+    health: Mutex<Health>,
 }
 
 /// The endpoint's connection and what a step remembers about it, behind one lock: a
@@ -208,6 +216,7 @@ impl Endpoint {
             database,
             held: Arc::new(Mutex::new(held)),
             path,
+            health: Mutex::new(Health::default()),
         })
     }
 
@@ -233,10 +242,35 @@ impl Endpoint {
         .await
     }
 
+    fn health(&self) -> Health {
+        *self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_health(&self, h: Health) {
+        *self.health.lock().unwrap_or_else(|p| p.into_inner()) = h;
+        super::metrics::set_down(self.name(), h.is_down());
+    }
+
     /// Sends what is due at `now` (at most `concurrency` deliveries, of different
-    /// charges, at once) and records the results.
+    /// charges, at once) and records the results. While the endpoint is down
+    /// ([`probe`]) it sends at most one, the endpoint's oldest pending delivery, and not
+    /// before the probe time.
     pub async fn step(&self, now: DateTime<Utc>) -> Result<StepReport, LedgerError> {
-        let (due, version, generation) = match self.take(now).await? {
+        let health = self.health();
+        if let Health::Down { next_probe } = health
+            && !health.may_send(now)
+        {
+            return Ok(StepReport {
+                next_due: Some(next_probe),
+                ..StepReport::default()
+            });
+        }
+        let taken = if health.is_down() {
+            self.take_probe(now).await?
+        } else {
+            self.take(now).await?
+        };
+        let (due, version, generation) = match taken {
             Taken::Quiet(next_due) => {
                 return Ok(StepReport {
                     next_due,
@@ -245,6 +279,17 @@ impl Endpoint {
             }
             Taken::Work(due, version, generation) => (due, version, generation),
         };
+        if due.is_empty()
+            && let Health::Down { .. } = health
+        {
+            // Nothing to probe with: look again an interval later.
+            let next_probe = after(now, probe::PROBE_INTERVAL);
+            self.set_health(Health::Down { next_probe });
+            return Ok(StepReport {
+                next_due: Some(next_probe),
+                ..StepReport::default()
+            });
+        }
         let sends = due.iter().map(|d| async move {
             let sent = self
                 .sender
@@ -255,32 +300,99 @@ impl Endpoint {
         let sent = futures::future::join_all(sends).await;
         let mut report = StepReport::default();
         let mut results = Vec::with_capacity(sent.len());
+        let mut answers = Vec::with_capacity(sent.len());
+        let mut last_error = None;
         for (d, s) in sent {
+            answers.push(answer(&s));
             let result = outcome(d, s, now, rand::random::<f64>());
             match &result {
                 AttemptResult::Delivered { .. } => report.delivered += 1,
                 AttemptResult::Failed { error, .. } => {
                     report.failed += 1;
-                    tracing::warn!(endpoint = self.name(), event_id = d.event_id, attempt = d.attempts + 1, error = %error, "delivery failed; will retry");
+                    if health.is_down() {
+                        tracing::debug!(endpoint = self.name(), event_id = d.event_id, error = %error, "delivery endpoint still down");
+                    } else {
+                        tracing::warn!(endpoint = self.name(), event_id = d.event_id, attempt = d.attempts + 1, error = %error, "delivery failed; will retry");
+                    }
+                    last_error = Some(error.clone());
                 }
             }
             results.push((d.event_id, now, result));
         }
+        let (next_health, change) = health.after(&answers, now);
+        self.set_health(next_health);
+        if change == Change::WentDown {
+            let probe_in = match next_health {
+                Health::Down { next_probe } => (next_probe - now).num_seconds(),
+                Health::Up { .. } => 0,
+            };
+            tracing::warn!(
+                endpoint = self.name(),
+                error = last_error.as_deref().unwrap_or(""),
+                probe_every_s = probe_in,
+                "delivery endpoint is down; sending it one delivery at a time as a probe until it answers"
+            );
+        }
         let name = self.name().to_owned();
         let idle_now = report.attempted() == 0;
-        report.next_due = self
+        let back = change == Change::Back;
+        let probe_at = match next_health {
+            Health::Down { next_probe } => Some(next_probe),
+            Health::Up { .. } => None,
+        };
+        let (next_due, waiting) = self
             .db(move |h| {
                 h.ledger.record_attempts(&name, &results)?;
-                let next_due = h
-                    .ledger
-                    .next_delivery_at(&name)?
-                    .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
-                    .map(|t| t.with_timezone(&Utc));
-                h.idle = (idle_now && h.generation == generation).then_some((version, next_due));
-                Ok(next_due)
+                let waiting = if back {
+                    Some(h.ledger.make_pending_due(&name, now)?)
+                } else {
+                    None
+                };
+                let next_due = match probe_at {
+                    Some(t) => Some(t),
+                    None => h
+                        .ledger
+                        .next_delivery_at(&name)?
+                        .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+                        .map(|t| t.with_timezone(&Utc)),
+                };
+                h.idle = (idle_now && probe_at.is_none() && h.generation == generation)
+                    .then_some((version, next_due));
+                Ok((next_due, waiting))
             })
             .await?;
+        match change {
+            Change::Back => tracing::info!(
+                endpoint = self.name(),
+                waiting = waiting.unwrap_or(0),
+                "delivery endpoint is back; its pending deliveries are due now"
+            ),
+            Change::Answering => tracing::info!(
+                endpoint = self.name(),
+                "delivery endpoint answers again (it rejected the probe's event); pending deliveries go at their own retry times"
+            ),
+            Change::None | Change::WentDown => {}
+        }
+        report.next_due = next_due;
         Ok(report)
+    }
+
+    /// The probe of a down endpoint: its oldest pending delivery, claimed, whatever its
+    /// own retry time (none when nothing is pending).
+    async fn take_probe(&self, now: DateTime<Utc>) -> Result<Taken, LedgerError> {
+        let name = self.name().to_owned();
+        let lease = lease(self.sender.settings.timeout);
+        self.db(move |h| {
+            let version = h.ledger.data_version()?;
+            h.idle = None;
+            let due = h.ledger.claim_probe(&name, after(now, lease))?;
+            Ok(Taken::Work(
+                due.into_iter().collect(),
+                version,
+                h.generation,
+            ))
+        })
+        .await
     }
 
     /// The deliveries due at `now`, claimed; or, when nothing changed since the last idle
@@ -308,6 +420,18 @@ impl Endpoint {
             Ok(Taken::Work(due, version, h.generation))
         })
         .await
+    }
+}
+
+/// What an attempt's answer says about the endpoint ([`probe`]).
+fn answer(sent: &Sent) -> Answer {
+    match sent {
+        Sent::Accepted { status } => Answer::of(Some(*status), None),
+        Sent::Refused {
+            status,
+            retry_after,
+            ..
+        } => Answer::of(*status, *retry_after),
     }
 }
 

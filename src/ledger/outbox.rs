@@ -453,6 +453,72 @@ impl Ledger {
         })
     }
 
+    /// The oldest pending delivery of `endpoint`, whatever its `next_attempt_at`: the probe
+    /// of an endpoint that is down. Being the endpoint's oldest, it heads its charge.
+    /// Claimed as [`Ledger::claim_deliveries`] does, unless another process changed the
+    /// row between the read and the claim; `None`: nothing pending (or lost that race).
+    pub fn claim_probe(
+        &mut self,
+        endpoint: &str,
+        until: DateTime<Utc>,
+    ) -> Result<Option<DueDelivery>, LedgerError> {
+        self.write(|tx| {
+            let found = tx
+                .prepare_cached(
+                    "SELECT d.event_id, d.charge_id, d.attempts, p.payload, d.next_attempt_at
+                     FROM deliveries AS d JOIN event_payloads AS p ON p.event_id = d.event_id
+                     WHERE d.endpoint = ?1 AND d.delivered_at IS NULL
+                     ORDER BY d.event_id LIMIT 1",
+                )
+                .and_then(|mut s| {
+                    s.query_row([endpoint], |r| {
+                        Ok((
+                            DueDelivery {
+                                event_id: r.get(0)?,
+                                charge_id: r.get(1)?,
+                                attempts: u32::try_from(r.get::<_, i64>(2)?).unwrap_or(u32::MAX),
+                                payload: r.get(3)?,
+                            },
+                            r.get::<_, Option<String>>(4)?,
+                        ))
+                    })
+                    .optional()
+                })?;
+            let Some((d, was)) = found else {
+                return Ok(None);
+            };
+            let n = tx
+                .prepare_cached(
+                    "UPDATE deliveries SET next_attempt_at = ?4
+                     WHERE endpoint = ?1 AND event_id = ?2 AND delivered_at IS NULL
+                       AND next_attempt_at IS ?3",
+                )
+                .and_then(|mut s| s.execute(params![endpoint, d.event_id, was, ts(until)]))?;
+            Ok((n == 1).then_some(d))
+        })
+    }
+
+    /// Makes every pending delivery of `endpoint` due at `now` (an endpoint that is back
+    /// after an outage): the backlog drains at once instead of at each delivery's own
+    /// retry time, in order per charge as always. Returns how many were pending.
+    pub fn make_pending_due(
+        &mut self,
+        endpoint: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64, LedgerError> {
+        self.write(|tx| {
+            let n = tx
+                .prepare_cached(
+                    "UPDATE deliveries SET next_attempt_at =
+                        CASE WHEN next_attempt_at IS NULL OR next_attempt_at > ?2 THEN ?2
+                             ELSE next_attempt_at END
+                     WHERE endpoint = ?1 AND delivered_at IS NULL",
+                )
+                .and_then(|mut s| s.execute(params![endpoint, ts(now)]))?;
+            Ok(n as u64)
+        })
+    }
+
     /// Records the results of attempts, in one transaction.
     pub fn record_attempts(
         &mut self,

@@ -298,7 +298,11 @@ fn print_outcome(o: &Outcome) {
     println!(
         "  back: backlog drained {} after the endpoint returned, in {} steps ({:.1} s of wall time)",
         o.drain
-            .map(|d| format!("{:.1} h (simulated)", hours(d)))
+            .map(|d| if d < Duration::hours(1) {
+                format!("{} s (simulated)", d.num_seconds())
+            } else {
+                format!("{:.1} h (simulated)", hours(d))
+            })
             .unwrap_or_else(|| "never".into()),
         o.drain_steps,
         o.drain_wall.as_secs_f64()

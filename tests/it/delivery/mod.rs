@@ -5,6 +5,7 @@
 //! under the delivery job.
 
 mod day;
+mod outage;
 mod receiver;
 mod reopen;
 

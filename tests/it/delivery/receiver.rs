@@ -67,7 +67,15 @@ impl Drop for Receiver {
 impl Receiver {
     /// Answers `status` to everything until told otherwise.
     pub async fn start(status: u16) -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Receiver::start_at("127.0.0.1:0".parse().unwrap(), status).await
+    }
+
+    /// As [`Receiver::start`], listening at `addr` (an endpoint that comes back where it
+    /// was refusing connections).
+    // Used by the outage tests, not by the kill -9 trial, which shares this file.
+    #[allow(dead_code)]
+    pub async fn start_at(addr: SocketAddr, status: u16) -> Receiver {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State {
             status,
