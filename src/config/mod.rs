@@ -2,8 +2,8 @@
 //! anything else (the database above all) is touched.
 //!
 //! Every error names the file and the key at fault on one line. Secrets are held as
-//! [`SecretString`] from the moment they are read; neither they nor their values appear in
-//! an error message or in `Debug` output.
+//! [`SecretString`](secrecy::SecretString) from the moment they are read; neither they
+//! nor their values appear in an error message or in `Debug` output.
 //!
 //! The file is read into [`file`]'s serde structs, then each section is resolved on its
 //! own by `sections` with the small validators of `validate`.

@@ -9,7 +9,7 @@
 //! a step claims its deliveries for a lease (`lease`); a process that dies mid-flight leaves them
 //! to fall due again within that time.
 //!
-//! While the endpoint is down ([`probe`]) a step sends only its oldest pending delivery,
+//! While the endpoint is down (`probe`) a step sends only its oldest pending delivery,
 //! no more often than the probe interval; the probe's 2xx makes every pending delivery
 //! due at once.
 
@@ -253,7 +253,7 @@ impl Endpoint {
 
     /// Sends what is due at `now` (at most `concurrency` deliveries, of different
     /// charges, at once) and records the results. While the endpoint is down
-    /// ([`probe`]) it sends at most one, the endpoint's oldest pending delivery, and not
+    /// (`probe`) it sends at most one, the endpoint's oldest pending delivery, and not
     /// before the probe time.
     pub async fn step(&self, now: DateTime<Utc>) -> Result<StepReport, LedgerError> {
         let health = self.health();
