@@ -2,7 +2,6 @@
 //! on a controlled clock (no sleeping through the retry schedule), with passes going on
 //! meanwhile. Everything arrives, each event once with a 2xx, in order per charge.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -10,7 +9,7 @@ use konbini_reconciler::delivery::Endpoint;
 use konbini_reconciler::delivery::worker::sync;
 use konbini_reconciler::reconcile::Clock;
 
-use super::{Receiver, SECRET, app_with, endpoint, order};
+use super::{Receiver, SECRET, app_with, endpoint, event_ids, order, taken};
 use crate::helpers::TestApp;
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -96,35 +95,17 @@ async fn an_endpoint_down_for_a_day_gets_everything_in_order_once_it_returns() {
     );
 
     let verifier = standardwebhooks::Webhook::new(SECRET).unwrap();
-    let mut per_charge: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    let mut delivered = Vec::new();
     for r in shop.received().iter().filter(|r| r.answered == 200) {
         let ts: i64 = r.header("webhook-timestamp").parse().unwrap();
         let want = verifier
             .sign(r.header("webhook-id"), ts, r.body.as_bytes())
             .unwrap();
         assert_eq!(r.header("webhook-signature"), want);
-        let body = r.json();
-        let id = body["data"]["event_id"].as_i64().unwrap();
-        assert_eq!(r.header("webhook-id"), format!("evt_{id}"));
-        per_charge
-            .entry(body["data"]["charge_id"].as_str().unwrap().to_owned())
-            .or_default()
-            .push(id);
-        delivered.push(id);
     }
-    let mut all: Vec<i64> = app
-        .db()
-        .prepare("SELECT event_id FROM event_payloads ORDER BY event_id")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let (per_charge, delivered) = taken(&shop, 200);
+    let all = event_ids(&app);
     // 4 awaiting and 4 paid, and the late charge seen paid at once.
     assert_eq!(all.len(), 9);
-    delivered.sort();
-    all.sort();
     assert_eq!(delivered, all, "each event delivered exactly once");
     for (charge, ids) in &per_charge {
         assert_eq!(

@@ -9,6 +9,7 @@ mod outage;
 mod receiver;
 mod reopen;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::json;
@@ -50,6 +51,36 @@ pub fn order(app: &TestApp, charge_id: &str, orderid: &str) -> SimCharge {
     c.metadata = json!({"orderid": orderid});
     app.sim.upsert(c.clone());
     c
+}
+
+/// The events `shop` took (the requests it answered `status`): their ids by charge in
+/// arrival order, and all of them sorted. Each delivery's `webhook-id` must name its event.
+pub fn taken(shop: &Receiver, status: u16) -> (BTreeMap<String, Vec<i64>>, Vec<i64>) {
+    let mut per_charge: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let mut delivered = Vec::new();
+    for r in shop.received().iter().filter(|r| r.answered == status) {
+        let body = r.json();
+        let id = body["data"]["event_id"].as_i64().unwrap();
+        assert_eq!(r.header("webhook-id"), format!("evt_{id}"));
+        per_charge
+            .entry(body["data"]["charge_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(id);
+        delivered.push(id);
+    }
+    delivered.sort();
+    (per_charge, delivered)
+}
+
+/// Every event the ledger holds a payload for, ascending.
+pub fn event_ids(app: &TestApp) -> Vec<i64> {
+    app.db()
+        .prepare("SELECT event_id FROM event_payloads ORDER BY event_id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
 }
 
 fn one_line(s: &str) -> String {

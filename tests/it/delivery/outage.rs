@@ -3,7 +3,6 @@
 //! interval at most, not the whole due backlog as fast as it refuses; once a probe gets
 //! a 2xx every waiting event goes at once, each once, in order per charge.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use chrono::{DateTime, Duration, Utc};
@@ -11,7 +10,7 @@ use konbini_reconciler::delivery::Endpoint;
 use konbini_reconciler::delivery::worker::sync;
 use konbini_reconciler::reconcile::Clock;
 
-use super::{Receiver, SECRET, app_with, endpoint, order};
+use super::{Receiver, SECRET, app_with, endpoint, event_ids, order, taken};
 use crate::helpers::TestApp;
 
 const CHARGES: usize = 6;
@@ -87,27 +86,8 @@ async fn drains_at_once(app: &TestApp, ep: &Endpoint, shop: &Receiver, now: Date
         now - back < Duration::seconds(31),
         "the backlog waited for its own retry times: {now} against {back}"
     );
-    let mut per_charge: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    let mut delivered = Vec::new();
-    for r in shop.received().iter().filter(|r| r.answered == 204) {
-        let body = r.json();
-        let id = body["data"]["event_id"].as_i64().unwrap();
-        assert_eq!(r.header("webhook-id"), format!("evt_{id}"));
-        per_charge
-            .entry(body["data"]["charge_id"].as_str().unwrap().to_owned())
-            .or_default()
-            .push(id);
-        delivered.push(id);
-    }
-    delivered.sort();
-    let all: Vec<i64> = app
-        .db()
-        .prepare("SELECT event_id FROM event_payloads ORDER BY event_id")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let (per_charge, delivered) = taken(shop, 204);
+    let all = event_ids(app);
     assert_eq!(all.len(), 2 * CHARGES);
     assert_eq!(delivered, all, "each event delivered exactly once");
     assert_eq!(per_charge.len(), CHARGES);
