@@ -29,7 +29,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use super::{Ledger, LedgerError, schema};
+use super::{Ledger, LedgerError, busy, schema};
 
 /// How an open treats the schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,7 +213,7 @@ impl Database {
         }
         statement_journals_in_memory();
         let conn = Connection::open_with_flags(path, flags).map_err(sqlite)?;
-        conn.busy_timeout(self.busy_timeout).map_err(sqlite)?;
+        busy::poll_when_busy(&conn, self.busy_timeout).map_err(sqlite)?;
         if create {
             // Takes effect only on a file without tables (a new ledger): the space
             // retention frees can then be handed back a little at a time

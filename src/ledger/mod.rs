@@ -30,6 +30,7 @@
 
 mod archive;
 pub mod backup;
+mod busy;
 mod charges;
 mod checks;
 mod clock_step;

@@ -188,6 +188,49 @@ async fn the_daemon_prunes_within_a_minute_of_start_then_every_ten_minutes() {
     let _ = job.work(Trigger::Schedule);
 }
 
+/// A round checkpoints what it wrote itself: the database file, read without its WAL,
+/// already holds the deletions. Left to SQLite's automatic checkpoint, the copy would
+/// happen in the commit of the next writer past the threshold, a pass's most often,
+/// which then waited 10 ms and more (docs/operations.md, "Retention").
+#[test]
+fn a_round_leaves_no_deletion_in_the_wal_for_a_writer_to_copy() {
+    let mut sim = SimYear::new(Keep::Everything);
+    let old = ago(60);
+    for i in 0..300 {
+        sim.conn
+            .execute(
+                "INSERT INTO charge_events (charge_id, at, kind, detail) VALUES (?1, ?2, 'webhook', 'charge_updated x1')",
+                params![format!("c{i}"), old],
+            )
+            .unwrap();
+    }
+    sim.size();
+    let retention = konbini_reconciler::config::retention::RetentionSettings {
+        webhook_events: Some(Duration::from_secs(30 * 86_400)),
+        ..Default::default()
+    };
+    let round = konbini_reconciler::jobs::prune::round(
+        &mut sim.ledger,
+        &retention,
+        Utc::now(),
+        &CancellationToken::new(),
+    )
+    .unwrap();
+    assert_eq!(round.pruned[0].1, 300);
+    // The main file alone, as a checkpoint left it.
+    let copy = sim.path.with_file_name("file-only.db");
+    std::fs::copy(&sim.path, &copy).unwrap();
+    let left: i64 = Connection::open(&copy)
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM charge_events WHERE kind = 'webhook'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(left, 0);
+}
+
 /// A simulated ledger: 1,000 charges a day, each with its two transitions (the outbox
 /// trigger adds their payloads and one delivery row each, delivered the same day) and
 /// two webhook events, and a pass a minute (1,440 `runs` rows a day). With retention,
@@ -404,12 +447,21 @@ fn retention_figures_ledger_size_after_a_simulated_year() {
 }
 
 /// The longest wait pruning causes a writer: a round over 200,000 old hints in one
-/// thread, and in another a pass-like write (one IMMEDIATE transaction updating a charge
-/// and appending an event) every 2 ms, each timed from BEGIN to COMMIT; the same writes
-/// without pruning for comparison.
+/// thread, and in another a hint check's write (one IMMEDIATE transaction appending a
+/// `webhook` row) every 2 ms, each timed from BEGIN to COMMIT; the same writes without
+/// pruning for comparison. Two writers, each alone and then beside a round of its own:
+/// the ledger's connection as the daemon opens it, and a connection that waits with
+/// SQLite's own busy handler (`sqlite3_busy_timeout`), the reference.
 #[test]
 #[ignore = "a figure for the docs: a bench-like measurement"]
 fn retention_figures_longest_pause_of_a_writer() {
+    use konbini_reconciler::domain::ChargeId;
+    use konbini_reconciler::ledger::{HintCheck, HintEvents, Ledger};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// One write each time it is called, on a connection of its own.
+    type Writer = Box<dyn FnMut() + Send>;
+
     let mut sim = SimYear::new(Keep::Everything);
     sim.conn
         .execute(
@@ -417,46 +469,50 @@ fn retention_figures_longest_pause_of_a_writer() {
             [],
         )
         .unwrap();
-    let old = ago(60);
-    let tx = sim.conn.transaction().unwrap();
-    for i in 0..200_000 {
-        tx.execute(
-            "INSERT INTO charge_events (charge_id, at, kind, detail) VALUES (?1, ?2, 'webhook', 'charge_updated x1')",
-            params![format!("c{}", i % 5000), old],
-        )
-        .unwrap();
-    }
-    tx.commit().unwrap();
-    sim.size();
     let path = sim.path.clone();
-    let writes = |stop: &std::sync::atomic::AtomicBool| -> Vec<Duration> {
+    // One write of each kind; both append the same row in one IMMEDIATE transaction.
+    let ledger_write = || -> Writer {
+        let mut ledger = Ledger::open(&path, Duration::from_secs(5)).unwrap();
+        let mut events = HintEvents::default();
+        events.add("charge_updated");
+        let check = HintCheck {
+            charge_id: ChargeId::parse("w").unwrap(),
+            events,
+            at: Utc::now(),
+        };
+        Box::new(move || {
+            ledger
+                .record_hint_checks(std::slice::from_ref(&check))
+                .unwrap()
+        })
+    };
+    let sqlite_write = || -> Writer {
         let mut c = Connection::open(&path).unwrap();
         c.busy_timeout(Duration::from_secs(5)).unwrap();
-        // As the daemon's connections are.
         c.execute_batch("PRAGMA synchronous = NORMAL").unwrap();
-        let mut took = Vec::new();
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            let t = std::time::Instant::now();
+        Box::new(move || {
             let tx = c
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .unwrap();
             tx.execute(
-                "UPDATE charges SET last_checked_at = ?1 WHERE charge_id = 'w'",
-                [ago(0)],
-            )
-            .unwrap();
-            tx.execute(
-                "INSERT INTO charge_events (charge_id, at, kind, detail) VALUES ('w', ?1, 'error', 'x')",
+                "INSERT INTO charge_events (charge_id, at, kind, detail) VALUES ('w', ?1, 'webhook', 'charge_updated x1')",
                 [ago(0)],
             )
             .unwrap();
             tx.commit().unwrap();
+        })
+    };
+    fn writes(stop: &AtomicBool, mut write: impl FnMut()) -> Vec<Duration> {
+        let mut took = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let t = std::time::Instant::now();
+            write();
             took.push(t.elapsed());
             std::thread::sleep(Duration::from_millis(2));
         }
         took.sort();
         took
-    };
+    }
     let line = |t: &[Duration]| {
         let p = |q: f64| t[((t.len() - 1) as f64 * q) as usize];
         let over = t.iter().filter(|d| **d > Duration::from_millis(10)).count();
@@ -468,42 +524,61 @@ fn retention_figures_longest_pause_of_a_writer() {
             t[t.len() - 1]
         )
     };
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let base = std::thread::scope(|s| {
-        let h = s.spawn(|| writes(&stop));
-        std::thread::sleep(Duration::from_secs(3));
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        h.join().unwrap()
-    });
-    let stop = std::sync::atomic::AtomicBool::new(false);
     let retention = konbini_reconciler::config::retention::RetentionSettings {
         webhook_events: Some(Duration::from_secs(30 * 86_400)),
         ..Default::default()
     };
-    let (during, round) = std::thread::scope(|s| {
-        let h = s.spawn(|| writes(&stop));
-        let t = std::time::Instant::now();
-        let r = konbini_reconciler::jobs::prune::round(
-            &mut sim.ledger,
-            &retention,
-            Utc::now(),
-            &CancellationToken::new(),
-        )
-        .unwrap();
-        let took = t.elapsed();
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        (h.join().unwrap(), (r, took))
-    });
-    println!(
-        "without pruning: {}; during a round ({:?}, {} steps, {} pages freed, longest step \
-         {:?}, {:?}): {}",
-        line(&base),
-        round.0.pruned,
-        round.0.steps,
-        round.0.pages_freed,
-        round.0.longest_step,
-        round.1,
-        line(&during)
-    );
-    assert_eq!(round.0.pruned[0].1, 200_000);
+    let old = ago(60);
+    let writers: [(&str, &dyn Fn() -> Writer); 2] = [
+        ("ledger's connection", &ledger_write),
+        ("SQLite's busy handler", &sqlite_write),
+    ];
+    for (name, writer) in writers {
+        let tx = sim.conn.transaction().unwrap();
+        for i in 0..200_000 {
+            tx.execute(
+                "INSERT INTO charge_events (charge_id, at, kind, detail) VALUES (?1, ?2, 'webhook', 'charge_updated x1')",
+                params![format!("c{}", i % 5000), old],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        sim.size();
+        let stop = AtomicBool::new(false);
+        let alone = std::thread::scope(|s| {
+            let w = writer();
+            let h = s.spawn(|| writes(&stop, w));
+            std::thread::sleep(Duration::from_secs(3));
+            stop.store(true, Ordering::Relaxed);
+            h.join().unwrap()
+        });
+        let stop = AtomicBool::new(false);
+        let (during, round) = std::thread::scope(|s| {
+            let w = writer();
+            let h = s.spawn(|| writes(&stop, w));
+            let t = std::time::Instant::now();
+            let r = konbini_reconciler::jobs::prune::round(
+                &mut sim.ledger,
+                &retention,
+                Utc::now(),
+                &CancellationToken::new(),
+            )
+            .unwrap();
+            let took = t.elapsed();
+            stop.store(true, Ordering::Relaxed);
+            (h.join().unwrap(), (r, took))
+        });
+        println!(
+            "{name}: alone: {}; during a round ({:?}, {} steps, {} pages freed, longest step \
+             {:?}, {:?}): {}",
+            line(&alone),
+            round.0.pruned,
+            round.0.steps,
+            round.0.pages_freed,
+            round.0.longest_step,
+            round.1,
+            line(&during)
+        );
+        assert_eq!(round.0.pruned[0].1, 200_000);
+    }
 }
