@@ -7,6 +7,7 @@
 //! By concern:
 //! - `database`: the handle, how a connection is opened and which checks every open
 //!   makes (the file is there, it is intact, it is still the same ledger).
+//! - `busy`: how a connection waits for the write lock another holds.
 //! - `schema`: the migrations, the triggers that keep the data honest.
 //! - `time`: [`Timestamp`], the one text form of a time in the ledger.
 //! - `due`: reading the charges a pass checks (the due stream, by id, the budget counts).
