@@ -104,50 +104,38 @@ mod tests {
         (dir, holder, waiter)
     }
 
+    fn begin(c: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+        c.transaction_with_behavior(TransactionBehavior::Immediate)
+    }
+
+    fn is_busy(e: &rusqlite::Error) -> bool {
+        e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+    }
+
     #[test]
     fn a_lock_held_past_the_timeout_fails_the_waiter_with_busy() {
         let (_dir, mut holder, mut waiter) = pair(Duration::from_millis(30));
-        let _held = holder
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .unwrap();
+        let _held = begin(&mut holder).unwrap();
         let began = Instant::now();
-        let err = waiter
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .unwrap_err();
-        assert_eq!(
-            err.sqlite_error_code(),
-            Some(rusqlite::ErrorCode::DatabaseBusy)
-        );
+        let err = begin(&mut waiter).unwrap_err();
+        assert!(is_busy(&err), "{err}");
         assert!(began.elapsed() >= Duration::from_millis(30));
     }
 
     #[test]
     fn a_zero_timeout_fails_at_once() {
         let (_dir, mut holder, mut waiter) = pair(Duration::ZERO);
-        let _held = holder
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .unwrap();
-        let err = waiter
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .unwrap_err();
-        assert_eq!(
-            err.sqlite_error_code(),
-            Some(rusqlite::ErrorCode::DatabaseBusy)
-        );
+        let _held = begin(&mut holder).unwrap();
+        let err = begin(&mut waiter).unwrap_err();
+        assert!(is_busy(&err), "{err}");
     }
 
     #[test]
     fn a_freed_lock_is_taken_by_the_waiter() {
         let (_dir, mut holder, mut waiter) = pair(Duration::from_secs(5));
-        let held = holder
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .unwrap();
+        let held = begin(&mut holder).unwrap();
         std::thread::scope(|s| {
-            let w = s.spawn(move || {
-                waiter
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map(|tx| tx.commit())
-            });
+            let w = s.spawn(move || begin(&mut waiter).map(|tx| tx.commit()));
             std::thread::sleep(Duration::from_millis(20));
             held.commit().unwrap();
             w.join().unwrap().unwrap().unwrap();
