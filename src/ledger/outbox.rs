@@ -819,4 +819,116 @@ mod tests {
             assert_eq!(got.unwrap_or_default(), want, "{kind} {to}");
         }
     }
+
+    mod probe {
+        use chrono::TimeZone;
+
+        use super::*;
+        use crate::ledger::test_ledger;
+
+        /// A ledger whose deliveries are `(endpoint, event_id, charge_id,
+        /// next_attempt_at, delivered_at)`, each with a payload `{"e":<event_id>}`.
+        fn with_deliveries(
+            rows: &[(&str, i64, &str, Option<&str>, Option<&str>)],
+        ) -> (tempfile::TempDir, Ledger) {
+            let (d, l) = test_ledger();
+            for (endpoint, id, charge, next, delivered) in rows {
+                l.conn()
+                    .execute(
+                        "INSERT OR IGNORE INTO event_payloads (event_id, type, charge_id, at, payload)
+                         VALUES (?1, 'charge.paid', ?2, '2026-12-01T00:00:00.000Z', '{\"e\":' || ?1 || '}')",
+                        params![id, charge],
+                    )
+                    .unwrap();
+                l.conn()
+                    .execute(
+                        "INSERT INTO deliveries (endpoint, event_id, charge_id, created_at, next_attempt_at, delivered_at)
+                         VALUES (?1, ?2, ?3, '2026-12-01T00:00:00.000Z', ?4, ?5)",
+                        params![endpoint, id, charge, next, delivered],
+                    )
+                    .unwrap();
+            }
+            (d, l)
+        }
+
+        fn next_attempts(l: &Ledger) -> Vec<(String, i64, Option<String>)> {
+            l.conn()
+                .prepare("SELECT endpoint, event_id, next_attempt_at FROM deliveries ORDER BY endpoint, event_id")
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        }
+
+        fn at(h: u32) -> DateTime<Utc> {
+            Utc.with_ymd_and_hms(2026, 12, 2, h, 0, 0).unwrap()
+        }
+
+        #[test]
+        fn a_probe_takes_the_oldest_pending_delivery_whenever_it_is_due() {
+            let (_d, mut l) = with_deliveries(&[
+                (
+                    "shop",
+                    3,
+                    "a",
+                    Some("2026-12-01T00:00:00.000Z"),
+                    Some("2026-12-01T00:00:01.000Z"),
+                ),
+                ("shop", 5, "b", Some("2026-12-09T00:00:00.000Z"), None),
+                ("shop", 7, "a", Some("2026-12-02T00:00:00.000Z"), None),
+                ("other", 4, "a", Some("2026-12-01T00:00:00.000Z"), None),
+            ]);
+            let d = l.claim_probe("shop", at(10)).unwrap().expect("a probe");
+            assert_eq!(
+                (d.event_id, d.charge_id.as_str(), d.payload.as_str()),
+                (5, "b", r#"{"e":5}"#)
+            );
+            assert_eq!(
+                next_attempts(&l),
+                [
+                    ("other".into(), 4, Some("2026-12-01T00:00:00.000Z".into())),
+                    ("shop".into(), 3, Some("2026-12-01T00:00:00.000Z".into())),
+                    ("shop".into(), 5, Some("2026-12-02T10:00:00.000Z".into())),
+                    ("shop".into(), 7, Some("2026-12-02T00:00:00.000Z".into())),
+                ]
+            );
+            // Still pending, it is the next probe too.
+            assert_eq!(
+                l.claim_probe("shop", at(11)).unwrap().map(|d| d.event_id),
+                Some(5)
+            );
+            assert!(l.claim_probe("nobody", at(11)).unwrap().is_none());
+        }
+
+        #[test]
+        fn a_probe_answered_makes_every_pending_delivery_of_its_endpoint_due_now() {
+            let (_d, mut l) = with_deliveries(&[
+                ("shop", 1, "a", Some("2026-12-01T00:00:00.000Z"), None),
+                ("shop", 2, "a", Some("2026-12-03T00:00:00.000Z"), None),
+                ("shop", 3, "b", None, None),
+                (
+                    "shop",
+                    4,
+                    "b",
+                    Some("2026-12-09T00:00:00.000Z"),
+                    Some("2026-12-01T00:00:01.000Z"),
+                ),
+                ("other", 2, "a", Some("2026-12-03T00:00:00.000Z"), None),
+            ]);
+            assert_eq!(l.make_pending_due("shop", at(10)).unwrap(), 3);
+            assert_eq!(
+                next_attempts(&l),
+                [
+                    ("other".into(), 2, Some("2026-12-03T00:00:00.000Z".into())),
+                    // Already due: it keeps its place.
+                    ("shop".into(), 1, Some("2026-12-01T00:00:00.000Z".into())),
+                    ("shop".into(), 2, Some("2026-12-02T10:00:00.000Z".into())),
+                    ("shop".into(), 3, Some("2026-12-02T10:00:00.000Z".into())),
+                    // Delivered: untouched.
+                    ("shop".into(), 4, Some("2026-12-09T00:00:00.000Z".into())),
+                ]
+            );
+        }
+    }
 }
