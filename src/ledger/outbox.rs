@@ -826,11 +826,12 @@ mod tests {
         use super::*;
         use crate::ledger::test_ledger;
 
-        /// A ledger whose deliveries are `(endpoint, event_id, charge_id,
-        /// next_attempt_at, delivered_at)`, each with a payload `{"e":<event_id>}`.
-        fn with_deliveries(
-            rows: &[(&str, i64, &str, Option<&str>, Option<&str>)],
-        ) -> (tempfile::TempDir, Ledger) {
+        /// A delivery row: `(endpoint, event_id, charge_id, next_attempt_at,
+        /// delivered_at)`.
+        type Row<'a> = (&'a str, i64, &'a str, Option<&'a str>, Option<&'a str>);
+
+        /// A ledger with these deliveries, each with a payload `{"e":<event_id>}`.
+        fn with_deliveries(rows: &[Row<'_>]) -> (tempfile::TempDir, Ledger) {
             let (d, l) = test_ledger();
             for (endpoint, id, charge, next, delivered) in rows {
                 l.conn()
