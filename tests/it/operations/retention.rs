@@ -195,27 +195,8 @@ async fn the_daemon_prunes_within_a_minute_of_start_then_every_ten_minutes() {
 #[test]
 fn a_round_leaves_no_deletion_in_the_wal_for_a_writer_to_copy() {
     let mut sim = SimYear::new(Keep::Everything);
-    let old = ago(60);
-    for i in 0..300 {
-        sim.conn
-            .execute(
-                "INSERT INTO charge_events (charge_id, at, kind, detail) VALUES (?1, ?2, 'webhook', 'charge_updated x1')",
-                params![format!("c{i}"), old],
-            )
-            .unwrap();
-    }
-    sim.size();
-    let retention = konbini_reconciler::config::retention::RetentionSettings {
-        webhook_events: Some(Duration::from_secs(30 * 86_400)),
-        ..Default::default()
-    };
-    let round = konbini_reconciler::jobs::prune::round(
-        &mut sim.ledger,
-        &retention,
-        Utc::now(),
-        &CancellationToken::new(),
-    )
-    .unwrap();
+    sim.old_hints(300);
+    let round = sim.prune_old_hints();
     assert_eq!(round.pruned[0].1, 300);
     // The main file alone, as a checkpoint left it.
     let copy = sim.path.with_file_name("file-only.db");
@@ -371,6 +352,37 @@ impl SimYear {
     }
 
     /// The file's size after a checkpoint, in bytes.
+    /// `n` `webhook` events 60 days old, over at most 5,000 charges, in one transaction;
+    /// then a checkpoint, so that the WAL starts empty.
+    fn old_hints(&mut self, n: usize) {
+        let old = ago(60);
+        let tx = self.conn.transaction().unwrap();
+        for i in 0..n {
+            tx.execute(
+                "INSERT INTO charge_events (charge_id, at, kind, detail) VALUES (?1, ?2, 'webhook', 'charge_updated x1')",
+                params![format!("c{}", i % 5000), old],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        self.size();
+    }
+
+    /// One prune round now with `webhook_events = "30d"` and nothing else.
+    fn prune_old_hints(&mut self) -> konbini_reconciler::jobs::prune::Round {
+        let retention = konbini_reconciler::config::retention::RetentionSettings {
+            webhook_events: Some(Duration::from_secs(30 * 86_400)),
+            ..Default::default()
+        };
+        konbini_reconciler::jobs::prune::round(
+            &mut self.ledger,
+            &retention,
+            Utc::now(),
+            &CancellationToken::new(),
+        )
+        .unwrap()
+    }
+
     fn size(&self) -> u64 {
         self.conn
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -524,26 +536,12 @@ fn retention_figures_longest_pause_of_a_writer() {
             t[t.len() - 1]
         )
     };
-    let retention = konbini_reconciler::config::retention::RetentionSettings {
-        webhook_events: Some(Duration::from_secs(30 * 86_400)),
-        ..Default::default()
-    };
-    let old = ago(60);
     let writers: [(&str, &dyn Fn() -> Writer); 2] = [
         ("ledger's connection", &ledger_write),
         ("SQLite's busy handler", &sqlite_write),
     ];
     for (name, writer) in writers {
-        let tx = sim.conn.transaction().unwrap();
-        for i in 0..200_000 {
-            tx.execute(
-                "INSERT INTO charge_events (charge_id, at, kind, detail) VALUES (?1, ?2, 'webhook', 'charge_updated x1')",
-                params![format!("c{}", i % 5000), old],
-            )
-            .unwrap();
-        }
-        tx.commit().unwrap();
-        sim.size();
+        sim.old_hints(200_000);
         let stop = AtomicBool::new(false);
         let alone = std::thread::scope(|s| {
             let w = writer();
@@ -557,13 +555,7 @@ fn retention_figures_longest_pause_of_a_writer() {
             let w = writer();
             let h = s.spawn(|| writes(&stop, w));
             let t = std::time::Instant::now();
-            let r = konbini_reconciler::jobs::prune::round(
-                &mut sim.ledger,
-                &retention,
-                Utc::now(),
-                &CancellationToken::new(),
-            )
-            .unwrap();
+            let r = sim.prune_old_hints();
             let took = t.elapsed();
             stop.store(true, Ordering::Relaxed);
             (h.join().unwrap(), (r, took))
