@@ -29,7 +29,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use super::{Ledger, LedgerError, busy, schema};
+use super::{Ledger, LedgerError, busy, schema, wal};
 
 /// How an open treats the schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,7 +236,9 @@ impl Database {
         // last commits, which the next pass simply redoes (every check is re-runnable).
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
             .map_err(sqlite)?;
-        Ok(Ledger::from_parts(conn, path.clone()))
+        // No commit copies the WAL into the file: see the `wal` module for who does.
+        conn.execute_batch(wal::WAL_SETTINGS).map_err(sqlite)?;
+        Ok(Ledger::from_parts(conn, path.clone(), self.busy_timeout))
     }
 
     /// Runs `f` with a connection opened `how`, on tokio's blocking pool: the one way the

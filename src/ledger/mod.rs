@@ -8,6 +8,7 @@
 //! - `database`: the handle, how a connection is opened and which checks every open
 //!   makes (the file is there, it is intact, it is still the same ledger).
 //! - `busy`: how a connection waits for the write lock another holds.
+//! - `wal`: the write-ahead log's checkpoints, kept out of every commit.
 //! - `schema`: the migrations, the triggers that keep the data honest.
 //! - `time`: [`Timestamp`], the one text form of a time in the ledger.
 //! - `due`: reading the charges a pass checks (the due stream, by id, the budget counts).
@@ -48,6 +49,7 @@ mod run_requests;
 mod runs;
 mod schema;
 mod time;
+mod wal;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -80,11 +82,14 @@ pub use overview::{Backlog, Figures, Overview, StateTotal};
 pub use retention::{CHUNK_ROWS, Prunable, Pruned};
 pub use runs::RunRow;
 pub use time::{Timestamp, ts};
+pub use wal::Checkpointed;
 
 /// A connection to the ledger, opened by a [`Database`].
 pub struct Ledger {
     conn: Connection,
     path: PathBuf,
+    /// How long the connection waits for a lock (`database.busy_timeout`).
+    busy_timeout: Duration,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -106,8 +111,12 @@ impl Ledger {
         Database::existing(path, busy_timeout).open(Open::Migrate)
     }
 
-    fn from_parts(conn: Connection, path: PathBuf) -> Ledger {
-        Ledger { conn, path }
+    fn from_parts(conn: Connection, path: PathBuf, busy_timeout: Duration) -> Ledger {
+        Ledger {
+            conn,
+            path,
+            busy_timeout,
+        }
     }
 
     pub fn path(&self) -> &Path {

@@ -186,15 +186,6 @@ impl Ledger {
         Ok(before.saturating_sub(after).max(0) as u64)
     }
 
-    /// A passive checkpoint: copies into the database file what the WAL holds and no
-    /// reader still needs, without taking a lock a writer waits for (a checkpoint
-    /// already running elsewhere makes it do nothing). Retention runs it after its
-    /// steps, so the pages they wrote are not left to the automatic checkpoint, which
-    /// runs in the commit of the next writer past its threshold.
-    pub fn checkpoint(&self) -> Result<(), LedgerError> {
-        self.sql(|c| c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())))
-    }
-
     /// When the last prune round ended, as [`Ledger::set_pruned_at`] recorded it.
     pub fn pruned_at(&self) -> Result<Option<DateTime<Utc>>, LedgerError> {
         let at: Option<String> = self.sql(|c| {
