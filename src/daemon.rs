@@ -263,10 +263,14 @@ fn daemon_jobs(
     jobs_for(reconciler, pass)
 }
 
-/// The jobs of the daemon and of `--once`, in the order `--once` runs them: the discovery
-/// sweep, then the pass. A new job is registered here (see [`crate::jobs`]).
+/// The jobs of the daemon and of `--once`, in the order `--once` runs them: the
+/// checkpoints (beside all the others), the discovery sweep, the pass, delivery,
+/// retention. A new job is registered here (see [`crate::jobs`]).
 pub(crate) fn jobs_for(reconciler: &Reconciler, pass: PassJob) -> Vec<Arc<dyn jobs::Job>> {
     vec![
+        Arc::new(crate::jobs::checkpoint::CheckpointJob::new(
+            reconciler.context().clone(),
+        )),
         Arc::new(SweepJob::new(reconciler.context().clone())),
         Arc::new(pass),
         Arc::new(DeliveryJob::new(reconciler.settings_arc().clone())),

@@ -6,8 +6,9 @@
 //!
 //! Jobs today: the pass (`pass::PassJob`, on the cron), the discovery sweep
 //! (`crate::discovery::SweepJob`, on its interval), the webhook hint batches
-//! ([`crate::webhook`], woken by the coalescer), delivery ([`crate::delivery`]) and
-//! retention ([`prune::PruneJob`]).
+//! ([`crate::webhook`], woken by the coalescer), delivery ([`crate::delivery`]),
+//! retention ([`prune::PruneJob`]) and the WAL's checkpoints
+//! ([`checkpoint::CheckpointJob`]).
 //!
 //! # Adding a job
 //! 1. Implement [`Job`]: a `name` for the log, [`When::Cron`] (the loop calls
@@ -20,7 +21,8 @@
 //!    UnivaPay requests honours a recorded pause first
 //!    (`crate::reconcile::run::honour_recorded_pause`).
 //! 2. Say what `--once` does with it ([`Job::in_once`]: run it once now, before the
-//!    jobs registered after it, or not), and what is left to do at the end
+//!    jobs registered after it, loop beside them all, or not), and what is left to do
+//!    at the end
 //!    ([`Job::drain`], given at most `schedule.drain_timeout`: a delivery job sends what
 //!    is pending there).
 //! 3. Register it: one line in `crate::daemon::jobs_for`, the list the daemon runs
@@ -30,6 +32,7 @@
 //!    [`When::Own`] job whose `next` sleeps a minute the first time and an hour after.
 //!    Work is bounded steps that check `shutdown` between them.
 
+pub mod checkpoint;
 pub(crate) mod clock;
 pub(crate) mod pass;
 pub mod prune;
@@ -73,6 +76,9 @@ pub enum InOnce {
     Run,
     /// Leaves it out.
     Skip,
+    /// Runs its [`When::Own`] loop beside the others, from the first job to the last
+    /// one's end (the checkpoints: a long pass's writes are copied as they come).
+    Beside,
 }
 
 /// How one run of a job ended, as far as the loop and `--once` care.
@@ -358,8 +364,10 @@ pub(crate) struct OnceEnded {
     pub(crate) fatal: Option<String>,
 }
 
-/// `--once`: every job whose [`Job::in_once`] says so, once, in order, under `held`;
-/// then every job's drain within `drain`. Stops at the first [`Ended::Fatal`].
+/// `--once`: every job whose [`Job::in_once`] says so, once, in order, under `held`
+/// (an [`InOnce::Beside`] job starts its loop where it comes in the order, and it runs
+/// until the last job has ended); then every job's drain within `drain`. Stops at the
+/// first [`Ended::Fatal`].
 pub(crate) async fn once(
     jobs: &[Arc<dyn Job>],
     held: Arc<PassGuard>,
@@ -367,11 +375,18 @@ pub(crate) async fn once(
     shutdown: &CancellationToken,
 ) -> OnceEnded {
     let mut end = OnceEnded::default();
+    // A child token: the shutdown ends the loops beside too.
+    let beside_end = shutdown.child_token();
+    let beside = TaskTracker::new();
     for job in jobs {
-        if job.clone().in_once().await == InOnce::Skip {
-            continue;
-        }
-        let guard = (job.lock() == Lock::Pass).then(|| held.clone());
+        let guard = match job.clone().in_once().await {
+            InOnce::Skip => continue,
+            InOnce::Beside => {
+                beside.spawn(own_loop(job.clone(), None, beside_end.clone()));
+                continue;
+            }
+            InOnce::Run => (job.lock() == Lock::Pass).then(|| held.clone()),
+        };
         match job.clone().work(Trigger::Once)(guard, shutdown.clone()).await {
             Ended::Pass(p) => end.pass = Some(p),
             Ended::Fatal(e) => {
@@ -381,6 +396,9 @@ pub(crate) async fn once(
             Ended::Ran | Ended::Skipped => {}
         }
     }
+    beside_end.cancel();
+    beside.close();
+    beside.wait().await;
     drain_all(jobs, drain).await;
     end
 }
@@ -481,5 +499,89 @@ mod tests {
             1,
             "the job after the fatal one did not run"
         );
+    }
+
+    /// A job that runs every second beside the others in `--once`.
+    struct Ticking(Arc<AtomicU64>);
+
+    impl Job for Ticking {
+        fn name(&self) -> &'static str {
+            "ticking"
+        }
+        fn when(&self) -> When {
+            When::Own
+        }
+        fn lock(&self) -> Lock {
+            Lock::None
+        }
+        fn work(self: Arc<Self>, _trigger: Trigger) -> Work {
+            Box::new(move |_, _| {
+                self.0.fetch_add(1, Ordering::Relaxed);
+                Box::pin(std::future::ready(Ended::Ran))
+            })
+        }
+        fn next(self: Arc<Self>, shutdown: CancellationToken) -> BoxFuture<'static, Option<Work>> {
+            Box::pin(async move {
+                tokio::select! {
+                    () = shutdown.cancelled() => None,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => Some(self.work(Trigger::Once)),
+                }
+            })
+        }
+        fn in_once(self: Arc<Self>) -> BoxFuture<'static, InOnce> {
+            Box::pin(std::future::ready(InOnce::Beside))
+        }
+    }
+
+    /// A `--once` job that takes 3.5 s.
+    struct Slow;
+
+    impl Job for Slow {
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+        fn when(&self) -> When {
+            When::Cron
+        }
+        fn lock(&self) -> Lock {
+            Lock::Pass
+        }
+        fn work(self: Arc<Self>, _trigger: Trigger) -> Work {
+            Box::new(|_, _| {
+                Box::pin(async {
+                    tokio::time::sleep(Duration::from_millis(3500)).await;
+                    Ended::Ran
+                })
+            })
+        }
+        fn in_once(self: Arc<Self>) -> BoxFuture<'static, InOnce> {
+            Box::pin(std::future::ready(InOnce::Run))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn once_runs_a_beside_job_s_loop_while_the_others_run_and_ends_it_with_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = PassLock::for_database(&dir.path().join("l.db"));
+        let guard = Arc::new(lock.try_acquire().unwrap().unwrap());
+        let ticks = Arc::new(AtomicU64::new(0));
+        let list: Vec<Arc<dyn Job>> = vec![Arc::new(Ticking(ticks.clone())), Arc::new(Slow)];
+        let began = tokio::time::Instant::now();
+        let end = once(
+            &list,
+            guard,
+            Duration::from_secs(1),
+            &CancellationToken::new(),
+        )
+        .await;
+        assert!(end.fatal.is_none());
+        assert_eq!(ticks.load(Ordering::Relaxed), 3, "at 1, 2 and 3 s");
+        let took = began.elapsed();
+        assert!(
+            took < Duration::from_secs(4),
+            "{took:?}: the loop ended with the last job"
+        );
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(ticks.load(Ordering::Relaxed), 3, "and stayed ended");
     }
 }

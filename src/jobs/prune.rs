@@ -22,12 +22,11 @@
 //! meanwhile waits for that transaction only (`database.busy_timeout` covers it), and
 //! the pause between steps lets it in before the next one.
 //!
-//! After each step that deleted rows the pruner checkpoints the WAL itself (passive:
-//! no lock a writer waits for). Otherwise SQLite's automatic checkpoint copies the
-//! pages the steps wrote into the database file inside the commit of whichever writer
-//! crosses its threshold next, most often a pass's: that commit then took 10 to 13 ms
-//! where a lock wait took microseconds. The longest wait pruning adds to a writer is
-//! measured in docs/operations.md ("Retention").
+//! The pruner never checkpoints: no connection copies the WAL in its commit (the
+//! ledger's `wal` module), and the checkpoint job copies the pages a round wrote
+//! within a second, beside the writers rather than inside one of their commits. The
+//! longest wait pruning adds to a writer is measured in docs/operations.md
+//! ("Retention").
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -113,8 +112,7 @@ pub struct Round {
     pub archived: u64,
     pub steps: u64,
     pub pages_freed: u64,
-    /// The longest step (its read, its delete and the pages handed back; not the
-    /// checkpoint after it, which holds no lock a writer waits for).
+    /// The longest step: its read, its delete and the pages handed back.
     pub longest_step: Duration,
     /// Whether the shutdown ended it before everything old was gone.
     pub interrupted: bool,
@@ -145,9 +143,6 @@ pub fn round(
                 out.pages_freed += ledger.reclaim_free_pages(VACUUM_PAGES)?;
             }
             out.longest_step = out.longest_step.max(began.elapsed());
-            if step.rows > 0 {
-                ledger.checkpoint()?;
-            }
             // No row gone though some were read: they changed since (a delivery
             // replayed); the next round looks again rather than this one spinning.
             if !step.more || step.rows == 0 {
@@ -217,7 +212,6 @@ fn archive_steps(
             rest = &rest[m.looked.max(1).min(rest.len())..];
         }
         out.pages_freed += ledger.reclaim_free_pages(VACUUM_PAGES)?;
-        ledger.checkpoint()?;
         // Candidates that all stayed changed since they were read: the next round
         // looks again rather than this one spinning on them.
         if !moved_any || ids.len() < ARCHIVE_CHARGES {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use konbini_reconciler::jobs::Job;
+use konbini_reconciler::jobs::checkpoint::CheckpointJob;
 use konbini_reconciler::jobs::prune::PruneJob;
 use konbini_reconciler::ledger::Trigger;
 use rusqlite::{Connection, params};
@@ -188,20 +189,11 @@ async fn the_daemon_prunes_within_a_minute_of_start_then_every_ten_minutes() {
     let _ = job.work(Trigger::Schedule);
 }
 
-/// A round checkpoints what it wrote itself: the database file, read without its WAL,
-/// already holds the deletions. Left to SQLite's automatic checkpoint, the copy would
-/// happen in the commit of the next writer past the threshold, a pass's most often,
-/// which then waited 10 ms and more (docs/operations.md, "Retention").
-#[test]
-fn a_round_leaves_no_deletion_in_the_wal_for_a_writer_to_copy() {
-    let mut sim = SimYear::new(Keep::Everything);
-    sim.old_hints(300);
-    let round = sim.prune_old_hints();
-    assert_eq!(round.pruned[0].1, 300);
-    // The main file alone, as a checkpoint left it.
-    let copy = sim.path.with_file_name("file-only.db");
-    std::fs::copy(&sim.path, &copy).unwrap();
-    let left: i64 = Connection::open(&copy)
+/// Webhook events in the database file alone, as the last checkpoint left it.
+fn hints_in_file(app: &TestApp) -> i64 {
+    let copy = app.db_path.with_file_name("file-only.db");
+    std::fs::copy(&app.db_path, &copy).unwrap();
+    let n = Connection::open(&copy)
         .unwrap()
         .query_row(
             "SELECT count(*) FROM charge_events WHERE kind = 'webhook'",
@@ -209,7 +201,53 @@ fn a_round_leaves_no_deletion_in_the_wal_for_a_writer_to_copy() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(left, 0);
+    std::fs::remove_file(copy).unwrap();
+    n
+}
+
+/// A round's deletions stay in the WAL: no commit copies it into the file, neither the
+/// pruner's nor a pass's (that copy made a pass's commit wait 10 ms and more,
+/// docs/operations.md "Retention"). The daemon's checkpoint job copies them a second
+/// later.
+#[tokio::test]
+async fn a_round_s_deletions_reach_the_file_through_the_checkpoint_job() {
+    let app = TestApp::spawn_with(with_retention).await;
+    app.register("c1", 100);
+    fill(&app.db());
+    // An open connection keeps every other one from being the last to close, as the
+    // daemon's delivery connections do: nobody checkpoints on close.
+    let open = app.db();
+    open.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .unwrap();
+    assert_eq!(hints_in_file(&app), 7);
+    let ctx = app.reconciler.context().clone();
+    let prune = Arc::new(PruneJob::new(ctx.clone()));
+    prune.work(Trigger::Schedule)(None, CancellationToken::new()).await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM charge_events WHERE kind = 'webhook'"),
+        2
+    );
+    assert_eq!(hints_in_file(&app), 7, "a commit checkpointed");
+
+    let job = Arc::new(CheckpointJob::new(ctx));
+    tokio::time::pause();
+    let shutdown = CancellationToken::new();
+    let start = tokio::time::Instant::now();
+    let work = job
+        .clone()
+        .next(shutdown.clone())
+        .await
+        .expect("a checkpoint");
+    let every = start.elapsed();
+    assert!(
+        every >= Duration::from_secs(1) && every < Duration::from_millis(1100),
+        "{every:?}"
+    );
+    work(None, shutdown.clone()).await;
+    assert_eq!(hints_in_file(&app), 2);
+    shutdown.cancel();
+    assert!(job.next(shutdown).await.is_none(), "ends at shutdown");
+    drop(open);
 }
 
 /// A simulated ledger: 1,000 charges a day, each with its two transitions (the outbox
@@ -540,35 +578,55 @@ fn retention_figures_longest_pause_of_a_writer() {
         ("ledger's connection", &ledger_write),
         ("SQLite's busy handler", &sqlite_write),
     ];
+    // The daemon's checkpoint job, on a connection of its own: the longest checkpoint
+    // and the most frames the WAL held.
+    let checkpoints = |stop: &AtomicBool| -> (Duration, u64) {
+        let ledger = Ledger::open(&path, Duration::from_secs(5)).unwrap();
+        let (mut longest, mut frames) = (Duration::ZERO, 0);
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(konbini_reconciler::jobs::checkpoint::EVERY);
+            let t = std::time::Instant::now();
+            let done = ledger.catch_up().unwrap();
+            longest = longest.max(t.elapsed());
+            frames = frames.max(done.frames);
+        }
+        (longest, frames)
+    };
     for (name, writer) in writers {
         sim.old_hints(200_000);
         let stop = AtomicBool::new(false);
         let alone = std::thread::scope(|s| {
             let w = writer();
             let h = s.spawn(|| writes(&stop, w));
+            let c = s.spawn(|| checkpoints(&stop));
             std::thread::sleep(Duration::from_secs(3));
             stop.store(true, Ordering::Relaxed);
+            c.join().unwrap();
             h.join().unwrap()
         });
         let stop = AtomicBool::new(false);
-        let (during, round) = std::thread::scope(|s| {
+        let (during, round, ckpt) = std::thread::scope(|s| {
             let w = writer();
             let h = s.spawn(|| writes(&stop, w));
+            let c = s.spawn(|| checkpoints(&stop));
             let t = std::time::Instant::now();
             let r = sim.prune_old_hints();
             let took = t.elapsed();
             stop.store(true, Ordering::Relaxed);
-            (h.join().unwrap(), (r, took))
+            let ckpt = c.join().unwrap();
+            (h.join().unwrap(), (r, took), ckpt)
         });
         println!(
             "{name}: alone: {}; during a round ({:?}, {} steps, {} pages freed, longest step \
-             {:?}, {:?}): {}",
+             {:?}, {:?}; longest checkpoint {:?}, WAL at most {} frames): {}",
             line(&alone),
             round.0.pruned,
             round.0.steps,
             round.0.pages_freed,
             round.0.longest_step,
             round.1,
+            ckpt.0,
+            ckpt.1,
             line(&during)
         );
         assert_eq!(round.0.pruned[0].1, 200_000);
