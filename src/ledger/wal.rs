@@ -57,16 +57,16 @@ pub fn again(before: u64, last: Checkpointed, round: u32) -> bool {
 
 impl Ledger {
     /// Passive checkpoints one after the other until the WAL is all copied (at most
-    /// [`CATCH_UP_ROUNDS`], see [`again`]). One is not enough while writes keep coming:
+    /// `CATCH_UP_ROUNDS`, see `again`). One is not enough while writes keep coming:
     /// it copies the frames there when it began, the writes during it add more, and
     /// SQLite starts the WAL over from its beginning only when a writer finds every
-    /// frame copied. Without that the `-wal` file grows for as long as the writes keep
-    /// coming (to 400 MB over a prune round of 200,000 rows beside a writer every 2 ms,
-    /// docs/operations.md "Retention"). Each next one has only the frames written during
-    /// the last to copy, so it is shorter, and it soon finds a moment without writes.
+    /// frame copied. Each next one has only the frames written during the last to
+    /// copy, so it is shorter, and it soon finds a moment without writes.
     ///
-    /// Writes that never stop for a few milliseconds defeat that too; past
-    /// [`RESTART_PAST`] frames it then ends with [`Ledger::restart`].
+    /// Writes that never stop for a few milliseconds defeat that too (a writer every
+    /// 2 ms beside a prune round of 200,000 rows: the `-wal` file reached 400 MB,
+    /// docs/operations.md "Figures"); past `RESTART_PAST` frames it then ends with
+    /// [`Ledger::restart`].
     pub fn catch_up(&self) -> Result<Checkpointed, LedgerError> {
         let mut last = self.checkpoint()?;
         let mut before = 0;
