@@ -1,7 +1,8 @@
-//! The checkpoint job: the one checkpointer of the daemon and of `--once`. No ledger connection checkpoints
-//! in its commits (the ledger's `wal` module says why), so this job copies the WAL into
-//! the database file, a passive checkpoint every [`EVERY`], and keeps the `-wal` file
-//! from growing while the daemon runs.
+//! The checkpoint job: the checkpointer of the daemon and of `--once` (beside it, only
+//! prune rounds copy their own steps). No ledger connection checkpoints in its commits
+//! (the ledger's `wal` module says why), so this job copies the WAL into the database
+//! file, a passive checkpoint every [`EVERY`], and keeps the `-wal` file from growing
+//! while the daemon runs.
 //!
 //! `When::Own`, `Lock::None`: a passive checkpoint takes no lock a writer or a reader
 //! waits for, spends no UnivaPay budget and changes no row. `--once` runs the same loop

@@ -22,11 +22,11 @@
 //! meanwhile waits for that transaction only (`database.busy_timeout` covers it), and
 //! the pause between steps lets it in before the next one.
 //!
-//! The pruner never checkpoints: no connection copies the WAL in its commit (the
-//! ledger's `wal` module), and the checkpoint job copies the pages a round wrote
-//! within a second, beside the writers rather than inside one of their commits. The
-//! longest wait pruning adds to a writer is measured in docs/operations.md
-//! ("Retention").
+//! No connection copies the WAL in its commit (the ledger's `wal` module). A round
+//! copies the WAL itself before each of its steps, a passive checkpoint in its pause,
+//! and paces itself on the WAL so that the `-wal` file starts over while it runs (see
+//! `Pace`). The longest wait pruning adds to a writer is measured in
+//! docs/operations.md ("Retention").
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Ended, InOnce, Job, Lock, When, Work};
 use crate::config::retention::RetentionSettings;
 use crate::context::Context;
-use crate::ledger::{Ledger, LedgerError, Open, Prunable, Timestamp, Trigger};
+use crate::ledger::{Checkpointed, Ledger, LedgerError, Open, Prunable, Timestamp, Trigger};
 
 /// Rows deleted per step, at most.
 pub const STEP_ROWS: usize = 250;
@@ -57,6 +57,17 @@ pub const EVERY: Duration = Duration::from_secs(600);
 /// Free pages handed back after each step, at most. Each page moved is a read and a
 /// write under the lock; eight keep that transaction as short as a step's delete.
 pub const VACUUM_PAGES: u32 = 8;
+
+/// WAL frames (4 KiB each: 16 MiB) past which a round waits, before its next step,
+/// for the WAL to start over (see [`pace`]).
+pub const WAL_PACE: u64 = 4_096;
+/// The longest such wait. A reader's snapshot (a `backup`, Litestream) can hold the
+/// WAL for longer; the round then goes on, and waits again only once it has written
+/// another [`WAL_PACE`] frames.
+pub const WAL_WAIT: Duration = Duration::from_secs(2);
+/// Between two looks during that wait, each a passive checkpoint: two in a row that
+/// find the same frames all copied say that no one wrote in between.
+pub const WAL_LOOK: Duration = Duration::from_millis(5);
 
 /// Charges one archiving step copies, at most. The copy holds no lock of the ledger;
 /// its deletes follow in transactions of [`STEP_BUDGET`].
@@ -114,6 +125,9 @@ pub struct Round {
     pub pages_freed: u64,
     /// The longest step: its read, its delete and the pages handed back.
     pub longest_step: Duration,
+    /// Times the round waited for the WAL to start over, and how long in all.
+    pub wal_waits: u64,
+    pub wal_waited: Duration,
     /// Whether the shutdown ended it before everything old was gone.
     pub interrupted: bool,
 }
@@ -126,6 +140,7 @@ pub fn round(
     shutdown: &CancellationToken,
 ) -> Result<Round, LedgerError> {
     let mut out = Round::default();
+    let mut wal = Pace::default();
     'kinds: for (what, cutoff) in cutoffs(retention, now) {
         let mut total = 0u64;
         loop {
@@ -134,6 +149,7 @@ pub fn round(
                 out.pruned.push((what, total));
                 break 'kinds;
             }
+            wal.settle(ledger, shutdown, &mut out)?;
             let began = Instant::now();
             let step = ledger.prune_step(what, cutoff, now, STEP_ROWS, STEP_BUDGET)?;
             out.steps += 1;
@@ -174,7 +190,7 @@ fn archive(
     };
     let cutoff = Timestamp::before(now, keep);
     ledger.attach_archive(&retention.archive_path)?;
-    let moved = archive_steps(ledger, cutoff, now, shutdown, out);
+    let moved = archive_steps(ledger, cutoff, now, shutdown, out, &mut Pace::default());
     // Detached whatever happened, so the connection never keeps the file open.
     let detached = ledger.detach_archive();
     moved.and(detached)
@@ -186,6 +202,7 @@ fn archive_steps(
     now: DateTime<Utc>,
     shutdown: &CancellationToken,
     out: &mut Round,
+    wal: &mut Pace,
 ) -> Result<(), LedgerError> {
     loop {
         let ids = ledger.archive_candidates(cutoff, ARCHIVE_CHARGES)?;
@@ -202,6 +219,7 @@ fn archive_steps(
                 return Ok(());
             }
             std::thread::sleep(STEP_PAUSE);
+            wal.settle(ledger, shutdown, out)?;
             let began = Instant::now();
             let m = ledger.archive_delete(rest, cutoff, now, STEP_BUDGET)?;
             out.steps += 1;
@@ -217,6 +235,98 @@ fn archive_steps(
         if !moved_any || ids.len() < ARCHIVE_CHARGES {
             return Ok(());
         }
+    }
+}
+
+/// Whether a round waits for the WAL before its next step, a checkpoint having found
+/// `now`, and the one just before it (in the same wait) `before`: while the WAL is past
+/// `limit` frames, not started over, unless it is quiet, every frame copied and no
+/// write since `before` (the round's next step then starts it over itself).
+///
+/// A checkpoint counts the frames the WAL held when it began, so a lone "all copied"
+/// may be out of date by a write that committed while it ran: only two in a row with
+/// the same count say that no one wrote.
+pub fn pace(before: Option<Checkpointed>, now: Checkpointed, limit: u64) -> bool {
+    let quiet = now.behind() == 0 && before.is_some_and(|b| b.frames == now.frames);
+    now.frames > limit && !quiet
+}
+
+/// A round's pacing on the WAL. The `-wal` file starts over from its beginning only
+/// when a writer begins with every frame in it copied, and a round writes much. Left
+/// to the checkpoint job's copy once a second, with a pass's and the hint checks'
+/// writes beside it, that moment may not come for long: a round over 200,000 hints
+/// beside a writer every 2 ms grew the file to 400 MB (docs/operations.md "Figures"),
+/// and past 256 MiB the job's restart makes every writer wait for its copy.
+///
+/// So before each step the round copies what the WAL holds, a passive checkpoint that
+/// no writer waits for, and its step, the next write, comes right after it and starts
+/// the WAL over unless someone wrote in between. When writes come too close for that
+/// and the WAL passes [`WAL_PACE`] frames, the round stops writing, looking every
+/// [`WAL_LOOK`] for up to [`WAL_WAIT`], until the WAL has started over (the others'
+/// next write after a checkpoint that found no write coming does that) or it is quiet
+/// (see [`pace`]).
+#[derive(Debug)]
+struct Pace {
+    /// Frames the round may add before it waits: [`WAL_PACE`].
+    every: u64,
+    /// The longest wait: [`WAL_WAIT`].
+    wait: Duration,
+    /// Frames past which it waits now: `every`, or more after a wait that a reader's
+    /// snapshot held to the end.
+    limit: u64,
+}
+
+impl Default for Pace {
+    fn default() -> Pace {
+        Pace::new(WAL_PACE, WAL_WAIT)
+    }
+}
+
+impl Pace {
+    fn new(every: u64, wait: Duration) -> Pace {
+        Pace {
+            every,
+            wait,
+            limit: every,
+        }
+    }
+
+    /// Before a step: see the type's doc.
+    fn settle(
+        &mut self,
+        ledger: &Ledger,
+        shutdown: &CancellationToken,
+        out: &mut Round,
+    ) -> Result<(), LedgerError> {
+        let mut now = ledger.checkpoint()?;
+        if now.frames <= self.every {
+            // The WAL started over.
+            self.limit = self.every;
+        }
+        if !pace(None, now, self.limit) {
+            return Ok(());
+        }
+        let began = Instant::now();
+        out.wal_waits += 1;
+        let mut before = None;
+        while pace(before, now, self.every) && began.elapsed() < self.wait {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            std::thread::sleep(WAL_LOOK);
+            before = Some(now);
+            now = ledger.checkpoint()?;
+        }
+        out.wal_waited += began.elapsed();
+        // Held to the end (a reader's snapshot, writes that never pause): not again
+        // before the round has written `every` more frames, so a long `backup` slows a
+        // round down without stopping it.
+        self.limit = if pace(before, now, self.every) {
+            now.frames.saturating_add(self.every)
+        } else {
+            self.every
+        };
+        Ok(())
     }
 }
 
@@ -276,6 +386,8 @@ fn log_round(done: Result<Round, LedgerError>, took: Duration) {
                 steps = r.steps,
                 pages_freed = r.pages_freed,
                 longest_step_ms = r.longest_step.as_millis() as u64,
+                wal_waits = r.wal_waits,
+                wal_waited_ms = r.wal_waited.as_millis() as u64,
                 interrupted = r.interrupted,
                 took_ms = took.as_millis() as u64,
                 "retention: pruned"
@@ -384,5 +496,128 @@ mod tests {
         assert!((100..=5000).contains(&STEP_ROWS));
         assert!(STEP_BUDGET <= Duration::from_millis(3));
         assert!(FIRST_AFTER <= Duration::from_secs(60));
+    }
+
+    /// A ledger, a connection that writes rows of two pages and more to its table `t`
+    /// on its own, and one that holds a read snapshot from before them.
+    fn wal_with_a_reader() -> (
+        tempfile::TempDir,
+        Ledger,
+        rusqlite::Connection,
+        rusqlite::Connection,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        let ledger = Ledger::open(&path, Duration::from_secs(1)).unwrap();
+        let writer = rusqlite::Connection::open(&path).unwrap();
+        writer
+            .execute_batch(
+                "PRAGMA wal_autocheckpoint = 0; CREATE TABLE t (x BLOB);
+                 PRAGMA wal_checkpoint(TRUNCATE);",
+            )
+            .unwrap();
+        let reader = rusqlite::Connection::open(&path).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        let _: i64 = reader
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        (dir, ledger, writer, reader)
+    }
+
+    fn rows(c: &rusqlite::Connection, n: usize) {
+        for _ in 0..n {
+            c.execute("INSERT INTO t VALUES (randomblob(5000))", [])
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn pacing_waits_past_its_frames_while_a_reader_holds_them_and_not_again_soon() {
+        let (_d, ledger, writer, reader) = wal_with_a_reader();
+        let go_on = CancellationToken::new();
+        let wait = Duration::from_millis(300);
+        let mut pace = Pace::new(50, wait);
+        let mut out = Round::default();
+        rows(&writer, 5);
+        pace.settle(&ledger, &go_on, &mut out).unwrap();
+        assert_eq!(out.wal_waits, 0, "under its frames");
+        rows(&writer, 50);
+        pace.settle(&ledger, &go_on, &mut out).unwrap();
+        assert_eq!(out.wal_waits, 1);
+        assert!(out.wal_waited >= wait, "{out:?}");
+        // Held to the end: no wait again before 50 more frames.
+        pace.settle(&ledger, &go_on, &mut out).unwrap();
+        rows(&writer, 5);
+        pace.settle(&ledger, &go_on, &mut out).unwrap();
+        assert_eq!(out.wal_waits, 1);
+        rows(&writer, 30);
+        pace.settle(&ledger, &go_on, &mut out).unwrap();
+        assert_eq!(out.wal_waits, 2);
+        // The reader gone, the checkpoint copies everything, and a second finds no
+        // write since: the wait ends at once, and the next write starts the WAL over.
+        reader.execute_batch("COMMIT").unwrap();
+        rows(&writer, 30);
+        let waited = out.wal_waited;
+        pace.settle(&ledger, &go_on, &mut out).unwrap();
+        assert_eq!(out.wal_waits, 3);
+        assert!(out.wal_waited - waited < wait, "{out:?}");
+        rows(&writer, 1);
+        let c = ledger.checkpoint().unwrap();
+        assert!(c.frames < 10, "{c:?}");
+    }
+
+    #[test]
+    fn a_wait_for_the_wal_ends_when_the_frames_are_copied_or_at_shutdown() {
+        let (_d, ledger, writer, reader) = wal_with_a_reader();
+        rows(&writer, 50);
+        let mut out = Round::default();
+        let let_go = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            reader.execute_batch("COMMIT").unwrap();
+        });
+        Pace::new(50, Duration::from_secs(30))
+            .settle(&ledger, &CancellationToken::new(), &mut out)
+            .unwrap();
+        let_go.join().unwrap();
+        assert_eq!(out.wal_waits, 1);
+        assert!(
+            (Duration::from_millis(200)..Duration::from_secs(10)).contains(&out.wal_waited),
+            "{out:?}"
+        );
+
+        let (_d, ledger, writer, _reader) = wal_with_a_reader();
+        rows(&writer, 50);
+        let stopped = CancellationToken::new();
+        stopped.cancel();
+        let mut out = Round::default();
+        Pace::new(50, Duration::from_secs(30))
+            .settle(&ledger, &stopped, &mut out)
+            .unwrap();
+        assert!(out.wal_waited < Duration::from_secs(10), "{out:?}");
+    }
+
+    #[test]
+    fn a_round_waits_past_its_limit_until_the_wal_starts_over_or_is_quiet() {
+        let c = |frames, copied| Checkpointed { frames, copied };
+        assert!(pace(None, c(5000, 4000), 4096));
+        assert!(
+            pace(None, c(5000, 5000), 4096),
+            "all copied, but a write may have come meanwhile"
+        );
+        assert!(
+            !pace(Some(c(5000, 5000)), c(5000, 5000), 4096),
+            "two alike: no write, the next step starts over"
+        );
+        assert!(
+            pace(Some(c(4990, 4990)), c(5000, 5000), 4096),
+            "someone wrote between them"
+        );
+        assert!(
+            pace(Some(c(5000, 4000)), c(5000, 4000), 4096),
+            "a reader holds them"
+        );
+        assert!(!pace(None, c(4096, 0), 4096), "not past the limit");
+        assert!(!pace(Some(c(9000, 9000)), c(30, 30), 4096), "started over");
+        assert!(!pace(None, c(0, 0), 4096));
     }
 }

@@ -10,8 +10,18 @@
 //! - in the daemon, the checkpoint job (`crate::jobs::checkpoint`), a passive checkpoint
 //!   every second: it takes no lock a writer waits for, and a reader's snapshot (a
 //!   `backup`, Litestream) only stops it short of the frames that reader still needs;
+//! - a prune round (`crate::jobs::prune`), a passive checkpoint before each of its
+//!   steps, in its own pause, so that the step's write can start the WAL over while the
+//!   round runs;
 //! - in every process, its last connection to close (SQLite's own checkpoint on close,
 //!   which also removes the `-wal` file): what ends `--once` and the commands.
+//!
+//! SQLite starts the WAL over from its beginning only when a writer begins its
+//! transaction with every frame copied. A checkpoint reports the frames the WAL held
+//! when it began: a write that commits while it runs is not in its count, so "all
+//! copied" may already be out of date when it returns, and under writes a few
+//! milliseconds apart the WAL may not start over for long ([`RESTART_PAST`] bounds
+//! that).
 
 use super::{Ledger, LedgerError, busy};
 
