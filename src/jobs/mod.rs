@@ -405,33 +405,88 @@ pub(crate) async fn once(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicBool;
+
     use super::*;
 
-    /// A cron job that counts its runs.
-    struct Counting(AtomicU64);
+    /// A job of any shape for these tests: its work counts its runs, notes whether it
+    /// got the pass guard, takes `takes` (tokio's time) and ends `Fatal` when `fatal`
+    /// says so; with `every`, its own loop hands out work that often.
+    struct TestJob {
+        when: When,
+        lock: Lock,
+        in_once: InOnce,
+        every: Option<Duration>,
+        takes: Duration,
+        fatal: Option<&'static str>,
+        runs: AtomicU64,
+        guarded: AtomicBool,
+    }
 
-    impl Job for Counting {
-        fn name(&self) -> &'static str {
-            "counting"
+    impl TestJob {
+        fn new(when: When, lock: Lock, in_once: InOnce) -> TestJob {
+            TestJob {
+                when,
+                lock,
+                in_once,
+                every: None,
+                takes: Duration::ZERO,
+                fatal: None,
+                runs: AtomicU64::new(0),
+                guarded: AtomicBool::new(false),
+            }
         }
-        fn when(&self) -> When {
-            When::Cron
-        }
-        fn lock(&self) -> Lock {
-            Lock::None
-        }
-        fn work(self: Arc<Self>, _trigger: Trigger) -> Work {
-            Box::new(move |_, _| {
-                self.0.fetch_add(1, Ordering::Relaxed);
-                Box::pin(std::future::ready(Ended::Ran))
-            })
-        }
-        fn in_once(self: Arc<Self>) -> BoxFuture<'static, InOnce> {
-            Box::pin(std::future::ready(InOnce::Run))
+
+        fn runs(&self) -> u64 {
+            self.runs.load(Ordering::Relaxed)
         }
     }
 
-    fn jobs(job: Arc<Counting>) -> Arc<Jobs> {
+    impl Job for TestJob {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+        fn when(&self) -> When {
+            self.when
+        }
+        fn lock(&self) -> Lock {
+            self.lock
+        }
+        fn work(self: Arc<Self>, _trigger: Trigger) -> Work {
+            Box::new(move |held, _| {
+                Box::pin(async move {
+                    self.runs.fetch_add(1, Ordering::Relaxed);
+                    self.guarded.store(held.is_some(), Ordering::Relaxed);
+                    if !self.takes.is_zero() {
+                        tokio::time::sleep(self.takes).await;
+                    }
+                    match self.fatal {
+                        Some(why) => Ended::Fatal(why.into()),
+                        None => Ended::Ran,
+                    }
+                })
+            })
+        }
+        fn next(self: Arc<Self>, shutdown: CancellationToken) -> BoxFuture<'static, Option<Work>> {
+            Box::pin(async move {
+                let every = self.every?;
+                tokio::select! {
+                    () = shutdown.cancelled() => None,
+                    () = tokio::time::sleep(every) => Some(self.work(Trigger::Once)),
+                }
+            })
+        }
+        fn in_once(self: Arc<Self>) -> BoxFuture<'static, InOnce> {
+            Box::pin(std::future::ready(self.in_once))
+        }
+    }
+
+    /// A cron job that runs without the pass lock.
+    fn counting() -> Arc<TestJob> {
+        Arc::new(TestJob::new(When::Cron, Lock::None, InOnce::Run))
+    }
+
+    fn jobs(job: Arc<TestJob>) -> Arc<Jobs> {
         let dir = std::env::temp_dir().join("konbini-jobs-test.db");
         Jobs::new(
             vec![job],
@@ -440,9 +495,15 @@ mod tests {
         )
     }
 
+    /// The pass guard of a fresh database in `dir`, as `--once` holds it.
+    fn guard(dir: &tempfile::TempDir) -> Arc<PassGuard> {
+        let lock = PassLock::for_database(&dir.path().join("l.db"));
+        Arc::new(lock.try_acquire().unwrap().unwrap())
+    }
+
     #[tokio::test]
     async fn a_tick_during_a_run_is_skipped_not_queued() {
-        let job = Arc::new(Counting(AtomicU64::new(0)));
+        let job = counting();
         let jobs = jobs(job.clone());
         let held = jobs.gate.slot.clone().try_acquire_owned().unwrap();
         jobs.tick("schedule");
@@ -454,134 +515,71 @@ mod tests {
         jobs.tick("schedule");
         jobs.tracker.close();
         jobs.tracker.wait().await;
-        assert_eq!(job.0.load(Ordering::Relaxed), 1);
+        assert_eq!(job.runs(), 1);
         assert_eq!(jobs.gate.summary().passes, 1);
     }
 
     #[tokio::test]
     async fn once_runs_the_jobs_in_order_and_stops_at_a_fatal_one() {
-        struct Fails;
-        impl Job for Fails {
-            fn name(&self) -> &'static str {
-                "fails"
-            }
-            fn when(&self) -> When {
-                When::Own
-            }
-            fn lock(&self) -> Lock {
-                Lock::Pass
-            }
-            fn work(self: Arc<Self>, _trigger: Trigger) -> Work {
-                Box::new(|held, _| {
-                    assert!(held.is_some(), "a pass-lock job gets the guard");
-                    Box::pin(std::future::ready(Ended::Fatal("boom".into())))
-                })
-            }
-            fn in_once(self: Arc<Self>) -> BoxFuture<'static, InOnce> {
-                Box::pin(std::future::ready(InOnce::Run))
-            }
-        }
+        let fails = Arc::new(TestJob {
+            fatal: Some("boom"),
+            ..TestJob::new(When::Own, Lock::Pass, InOnce::Run)
+        });
         let dir = tempfile::tempdir().unwrap();
-        let lock = PassLock::for_database(&dir.path().join("l.db"));
-        let guard = Arc::new(lock.try_acquire().unwrap().unwrap());
-        let counting = Arc::new(Counting(AtomicU64::new(0)));
-        let list: Vec<Arc<dyn Job>> = vec![counting.clone(), Arc::new(Fails), counting.clone()];
+        let counting = counting();
+        let list: Vec<Arc<dyn Job>> = vec![counting.clone(), fails.clone(), counting.clone()];
         let end = once(
             &list,
-            guard,
+            guard(&dir),
             Duration::from_secs(1),
             &CancellationToken::new(),
         )
         .await;
         assert_eq!(end.fatal.as_deref(), Some("boom"));
+        assert!(
+            fails.guarded.load(Ordering::Relaxed),
+            "a pass-lock job gets the guard"
+        );
+        assert!(
+            !counting.guarded.load(Ordering::Relaxed),
+            "the others do not"
+        );
         assert_eq!(
-            counting.0.load(Ordering::Relaxed),
+            counting.runs(),
             1,
             "the job after the fatal one did not run"
         );
     }
 
-    /// A job that runs every second beside the others in `--once`.
-    struct Ticking(Arc<AtomicU64>);
-
-    impl Job for Ticking {
-        fn name(&self) -> &'static str {
-            "ticking"
-        }
-        fn when(&self) -> When {
-            When::Own
-        }
-        fn lock(&self) -> Lock {
-            Lock::None
-        }
-        fn work(self: Arc<Self>, _trigger: Trigger) -> Work {
-            Box::new(move |_, _| {
-                self.0.fetch_add(1, Ordering::Relaxed);
-                Box::pin(std::future::ready(Ended::Ran))
-            })
-        }
-        fn next(self: Arc<Self>, shutdown: CancellationToken) -> BoxFuture<'static, Option<Work>> {
-            Box::pin(async move {
-                tokio::select! {
-                    () = shutdown.cancelled() => None,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => Some(self.work(Trigger::Once)),
-                }
-            })
-        }
-        fn in_once(self: Arc<Self>) -> BoxFuture<'static, InOnce> {
-            Box::pin(std::future::ready(InOnce::Beside))
-        }
-    }
-
-    /// A `--once` job that takes 3.5 s.
-    struct Slow;
-
-    impl Job for Slow {
-        fn name(&self) -> &'static str {
-            "slow"
-        }
-        fn when(&self) -> When {
-            When::Cron
-        }
-        fn lock(&self) -> Lock {
-            Lock::Pass
-        }
-        fn work(self: Arc<Self>, _trigger: Trigger) -> Work {
-            Box::new(|_, _| {
-                Box::pin(async {
-                    tokio::time::sleep(Duration::from_millis(3500)).await;
-                    Ended::Ran
-                })
-            })
-        }
-        fn in_once(self: Arc<Self>) -> BoxFuture<'static, InOnce> {
-            Box::pin(std::future::ready(InOnce::Run))
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn once_runs_a_beside_job_s_loop_while_the_others_run_and_ends_it_with_them() {
         let dir = tempfile::tempdir().unwrap();
-        let lock = PassLock::for_database(&dir.path().join("l.db"));
-        let guard = Arc::new(lock.try_acquire().unwrap().unwrap());
-        let ticks = Arc::new(AtomicU64::new(0));
-        let list: Vec<Arc<dyn Job>> = vec![Arc::new(Ticking(ticks.clone())), Arc::new(Slow)];
+        let ticking = Arc::new(TestJob {
+            every: Some(Duration::from_secs(1)),
+            ..TestJob::new(When::Own, Lock::None, InOnce::Beside)
+        });
+        let slow = Arc::new(TestJob {
+            takes: Duration::from_millis(3500),
+            ..TestJob::new(When::Cron, Lock::Pass, InOnce::Run)
+        });
+        let list: Vec<Arc<dyn Job>> = vec![ticking.clone(), slow.clone()];
         let began = tokio::time::Instant::now();
         let end = once(
             &list,
-            guard,
+            guard(&dir),
             Duration::from_secs(1),
             &CancellationToken::new(),
         )
         .await;
         assert!(end.fatal.is_none());
-        assert_eq!(ticks.load(Ordering::Relaxed), 3, "at 1, 2 and 3 s");
+        assert_eq!(slow.runs(), 1);
+        assert_eq!(ticking.runs(), 3, "at 1, 2 and 3 s");
         let took = began.elapsed();
         assert!(
             took < Duration::from_secs(4),
             "{took:?}: the loop ended with the last job"
         );
         tokio::time::sleep(Duration::from_secs(5)).await;
-        assert_eq!(ticks.load(Ordering::Relaxed), 3, "and stayed ended");
+        assert_eq!(ticking.runs(), 3, "and stayed ended");
     }
 }
