@@ -125,8 +125,9 @@ pub struct Round {
     pub pages_freed: u64,
     /// The longest step: its read, its delete and the pages handed back.
     pub longest_step: Duration,
-    /// Times the round waited for the WAL to start over, and how long in all.
+    /// Times the round waited for the WAL to start over (see [`pace`]).
     pub wal_waits: u64,
+    /// Those waits, in all.
     pub wal_waited: Duration,
     /// Whether the shutdown ended it before everything old was gone.
     pub interrupted: bool,
