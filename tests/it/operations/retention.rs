@@ -206,9 +206,11 @@ fn hints_in_file(app: &TestApp) -> i64 {
 }
 
 /// No commit copies the WAL into the file (that copy made a pass's commit wait 10 ms and
-/// more, docs/operations.md "Retention"). A round copies what its steps wrote, in its
-/// own pauses, so that the WAL can start over while it runs; other writes wait in the
-/// WAL for the daemon's checkpoint job, which copies them a second later.
+/// more, docs/operations.md "Retention"). A round copies the WAL before each of its
+/// steps, so that the WAL can start over while it runs: here the checkpoint before the
+/// first step of `runs` copies the hints' deletions. What a round's last step wrote,
+/// and other writes, wait in the WAL for the daemon's checkpoint job, which copies them
+/// a second later.
 #[tokio::test]
 async fn a_round_copies_its_deletions_and_the_checkpoint_job_the_other_writes() {
     let app = TestApp::spawn_with(with_retention).await;
